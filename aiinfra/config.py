@@ -1,0 +1,150 @@
+"""PlatformConfig: one pydantic model, passed explicitly to whatever needs it.
+
+Read order (later wins): built-in defaults, the YAML file named by ``AIINFRA_CONFIG``,
+environment overrides. Defaults need no file at all: storage and the SQLite metadata DB
+live under ``AIINFRA_HOME`` (``./.aiinfra``).
+
+Environment variables are declared once below and read at call time, never at import,
+so tests and Ray workers see the environment they actually run in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aiinfra.errors import InvalidInput
+
+__all__ = ["EnvVar", "PlatformConfig", "ServeSettings", "load_config", "ENV"]
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable the platform reads; ``get`` reads it now, not at import."""
+
+    name: str
+    doc: str
+    default: str | None = None
+
+    def get(self, environ: Mapping[str, str] | None = None) -> str | None:
+        value = (os.environ if environ is None else environ).get(self.name)
+        return value if value not in (None, "") else self.default
+
+
+class _Env:
+    HOME = EnvVar("AIINFRA_HOME", "storage root of the embedded default", "./.aiinfra")
+    CONFIG = EnvVar("AIINFRA_CONFIG", "path of a PlatformConfig YAML file")
+    STORAGE_ROOT = EnvVar("AIINFRA_STORAGE_ROOT", "artifact storage URI (local path, s3://, gs://)")
+    METADATA_URL = EnvVar("AIINFRA_METADATA_URL", "metadata DB URL (sqlite:///..., postgresql://...)")
+    RAY_ADDRESS = EnvVar("RAY_ADDRESS", "join this Ray cluster instead of starting a local one")
+    API_TOKEN = EnvVar("AIINFRA_API_TOKEN", "bearer token a client sends to the HTTP API")
+    SERVE_PORT = EnvVar("AIINFRA_SERVE_PORT", "HTTP port of Ray Serve")
+
+
+ENV = _Env()
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class PlatformConfig(BaseModel):
+    """Where the platform keeps its state and how it reaches Ray.
+
+    After validation every location is concrete and absolute, so the config means the same
+    thing in the driver, in an actor and in a Ray job whose working directory differs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Path("./.aiinfra")
+    storage_root: str | None = None
+    metadata_url: str | None = None
+    ray_address: str | None = None
+    namespace: str = "aiinfra"
+    serve: ServeSettings = ServeSettings()
+
+    @model_validator(mode="after")
+    def _resolve(self) -> PlatformConfig:
+        home = self.home.expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        if self.storage_root is None:
+            object.__setattr__(self, "storage_root", str(home))
+        elif "://" not in self.storage_root:
+            object.__setattr__(self, "storage_root", str(Path(self.storage_root).expanduser().resolve()))
+        if self.metadata_url is None:
+            object.__setattr__(self, "metadata_url", f"sqlite:///{home / 'metadata.db'}")
+        return self
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "api_token"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> PlatformConfig:
+    """Build the PlatformConfig from file, environment and explicit overrides.
+
+    Raises:
+        InvalidInput: the file is missing or unreadable, or a field is invalid; the message
+            lists every invalid field at once.
+    """
+    data: dict[str, Any] = {}
+    path = path or ENV.CONFIG.get(environ)
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise InvalidInput(f"cannot read AIINFRA_CONFIG file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise InvalidInput(f"AIINFRA_CONFIG file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidInput(f"AIINFRA_CONFIG file {path} must hold a mapping, got {type(loaded).__name__}")
+        data.update(loaded)
+
+    env_fields = {
+        "home": ENV.HOME,
+        "storage_root": ENV.STORAGE_ROOT,
+        "metadata_url": ENV.METADATA_URL,
+        "ray_address": ENV.RAY_ADDRESS,
+    }
+    for field, var in env_fields.items():
+        raw = (os.environ if environ is None else environ).get(var.name)
+        if raw:
+            data[field] = raw
+    if "home" not in data:
+        data["home"] = ENV.HOME.get(environ)
+    port = (os.environ if environ is None else environ).get(ENV.SERVE_PORT.name)
+    if port:
+        data["serve"] = {**data.get("serve", {}), "port": port}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(format_validation_error("platform config", e)) from None
+
+
+def format_validation_error(what: str, error: ValidationError) -> str:
+    """One message that names every invalid field, e.g. ``serve.port: ...; home: ...``."""
+    parts = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)

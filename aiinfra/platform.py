@@ -1,0 +1,103 @@
+"""``aiinfra.connect()``: the way into a running platform.
+
+Joins ``RAY_ADDRESS`` (or the local cluster that ``ray start``/``aiinfra up`` left running),
+or starts an embedded local Ray, then makes sure the platform services exist and returns a
+handle to them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiinfra.config import PlatformConfig, load_config
+from aiinfra.registry.client import ActorBackend, LocalBackend, RegistryClient
+from aiinfra.storage import ArtifactStore, open_artifact_store, open_metadata_db
+
+__all__ = ["Platform", "connect", "open_local"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    """Handles to the platform's services. Close it (or use ``with``) to release what it started."""
+
+    config: PlatformConfig
+    registry: RegistryClient
+    store: ArtifactStore
+    started_ray: bool = False
+    _closers: list[Any] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(config: PlatformConfig | None = None, *, start_services: bool = True, **ray_init_kwargs: Any) -> Platform:
+    """Connect to the platform, starting what is missing.
+
+    Args:
+        config: defaults to ``load_config()`` (``AIINFRA_CONFIG``, ``AIINFRA_HOME``, ``RAY_ADDRESS``, ...).
+        start_services: create the platform actors if they are not running. With ``False``,
+            a missing service is an error naming it.
+        ray_init_kwargs: passed to ``ray.init`` when this call starts Ray.
+    """
+    import ray
+
+    config = config or load_config()
+    started = False
+    if not ray.is_initialized():
+        # address=None: Ray joins RAY_ADDRESS or the latest local cluster, else starts one.
+        ray.init(
+            address=config.ray_address,
+            namespace=config.namespace,
+            log_to_driver=ray_init_kwargs.pop("log_to_driver", False),
+            **ray_init_kwargs,
+        )
+        started = True
+    store = open_artifact_store(config.storage_root)
+
+    from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
+
+    def registry_handle() -> Any:
+        try:
+            return get_registry_actor(config, create=start_services)
+        except ValueError:
+            from aiinfra.errors import ServiceUnavailable
+
+            raise ServiceUnavailable(
+                f"the platform service {REGISTRY_ACTOR!r} is not running in namespace {config.namespace!r} "
+                "of this Ray cluster; start it with `aiinfra up` or aiinfra.connect(start_services=True)"
+            ) from None
+
+    backend = ActorBackend(registry_handle)
+    platform = Platform(config=config, registry=RegistryClient(backend, store), store=store, started_ray=started)
+    if started:
+        platform._closers.append(ray.shutdown)
+    return platform
+
+
+def open_local(config: PlatformConfig | None = None) -> Platform:
+    """The platform's stores opened in this process, without Ray.
+
+    For the CLI on a machine where no cluster runs (so no registry actor is writing): reads
+    and writes go straight to the metadata DB, whose transactions keep them safe against
+    other processes doing the same.
+    """
+    from aiinfra.registry.core import ModelRegistry
+
+    config = config or load_config()
+    store = open_artifact_store(config.storage_root)
+    db = open_metadata_db(config.metadata_url)
+    platform = Platform(config=config, registry=RegistryClient(LocalBackend(ModelRegistry(db, store)), store), store=store)
+    platform._closers.append(db.close)
+    return platform

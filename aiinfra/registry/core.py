@@ -1,0 +1,389 @@
+"""The model registry's logic: a plain class over a MetadataDB and an ArtifactStore.
+
+No Ray here: ``registry.actor`` wraps this class in the named actor, and unit tests use it
+directly. Every mutation runs in one write transaction together with its audit entry, so
+the log and the state never disagree, and a crash at any point leaves either the whole
+change or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
+from aiinfra.registry.files import StagedUpload
+from aiinfra.registry.types import (
+    AuditEntry,
+    Lineage,
+    ModelRef,
+    ModelSummary,
+    ModelVersion,
+    Signature,
+    coerce_lineage,
+    coerce_metrics,
+    coerce_signature,
+    parse_ref,
+    validate_alias,
+    validate_name,
+)
+from aiinfra.storage import ArtifactStore, FileDigest, MetadataDB, Migration
+from aiinfra.storage.metadata import Transaction
+
+__all__ = ["ModelRegistry", "MIGRATIONS"]
+
+COMPONENT = "registry"
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            """CREATE TABLE models (
+                name TEXT PRIMARY KEY,
+                created_at REAL NOT NULL,
+                created_by TEXT NOT NULL
+            )""",
+            """CREATE TABLE model_versions (
+                name TEXT NOT NULL REFERENCES models(name),
+                version INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                created_by TEXT NOT NULL,
+                artifact_uri TEXT NOT NULL,
+                files TEXT NOT NULL,
+                metrics TEXT NOT NULL,
+                params TEXT NOT NULL,
+                signature TEXT,
+                lineage TEXT NOT NULL,
+                idempotency_key TEXT,
+                PRIMARY KEY (name, version)
+            )""",
+            "CREATE UNIQUE INDEX model_versions_idem ON model_versions (name, idempotency_key)",
+            """CREATE TABLE aliases (
+                name TEXT NOT NULL REFERENCES models(name),
+                alias TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (name, alias)
+            )""",
+            """CREATE TABLE audit_log (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                ts REAL NOT NULL,
+                who TEXT NOT NULL,
+                model TEXT NOT NULL,
+                action TEXT NOT NULL,
+                version INTEGER,
+                before TEXT,
+                after TEXT
+            )""",
+        ),
+    ),
+    # v2: audit reads are per model, newest first; without the index they scan the whole log.
+    Migration(2, ("CREATE INDEX audit_log_model ON audit_log (model, id)",)),
+)
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"value is not JSON-serialisable: {e}") from None
+
+
+class ModelRegistry:
+    """Models, versions 1..n, aliases and the audit log.
+
+    Args:
+        db: the metadata DB; this class owns the tables created by ``MIGRATIONS``.
+        store: where version files live, under ``models/<name>/<version>/``.
+        clock: seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(self, db: MetadataDB, store: ArtifactStore, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.store = store
+        self._clock = clock
+        db.ensure_schema(COMPONENT, MIGRATIONS)
+
+    # -- writes ------------------------------------------------------------------------
+    def commit_version(
+        self,
+        name: str,
+        staged: StagedUpload,
+        *,
+        metrics: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        signature: Signature | dict[str, Any] | None = None,
+        lineage: Lineage | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        who: str = "unknown",
+    ) -> ModelVersion:
+        """Give staged files the next version number and record them.
+
+        Idempotent by ``idempotency_key``: a retry after a crash or a lost reply returns the
+        version the first attempt made, never a duplicate.
+
+        Raises:
+            InvalidInput: a bad name, metric, param, signature or lineage (checked before
+                any storage is touched).
+            ArtifactCorrupted: a staged file changed between upload and commit.
+        """
+        validate_name("model name", name)
+        metrics_ = coerce_metrics(metrics)
+        params_json = _json(params or {})
+        signature_ = coerce_signature(signature)
+        lineage_ = coerce_lineage(lineage)
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 256):
+            raise InvalidInput("idempotency_key must be a non-empty string of at most 256 characters")
+        if not staged.files:
+            raise InvalidInput("a model version needs at least one file")
+
+        now = self._clock()
+        with self.db.transaction() as tx:
+            if idempotency_key is not None:
+                rows = tx.query(
+                    "SELECT version FROM model_versions WHERE name = ? AND idempotency_key = ?",
+                    (name, idempotency_key),
+                )
+                if rows:
+                    existing = int(rows[0]["version"])
+                    self._discard_staging(staged)
+                    return self._load_version(tx, name, existing)
+            if not tx.query("SELECT 1 FROM models WHERE name = ?", (name,)):
+                tx.execute("INSERT INTO models (name, created_at, created_by) VALUES (?, ?, ?)", (name, now, who))
+                self._audit(tx, now, who, name, "create_model", None, None, {"name": name})
+            rows = tx.query("SELECT MAX(version) AS v FROM model_versions WHERE name = ?", (name,))
+            version = int(rows[0]["v"] or 0) + 1
+            prefix = f"models/{name}/{version}"
+            for rel, expected in sorted(staged.files.items()):
+                # Copying re-reads the staged bytes: what we record is what is stored.
+                written = self.store.copy(f"{staged.key}/{rel}", f"{prefix}/{rel}")
+                if written != expected:
+                    raise ArtifactCorrupted(
+                        f"staged file {rel!r} of {name} changed after upload "
+                        f"(sha256 {written.sha256}, expected {expected.sha256}); register it again"
+                    )
+            files = {rel: d.to_dict() for rel, d in sorted(staged.files.items())}
+            tx.execute(
+                """INSERT INTO model_versions (name, version, status, created_at, created_by, artifact_uri,
+                    files, metrics, params, signature, lineage, idempotency_key)
+                   VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    name,
+                    version,
+                    now,
+                    who,
+                    self.store.uri_for(prefix),
+                    _json(files),
+                    _json(metrics_),
+                    params_json,
+                    signature_.model_dump_json() if signature_ else None,
+                    lineage_.model_dump_json(),
+                    idempotency_key,
+                ),
+            )
+            self._audit(
+                tx, now, who, name, "register", version, None,
+                {"version": version, "files": sorted(files), "metrics": metrics_, "lineage": lineage_.model_dump()},
+            )
+            result = self._load_version(tx, name, version)
+        self._discard_staging(staged)
+        return result
+
+    def set_alias(self, name: str, version: int, alias: str, *, who: str = "unknown") -> ModelVersion:
+        """Point ``alias`` at ``version`` (moving it if it points elsewhere). Last writer wins; all are audited."""
+        validate_name("model name", name)
+        alias = validate_alias(alias)
+        version = self._check_version_number(version)
+        now = self._clock()
+        with self.db.transaction() as tx:
+            target = self._load_version(tx, name, version)
+            if target.status == "archived":
+                raise Conflict(f"{name}@{version} is archived; an alias can only point at an active version")
+            rows = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            before = int(rows[0]["version"]) if rows else None
+            tx.execute(
+                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                (name, alias, version, now),
+            )
+            self._audit(
+                tx, now, who, name, "set_alias", version,
+                None if before is None else {"alias": alias, "version": before},
+                {"alias": alias, "version": version},
+            )
+            return self._load_version(tx, name, version)
+
+    def remove_alias(self, name: str, alias: str, *, who: str = "unknown") -> None:
+        validate_name("model name", name)
+        alias = validate_alias(alias)
+        now = self._clock()
+        with self.db.transaction() as tx:
+            rows = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            if not rows:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            tx.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            self._audit(
+                tx, now, who, name, "remove_alias", int(rows[0]["version"]),
+                {"alias": alias, "version": int(rows[0]["version"])}, None,
+            )
+
+    def archive(self, name: str, version: int, *, who: str = "unknown", reason: str = "") -> ModelVersion:
+        """Mark a version archived. Its files and rows stay; nothing is ever silently deleted.
+
+        Raises:
+            Conflict: an alias still points at the version (move it first, so serving never
+                follows an alias to an archived model).
+        """
+        validate_name("model name", name)
+        version = self._check_version_number(version)
+        now = self._clock()
+        with self.db.transaction() as tx:
+            current = self._load_version(tx, name, version)
+            if current.aliases:
+                raise Conflict(
+                    f"{name}@{version} still holds alias(es) {', '.join(current.aliases)}; move them before archiving"
+                )
+            if current.status == "archived":
+                return current
+            tx.execute("UPDATE model_versions SET status = 'archived' WHERE name = ? AND version = ?", (name, version))
+            self._audit(tx, now, who, name, "archive", version, {"status": "active"}, {"status": "archived", "reason": reason})
+            return self._load_version(tx, name, version)
+
+    # -- reads -------------------------------------------------------------------------
+    def get(self, ref: str | ModelRef) -> ModelVersion:
+        """Resolve ``name@3``, ``name@champion`` or ``name`` (newest active version)."""
+        r = parse_ref(ref)
+        if r.version is not None:
+            version = r.version
+        elif r.alias is not None:
+            rows = self.db.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (r.name, r.alias))
+            if not rows:
+                self._require_model(r.name)
+                raise NotFound(f"model {r.name!r} has no alias {r.alias!r}")
+            version = int(rows[0]["version"])
+        else:
+            rows = self.db.query(
+                "SELECT MAX(version) AS v FROM model_versions WHERE name = ? AND status = 'active'", (r.name,)
+            )
+            if rows[0]["v"] is None:
+                self._require_model(r.name)
+                raise NotFound(f"model {r.name!r} has no active version")
+            version = int(rows[0]["v"])
+        return self._load_version(self.db, r.name, version)
+
+    def find_by_idempotency_key(self, name: str, key: str) -> ModelVersion | None:
+        validate_name("model name", name)
+        rows = self.db.query("SELECT version FROM model_versions WHERE name = ? AND idempotency_key = ?", (name, key))
+        return self._load_version(self.db, name, int(rows[0]["version"])) if rows else None
+
+    def list_models(self) -> list[ModelSummary]:
+        models = self.db.query(
+            """SELECT m.name, m.created_at, MAX(v.version) AS latest, COUNT(v.version) AS n
+               FROM models m LEFT JOIN model_versions v ON v.name = m.name
+               GROUP BY m.name, m.created_at ORDER BY m.name"""
+        )
+        aliases: dict[str, dict[str, int]] = {}
+        for row in self.db.query("SELECT name, alias, version FROM aliases ORDER BY alias"):
+            aliases.setdefault(row["name"], {})[row["alias"]] = int(row["version"])
+        return [
+            ModelSummary(
+                name=m["name"],
+                created_at=m["created_at"],
+                latest_version=m["latest"],
+                version_count=int(m["n"]),
+                aliases=aliases.get(m["name"], {}),
+            )
+            for m in models
+        ]
+
+    def list_versions(self, name: str, *, include_archived: bool = True) -> list[ModelVersion]:
+        validate_name("model name", name)
+        self._require_model(name)
+        rows = self.db.query("SELECT * FROM model_versions WHERE name = ? ORDER BY version", (name,))
+        aliases = self._aliases_by_version(self.db, name)
+        versions = [self._row_to_version(r, aliases.get(int(r["version"]), [])) for r in rows]
+        return [v for v in versions if include_archived or v.status == "active"]
+
+    def audit(self, name: str) -> list[AuditEntry]:
+        validate_name("model name", name)
+        self._require_model(name)
+        rows = self.db.query("SELECT * FROM audit_log WHERE model = ? ORDER BY id", (name,))
+        return [
+            AuditEntry(
+                id=r["id"], ts=r["ts"], who=r["who"], model=r["model"], action=r["action"], version=r["version"],
+                before=json.loads(r["before"]) if r["before"] else None,
+                after=json.loads(r["after"]) if r["after"] else None,
+            )
+            for r in rows
+        ]
+
+    # -- helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _check_version_number(version: object) -> int:
+        if isinstance(version, bool) or not isinstance(version, int):
+            if isinstance(version, str) and version.isdigit():
+                version = int(version)
+            else:
+                raise InvalidInput(f"version must be a positive integer, got {version!r}")
+        if version < 1:
+            raise InvalidInput(f"version must be a positive integer, got {version}")
+        return version
+
+    def _require_model(self, name: str) -> None:
+        if not self.db.query("SELECT 1 FROM models WHERE name = ?", (name,)):
+            raise NotFound(f"model {name!r} is not registered")
+
+    def _load_version(self, q: MetadataDB | Transaction, name: str, version: int) -> ModelVersion:
+        rows = q.query("SELECT * FROM model_versions WHERE name = ? AND version = ?", (name, version))
+        if not rows:
+            if not q.query("SELECT 1 FROM models WHERE name = ?", (name,)):
+                raise NotFound(f"model {name!r} is not registered")
+            raise NotFound(f"model {name!r} has no version {version}")
+        aliases = self._aliases_by_version(q, name).get(version, [])
+        return self._row_to_version(rows[0], aliases)
+
+    @staticmethod
+    def _aliases_by_version(q: MetadataDB | Transaction, name: str) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for row in q.query("SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias", (name,)):
+            out.setdefault(int(row["version"]), []).append(row["alias"])
+        return out
+
+    @staticmethod
+    def _row_to_version(row: dict[str, Any], aliases: list[str]) -> ModelVersion:
+        return ModelVersion(
+            name=row["name"],
+            version=int(row["version"]),
+            status=row["status"],
+            created_at=row["created_at"],
+            created_by=row["created_by"],
+            artifact_uri=row["artifact_uri"],
+            files={k: FileDigest.from_dict(v) for k, v in json.loads(row["files"]).items()},
+            metrics=json.loads(row["metrics"]),
+            params=json.loads(row["params"]),
+            signature=Signature.model_validate_json(row["signature"]) if row["signature"] else None,
+            lineage=Lineage.model_validate_json(row["lineage"]),
+            aliases=aliases,
+            idempotency_key=row["idempotency_key"],
+        )
+
+    @staticmethod
+    def _audit(
+        tx: Transaction, ts: float, who: str, model: str, action: str, version: int | None,
+        before: dict[str, Any] | None, after: dict[str, Any] | None,
+    ) -> None:
+        tx.execute(
+            "INSERT INTO audit_log (ts, who, model, action, version, before, after) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ts, who, model, action, version, _json(before) if before is not None else None,
+             _json(after) if after is not None else None),
+        )
+
+    def _discard_staging(self, staged: StagedUpload) -> None:
+        # Best effort: a leftover staging prefix wastes space but is never visible as a version.
+        try:
+            self.store.delete_dir(staged.key)
+        except OSError:
+            pass

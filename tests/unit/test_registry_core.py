@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+import pytest
+
+from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
+from aiinfra.platform import open_local
+from aiinfra.registry.core import ModelRegistry
+from aiinfra.registry.files import stage_model_dir
+from aiinfra.storage import open_artifact_store, open_metadata_db
+
+SIGNATURE = {
+    "inputs": [{"name": "age", "dtype": "float32"}, {"name": "plan", "dtype": "string", "categories": ["a", "b"]}],
+    "outputs": [{"name": "probability", "dtype": "float32"}],
+}
+
+
+@pytest.fixture
+def platform(config):
+    p = open_local(config)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def registry(platform):
+    return platform.registry
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "model"
+    (d / "sub").mkdir(parents=True)
+    (d / "weights.safetensors").write_bytes(os.urandom(256))
+    (d / "sub" / "config.json").write_text('{"hidden": 8}')
+    return d
+
+
+def test_register_get_and_files(registry, model_dir, tmp_path):
+    v = registry.register(
+        "churn", model_dir, metrics={"auc": 0.91}, params={"lr": 0.01}, signature=SIGNATURE,
+        lineage={"dataset_version": "ds-abc", "run_id": "run-1", "code_version": "git:1234"},
+    )
+    assert (v.name, v.version, v.status) == ("churn", 1, "active")
+    assert sorted(v.files) == ["sub/config.json", "weights.safetensors"]
+    assert v.artifact_uri.endswith("models/churn/1")
+    assert v.signature.inputs[1].categories == ["a", "b"]
+    assert v.lineage.dataset_version == "ds-abc" and v.metrics == {"auc": 0.91}
+    out = registry.download("churn@1", tmp_path / "dl")
+    assert (out / "weights.safetensors").read_bytes() == (model_dir / "weights.safetensors").read_bytes()
+    assert registry.get("churn") == registry.get("churn@1") == registry.get("churn@latest")
+
+
+def test_versions_count_up_and_aliases_move(registry, model_dir):
+    for _ in range(3):
+        registry.register("churn", model_dir)
+    assert [v.version for v in registry.list_versions("churn")] == [1, 2, 3]
+    registry.set_alias("churn", 1, "champion")
+    registry.set_alias("churn", 3, "challenger")
+    assert registry.get("churn@champion").version == 1
+    registry.set_alias("churn", 2, "champion")
+    assert registry.get("churn@champion").version == 2
+    assert registry.get("churn@2").aliases == ["champion"]
+    moves = [a for a in registry.audit("churn") if a.action == "set_alias" and a.after["alias"] == "champion"]
+    assert [(m.before, m.after["version"]) for m in moves] == [(None, 1), ({"alias": "champion", "version": 1}, 2)]
+    assert all(a.who and a.ts > 0 for a in registry.audit("churn"))
+    summary = registry.list_models()[0]
+    assert (summary.name, summary.latest_version, summary.version_count) == ("churn", 3, 3)
+    assert summary.aliases == {"champion": 2, "challenger": 3}
+
+
+def test_not_found_names_what_is_missing(registry, model_dir):
+    with pytest.raises(NotFound, match="'ghost'"):
+        registry.get("ghost@1")
+    registry.register("churn", model_dir)
+    with pytest.raises(NotFound, match="no version 7"):
+        registry.get("churn@7")
+    with pytest.raises(NotFound, match="no alias 'champion'"):
+        registry.get("churn@champion")
+    with pytest.raises(NotFound, match="no version 9"):
+        registry.set_alias("churn", 9, "champion")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a/b", "..", "a..b", "x" * 129, "bad\nname", "tab\tname", "a\\b", "-lead", "sp ace", 7],
+)
+def test_invalid_names_refused_before_storage(registry, model_dir, config, name):
+    with pytest.raises(InvalidInput):
+        registry.register(name, model_dir)
+    assert not (config.home / "staging").exists()
+    assert not (config.home / "models").exists()
+
+
+@pytest.mark.parametrize("alias", ["", "12", "latest", "a/b", "..x"])
+def test_invalid_aliases(registry, model_dir, alias):
+    registry.register("churn", model_dir)
+    with pytest.raises(InvalidInput):
+        registry.set_alias("churn", 1, alias)
+
+
+@pytest.mark.parametrize("ref", ["churn@", "churn@0", "@1", "a/b@1", None])
+def test_invalid_refs(registry, ref):
+    with pytest.raises(InvalidInput):
+        registry.get(ref)
+
+
+def test_bad_metadata_refused_before_upload(registry, model_dir, config):
+    with pytest.raises(InvalidInput, match="finite"):
+        registry.register("churn", model_dir, metrics={"auc": float("nan")})
+    with pytest.raises(InvalidInput, match="dtype"):
+        registry.register("churn", model_dir, signature={"inputs": [{"name": "x", "dtype": "complex"}]})
+    with pytest.raises(InvalidInput, match="parent_version"):
+        registry.register("churn", model_dir, lineage={"parent_version": "not a number"})
+    assert not (config.home / "staging").exists()
+    with pytest.raises(InvalidInput, match="not a directory"):
+        registry.register("churn", model_dir / "missing")
+
+
+def test_tampered_artifact_refused_naming_the_file(registry, model_dir, config, tmp_path):
+    registry.register("churn", model_dir)
+    stored = config.home / "models/churn/1/weights.safetensors"
+    stored.write_bytes(b"evil" + stored.read_bytes()[4:])
+    with pytest.raises(ArtifactCorrupted, match="weights.safetensors"):
+        registry.download("churn@1", tmp_path / "dl")
+
+
+def test_idempotent_register(registry, model_dir):
+    a = registry.register("churn", model_dir, idempotency_key="run-42")
+    b = registry.register("churn", model_dir, idempotency_key="run-42")
+    assert a == b and len(registry.list_versions("churn")) == 1
+
+
+def test_commit_retry_after_lost_reply_returns_same_version(config, model_dir):
+    """The actor-side path: the same staged upload committed twice (a retry) makes one version."""
+    store = open_artifact_store(config.storage_root)
+    core = ModelRegistry(open_metadata_db(config.metadata_url), store)
+    staged = stage_model_dir(store, model_dir)
+    first = core.commit_version("churn", staged, idempotency_key="k1")
+    again = core.commit_version("churn", staged, idempotency_key="k1")
+    assert first == again and [v.version for v in core.list_versions("churn")] == [1]
+    assert not store.exists(f"{staged.key}/weights.safetensors")  # staging cleaned up
+
+
+def test_archive_never_deletes(registry, model_dir):
+    registry.register("churn", model_dir)
+    registry.register("churn", model_dir)
+    registry.set_alias("churn", 1, "champion")
+    with pytest.raises(Conflict, match="champion"):
+        registry.archive("churn", 1)
+    archived = registry.archive("churn", 2, reason="superseded")
+    assert archived.status == "archived"
+    assert registry.get("churn@2").status == "archived"  # still there
+    assert [v.version for v in registry.list_versions("churn", include_archived=False)] == [1]
+    with pytest.raises(Conflict, match="archived"):
+        registry.set_alias("churn", 2, "champion")
+    assert registry.get("churn").version == 1  # latest active
+
+
+def test_concurrent_alias_moves_last_wins_and_both_audited(config, model_dir):
+    """Two processes' worth of writers (separate connections) moving one alias at once."""
+    setup = open_local(config)
+    for _ in range(2):
+        setup.registry.register("churn", model_dir)
+    clients = [open_local(config) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    n = 25
+
+    def mover(client, version):
+        barrier.wait()
+        for _ in range(n):
+            client.registry.set_alias("churn", version, "champion")
+
+    threads = [threading.Thread(target=mover, args=(c, v)) for c, v in zip(clients, (1, 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    moves = [a for a in setup.registry.audit("churn") if a.action == "set_alias"]
+    assert len(moves) == 2 * n
+    assert setup.registry.get("churn@champion").version == moves[-1].after["version"]
+    # The log is a consistent history: each move's "before" is the previous move's "after".
+    for prev, cur in itertools.pairwise(moves):
+        assert cur.before == {"alias": "champion", "version": prev.after["version"]}
+    for c in [setup, *clients]:
+        c.close()
+
+
+def test_registry_reloads_from_db(config, model_dir):
+    """What a restarted actor does: a new instance over the same files sees everything."""
+    first = open_local(config)
+    first.registry.register("churn", model_dir, metrics={"auc": 0.8})
+    first.registry.set_alias("churn", 1, "champion")
+    first.close()
+    second = open_local(config)
+    assert second.registry.get("churn@champion").metrics == {"auc": 0.8}
+    second.close()
