@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import threading
+import uuid
+
+import pytest
+import ray
+
+from aiinfra.errors import ArtifactCorrupted, InvalidInput, NotFound, ServiceUnavailable
+from aiinfra.platform import connect
+from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "weights.safetensors").write_bytes(os.urandom(64))
+    return d
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_actor_is_a_named_detached_zero_cpu_service(platform, platform_config):
+    platform.registry.list_models()
+    # num_cpus=0: the service holds no CPU that Train or Data could use
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+    handle = ray.get_actor(REGISTRY_ACTOR, namespace="aiinfra")
+    assert ray.get(handle.pid.remote()) > 0
+    # connect() again finds the same actor rather than making a second one
+    again = connect(platform_config)
+    assert ray.get(get_registry_actor(platform_config).pid.remote()) == ray.get(handle.pid.remote())
+    assert not again.started_ray
+
+
+def test_round_trip_through_the_actor(platform, model_dir, tmp_path):
+    name = unique("rt")
+    v = platform.registry.register(name, model_dir, metrics={"acc": 0.7}, lineage={"run_id": "r1"})
+    assert v.version == 1
+    platform.registry.set_alias(name, 1, "champion")
+    got = platform.registry.get(f"{name}@champion")
+    assert got.version == 1 and got.lineage.run_id == "r1" and got.aliases == ["champion"]
+    assert [e.action for e in platform.registry.audit(name)] == ["create_model", "register", "set_alias"]
+    assert (platform.registry.download(got, tmp_path / "dl") / "weights.safetensors").exists()
+
+
+def test_errors_cross_the_actor_boundary_as_themselves(platform, model_dir, platform_config):
+    name = unique("err")
+    with pytest.raises(NotFound, match=f"'{name}' is not registered") as exc:
+        platform.registry.get(f"{name}@champion")
+    assert type(exc.value) is NotFound  # not a RayTaskError wrapper
+    with pytest.raises(InvalidInput):
+        platform.registry.register("../escape", model_dir)
+    platform.registry.register(name, model_dir)
+    stored = platform_config.home / f"models/{name}/1/weights.safetensors"
+    stored.write_bytes(b"\x00" * 64)
+    with pytest.raises(ArtifactCorrupted, match="weights.safetensors"):
+        platform.registry.download(f"{name}@1", model_dir.parent / "dl")
+
+
+def test_acknowledged_writes_survive_sigkill_at_random_points(platform, platform_config, tmp_path):
+    """200 writes; before about one in ten, a timer SIGKILLs the registry actor's process a random
+    few milliseconds later, so kills land inside staging, the commit's copy, or the SQLite commit.
+
+    Acknowledged must be a subset of stored; no version is duplicated; SQLite stays intact.
+    (Each kill costs about 2 s here: that is how long Ray takes to notice the death.)
+    """
+    name = unique("kill")
+    handle = get_registry_actor(platform_config)
+    rng = random.Random(1234)
+    kills = 0
+    acked: dict[int, str] = {}  # version -> sha256 of the file it was given
+    aliases_acked: list[int] = []
+    unacked = 0
+    for i in range(200):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        (d / "w.bin").write_bytes(f"write {i} ".encode() * 8)
+        key = f"write-{i}" if i % 2 == 0 else None  # half explicit keys, half the client's own
+        timer = None
+        if rng.random() < 0.08:
+            pid = ray.get(handle.pid.remote(), timeout=60)
+            timer = threading.Timer(rng.uniform(0.0, 0.006), os.kill, (pid, signal.SIGKILL))
+            timer.start()
+            kills += 1
+        try:
+            v = platform.registry.register(name, d, idempotency_key=key, metrics={"i": i})
+            acked[v.version] = v.files["w.bin"].sha256
+            if i % 10 == 0:
+                platform.registry.set_alias(name, v.version, "champion")
+                aliases_acked.append(v.version)
+        except ServiceUnavailable:
+            unacked += 1
+        if timer is not None:
+            timer.join()
+
+    assert kills >= 8, f"only {kills} kills: the test did not exercise restarts"
+    stored = platform.registry.list_versions(name)
+    versions = [v.version for v in stored]
+    assert versions == list(range(1, len(stored) + 1)), "versions are 1..n with no gaps or repeats"
+    by_version = {v.version: v for v in stored}
+    for version, sha in acked.items():
+        assert version in by_version, f"acknowledged version {version} was lost"
+        assert by_version[version].files["w.bin"].sha256 == sha
+    # no write was applied twice: each write's metric value i appears at most once
+    seen = [int(v.metrics["i"]) for v in stored]
+    assert len(seen) == len(set(seen)), "a retried write created a duplicate version"
+    assert len(acked) + unacked == 200 and len(stored) >= len(acked)
+    assert platform.registry.get(f"{name}@champion").version == aliases_acked[-1]
+    with sqlite3.connect(platform_config.home / "metadata.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    for v in stored:
+        platform.registry.download(v, tmp_path / "verify" / str(v.version))
+    print(f"{kills} kills, {len(acked)} acknowledged, {unacked} unacknowledged, {len(stored)} stored")
