@@ -1,0 +1,142 @@
+"""The Ray Serve application: a FastAPI ingress in front of one served model version.
+
+Routes follow the HTTP contract in DESIGN.md: Open Inference Protocol v2 health and model
+metadata, and ``POST /predict/{name}``. Every error is JSON, ``{"error": message}``, with the
+status of its AiInfraError; a client's mistake is never a 500.
+
+``app_builder`` is what ``serve_configs/*.yaml`` import; ``build_app`` is the Python entry.
+"""
+
+# No `from __future__ import annotations` here: Serve rewrites the route signatures and FastAPI
+# must see real classes (Request), not strings.
+
+import json
+import tempfile
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from ray import serve
+
+from aiinfra.config import PlatformConfig, format_validation_error, load_config
+from aiinfra.errors import AiInfraError, InvalidInput, NotFound
+from aiinfra.registry.types import parse_ref
+
+__all__ = ["ModelServer", "app_builder", "build_app"]
+
+api = FastAPI(title="aiinfra inference", version="0.1.0")
+
+OIP_DATATYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}
+
+
+@api.exception_handler(AiInfraError)
+async def _platform_error(request: Request, exc: AiInfraError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.message})
+
+
+@api.exception_handler(RequestValidationError)
+async def _request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"error": "invalid request: " + "; ".join(parts)})
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Any] | None = None
+    entity_ids: list[Any] | None = None
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_queued_requests=64)
+@serve.ingress(api)
+class ModelServer:
+    """Serves one model version, resolved from a reference (``churn@champion``) at start-up."""
+
+    def __init__(self, config: PlatformConfig, model_ref: str) -> None:
+        from aiinfra.registry.actor import get_registry_actor
+        from aiinfra.registry.client import ActorBackend, RegistryClient
+        from aiinfra.serving.predictor import Predictor
+        from aiinfra.storage import open_artifact_store
+
+        registry = RegistryClient(
+            ActorBackend(lambda: get_registry_actor(config, create=False)), open_artifact_store(config.storage_root)
+        )
+        version = registry.get(model_ref)
+        model_dir = registry.download(version, tempfile.mkdtemp(prefix=f"aiinfra-{version.name}-{version.version}-"))
+        self.predictor = Predictor(version, model_dir)
+        self.name = version.name
+
+    def _check_name(self, name: str) -> None:
+        if name != self.name:
+            raise NotFound(f"model {name!r} is not served here (this deployment serves {self.name!r})")
+
+    @api.get("/v2/health/live")
+    def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    def ready(self) -> dict[str, bool]:
+        return {"ready": True}
+
+    @api.get("/v2/models/{name}")
+    def metadata(self, name: str) -> dict[str, Any]:
+        self._check_name(name)
+        sig = self.predictor.signature
+
+        def tensor(f: Any) -> dict[str, Any]:
+            return {"name": f.name, "datatype": OIP_DATATYPES[f.dtype], "shape": [-1, *f.shape]}
+
+        return {
+            "name": self.name,
+            "versions": [str(self.predictor.version.version)],
+            "platform": "aiinfra-torch",
+            "inputs": [tensor(f) for f in sig.inputs],
+            "outputs": [tensor(f) for f in sig.outputs],
+        }
+
+    @api.get("/v2/models/{name}/ready")
+    def model_ready(self, name: str) -> dict[str, Any]:
+        self._check_name(name)
+        return {"name": name, "ready": True}
+
+    @api.post("/predict/{name}")
+    async def predict(self, name: str, request: Request) -> dict[str, Any]:
+        self._check_name(name)
+        body = await _json_body(request)
+        try:
+            req = PredictRequest.model_validate(body)
+        except ValidationError as e:
+            raise InvalidInput(format_validation_error("predict request", e)) from None
+        if req.entity_ids is not None:
+            raise InvalidInput(
+                "entity_ids needs the online feature store, which this deployment is not connected to; "
+                "send the features as instances"
+            )
+        if req.instances is None:
+            raise InvalidInput("send 'instances': a list of feature objects")
+        predictions = self.predictor.predict(req.instances)
+        v = self.predictor.version
+        return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": uuid.uuid4().hex}
+
+
+def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
+    parse_ref(model_ref)  # a bad reference fails here, not inside a replica
+    return ModelServer.bind(config, model_ref)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Entry for Serve config files: ``import_path: aiinfra.serving.app:app_builder``, ``args: {model: NAME@ALIAS}``."""
+    if "model" not in args:
+        raise InvalidInput("serve config args must name the model to serve, e.g. model: churn@champion")
+    return build_app(load_config(), str(args["model"]))

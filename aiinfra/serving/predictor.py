@@ -1,0 +1,92 @@
+"""One model version, loaded and ready to answer: validate -> preprocess -> model -> postprocess.
+
+A plain class: the Serve deployment wraps it, batch inference will reuse it, unit tests call it
+directly. Validation is against the version's registered signature and names every bad field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aiinfra.errors import InvalidInput
+from aiinfra.registry.types import FieldSpec, ModelVersion
+from aiinfra.training.model_dir import load_model_dir
+
+__all__ = ["Predictor"]
+
+MAX_INSTANCES = 10_000
+
+
+def _check_value(field: FieldSpec, value: Any) -> str | None:
+    """Why ``value`` does not fit ``field``, or None when it does."""
+    if value is None:
+        return None if field.nullable else "must not be null"
+    if field.dtype in ("float32", "float64"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {type(value).__name__}"
+        if not math.isfinite(value):
+            return "must be finite"
+    elif field.dtype in ("int32", "int64"):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            return f"must be an integer, got {value!r}"
+    elif field.dtype == "bool":
+        if not isinstance(value, bool):
+            return f"must be true or false, got {type(value).__name__}"
+    elif field.dtype == "string" and not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    return None
+
+
+class Predictor:
+    def __init__(self, version: ModelVersion, model_dir: str | Path) -> None:
+        if version.signature is None:
+            raise InvalidInput(f"{version.ref} has no signature; register it with one to serve it")
+        self.version = version
+        self.signature = version.signature
+        self.spec, self.module, self.preprocessor = load_model_dir(model_dir)
+        self._fields = {f.name: f for f in self.signature.inputs}
+
+    def validate(self, instances: object) -> list[Mapping[str, Any]]:
+        """Check request rows against the signature; one InvalidInput lists every problem."""
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput("instances must be a non-empty list of objects")
+        if len(instances) > MAX_INSTANCES:
+            raise InvalidInput(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
+        problems: list[str] = []
+        for i, row in enumerate(instances):
+            if not isinstance(row, dict):
+                problems.append(f"instances[{i}]: must be an object, got {type(row).__name__}")
+                continue
+            for name in sorted(set(row) - set(self._fields)):
+                problems.append(f"instances[{i}].{name}: unknown field")
+            for name, field in self._fields.items():
+                if name not in row:
+                    if not field.nullable:
+                        problems.append(f"instances[{i}].{name}: missing")
+                    continue
+                why = _check_value(field, row[name])
+                if why:
+                    problems.append(f"instances[{i}].{name}: {why}")
+            if len(problems) >= 20:
+                problems.append("(further problems not listed)")
+                break
+        if problems:
+            raise InvalidInput("invalid input: " + "; ".join(problems))
+        return instances  # type: ignore[return-value]
+
+    def predict(self, instances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        rows = self.validate(list(instances) if not isinstance(instances, list) else instances)
+        x = torch.from_numpy(self.preprocessor.transform_rows(rows))
+        with torch.no_grad():
+            probabilities = torch.sigmoid(self.module(x).squeeze(-1)).numpy().astype(np.float64)
+        labels = self.spec.class_labels
+        return [
+            {"label": labels[int(p >= 0.5)], "probability": round(float(p), 6)}
+            for p in np.atleast_1d(probabilities)
+        ]

@@ -1,0 +1,1 @@
+"""Training: model families, the per-worker train loop, and the model directory format."""
