@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -129,8 +130,19 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         config.reports_dir.mkdir(parents=True, exist_ok=True)
         (config.reports_dir / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
         print(f"report: {config.reports_dir / 'demo.json'}", flush=True)
+        if keep_serving and platform.started_ray:
+            print(f"serving at {base} (Ray dashboard http://127.0.0.1:8265); press Ctrl-C to stop", flush=True)
+            def stop(signum: int, frame: Any) -> None:
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGTERM, stop)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("stopping", flush=True)
     finally:
-        if platform.started_ray and not keep_serving:
+        if platform.started_ray:
             try:
                 serve.shutdown()
             except Exception:  # noqa: BLE001 - shutting down anyway

@@ -71,7 +71,7 @@ def train_tabular(
         run_config=RunConfig(name=run_id, storage_path=f"{config.storage_root.rstrip('/')}/checkpoints"),
         datasets={"train": ds},
     )
-    result = trainer.fit()
+    result = _fit_keeping_sigint(trainer)
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as ckpt:
@@ -81,6 +81,21 @@ def train_tabular(
     save_model_dir(out_dir, spec, state, pre)
     history = [dict(m) for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [result.metrics])]
     return TrainResult(run_id=run_id, model_dir=out_dir, history=history)
+
+
+def _fit_keeping_sigint(trainer: Any) -> Any:
+    """Ray Train installs its own SIGINT handler and leaves it behind after ``fit``; a later
+    Ctrl-C would then be swallowed. Put the caller's handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def evaluate_binary(model_dir: Path, df: pd.DataFrame, label: str) -> dict[str, float]:

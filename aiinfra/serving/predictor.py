@@ -81,7 +81,7 @@ class Predictor:
         return instances  # type: ignore[return-value]
 
     def predict(self, instances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        rows = self.validate(list(instances) if not isinstance(instances, list) else instances)
+        rows = self.validate(instances)
         x = torch.from_numpy(self.preprocessor.transform_rows(rows))
         with torch.no_grad():
             probabilities = torch.sigmoid(self.module(x).squeeze(-1)).numpy().astype(np.float64)

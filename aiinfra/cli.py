@@ -1,0 +1,195 @@
+"""The ``aiinfra`` command line (contract in DESIGN.md).
+
+Listing and showing commands take ``--json`` and then print one JSON document on stdout and
+nothing else there. Errors go to stderr as ``error: <message>``; the exit status is 2 for a
+caller's mistake (bad input, not found) and 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiinfra.config import load_config
+from aiinfra.errors import AiInfraError
+
+__all__ = ["main"]
+
+
+def _print_json(value: Any) -> None:
+    from pydantic import BaseModel
+
+    def default(o: Any) -> Any:
+        if isinstance(o, BaseModel):
+            return o.model_dump(mode="json")
+        if hasattr(o, "to_dict"):
+            return o.to_dict()
+        return str(o)
+
+    json.dump(value, sys.stdout, default=default, indent=2)
+    sys.stdout.write("\n")
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _cluster_running(config: Any) -> bool:
+    if config.ray_address:
+        return True
+    from ray._private.services import find_gcs_addresses  # private: Ray is pinned exactly
+
+    return bool(find_gcs_addresses())
+
+
+def open_platform(config: Any) -> Any:
+    """Through the registry actor when a cluster is running; else straight to the stores.
+
+    With no cluster there is no registry actor to go around, and starting Ray (5 to 10 s)
+    for a listing would be a poor trade; the metadata DB's transactions keep direct access safe.
+    """
+    from aiinfra.platform import connect, open_local
+
+    if _cluster_running(config):
+        return connect(config)
+    return open_local(config)
+
+
+# -- models ---------------------------------------------------------------------------
+def _models_ls(args: argparse.Namespace) -> None:
+    with open_platform(load_config()) as p:
+        models = p.registry.list_models()
+    if args.json:
+        return _print_json([m.model_dump(mode="json") for m in models])
+    if not models:
+        print("no models registered yet; `aiinfra demo` registers one")
+        return
+    print(f"{'NAME':<24} {'LATEST':>6} {'VERSIONS':>8}  ALIASES")
+    for m in models:
+        aliases = ", ".join(f"{a}->{v}" for a, v in m.aliases.items()) or "-"
+        print(f"{m.name:<24} {m.latest_version or '-':>6} {m.version_count:>8}  {aliases}")
+
+
+def _models_show(args: argparse.Namespace) -> None:
+    with open_platform(load_config()) as p:
+        if "@" in args.ref:
+            version = p.registry.get(args.ref)
+            if args.json:
+                return _print_json(version.model_dump(mode="json"))
+            _print_version(version)
+            return
+        versions = p.registry.list_versions(args.ref)
+    if args.json:
+        return _print_json({"name": args.ref, "versions": [v.model_dump(mode="json") for v in versions]})
+    print(f"model {args.ref}: {len(versions)} version(s)")
+    print(f"{'VERSION':>7}  {'STATUS':<8} {'CREATED':<19}  {'ALIASES':<20} METRICS")
+    for v in versions:
+        metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
+        print(f"{v.version:>7}  {v.status:<8} {_when(v.created_at):<19}  {', '.join(v.aliases) or '-':<20} {metrics}")
+
+
+def _print_version(v: Any) -> None:
+    print(f"{v.ref}  ({v.status}; aliases: {', '.join(v.aliases) or 'none'})")
+    print(f"  created     {_when(v.created_at)} by {v.created_by}")
+    print(f"  artifacts   {v.artifact_uri}")
+    for rel, d in sorted(v.files.items()):
+        print(f"    {rel:<28} {d.size:>10} B  sha256 {d.sha256[:16]}...")
+    if v.metrics:
+        print("  metrics     " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items())))
+    if v.params:
+        print("  params      " + json.dumps(v.params, sort_keys=True))
+    lineage = {k: val for k, val in v.lineage.model_dump().items() if val is not None}
+    print("  lineage     " + (", ".join(f"{k}={val}" for k, val in lineage.items()) or "none recorded"))
+    if v.signature:
+        ins = ", ".join(f"{f.name}:{f.dtype}" for f in v.signature.inputs)
+        outs = ", ".join(f"{f.name}:{f.dtype}" for f in v.signature.outputs)
+        print(f"  signature   ({ins}) -> ({outs})")
+
+
+def _models_alias(args: argparse.Namespace) -> None:
+    with open_platform(load_config()) as p:
+        version = p.registry.set_alias(args.name, args.version, args.alias)
+    if args.json:
+        return _print_json(version.model_dump(mode="json"))
+    print(f"{args.name}@{args.alias} -> {version.ref}")
+
+
+def _models_archive(args: argparse.Namespace) -> None:
+    with open_platform(load_config()) as p:
+        version = p.registry.archive(args.name, args.version, reason=args.reason)
+    print(f"{version.ref} is {version.status}")
+
+
+def _models_audit(args: argparse.Namespace) -> None:
+    with open_platform(load_config()) as p:
+        entries = p.registry.audit(args.name)
+    if args.json:
+        return _print_json([e.model_dump(mode="json") for e in entries])
+    for e in entries:
+        change = f"{json.dumps(e.before) if e.before else '-'} -> {json.dumps(e.after) if e.after else '-'}"
+        print(f"{_when(e.ts)}  {e.who:<24} {e.action:<12} v{e.version or '-':<4} {change}")
+
+
+# -- demo -----------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> None:
+    from aiinfra.pipelines.demo import run_demo
+
+    run_demo(load_config(), rows=args.rows, epochs=args.epochs, seed=args.seed, keep_serving=args.keep_serving)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiinfra", description="The ML platform on one Ray cluster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole lifecycle on the embedded default: data -> train -> register -> serve -> predict")
+    demo.add_argument("--rows", type=int, default=20_000, help="rows of synthetic customer data (default 20000)")
+    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--keep-serving", action="store_true", help="keep the HTTP endpoint up until Ctrl-C (on a cluster it stays up)")
+    demo.set_defaults(func=_demo)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
+    ls = models.add_parser("ls", help="list models with their latest version and aliases")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_models_ls)
+    show = models.add_parser("show", help="NAME lists its versions; NAME@VERSION or NAME@ALIAS shows one")
+    show.add_argument("ref")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_models_show)
+    alias = models.add_parser("alias", help="point ALIAS (champion, challenger, ...) at VERSION")
+    alias.add_argument("name")
+    alias.add_argument("version", type=int)
+    alias.add_argument("alias")
+    alias.add_argument("--json", action="store_true")
+    alias.set_defaults(func=_models_alias)
+    archive = models.add_parser("archive", help="archive a version (kept, never deleted)")
+    archive.add_argument("name")
+    archive.add_argument("version", type=int)
+    archive.add_argument("--reason", default="")
+    archive.set_defaults(func=_models_archive)
+    audit = models.add_parser("audit", help="every change to a model: who, when, before and after")
+    audit.add_argument("name")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=_models_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AiInfraError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2 if 400 <= e.status_code < 500 else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aiinfra import cli
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIINFRA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AIINFRA_CONFIG", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(cli, "_cluster_running", lambda config: False)
+    from aiinfra.platform import open_local
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "weights.safetensors").write_bytes(b"\x01" * 10)
+    with open_local() as p:
+        p.registry.register("churn", d, metrics={"auc": 0.8}, lineage={"run_id": "r1"})
+        p.registry.register("churn", d, metrics={"auc": 0.9})
+    return tmp_path / "home"
+
+
+def test_listing_json_is_one_document(home, capsys):
+    assert cli.main(["models", "ls", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["name"] == "churn" and out[0]["latest_version"] == 2
+
+
+def test_alias_then_show(home, capsys):
+    assert cli.main(["models", "alias", "churn", "1", "champion"]) == 0
+    capsys.readouterr()
+    assert cli.main(["models", "show", "churn@champion", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 1 and shown["aliases"] == ["champion"] and shown["lineage"]["run_id"] == "r1"
+    assert cli.main(["models", "show", "churn"]) == 0
+    assert "champion" in capsys.readouterr().out
+    assert cli.main(["models", "audit", "churn", "--json"]) == 0
+    assert [e["action"] for e in json.loads(capsys.readouterr().out)][-1] == "set_alias"
+
+
+def test_errors_go_to_stderr_with_status(home, capsys):
+    assert cli.main(["models", "show", "ghost@1"]) == 2
+    err = capsys.readouterr()
+    assert err.out == "" and "ghost" in err.err
+    assert cli.main(["models", "alias", "churn", "1", "a/b"]) == 2
+    assert "path separators" in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""The inference path without Ray: transforms, the Predictor, and the Serve config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
+from aiinfra.data.transforms import TabularPreprocessor, fit_preprocessor
+from aiinfra.errors import InvalidInput
+from aiinfra.pipelines.tabular import evaluate_binary, signature_for
+from aiinfra.registry.types import ModelVersion
+from aiinfra.serving.predictor import Predictor
+from aiinfra.storage import FileDigest
+from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
+from aiinfra.training.models import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_customers(2_000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pre(data):
+    return fit_preprocessor(data, numeric=NUMERIC, categorical=CATEGORICAL)
+
+
+@pytest.fixture
+def predictor(tmp_path, pre):
+    torch.manual_seed(0)
+    spec = ModelSpec(family="tabular_mlp", params={"hidden": [8]}, input_dim=pre.output_dim, output_dim=1)
+    save_model_dir(tmp_path / "m", spec, build_model(spec.family, spec.input_dim, 1, spec.params).state_dict(), pre)
+    version = ModelVersion(
+        name="churn", version=3, status="active", created_at=0.0, created_by="t", artifact_uri="x",
+        files={"weights.safetensors": FileDigest("0" * 64, 1)}, signature=signature_for(pre, {"support_calls": "int64"}),
+    )
+    return Predictor(version, tmp_path / "m")
+
+
+def test_synthetic_data_is_seeded_and_has_signal(data):
+    again = make_customers(2_000, seed=1)
+    assert data.equals(again)
+    assert set(data.columns) >= {"customer_id", "event_ts", *NUMERIC, *CATEGORICAL, LABEL}
+    assert data.groupby("plan")[LABEL].mean()["basic"] > data.groupby("plan")[LABEL].mean()["premium"]
+
+
+def test_transform_batch_equals_row_by_row(data, pre):
+    rows = data[NUMERIC + CATEGORICAL].head(50).to_dict("records")
+    batch = pre.transform(data.head(50))
+    one_by_one = np.vstack([pre.transform_rows([r]) for r in rows])
+    np.testing.assert_array_equal(batch, one_by_one)
+    assert TabularPreprocessor.from_json(pre.to_json()) == pre  # stored as JSON, round-trips exactly
+
+
+def test_unknown_category_goes_to_its_bucket(pre):
+    x = pre.transform_rows([{"tenure_months": 1, "monthly_charges": 50, "support_calls": 0, "plan": "gold", "region": "north"}])
+    plan = pre.categorical[0]
+    start = len(pre.numeric)
+    assert x[0, start + len(plan.categories)] == 1.0  # the unknown slot
+    assert x[0, start : start + len(plan.categories)].sum() == 0
+
+
+def test_predictor_answers_with_labels_and_probabilities(predictor, data):
+    rows = data[NUMERIC + CATEGORICAL].head(4).to_dict("records")
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    out = predictor.predict(rows)
+    assert len(out) == 4 and all(0.0 <= p["probability"] <= 1.0 and p["label"] in (0, 1) for p in out)
+
+
+@pytest.mark.parametrize(
+    "instances,needle",
+    [
+        ([], "non-empty"),
+        ({"a": 1}, "non-empty list"),
+        (["row"], "instances[0]: must be an object"),
+        ([{"tenure_months": "long", "monthly_charges": 1, "support_calls": 1, "plan": "basic", "region": "n"}], "tenure_months: must be a number"),
+        ([{"tenure_months": 1, "monthly_charges": float("nan"), "support_calls": 1, "plan": "basic", "region": "n"}], "monthly_charges: must be finite"),
+        ([{"tenure_months": 1, "monthly_charges": 1, "support_calls": 1.5, "plan": "basic", "region": "n"}], "support_calls: must be an integer"),
+        ([{"tenure_months": 1, "monthly_charges": 1, "support_calls": 1, "plan": 3, "region": "n"}], "plan: must be a string"),
+        ([{"monthly_charges": 1, "support_calls": 1, "plan": "basic", "region": "n"}], "tenure_months: missing"),
+        ([{"tenure_months": True, "monthly_charges": 1, "support_calls": 1, "plan": "basic", "region": "n", "x": 1}], "x: unknown field"),
+    ],
+)
+def test_predictor_names_each_bad_field(predictor, instances, needle):
+    with pytest.raises(InvalidInput) as exc:
+        predictor.predict(instances)
+    assert needle in str(exc.value)
+
+
+def test_model_dir_round_trip_and_evaluation(tmp_path, pre, data):
+    spec = ModelSpec(family="tabular_mlp", input_dim=pre.output_dim, output_dim=1)
+    model = build_model(spec.family, spec.input_dim, 1)
+    save_model_dir(tmp_path / "m", spec, model.state_dict(), pre)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "preprocess.json", "weights.safetensors"]
+    spec2, model2, pre2 = load_model_dir(tmp_path / "m")
+    assert spec2 == spec and pre2 == pre
+    x = torch.from_numpy(pre.transform(data.head(3)))
+    torch.testing.assert_close(model.eval()(x), model2(x))
+    metrics = evaluate_binary(tmp_path / "m", data, LABEL)
+    assert set(metrics) == {"accuracy", "roc_auc", "log_loss", "holdout_rows"}
+    with pytest.raises(InvalidInput, match="unknown model family"):
+        build_model("transformer-xxl", 3, 1)
+
+
+def test_serve_config_is_valid_for_ray_serve():
+    from ray.serve.schema import ServeDeploySchema
+
+    for path in sorted((ROOT / "serve_configs").glob("*.yaml")):
+        schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+        for app in schema.applications:
+            module, _, attr = app.import_path.partition(":")
+            imported = __import__(module, fromlist=[attr])
+            assert callable(getattr(imported, attr)), f"{path.name}: {app.import_path} is not importable"
