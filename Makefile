@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 # Everything: unit (no Ray), integration (one shared Ray), end to end (the CLI and HTTP as a user sees them).
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/python -m pytest tests/integration -q
 	$(BIN)/python -m pytest tests/e2e -q
@@ -37,6 +38,7 @@ e2e: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check aiinfra jobs tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/registry.py

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -15,13 +16,11 @@ if TYPE_CHECKING:
     from aiinfra.platform import connect
 
 
+_LAZY = {"PlatformConfig": "aiinfra.config", "load_config": "aiinfra.config", "connect": "aiinfra.platform"}
+
+
 def __getattr__(name: str) -> Any:
-    if name in ("PlatformConfig", "load_config"):
-        from aiinfra import config
-
-        return getattr(config, name)
-    if name == "connect":
-        from aiinfra.platform import connect
-
-        return connect
+    # Resolved on first use (PEP 562), so that importing any aiinfra module never drags in Ray.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aiinfra' has no attribute {name!r}")
