@@ -1,0 +1,145 @@
+"""The dataset catalog: immutable, content-addressed versions that describe themselves.
+
+A version lives in the lake under ``datasets/<name>/<version>/``: Parquet parts, the
+profile's reference sample (``_sample.parquet``) and ``_manifest.json``, written last.
+A version exists exactly when its manifest does, so a failed or interrupted ingest is never
+visible, and the catalog needs no database: the data pipeline stays stateless (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from aiinfra.data.profile import DatasetProfile, profile_diff
+from aiinfra.errors import Conflict, InvalidInput, NotFound
+from aiinfra.registry.types import validate_name
+from aiinfra.storage import ArtifactStore, FileDigest
+
+__all__ = ["DatasetCatalog", "DatasetVersion", "parse_dataset_ref"]
+
+MANIFEST = "_manifest.json"
+SAMPLE = "_sample.parquet"
+_VERSION_RE = re.compile(r"^[0-9a-f]{4,16}$")
+
+
+class DatasetVersion(BaseModel):
+    name: str
+    version: str
+    created_at: float
+    created_by: str = "unknown"
+    source_uri: str
+    source_format: str
+    parent_version: str | None = None
+    spec_hash: str | None = None
+    spec: dict[str, Any] | None = None
+    schema_: list[dict[str, str]] = Field(alias="schema")
+    row_count: int
+    rows_in: int
+    quarantined_count: int
+    quarantine_reasons: dict[str, int] = Field(default_factory=dict)
+    files: dict[str, FileDigest]
+    quarantine_files: dict[str, FileDigest] = Field(default_factory=dict)
+    profile: DatasetProfile
+
+    model_config = {"populate_by_name": True}
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def key(self) -> str:
+        return f"datasets/{self.name}/{self.version}"
+
+
+def parse_dataset_ref(ref: str) -> tuple[str, str | None]:
+    name, sep, version = ref.partition("@")
+    validate_name("dataset name", name)
+    if sep and not _VERSION_RE.match(version):
+        raise InvalidInput(f"dataset reference {ref!r}: a version is 4 to 16 lowercase hex characters")
+    return name, (version or None)
+
+
+class DatasetCatalog:
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+
+    def names(self) -> list[str]:
+        names = set()
+        for rel in self.store.list_files("datasets"):
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[2] == MANIFEST:
+                names.add(parts[0])
+        return sorted(names)
+
+    def versions(self, name: str) -> list[DatasetVersion]:
+        """Oldest first."""
+        validate_name("dataset name", name)
+        out = []
+        for rel in self.store.list_files(f"datasets/{name}"):
+            parts = rel.split("/")
+            if len(parts) == 2 and parts[1] == MANIFEST:
+                out.append(self._read(f"datasets/{name}/{rel}"))
+        return sorted(out, key=lambda v: (v.created_at, v.version))
+
+    def get(self, ref: str) -> DatasetVersion:
+        """``name`` (the latest version), ``name@<version>`` or a unique prefix of one."""
+        name, version = parse_dataset_ref(ref)
+        if version is not None and len(version) == 16:
+            key = f"datasets/{name}/{version}/{MANIFEST}"
+            if self.store.exists(key):
+                return self._read(key)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"dataset {name!r} has no versions; ingest one with `aiinfra data ingest {name} URI`")
+        if version is None:
+            return versions[-1]
+        matches = [v for v in versions if v.version.startswith(version)]
+        if not matches:
+            raise NotFound(f"dataset {name!r} has no version {version!r}")
+        if len(matches) > 1:
+            raise Conflict(f"{ref!r} matches {len(matches)} versions; give more characters")
+        return matches[0]
+
+    def exists(self, name: str, version: str) -> bool:
+        return self.store.exists(f"datasets/{name}/{version}/{MANIFEST}")
+
+    def commit(self, manifest: DatasetVersion, staged: dict[str, str], staged_quarantine: dict[str, str]) -> DatasetVersion:
+        """Copy staged files into the version's place, then write the manifest (which makes it visible).
+
+        ``staged`` maps a final file name to its staging key. Copies are re-hashed, so the
+        recorded SHA-256 is of what is stored.
+        """
+        files: dict[str, FileDigest] = {}
+        for rel, src in sorted(staged.items()):
+            files[rel] = self.store.copy(src, f"{manifest.key}/{rel}")
+        quarantine: dict[str, FileDigest] = {}
+        for rel, src in sorted(staged_quarantine.items()):
+            quarantine[rel] = self.store.copy(src, f"quarantine/{manifest.name}/{manifest.version}/{rel}")
+        final = manifest.model_copy(update={"files": files, "quarantine_files": quarantine, "created_at": time.time()})
+        self.store.write_bytes(f"{manifest.key}/{MANIFEST}", final.model_dump_json(by_alias=True, indent=2).encode())
+        return final
+
+    def diff(self, ref_a: str, ref_b: str) -> dict[str, Any]:
+        a, b = self.get(ref_a), self.get(ref_b)
+        schema_a = {c["name"]: c["type"] for c in a.schema_}
+        schema_b = {c["name"]: c["type"] for c in b.schema_}
+        return {
+            "a": a.ref,
+            "b": b.ref,
+            "schema": {
+                "added": sorted(set(schema_b) - set(schema_a)),
+                "removed": sorted(set(schema_a) - set(schema_b)),
+                "type_changed": {c: [schema_a[c], schema_b[c]] for c in sorted(set(schema_a) & set(schema_b))
+                                 if schema_a[c] != schema_b[c]},
+            },
+            "profile": profile_diff(a.profile, b.profile),
+        }
+
+    def _read(self, key: str) -> DatasetVersion:
+        return DatasetVersion.model_validate(json.loads(self.store.read_bytes(key)))

@@ -1,0 +1,250 @@
+"""The ingestion gate, wired to Ray Data: read -> validate -> quarantine -> profile -> version.
+
+One streaming pass: each batch is validated, its good and bad rows are written to a staging
+area of the lake by the task that saw them, and the task returns only small statistics (counts,
+reasons, a content digest, a partial profile). The driver merges those, never the rows. Only
+when every check passes are the staged files copied into ``datasets/<name>/<version>/`` and the
+manifest written, which is the moment the version becomes visible.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aiinfra.config import PlatformConfig
+from aiinfra.data.catalog import SAMPLE, DatasetCatalog, DatasetVersion
+from aiinfra.data.profile import PartialProfile, finalize, profile_batch
+from aiinfra.data.sources import Source, resolve_source
+from aiinfra.data.spec import ValidationSpec
+from aiinfra.data.validation import REASON_COLUMN, SOURCE_COLUMN, validate_batch
+from aiinfra.data.versioning import ContentDigest, content_digest, row_hashes, schema_fingerprint, version_id
+from aiinfra.errors import AiInfraError, InvalidInput
+from aiinfra.registry.types import validate_name
+from aiinfra.storage import ArtifactStore, open_artifact_store
+
+__all__ = ["IngestResult", "ingest"]
+
+BATCH_ROWS = 65_536
+
+
+@dataclass
+class BatchStats:
+    rows_in: int = 0
+    kept: int = 0
+    quarantined: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    digest: ContentDigest = field(default_factory=ContentDigest)
+    profile: PartialProfile = field(default_factory=PartialProfile)
+    schema: pa.Schema | None = None
+    files: list[str] = field(default_factory=list)
+    quarantine_files: list[str] = field(default_factory=list)
+    first_source: str | None = None
+
+    def merge(self, o: BatchStats) -> BatchStats:
+        if self.schema is not None and o.schema is not None and schema_fingerprint(self.schema) != schema_fingerprint(o.schema):
+            raise InvalidInput(
+                f"the input's schema differs between files ({self.first_source}: {schema_fingerprint(self.schema)}; "
+                f"{o.first_source}: {schema_fingerprint(o.schema)}); declare the column types in a spec"
+            )
+        return BatchStats(
+            self.rows_in + o.rows_in, self.kept + o.kept, self.quarantined + o.quarantined,
+            self.reasons + o.reasons, self.digest.merge(o.digest), self.profile.merge(o.profile),
+            self.schema or o.schema, self.files + o.files, self.quarantine_files + o.quarantine_files,
+            self.first_source or o.first_source,
+        )
+
+
+@dataclass
+class IngestResult:
+    version: DatasetVersion
+    created: bool
+
+
+@functools.lru_cache(maxsize=4)
+def _store(uri: str) -> ArtifactStore:
+    return open_artifact_store(uri)
+
+
+def _write_parquet(store: ArtifactStore, key: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    store.write_bytes(key, buf.getvalue())
+
+
+def process_batch(batch: pa.Table, *, storage_root: str, staging: str, spec: ValidationSpec | None,
+                  duplicate_keys: set[tuple[Any, ...]] | None = None) -> pa.Table:
+    """One batch through the gate. Runs in a Ray Data task; returns one row of pickled BatchStats."""
+    source = batch.column(SOURCE_COLUMN)[0].as_py() if SOURCE_COLUMN in batch.column_names and batch.num_rows else None
+    if spec is not None:
+        result = validate_batch(batch, spec)
+        good, bad, reasons = result.good, result.bad, result.reasons
+    else:
+        good = batch.drop_columns([SOURCE_COLUMN]) if SOURCE_COLUMN in batch.column_names else batch
+        bad, reasons = None, Counter()
+    if duplicate_keys and spec is not None and spec.key and good.num_rows:
+        keys = list(zip(*(good.column(k).to_pylist() for k in spec.key)))
+        dup = pa.array([k in duplicate_keys for k in keys], pa.bool_())
+        if pc.any(dup).as_py():
+            message = f"{', '.join(spec.key)}: duplicate key"
+            dup_rows = good.filter(dup)
+            reasons[message] += dup_rows.num_rows
+            dup_rows = dup_rows.append_column(REASON_COLUMN, pa.array([message] * dup_rows.num_rows, pa.string()))
+            good = good.filter(pc.invert(dup))
+            parts = [_as_text(t) for t in (bad, dup_rows) if t is not None and t.num_rows]
+            bad = pa.concat_tables(parts, promote_options="default")
+    if bad is not None and bad.num_rows:
+        bad = _as_text(bad)
+    store = _store(storage_root)
+    stats = BatchStats(rows_in=batch.num_rows, kept=good.num_rows, quarantined=0 if bad is None else bad.num_rows,
+                       reasons=reasons, schema=good.schema, first_source=source)
+    if good.num_rows:
+        h1, h2 = row_hashes(good)
+        stats.digest = content_digest(h1, h2)
+        stats.profile = profile_batch(good, h1)
+        name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+        _write_parquet(store, f"{staging}/data/{name}", good)
+        stats.files.append(name)
+    if bad is not None and bad.num_rows:
+        name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+        _write_parquet(store, f"{staging}/quarantine/{name}", bad)
+        stats.quarantine_files.append(name)
+    return pa.table({"stats": pa.array([pickle.dumps(stats)], pa.binary())})
+
+
+def _as_text(table: pa.Table) -> pa.Table:
+    """Quarantine keeps values as text: rows that failed to parse have no other common type."""
+    return pa.table({c: pc.cast(table.column(c), pa.string()) for c in table.column_names})
+
+
+def _read(source: Source, spec: ValidationSpec | None):
+    import pyarrow.csv as pacsv
+    import ray.data
+
+    if source.format == "csv":
+        # Declared columns are read as text and parsed by the validator, so one bad value
+        # quarantines one row instead of failing the whole file.
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in spec.columns} if spec else None, strings_can_be_null=True
+        )
+        return ray.data.read_csv(source.paths, filesystem=source.filesystem, include_paths=True, convert_options=convert)
+    if source.format == "parquet":
+        return ray.data.read_parquet(source.paths, filesystem=source.filesystem, include_paths=True)
+    return ray.data.read_json(source.paths, filesystem=source.filesystem, include_paths=True)
+
+
+def _explain(e: BaseException, uri: str) -> AiInfraError:
+    """Turn what Ray Data raised into our error, naming the input."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, AiInfraError):
+            return cause
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    text = str(e).strip().splitlines()
+    detail = next((line for line in reversed(text) if line.strip()), type(e).__name__)
+    return InvalidInput(f"cannot ingest {uri}: {detail}")
+
+
+def _run_pass(source: Source, spec: ValidationSpec | None, config: PlatformConfig, staging: str,
+              duplicate_keys: set[tuple[Any, ...]] | None, progress) -> BatchStats:
+    ds = _read(source, spec).map_batches(
+        process_batch, batch_format="pyarrow", batch_size=BATCH_ROWS,
+        fn_kwargs={"storage_root": config.storage_root, "staging": staging, "spec": spec, "duplicate_keys": duplicate_keys},
+    )
+    total = BatchStats()
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for blob in batch.column("stats").to_pylist():
+                total = total.merge(pickle.loads(blob))
+                progress(total)
+    except AiInfraError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Ray Data wraps user errors in its own types
+        raise _explain(e, source.uri) from None
+    return total
+
+
+def _duplicate_keys(store: ArtifactStore, staging: str, files: list[str], key: list[str]) -> set[tuple[Any, ...]]:
+    import ray.data
+
+    if not files:
+        return set()
+    counts = ray.data.read_parquet([store.path(f"{staging}/data/{f}") for f in files], filesystem=store.fs, columns=key)
+    dups = counts.groupby(key if len(key) > 1 else key[0]).count().filter(lambda r: r["count()"] > 1)
+    return {tuple(r[k] for k in key) for r in dups.take_all()}
+
+
+def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec | None = None,
+           who: str = "unknown", progress=None) -> IngestResult:
+    """Validate, quarantine, profile and version ``uri`` as dataset ``name``.
+
+    Raises:
+        InvalidInput: bad name, unreadable or empty input, a missing column, or a check that
+            failed as a whole (too many bad rows, row-count bounds); the message names the
+            file or the columns and reasons with their counts. No version is created.
+    """
+    validate_name("dataset name", name)
+    source = resolve_source(uri)
+    store = open_artifact_store(config.storage_root)
+    catalog = DatasetCatalog(store)
+    progress = progress or (lambda stats: None)
+    staging = f"staging/ingest-{uuid.uuid4().hex}"
+    try:
+        stats = _run_pass(source, spec, config, staging, None, progress)
+        if spec is not None and spec.key and stats.kept:
+            dups = _duplicate_keys(store, staging, stats.files, spec.key)
+            if dups:
+                store.delete_dir(staging)
+                staging = f"staging/ingest-{uuid.uuid4().hex}"
+                stats = _run_pass(source, spec, config, staging, dups, progress)
+        _check(stats, spec, uri)
+        assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
+        vid = version_id(stats.schema, stats.digest)
+        if catalog.exists(name, vid):
+            return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
+        parent = catalog.versions(name)
+        profile = finalize(stats.profile, stats.schema)
+        if stats.profile.sample is not None:
+            _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
+        manifest = DatasetVersion(
+            name=name, version=vid, created_at=0.0, created_by=who, source_uri=source.uri.split("?", 1)[0],
+            source_format=source.format, parent_version=parent[-1].version if parent else None,
+            spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
+            schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
+            row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
+            quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
+        )
+        staged = {f: f"{staging}/data/{f}" for f in stats.files}
+        if stats.profile.sample is not None:
+            staged[SAMPLE] = f"{staging}/{SAMPLE}"
+        version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files})
+        return IngestResult(version, created=True)
+    finally:
+        store.delete_dir(staging)
+
+
+def _check(stats: BatchStats, spec: ValidationSpec | None, uri: str) -> None:
+    if stats.rows_in == 0:
+        raise InvalidInput(f"{uri}: the input has no rows")
+    report = "; ".join(f"{reason} ({count} rows)" for reason, count in stats.reasons.most_common(20))
+    max_bad = spec.max_bad_fraction if spec else 0.0
+    bad_fraction = stats.quarantined / stats.rows_in
+    if bad_fraction > max_bad:
+        raise InvalidInput(
+            f"{uri}: {stats.quarantined} of {stats.rows_in} rows ({bad_fraction:.2%}) failed validation, more than the "
+            f"tolerated {max_bad:.2%}: {report}"
+        )
+    if spec is not None:
+        if stats.kept < spec.min_rows:
+            raise InvalidInput(f"{uri}: {stats.kept} valid rows, fewer than min_rows {spec.min_rows}")
+        if spec.max_rows is not None and stats.kept > spec.max_rows:
+            raise InvalidInput(f"{uri}: {stats.kept} valid rows, more than max_rows {spec.max_rows}")
