@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from aiinfra.storage import ArtifactStore, open_artifact_store
 __all__ = ["IngestResult", "ingest"]
 
 BATCH_ROWS = 65_536
+_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Invalid)\w*: ")
 
 
 @dataclass
@@ -49,6 +51,9 @@ class BatchStats:
     files: list[str] = field(default_factory=list)
     quarantine_files: list[str] = field(default_factory=list)
     first_source: str | None = None
+    # A problem with a batch as a whole travels back as data: Ray Data keeps only the text
+    # of an exception raised in a task, and the caller deserves the typed error.
+    error: AiInfraError | None = None
 
     def merge(self, o: BatchStats) -> BatchStats:
         if self.schema is not None and o.schema is not None and schema_fingerprint(self.schema) != schema_fingerprint(o.schema):
@@ -60,7 +65,7 @@ class BatchStats:
             self.rows_in + o.rows_in, self.kept + o.kept, self.quarantined + o.quarantined,
             self.reasons + o.reasons, self.digest.merge(o.digest), self.profile.merge(o.profile),
             self.schema or o.schema, self.files + o.files, self.quarantine_files + o.quarantine_files,
-            self.first_source or o.first_source,
+            self.first_source or o.first_source, self.error or o.error,
         )
 
 
@@ -84,6 +89,15 @@ def _write_parquet(store: ArtifactStore, key: str, table: pa.Table) -> None:
 def process_batch(batch: pa.Table, *, storage_root: str, staging: str, spec: ValidationSpec | None,
                   duplicate_keys: set[tuple[Any, ...]] | None = None) -> pa.Table:
     """One batch through the gate. Runs in a Ray Data task; returns one row of pickled BatchStats."""
+    try:
+        stats = _process(batch, storage_root, staging, spec, duplicate_keys)
+    except AiInfraError as e:
+        stats = BatchStats(rows_in=batch.num_rows, error=e)
+    return pa.table({"stats": pa.array([pickle.dumps(stats)], pa.binary())})
+
+
+def _process(batch: pa.Table, storage_root: str, staging: str, spec: ValidationSpec | None,
+             duplicate_keys: set[tuple[Any, ...]] | None) -> BatchStats:
     source = batch.column(SOURCE_COLUMN)[0].as_py() if SOURCE_COLUMN in batch.column_names and batch.num_rows else None
     if spec is not None:
         result = validate_batch(batch, spec)
@@ -118,7 +132,7 @@ def process_batch(batch: pa.Table, *, storage_root: str, staging: str, spec: Val
         name = f"part-{uuid.uuid4().hex[:16]}.parquet"
         _write_parquet(store, f"{staging}/quarantine/{name}", bad)
         stats.quarantine_files.append(name)
-    return pa.table({"stats": pa.array([pickle.dumps(stats)], pa.binary())})
+    return stats
 
 
 def _as_text(table: pa.Table) -> pa.Table:
@@ -149,22 +163,27 @@ def _explain(e: BaseException, uri: str) -> AiInfraError:
         if isinstance(cause, AiInfraError):
             return cause
         cause = getattr(cause, "cause", None) or cause.__cause__
-    text = str(e).strip().splitlines()
-    detail = next((line for line in reversed(text) if line.strip()), type(e).__name__)
+    # Ray keeps the task's traceback as text: its last "SomeError: message" line is the reason.
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln) and not ln.startswith(("ray.", "UserCodeException"))]
+    detail = errors[-1] if errors else next((ln for ln in lines if ln), type(e).__name__)
     return InvalidInput(f"cannot ingest {uri}: {detail}")
 
 
 def _run_pass(source: Source, spec: ValidationSpec | None, config: PlatformConfig, staging: str,
               duplicate_keys: set[tuple[Any, ...]] | None, progress) -> BatchStats:
-    ds = _read(source, spec).map_batches(
-        process_batch, batch_format="pyarrow", batch_size=BATCH_ROWS,
-        fn_kwargs={"storage_root": config.storage_root, "staging": staging, "spec": spec, "duplicate_keys": duplicate_keys},
-    )
     total = BatchStats()
     try:
+        # Inside the try: some readers (Parquet) open their files while the plan is built.
+        ds = _read(source, spec).map_batches(
+            process_batch, batch_format="pyarrow", batch_size=BATCH_ROWS,
+            fn_kwargs={"storage_root": config.storage_root, "staging": staging, "spec": spec, "duplicate_keys": duplicate_keys},
+        )
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for blob in batch.column("stats").to_pylist():
                 total = total.merge(pickle.loads(blob))
+                if total.error is not None:
+                    raise total.error
                 progress(total)
     except AiInfraError:
         raise
@@ -179,7 +198,7 @@ def _duplicate_keys(store: ArtifactStore, staging: str, files: list[str], key: l
     if not files:
         return set()
     counts = ray.data.read_parquet([store.path(f"{staging}/data/{f}") for f in files], filesystem=store.fs, columns=key)
-    dups = counts.groupby(key if len(key) > 1 else key[0]).count().filter(lambda r: r["count()"] > 1)
+    dups = counts.groupby(key if len(key) > 1 else key[0]).count().rename_columns({"count()": "_n"}).filter(expr="_n > 1")
     return {tuple(r[k] for k in key) for r in dups.take_all()}
 
 

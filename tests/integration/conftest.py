@@ -12,7 +12,12 @@ from aiinfra.platform import connect
 @pytest.fixture(scope="session")
 def ray_session():
     # address="local": always our own cluster, never a developer's running one.
-    ray.init(address="local", num_cpus=2, namespace="aiinfra", include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, namespace="aiinfra", include_dashboard=False, log_to_driver=False,
+        # Credentials for the loopback S3 server (moto) the s3:// tests start: Ray Data's tasks
+        # read and write there from worker processes, which take their environment from here.
+        runtime_env={"env_vars": {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}},
+    )
     yield
     ray.shutdown()
 
