@@ -10,13 +10,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["CATEGORICAL", "LABEL", "NUMERIC", "TRUE_COEFFICIENTS", "make_customers"]
+__all__ = ["CATEGORICAL", "CUSTOMERS_SPEC", "LABEL", "NUMERIC", "TRUE_COEFFICIENTS", "make_customers"]
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
 CATEGORICAL = ["plan", "region"]
 LABEL = "churned"
 PLANS = ["basic", "standard", "premium"]
 REGIONS = ["north", "south", "east", "west"]
+
+# The validation spec the demo ingests this data with; jobs/configs/customers_spec.yaml is the
+# same spec as a file (a unit test keeps the two equal).
+CUSTOMERS_SPEC = {
+    "columns": {
+        "customer_id": {"type": "int64", "min": 0},
+        "event_ts": {"type": "timestamp"},
+        "tenure_months": {"type": "float64", "min": 0, "max": 600},
+        "monthly_charges": {"type": "float64", "min": 0, "max": 10000},
+        "support_calls": {"type": "int64", "min": 0},
+        "plan": {"type": "string", "allowed": PLANS},
+        "region": {"type": "string", "allowed": REGIONS},
+        "churned": {"type": "int64", "allowed": [0, 1]},
+    },
+    "key": ["customer_id"],
+    "min_rows": 100,
+    "max_bad_fraction": 0.02,
+}
 
 # Log-odds of churn: short tenure, high charges, many support calls and the basic plan raise it.
 TRUE_COEFFICIENTS = {

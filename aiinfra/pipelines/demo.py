@@ -1,21 +1,17 @@
 """``aiinfra demo``: the walking skeleton, every stage of the lifecycle connected.
 
-generate data -> version it -> fit features -> train (DDP, 2 workers) -> evaluate ->
+generate data -> ingest it through the gate (validate, quarantine, profile, version) -> fit features -> train (DDP, 2 workers) -> evaluate ->
 register -> alias -> serve on Ray Serve -> predict over HTTP -> report -> shut down.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.pipelines.progress import StageLog
@@ -26,22 +22,17 @@ MODEL_NAME = "churn"
 DATASET_NAME = "customers"
 
 
-def dataset_version_id(df: pd.DataFrame) -> str:
-    """A content id independent of row order: the sorted per-row hashes, hashed."""
-    rows = np.sort(pd.util.hash_pandas_object(df, index=False).to_numpy())
-    h = hashlib.sha256(",".join(df.columns).encode())
-    h.update(rows.tobytes())
-    return h.hexdigest()[:16]
-
-
 def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs: int = 5, seed: int = 0,
              keep_serving: bool = False) -> dict[str, Any]:
     import httpx
     from ray import serve
 
-    from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
+    from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.data.spec import ValidationSpec
+    from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_SPEC, LABEL, NUMERIC, make_customers
     from aiinfra.data.transforms import fit_preprocessor
     from aiinfra.errors import NotFound
+    from aiinfra.pipelines.ingest import ingest
     from aiinfra.pipelines.tabular import evaluate_binary, signature_for, train_tabular
     from aiinfra.platform import connect
     from aiinfra.provenance import code_version
@@ -56,15 +47,21 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         platform = connect(config)
         log.note(f"Ray {'started here' if platform.started_ray else 'joined'}; registry actor 'registry' in namespace {config.namespace!r}")
     try:
-        with log.stage("generate and version the customer dataset"):
-            df = make_customers(rows, seed=seed)
-            ds_id = dataset_version_id(df)
-            key = f"datasets/{DATASET_NAME}/{ds_id}/part-0.parquet"
+        with log.stage("generate customer data and ingest it through the gate"):
+            raw = make_customers(rows, seed=seed)
             with tempfile.TemporaryDirectory() as tmp:
-                df.to_parquet(Path(tmp) / "part-0.parquet", index=False)
-                platform.store.write_file(key, Path(tmp) / "part-0.parquet")
-            dataset_version = f"{DATASET_NAME}@{ds_id}"
-            log.note(f"{len(df):,} rows, churn rate {df[LABEL].mean():.1%} -> {platform.store.uri_for(key)}")
+                path = Path(tmp) / "customers.csv"
+                raw.to_csv(path, index=False)
+                with open(path, "a") as f:  # what real exports contain: a few broken rows
+                    f.write("100,2026-03-01T00:00:00,not-a-number,50.0,1,basic,north,0\n")
+                    f.write("101,2026-03-01T00:00:00,12.0,50.0,1,platinum,north,0\n")
+                result = ingest(config, DATASET_NAME, str(path), spec=ValidationSpec.model_validate(CUSTOMERS_SPEC))
+            dataset = result.version
+            dataset_version = dataset.ref
+            log.note(f"{dataset.ref}: {dataset.row_count:,} rows kept, {dataset.quarantined_count} quarantined "
+                     f"({'; '.join(dataset.quarantine_reasons)}){'' if result.created else ' (already ingested)'}")
+            df = DatasetCatalog(platform.store).load(dataset).to_pandas()
+            log.note(f"churn rate {df[LABEL].mean():.1%}; profile and reference sample stored with the version")
 
         with log.stage("split by time and fit features"):
             cutoff = df["event_ts"].quantile(0.8)

@@ -121,3 +121,12 @@ def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
     assert version["version"] == 1
     assert version["lineage"]["run_id"].startswith("train-") and version["lineage"]["dataset_version"].startswith("customers@")
     assert set(version["files"]) == {"model.json", "preprocess.json", "weights.safetensors"}
+    # the data went through the gate: the version the model names exists, with its quarantine
+    data = subprocess.run(
+        [str(BIN / "aiinfra"), "data", "show", version["lineage"]["dataset_version"], "--json"],
+        env=demo["env"], capture_output=True, text=True, timeout=120,
+    )
+    assert data.returncode == 0, data.stderr
+    dataset = json.loads(data.stdout)
+    assert dataset["quarantined_count"] == 2 and dataset["row_count"] == 6000
+    assert dataset["profile"]["columns"]["plan"]["distinct"] == 3
