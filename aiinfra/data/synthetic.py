@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["CATEGORICAL", "CUSTOMERS_SPEC", "LABEL", "NUMERIC", "TRUE_COEFFICIENTS", "make_customers"]
+__all__ = ["CATEGORICAL", "CUSTOMERS_FEATURES", "CUSTOMERS_SPEC", "LABEL", "NUMERIC", "TRUE_COEFFICIENTS", "make_customers"]
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
 CATEGORICAL = ["plan", "region"]
@@ -34,6 +34,17 @@ CUSTOMERS_SPEC = {
     "key": ["customer_id"],
     "min_rows": 100,
     "max_bad_fraction": 0.02,
+}
+
+# The features the demo model sees; jobs/configs/customers_features.yaml is the same as a file.
+CUSTOMERS_FEATURES = {
+    "features": [
+        {"column": "tenure_months", "steps": [{"op": "clip", "min": 0, "max": 600}, {"op": "standardize"}]},
+        {"column": "monthly_charges", "steps": [{"op": "impute", "strategy": "median"}, {"op": "standardize"}]},
+        {"column": "support_calls", "steps": [{"op": "clip", "min": 0, "max": 20}, {"op": "standardize"}]},
+        {"column": "plan", "steps": [{"op": "one_hot"}]},
+        {"column": "region", "steps": [{"op": "one_hot"}]},
+    ]
 }
 
 # Log-odds of churn: short tenure, high charges, many support calls and the basic plan raise it.

@@ -1,95 +1,323 @@
-"""Fitted tabular preprocessing: standardized numerics and one-hot categoricals.
+"""Feature transforms declared in YAML, fitted on data, stored as JSON, applied identically everywhere.
 
-Fitted once on training data, stored as JSON (never pickled), and applied by the same
-function to a batch in Ray Data and to request rows in serving, so training and serving
-see identical features.
+    features:
+      - {column: tenure_months, steps: [{op: clip, min: 0, max: 600}, {op: standardize}]}
+      - {column: monthly_charges, steps: [{op: impute, strategy: median}, {op: log1p}, {op: min_max}]}
+      - {column: support_calls, steps: [{op: bucketize, boundaries: [1, 3, 5]}]}
+      - {column: plan, steps: [{op: one_hot}]}
+      - {column: region, steps: [{op: ordinal}]}
+      - {column: event_ts, steps: [{op: datetime_parts, parts: [hour, dayofweek, month]}]}
+
+Numeric steps (impute, clip, log1p, standardize, min_max) chain, each fitted on the output of
+the one before; bucketize, one_hot, ordinal and datetime_parts end a chain. Categorical
+encodings keep an unknown bucket, so a value never seen in training is encoded, not refused.
+A numeric value still missing at the end becomes 0.
+
+``FeaturePipeline.transform`` is one function of a DataFrame: Ray Data calls it on batches,
+serving calls it (through ``transform_rows``) on request rows, so both see identical features.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aiinfra.config import format_validation_error
 from aiinfra.errors import InvalidInput
 
-__all__ = ["TabularPreprocessor", "fit_preprocessor"]
+__all__ = ["FeaturePipeline", "FeatureSpec", "fit_features", "load_feature_spec"]
 
 UNKNOWN = "__unknown__"
+DATETIME_PARTS = ("year", "month", "day", "dayofweek", "hour", "minute")
 
 
-class NumericState(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    mean: float
-    std: float
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class CategoricalState(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    categories: list[str]  # the last slot of the one-hot vector is the unknown bucket
+class Impute(_Step):
+    op: Literal["impute"]
+    strategy: Literal["mean", "median", "constant", "most_frequent"] = "mean"
+    value: float | str | None = None
+    fitted: float | str | None = None
 
 
-class TabularPreprocessor(BaseModel):
-    """The fitted state; ``transform`` turns a DataFrame into a float32 feature matrix."""
+class Clip(_Step):
+    op: Literal["clip"]
+    min: float | None = None
+    max: float | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    numeric: list[NumericState]
-    categorical: list[CategoricalState]
+class Log1p(_Step):
+    op: Literal["log1p"]
+
+
+class Standardize(_Step):
+    op: Literal["standardize"]
+    mean: float | None = None
+    std: float | None = None
+
+
+class MinMax(_Step):
+    op: Literal["min_max"]
+    min: float | None = None
+    max: float | None = None
+
+
+class Bucketize(_Step):
+    op: Literal["bucketize"]
+    boundaries: list[float] = Field(min_length=1)
+
+
+class OneHot(_Step):
+    op: Literal["one_hot"]
+    max_categories: int = Field(default=50, ge=1)
+    categories: list[str] | None = None
+
+
+class Ordinal(_Step):
+    op: Literal["ordinal"]
+    categories: list[str] | None = None
+
+
+class DatetimeParts(_Step):
+    op: Literal["datetime_parts"]
+    parts: list[Literal["year", "month", "day", "dayofweek", "hour", "minute"]] = Field(
+        default_factory=lambda: ["dayofweek", "hour", "month"]
+    )
+
+
+Step = Annotated[Impute | Clip | Log1p | Standardize | MinMax | Bucketize | OneHot | Ordinal | DatetimeParts,
+                 Field(discriminator="op")]
+_NUMERIC_CHAIN = (Impute, Clip, Log1p, Standardize, MinMax)
+_TERMINAL = (Bucketize, OneHot, Ordinal, DatetimeParts)
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    column: str = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Feature:
+        for step in self.steps[:-1]:
+            if isinstance(step, _TERMINAL):
+                raise ValueError(f"{self.column}: {step.op} must be the last step")
+        last = self.steps[-1]
+        if isinstance(last, (OneHot, Ordinal)):
+            bad = [s.op for s in self.steps[:-1] if not (isinstance(s, Impute) and s.strategy in ("constant", "most_frequent"))]
+            if bad:
+                raise ValueError(f"{self.column}: {last.op} takes only a constant or most_frequent impute before it, not {bad}")
+        if isinstance(last, DatetimeParts) and len(self.steps) > 1:
+            raise ValueError(f"{self.column}: datetime_parts stands alone")
+        return self
+
+    @property
+    def kind(self) -> str:
+        last = self.steps[-1]
+        if isinstance(last, (OneHot, Ordinal)):
+            return "categorical"
+        if isinstance(last, DatetimeParts):
+            return "datetime"
+        return "numeric"
+
+    def output_names(self) -> list[str]:
+        last = self.steps[-1]
+        if isinstance(last, OneHot):
+            return [f"{self.column}={c}" for c in (last.categories or [])] + [f"{self.column}={UNKNOWN}"]
+        if isinstance(last, Bucketize):
+            return [f"{self.column}#bucket{i}" for i in range(len(last.boundaries) + 1)]
+        if isinstance(last, DatetimeParts):
+            return [f"{self.column}.{p}" for p in last.parts]
+        return [self.column]
+
+
+class FeatureSpec(BaseModel):
+    """The declared transforms, fitted or not (fitting fills in the learned values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[Feature] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FeatureSpec:
+        seen = [f.column for f in self.features]
+        dups = sorted({c for c in seen if seen.count(c) > 1})
+        if dups:
+            raise ValueError(f"column(s) {dups} appear more than once")
+        return self
+
+
+def load_feature_spec(source: str | Path | Mapping[str, Any]) -> FeatureSpec:
+    """A FeatureSpec from a YAML file or a mapping; one error names every invalid field."""
+    if isinstance(source, Mapping):
+        data, where = dict(source), "feature spec"
+    else:
+        where = f"feature spec {source}"
+        try:
+            data = yaml.safe_load(Path(source).read_text()) or {}
+        except OSError as e:
+            raise InvalidInput(f"cannot read {where}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise InvalidInput(f"{where} is not valid YAML: {e}") from None
+    try:
+        return FeatureSpec.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(format_validation_error(where, e)) from None
+
+
+def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
+    try:
+        return pd.to_numeric(df[column], errors="raise").astype("float64").to_numpy(copy=True)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"feature {column!r} must be numeric") from None
+
+
+def _text(df: pd.DataFrame, column: str) -> pd.Series:
+    return df[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+
+
+def _apply_numeric(step: Any, v: np.ndarray) -> np.ndarray:
+    if isinstance(step, Impute):
+        return np.where(np.isnan(v), float(step.fitted), v)  # type: ignore[arg-type]
+    if isinstance(step, Clip):
+        return np.clip(v, step.min if step.min is not None else -np.inf, step.max if step.max is not None else np.inf)
+    if isinstance(step, Log1p):
+        return np.log1p(np.maximum(v, 0.0))  # defined for counts and amounts; negatives count as 0
+    if isinstance(step, Standardize):
+        return (v - step.mean) / step.std  # type: ignore[operator]
+    if isinstance(step, MinMax):
+        span = (step.max - step.min) or 1.0  # type: ignore[operator]
+        return (v - step.min) / span  # type: ignore[operator]
+    raise AssertionError(step)
+
+
+def _fit_numeric(step: Any, v: np.ndarray) -> None:
+    finite = v[np.isfinite(v)]
+    if isinstance(step, Impute):
+        if step.strategy == "constant":
+            step.fitted = float(step.value if step.value is not None else 0.0)
+        elif not len(finite):
+            step.fitted = 0.0
+        elif step.strategy == "median":
+            step.fitted = float(np.median(finite))
+        elif step.strategy == "most_frequent":
+            values, counts = np.unique(finite, return_counts=True)
+            step.fitted = float(values[np.argmax(counts)])
+        else:
+            step.fitted = float(finite.mean())
+    elif isinstance(step, Standardize):
+        std = float(finite.std()) if len(finite) else 1.0
+        step.mean, step.std = (float(finite.mean()) if len(finite) else 0.0), (std if std > 0 else 1.0)
+    elif isinstance(step, MinMax):
+        step.min, step.max = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+
+
+class FeaturePipeline(BaseModel):
+    """A fitted FeatureSpec: ``transform`` maps a DataFrame to a float32 matrix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: FeatureSpec
+    input_dtypes: dict[str, str] = Field(default_factory=dict)
 
     @property
     def input_columns(self) -> list[str]:
-        return [n.name for n in self.numeric] + [c.name for c in self.categorical]
+        return [f.column for f in self.spec.features]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [name for f in self.spec.features for name in f.output_names()]
 
     @property
     def output_dim(self) -> int:
-        return len(self.numeric) + sum(len(c.categories) + 1 for c in self.categorical)
+        return len(self.output_names)
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.input_columns if c not in df.columns]
         if missing:
             raise InvalidInput(f"missing feature column(s): {', '.join(missing)}")
-        out = np.zeros((len(df), self.output_dim), dtype=np.float32)
-        col = 0
-        for n in self.numeric:
-            try:
-                values = pd.to_numeric(df[n.name], errors="raise").astype("float64").to_numpy()
-            except (ValueError, TypeError):
-                raise InvalidInput(f"feature {n.name!r} must be numeric") from None
-            # Impute a missing value with the training mean, i.e. 0 after standardizing.
-            out[:, col] = np.nan_to_num((values - n.mean) / n.std, nan=0.0)
-            col += 1
-        for c in self.categorical:
-            index = {v: i for i, v in enumerate(c.categories)}
-            codes = df[c.name].map(lambda v, index=index, k=len(c.categories): index.get(v, k)).to_numpy()
-            out[np.arange(len(df)), col + codes.astype(np.int64)] = 1.0
-            col += len(c.categories) + 1
-        return out
+        blocks = [self._transform_feature(f, df) for f in self.spec.features]
+        out = np.hstack(blocks).astype(np.float32) if blocks else np.zeros((len(df), 0), np.float32)
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
     def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The serving path: request rows through exactly the batch function."""
         return self.transform(pd.DataFrame.from_records(list(rows), columns=self.input_columns))
 
+    def _transform_feature(self, f: Feature, df: pd.DataFrame) -> np.ndarray:
+        n = len(df)
+        last = f.steps[-1]
+        if f.kind == "datetime":
+            ts = pd.to_datetime(df[f.column], errors="coerce", utc=True)
+            return np.column_stack([getattr(ts.dt, part).to_numpy(dtype="float64", na_value=np.nan) for part in last.parts])
+        if f.kind == "categorical":
+            values = _text(df, f.column)
+            for step in f.steps[:-1]:
+                values = values.map(lambda v, s=step: s.fitted if v is None else v)
+            cats = last.categories or []
+            index = {c: i for i, c in enumerate(cats)}
+            codes = values.map(lambda v: index.get(v, len(cats))).to_numpy(dtype=np.int64)
+            if isinstance(last, Ordinal):
+                return codes.reshape(-1, 1).astype("float64")
+            onehot = np.zeros((n, len(cats) + 1))
+            onehot[np.arange(n), codes] = 1.0
+            return onehot
+        v = _numeric(df, f.column)
+        for step in f.steps:
+            if isinstance(step, Bucketize):
+                buckets = np.digitize(v, step.boundaries)
+                onehot = np.zeros((n, len(step.boundaries) + 1))
+                onehot[np.arange(n), buckets] = 1.0
+                return onehot
+            v = _apply_numeric(step, v)
+        return v.reshape(-1, 1)
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> TabularPreprocessor:
+    def from_json(cls, text: str) -> FeaturePipeline:
         return cls.model_validate(json.loads(text))
 
 
-def fit_preprocessor(df: pd.DataFrame, *, numeric: Sequence[str], categorical: Sequence[str]) -> TabularPreprocessor:
-    num = []
-    for name in numeric:
-        values = df[name].astype("float64")
-        std = float(values.std(ddof=0))
-        num.append(NumericState(name=name, mean=float(values.mean()), std=std if std > 0 and math.isfinite(std) else 1.0))
-    cat = [CategoricalState(name=name, categories=sorted(map(str, df[name].dropna().unique()))) for name in categorical]
-    return TabularPreprocessor(numeric=num, categorical=cat)
+def fit_features(df: pd.DataFrame, spec: FeatureSpec) -> FeaturePipeline:
+    """Fit every step on ``df`` (each numeric step on the output of the one before)."""
+    fitted = spec.model_copy(deep=True)
+    dtypes: dict[str, str] = {}
+    for f in fitted.features:
+        if f.column not in df.columns:
+            raise InvalidInput(f"cannot fit feature {f.column!r}: the data has no such column")
+        if f.kind == "datetime":
+            dtypes[f.column] = "timestamp"
+            continue
+        if f.kind == "categorical":
+            dtypes[f.column] = "string"
+            values = _text(df, f.column)
+            for step in f.steps[:-1]:
+                step.fitted = str(step.value) if step.strategy == "constant" else (values.mode().iloc[0] if values.notna().any() else UNKNOWN)
+                values = values.map(lambda v, s=step: s.fitted if v is None else v)
+            last = f.steps[-1]
+            counts = values.dropna().value_counts()
+            if isinstance(last, OneHot):
+                top = counts.sort_index().sort_values(ascending=False, kind="stable").head(last.max_categories)
+                last.categories = sorted(top.index.tolist())
+            else:
+                last.categories = sorted(counts.index.tolist())
+            continue
+        dtypes[f.column] = "int64" if pd.api.types.is_integer_dtype(df[f.column]) else "float64"
+        v = _numeric(df, f.column)
+        for step in f.steps:
+            if isinstance(step, Bucketize):
+                break
+            _fit_numeric(step, v)
+            v = _apply_numeric(step, v)
+    return FeaturePipeline(spec=fitted, input_dtypes=dtypes)

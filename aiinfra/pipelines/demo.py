@@ -29,8 +29,15 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
 
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.data.spec import ValidationSpec
-    from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_SPEC, LABEL, NUMERIC, make_customers
-    from aiinfra.data.transforms import fit_preprocessor
+    from aiinfra.data.synthetic import (
+        CATEGORICAL,
+        CUSTOMERS_FEATURES,
+        CUSTOMERS_SPEC,
+        LABEL,
+        NUMERIC,
+        make_customers,
+    )
+    from aiinfra.data.transforms import fit_features, load_feature_spec
     from aiinfra.errors import NotFound
     from aiinfra.pipelines.ingest import ingest
     from aiinfra.pipelines.tabular import evaluate_binary, signature_for, train_tabular
@@ -66,7 +73,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         with log.stage("split by time and fit features"):
             cutoff = df["event_ts"].quantile(0.8)
             train_df, holdout = df[df["event_ts"] <= cutoff], df[df["event_ts"] > cutoff]
-            pre = fit_preprocessor(train_df, numeric=NUMERIC, categorical=CATEGORICAL)
+            pre = fit_features(train_df, load_feature_spec(CUSTOMERS_FEATURES))
             log.note(f"train {len(train_df):,} rows up to {cutoff:%Y-%m-%d}, holdout {len(holdout):,}; {pre.output_dim} features")
 
         workdir = Path(tempfile.mkdtemp(prefix="aiinfra-demo-"))
@@ -80,11 +87,10 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             log.note(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "holdout_rows"))
 
         with log.stage("register and alias"):
-            dtypes = {"support_calls": "int64"}
             version = platform.registry.register(
                 MODEL_NAME, trained.model_dir, metrics=metrics,
                 params={"family": "tabular_mlp", "epochs": epochs, "lr": 0.01, "num_workers": 2, "seed": seed},
-                signature=signature_for(pre, dtypes),
+                signature=signature_for(pre),
                 lineage={"dataset_version": dataset_version, "run_id": trained.run_id, "code_version": code_version()},
                 idempotency_key=trained.run_id,
             )

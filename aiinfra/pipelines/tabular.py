@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from aiinfra.config import PlatformConfig
-from aiinfra.data.transforms import TabularPreprocessor
+from aiinfra.data.transforms import FeaturePipeline
 from aiinfra.registry.types import FieldSpec, Signature
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 
@@ -29,14 +29,14 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _to_training_batch(batch: pd.DataFrame, pre: TabularPreprocessor, label: str) -> dict[str, np.ndarray]:
+def _to_training_batch(batch: pd.DataFrame, pre: FeaturePipeline, label: str) -> dict[str, np.ndarray]:
     return {"x": pre.transform(batch), "y": batch[label].to_numpy(dtype=np.float32)}
 
 
 def train_tabular(
     config: PlatformConfig,
     train_df: pd.DataFrame,
-    pre: TabularPreprocessor,
+    pre: FeaturePipeline,
     *,
     label: str,
     out_dir: Path,
@@ -115,8 +115,12 @@ def evaluate_binary(model_dir: Path, df: pd.DataFrame, label: str) -> dict[str, 
     }
 
 
-def signature_for(pre: TabularPreprocessor, numeric_dtypes: dict[str, str]) -> Signature:
-    inputs = [FieldSpec(name=n.name, dtype=numeric_dtypes.get(n.name, "float64")) for n in pre.numeric]  # type: ignore[arg-type]
-    inputs += [FieldSpec(name=c.name, dtype="string", categories=c.categories) for c in pre.categorical]
+def signature_for(pre: FeaturePipeline) -> Signature:
+    """Inputs as the fitted features expect them; outputs of a binary classifier."""
+    inputs = []
+    for f in pre.spec.features:
+        last = f.steps[-1]
+        categories = getattr(last, "categories", None) if f.kind == "categorical" else None
+        inputs.append(FieldSpec(name=f.column, dtype=pre.input_dtypes.get(f.column, "float64"), categories=categories))  # type: ignore[arg-type]
     outputs = [FieldSpec(name="label", dtype="int64"), FieldSpec(name="probability", dtype="float64")]
     return Signature(inputs=inputs, outputs=outputs)

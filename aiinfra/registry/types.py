@@ -28,7 +28,7 @@ MAX_NAME_LENGTH = 128
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 LATEST = "latest"
 
-DType = Literal["float32", "float64", "int32", "int64", "bool", "string"]
+DType = Literal["float32", "float64", "int32", "int64", "bool", "string", "timestamp"]
 
 
 def validate_name(kind: str, value: object) -> str:

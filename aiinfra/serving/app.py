@@ -29,7 +29,8 @@ __all__ = ["ModelServer", "app_builder", "build_app"]
 
 api = FastAPI(title="aiinfra inference", version="0.1.0")
 
-OIP_DATATYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}
+OIP_DATATYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "string": "BYTES",
+                 "timestamp": "BYTES"}
 
 
 @api.exception_handler(AiInfraError)

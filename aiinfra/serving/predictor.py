@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from aiinfra.errors import InvalidInput
@@ -40,6 +41,13 @@ def _check_value(field: FieldSpec, value: Any) -> str | None:
             return f"must be true or false, got {type(value).__name__}"
     elif field.dtype == "string" and not isinstance(value, str):
         return f"must be a string, got {type(value).__name__}"
+    elif field.dtype == "timestamp":
+        if not isinstance(value, str):
+            return f"must be an ISO 8601 timestamp string, got {type(value).__name__}"
+        try:
+            pd.Timestamp(value)
+        except (ValueError, TypeError):
+            return f"must be an ISO 8601 timestamp, got {value!r}"
     return None
 
 

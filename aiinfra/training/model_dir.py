@@ -1,7 +1,7 @@
 """The on-disk form of a trained model, as registered and as served.
 
     model.json        family, hyperparameters, dimensions, task, class labels
-    preprocess.json   the fitted TabularPreprocessor
+    preprocess.json   the fitted FeaturePipeline
     weights.safetensors
 
 JSON and safetensors only: nothing is ever unpickled from storage.
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aiinfra.data.transforms import TabularPreprocessor
+from aiinfra.data.transforms import FeaturePipeline
 from aiinfra.errors import InvalidInput
 from aiinfra.training.models import build_model
 
@@ -40,7 +40,7 @@ class ModelSpec(BaseModel):
     class_labels: list[Any] = [0, 1]
 
 
-def save_model_dir(path: str | Path, spec: ModelSpec, state_dict: dict[str, torch.Tensor], pre: TabularPreprocessor) -> Path:
+def save_model_dir(path: str | Path, spec: ModelSpec, state_dict: dict[str, torch.Tensor], pre: FeaturePipeline) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     # DDP wraps the module as "module.": store the plain module's names.
@@ -51,11 +51,11 @@ def save_model_dir(path: str | Path, spec: ModelSpec, state_dict: dict[str, torc
     return path
 
 
-def load_model_dir(path: str | Path) -> tuple[ModelSpec, nn.Module, TabularPreprocessor]:
+def load_model_dir(path: str | Path) -> tuple[ModelSpec, nn.Module, FeaturePipeline]:
     path = Path(path)
     try:
         spec = ModelSpec.model_validate(json.loads((path / SPEC).read_text()))
-        pre = TabularPreprocessor.from_json((path / PREPROCESS).read_text())
+        pre = FeaturePipeline.from_json((path / PREPROCESS).read_text())
     except FileNotFoundError as e:
         raise InvalidInput(f"{path} is not a model directory: {Path(e.filename).name} is missing") from None
     module = build_model(spec.family, spec.input_dim, spec.output_dim, spec.params)

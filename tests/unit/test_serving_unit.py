@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
-from aiinfra.data.transforms import TabularPreprocessor, fit_preprocessor
+from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, LABEL, NUMERIC, make_customers
+from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
 from aiinfra.errors import InvalidInput
 from aiinfra.pipelines.tabular import evaluate_binary, signature_for
 from aiinfra.registry.types import ModelVersion
@@ -29,7 +29,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def pre(data):
-    return fit_preprocessor(data, numeric=NUMERIC, categorical=CATEGORICAL)
+    return fit_features(data, load_feature_spec(CUSTOMERS_FEATURES))
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def predictor(tmp_path, pre):
     save_model_dir(tmp_path / "m", spec, build_model(spec.family, spec.input_dim, 1, spec.params).state_dict(), pre)
     version = ModelVersion(
         name="churn", version=3, status="active", created_at=0.0, created_by="t", artifact_uri="x",
-        files={"weights.safetensors": FileDigest("0" * 64, 1)}, signature=signature_for(pre, {"support_calls": "int64"}),
+        files={"weights.safetensors": FileDigest("0" * 64, 1)}, signature=signature_for(pre),
     )
     return Predictor(version, tmp_path / "m")
 
@@ -56,15 +56,14 @@ def test_transform_batch_equals_row_by_row(data, pre):
     batch = pre.transform(data.head(50))
     one_by_one = np.vstack([pre.transform_rows([r]) for r in rows])
     np.testing.assert_array_equal(batch, one_by_one)
-    assert TabularPreprocessor.from_json(pre.to_json()) == pre  # stored as JSON, round-trips exactly
+    assert FeaturePipeline.from_json(pre.to_json()) == pre  # stored as JSON, round-trips exactly
 
 
 def test_unknown_category_goes_to_its_bucket(pre):
     x = pre.transform_rows([{"tenure_months": 1, "monthly_charges": 50, "support_calls": 0, "plan": "gold", "region": "north"}])
-    plan = pre.categorical[0]
-    start = len(pre.numeric)
-    assert x[0, start + len(plan.categories)] == 1.0  # the unknown slot
-    assert x[0, start : start + len(plan.categories)].sum() == 0
+    names = pre.output_names
+    assert x[0, names.index("plan=__unknown__")] == 1.0
+    assert x[0, [i for i, n in enumerate(names) if n.startswith("plan=") and "unknown" not in n]].sum() == 0
 
 
 def test_predictor_answers_with_labels_and_probabilities(predictor, data):
