@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiinfra.config import PlatformConfig, load_config
-from aiinfra.registry.client import ActorBackend, LocalBackend, RegistryClient
+from aiinfra.features.client import FeatureStoreClient
+from aiinfra.registry.client import RegistryClient
+from aiinfra.service import ActorBackend, LocalBackend
 from aiinfra.storage import ArtifactStore, open_artifact_store, open_metadata_db
 
 __all__ = ["Platform", "connect", "open_local"]
@@ -26,6 +28,7 @@ class Platform:
 
     config: PlatformConfig
     registry: RegistryClient
+    features: FeatureStoreClient
     store: ArtifactStore
     started_ray: bool = False
     _closers: list[Any] = field(default_factory=list, repr=False)
@@ -79,8 +82,26 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
                 "of this Ray cluster; start it with `aiinfra up` or aiinfra.connect(start_services=True)"
             ) from None
 
-    backend = ActorBackend(registry_handle)
-    platform = Platform(config=config, registry=RegistryClient(backend, store), store=store, started_ray=started)
+    from aiinfra.features.actor import get_feature_store_actor
+
+    def feature_store_handle() -> Any:
+        try:
+            return get_feature_store_actor(config, create=start_services)
+        except ValueError:
+            from aiinfra.errors import ServiceUnavailable
+
+            raise ServiceUnavailable(
+                f"the platform service 'feature_store' is not running in namespace {config.namespace!r}; "
+                "start it with `aiinfra up` or aiinfra.connect(start_services=True)"
+            ) from None
+
+    platform = Platform(
+        config=config,
+        registry=RegistryClient(ActorBackend(registry_handle, service="registry"), store),
+        features=FeatureStoreClient(ActorBackend(feature_store_handle, service="feature_store"), store),
+        store=store,
+        started_ray=started,
+    )
     if started:
         platform._closers.append(ray.shutdown)
     return platform
@@ -93,11 +114,17 @@ def open_local(config: PlatformConfig | None = None) -> Platform:
     and writes go straight to the metadata DB, whose transactions keep them safe against
     other processes doing the same.
     """
+    from aiinfra.features.online import OnlineStore
     from aiinfra.registry.core import ModelRegistry
 
     config = config or load_config()
     store = open_artifact_store(config.storage_root)
     db = open_metadata_db(config.metadata_url)
-    platform = Platform(config=config, registry=RegistryClient(LocalBackend(ModelRegistry(db, store)), store), store=store)
+    platform = Platform(
+        config=config,
+        registry=RegistryClient(LocalBackend(ModelRegistry(db, store)), store),
+        features=FeatureStoreClient(LocalBackend(OnlineStore(db)), store),
+        store=store,
+    )
     platform._closers.append(db.close)
     return platform

@@ -1,7 +1,7 @@
 """The registry client: what ``aiinfra.connect().registry`` returns.
 
 Files move between the caller and the artifact store directly; only metadata goes to the
-registry. The registry is reached through a ``RegistryBackend``: the Ray actor (with retries
+registry. The registry is reached through a ``ServiceBackend`` (``aiinfra.service``): the Ray actor (with retries
 across actor restarts), or the plain class in-process (the CLI on a machine with no cluster
 running, and tests).
 """
@@ -11,14 +11,10 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from aiinfra.errors import AiInfraError, ServiceUnavailable
-from aiinfra.registry.core import ModelRegistry
 from aiinfra.registry.files import fetch_version_files, stage_model_dir
 from aiinfra.registry.types import (
     AuditEntry,
@@ -32,64 +28,10 @@ from aiinfra.registry.types import (
     parse_ref,
     validate_name,
 )
+from aiinfra.service import ActorBackend, LocalBackend, ServiceBackend
 from aiinfra.storage import ArtifactStore
 
-__all__ = ["ActorBackend", "LocalBackend", "RegistryBackend", "RegistryClient", "default_principal"]
-
-
-class RegistryBackend(Protocol):
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
-
-
-class LocalBackend:
-    """Calls the registry class in this process."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.registry, method)(*args, **kwargs)
-
-
-class ActorBackend:
-    """All Ray calls to the registry actor go through here.
-
-    A call that fails because the actor died (or is restarting) is retried until
-    ``timeout_s`` passes; mutating calls are idempotent (``commit_version`` by its key,
-    ``set_alias`` by its target), so a retry of a call that did run is harmless.
-    Errors the registry raised on purpose come back as themselves, not wrapped.
-    """
-
-    def __init__(self, get_handle: Callable[[], Any], timeout_s: float = 60.0) -> None:
-        self._get_handle = get_handle
-        self._handle = get_handle()
-        self.timeout_s = timeout_s
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        deadline = time.monotonic() + self.timeout_s
-        delay = 0.05
-        while True:
-            try:
-                return ray.get(getattr(self._handle, method).remote(*args, **kwargs), timeout=self.timeout_s)
-            except RayTaskError as e:
-                if isinstance(e.cause, AiInfraError):
-                    raise e.cause from None
-                raise
-            except (RayActorError, ray.exceptions.GetTimeoutError) as e:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailable(
-                        f"the registry actor did not answer {method} within {self.timeout_s:.0f}s ({type(e).__name__}); "
-                        "check `ray status` and the actor's logs in the Ray dashboard"
-                    ) from e
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                try:
-                    self._handle = self._get_handle()
-                except Exception:  # noqa: BLE001 - not found while restarting: keep the old handle, retry
-                    pass
+__all__ = ["ActorBackend", "LocalBackend", "RegistryClient", "default_principal"]
 
 
 def default_principal() -> str:
@@ -104,7 +46,7 @@ def default_principal() -> str:
 class RegistryClient:
     """Register, look up, alias, archive and audit model versions."""
 
-    def __init__(self, backend: RegistryBackend, store: ArtifactStore, *, who: str | None = None) -> None:
+    def __init__(self, backend: ServiceBackend, store: ArtifactStore, *, who: str | None = None) -> None:
         self._backend = backend
         self.store = store
         self.who = who or default_principal()

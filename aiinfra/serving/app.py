@@ -66,7 +66,8 @@ class ModelServer:
 
     def __init__(self, config: PlatformConfig, model_ref: str) -> None:
         from aiinfra.registry.actor import get_registry_actor
-        from aiinfra.registry.client import ActorBackend, RegistryClient
+        from aiinfra.registry.client import RegistryClient
+        from aiinfra.service import ActorBackend
         from aiinfra.serving.predictor import Predictor
         from aiinfra.storage import open_artifact_store
 

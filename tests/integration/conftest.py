@@ -31,7 +31,9 @@ def platform_config(ray_session, tmp_path_factory):
 def platform(platform_config):
     p = connect(platform_config)
     yield p
+    from aiinfra.features.actor import get_feature_store_actor
     from aiinfra.registry.actor import get_registry_actor
 
     ray.kill(get_registry_actor(platform_config, create=False), no_restart=True)
+    ray.kill(get_feature_store_actor(platform_config, create=False), no_restart=True)
     p.close()
