@@ -42,6 +42,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/registry.py
+	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) .aiinfra .pytest_cache
