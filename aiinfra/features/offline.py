@@ -40,9 +40,10 @@ def point_in_time_join(
 
     left = entities.copy()
     left["__row"] = range(len(left))
-    left["__ts"] = pd.to_datetime(left[ts_col], utc=True)
+    # One resolution on both sides: merge_asof refuses to compare ns with us timestamps.
+    left["__ts"] = pd.to_datetime(left[ts_col], utc=True).astype("datetime64[ns, UTC]")
     right = source[[view.entity, view.timestamp, *view.features]].copy()
-    right["__ts"] = pd.to_datetime(right[view.timestamp], utc=True)
+    right["__ts"] = pd.to_datetime(right[view.timestamp], utc=True).astype("datetime64[ns, UTC]")
     right = right.rename(columns={view.entity: "__entity"}).drop(columns=[view.timestamp])
     left["__entity"] = left[ent_col]
     if left["__entity"].dtype != right["__entity"].dtype:

@@ -1,7 +1,9 @@
 """``aiinfra demo``: the walking skeleton, every stage of the lifecycle connected.
 
-generate data -> ingest it through the gate (validate, quarantine, profile, version) -> fit features -> train (DDP, 2 workers) -> evaluate ->
-register -> alias -> serve on Ray Serve -> predict over HTTP -> report -> shut down.
+generate data -> ingest it through the gate (validate, quarantine, profile, version) ->
+point-in-time training set from the feature store -> fit features -> train (DDP, 2 workers) -> evaluate ->
+register -> alias -> materialize the online store -> serve on Ray Serve -> predict over HTTP
+(with the features in the request, and by entity id from the online store) -> report -> shut down.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.pipelines.progress import StageLog
 
@@ -20,6 +24,7 @@ __all__ = ["run_demo"]
 
 MODEL_NAME = "churn"
 DATASET_NAME = "customers"
+FEATURE_VIEW = "customer_profile"
 
 
 def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs: int = 5, seed: int = 0,
@@ -46,7 +51,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
     from aiinfra.serving.app import build_app
 
     config = config or load_config()
-    log = StageLog(total=8)
+    log = StageLog(total=9)
     summary: dict[str, Any] = {"home": str(config.home)}
     print(f"aiinfra demo: state in {config.home}", flush=True)
 
@@ -70,9 +75,21 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             df = DatasetCatalog(platform.store).load(dataset).to_pandas()
             log.note(f"churn rate {df[LABEL].mean():.1%}; profile and reference sample stored with the version")
 
+        with log.stage("point-in-time training set from the feature store"):
+            # Labels are known an hour after the profile snapshot; each label row gets the
+            # profile as of its label time, never a later one.
+            view = platform.features.register_view({
+                "name": FEATURE_VIEW, "entity": "customer_id", "timestamp": "event_ts",
+                "features": NUMERIC + CATEGORICAL, "source": DATASET_NAME,
+            })
+            labels = df[["customer_id", "event_ts", LABEL]].rename(columns={"event_ts": "label_ts"})
+            labels["label_ts"] = labels["label_ts"] + pd.Timedelta(hours=1)
+            table = platform.features.training_set(labels, [view.name], timestamp_column="label_ts")
+            log.note(f"view {view.name!r}: {len(table):,} labelled rows joined as of their label time")
+
         with log.stage("split by time and fit features"):
-            cutoff = df["event_ts"].quantile(0.8)
-            train_df, holdout = df[df["event_ts"] <= cutoff], df[df["event_ts"] > cutoff]
+            cutoff = table["label_ts"].quantile(0.8)
+            train_df, holdout = table[table["label_ts"] <= cutoff], table[table["label_ts"] > cutoff]
             pre = fit_features(train_df, load_feature_spec(CUSTOMERS_FEATURES))
             log.note(f"train {len(train_df):,} rows up to {cutoff:%Y-%m-%d}, holdout {len(holdout):,}; {pre.output_dim} features")
 
@@ -91,7 +108,8 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
                 MODEL_NAME, trained.model_dir, metrics=metrics,
                 params={"family": "tabular_mlp", "epochs": epochs, "lr": 0.01, "num_workers": 2, "seed": seed},
                 signature=signature_for(pre),
-                lineage={"dataset_version": dataset_version, "run_id": trained.run_id, "code_version": code_version()},
+                lineage={"dataset_version": dataset_version, "run_id": trained.run_id, "code_version": code_version(),
+                         "feature_view": FEATURE_VIEW},
                 idempotency_key=trained.run_id,
             )
             try:
@@ -103,7 +121,9 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             log.note(f"registered {version.ref} ({len(version.files)} files, hashed), alias {alias}"
                      + ("" if champion is None else f"; champion stays {champion.ref} until a promotion gate moves it"))
 
-        with log.stage("deploy the champion on Ray Serve"):
+        with log.stage("materialize features online and deploy the champion on Ray Serve"):
+            report = platform.features.materialize(FEATURE_VIEW)
+            log.note(f"{report.entities_written:,} customers' latest profiles in the online store ({report.batches} batch(es))")
             serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
             serve.run(build_app(config, f"{MODEL_NAME}@champion"), name="aiinfra", route_prefix="/")
             base = f"http://{config.serve.host}:{config.serve.port}"
@@ -122,12 +142,19 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             for inst, pred, truth in zip(instances, answer["predictions"], sample[LABEL]):
                 log.note(f"{answer['model']}@{answer['version']}: {json.dumps(inst)} -> churn p={pred['probability']:.3f} (label {pred['label']}, truth {truth})")
             log.note(f"request {answer['request_id']} answered in {latency_ms:.0f} ms")
+            ids = [int(i) for i in holdout["customer_id"].head(3)]
+            by_id = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"entity_ids": ids}, timeout=30)
+            if by_id.status_code != 200:
+                raise RuntimeError(f"the served model answered {by_id.status_code}: {by_id.text}")
+            for entity, pred in zip(ids, by_id.json()["predictions"]):
+                log.note(f"{answer['model']}@{answer['version']}: customer {entity} (features from the online store) -> churn p={pred['probability']:.3f}")
             bad = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"instances": [{"tenure_months": "long"}]}, timeout=30)
             log.note(f"a malformed request gets {bad.status_code}: {bad.json()['error'][:100]}...")
 
         summary.update({
             "dataset_version": dataset_version, "run_id": trained.run_id, "model": version.ref, "alias": alias,
-            "metrics": metrics, "serve_url": base, "predictions": answer, "bad_request_status": bad.status_code,
+            "metrics": metrics, "serve_url": base, "predictions": answer, "predictions_by_entity": by_id.json(),
+            "bad_request_status": bad.status_code,
             "timeline": log.timeline,
         })
         config.reports_dir.mkdir(parents=True, exist_ok=True)

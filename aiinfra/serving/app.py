@@ -24,6 +24,7 @@ from ray import serve
 from aiinfra.config import PlatformConfig, format_validation_error, load_config
 from aiinfra.errors import AiInfraError, InvalidInput, NotFound
 from aiinfra.registry.types import parse_ref
+from aiinfra.serving.predictor import MAX_INSTANCES
 
 __all__ = ["ModelServer", "app_builder", "build_app"]
 
@@ -78,6 +79,10 @@ class ModelServer:
         model_dir = registry.download(version, tempfile.mkdtemp(prefix=f"aiinfra-{version.name}-{version.version}-"))
         self.predictor = Predictor(version, model_dir)
         self.name = version.name
+        self.config = config
+        # The view the model was trained from: where features for `entity_ids` come from.
+        self.feature_view: str | None = (version.lineage.model_extra or {}).get("feature_view")
+        self._feature_store: Any = None
 
     def _check_name(self, name: str) -> None:
         if name != self.name:
@@ -120,16 +125,39 @@ class ModelServer:
             req = PredictRequest.model_validate(body)
         except ValidationError as e:
             raise InvalidInput(format_validation_error("predict request", e)) from None
-        if req.entity_ids is not None:
-            raise InvalidInput(
-                "entity_ids needs the online feature store, which this deployment is not connected to; "
-                "send the features as instances"
-            )
-        if req.instances is None:
-            raise InvalidInput("send 'instances': a list of feature objects")
-        predictions = self.predictor.predict(req.instances)
+        if (req.instances is None) == (req.entity_ids is None):
+            raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
+        instances = req.instances if req.instances is not None else self._features_for(req.entity_ids)
+        predictions = self.predictor.predict(instances)
         v = self.predictor.version
         return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": uuid.uuid4().hex}
+
+    def _features_for(self, entity_ids: list[Any]) -> list[dict[str, Any]]:
+        """One online-store call for all the entities; each must have current features."""
+        v = self.predictor.version
+        if self.feature_view is None:
+            raise InvalidInput(f"{v.ref} was not trained from a feature view, so it cannot look up entity_ids; send instances")
+        if not entity_ids or len(entity_ids) > MAX_INSTANCES:
+            raise InvalidInput(f"entity_ids must hold 1 to {MAX_INSTANCES} ids")
+        if any(isinstance(e, (dict, list)) or e is None for e in entity_ids):
+            raise InvalidInput("entity_ids must be strings or numbers")
+        if self._feature_store is None:
+            from aiinfra.features.actor import get_feature_store_actor
+            from aiinfra.features.client import FeatureStoreClient
+            from aiinfra.service import ActorBackend
+            from aiinfra.storage import open_artifact_store
+
+            backend = ActorBackend(lambda: get_feature_store_actor(self.config, create=False), service="feature_store")
+            self._feature_store = FeatureStoreClient(backend, open_artifact_store(self.config.storage_root))
+        rows = self._feature_store.get_online_features(self.feature_view, entity_ids)
+        unknown = [r["entity"] for r in rows if r["status"] != "ok"]
+        if unknown:
+            raise InvalidInput(
+                f"no current features in view {self.feature_view!r} for entity id(s) {unknown[:20]}"
+                + (" (and more)" if len(unknown) > 20 else "")
+            )
+        inputs = [f.name for f in self.predictor.signature.inputs]
+        return [{k: r["features"].get(k) for k in inputs} for r in rows]
 
 
 def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:

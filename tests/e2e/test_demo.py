@@ -65,13 +65,15 @@ def demo(tmp_path_factory):
 
 def test_demo_prints_predictions_from_a_registered_version(demo):
     out = "".join(demo["lines"])
-    assert "[8/8] predict over HTTP done" in out
+    assert "[9/9] predict over HTTP done" in out
+    assert out.count("(features from the online store) -> churn p=") == 3
     assert out.count("churn@1: {") == 5, out  # five predictions, each naming model and version
     report = json.loads((demo["home"] / "reports" / "demo.json").read_text())
     assert report["model"] == "churn@1" and report["alias"] == "champion"
     assert report["predictions"]["version"] == 1 and len(report["predictions"]["predictions"]) == 5
     assert report["metrics"]["roc_auc"] > 0.7  # the data has real signal; a broken pipeline would not find it
     assert report["bad_request_status"] == 422
+    assert report["predictions_by_entity"]["version"] == 1 and len(report["predictions_by_entity"]["predictions"]) == 3
 
 
 def test_http_predict_and_oip_metadata(demo):
@@ -97,6 +99,9 @@ def test_http_predict_and_oip_metadata(demo):
         ("/predict/churn", b'{"instances": [{"tenure_months": "x"}]}', 422, "tenure_months"),
         ("/predict/churn", b'{"rows": []}', 422, "rows"),
         ("/predict/nope", b'{"instances": [{}]}', 404, "nope"),
+        ("/predict/churn", b'{"entity_ids": [999999999]}', 422, "999999999"),
+        ("/predict/churn", b'{"entity_ids": [{"a": 1}]}', 422, "strings or numbers"),
+        ("/predict/churn", b'{"instances": [], "entity_ids": [1]}', 422, "exactly one"),
     ],
 )
 def test_bad_requests_get_clear_4xx(demo, path, content, status, needle):

@@ -117,3 +117,10 @@ def test_online_bad_pushes_write_nothing(store):
     assert s.entity_count("usage") == 0
     with pytest.raises(NotFound, match="'nope'"):
         s.get_online_features("nope", [1])
+
+
+def test_point_in_time_across_timestamp_resolutions():
+    """Parquet brings microseconds, pandas makes nanoseconds: the join must not care."""
+    source = SOURCE.assign(event_ts=SOURCE["event_ts"].astype("datetime64[us]"))
+    entities = pd.DataFrame({"customer_id": [1], "event_ts": pd.to_datetime(["2026-01-02 01:00"]).astype("datetime64[ns]")})
+    assert point_in_time_join(entities, VIEW, source)["calls"].tolist() == [2]
