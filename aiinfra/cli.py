@@ -231,6 +231,21 @@ def _data_diff(args: argparse.Namespace) -> None:
         print(f"  {col}: " + "; ".join(f"{k} {v}" for k, v in change.items()))
 
 
+# -- tokens ---------------------------------------------------------------------------
+def _token_create(args: argparse.Namespace) -> None:
+    from aiinfra.registry.client import default_principal
+    from aiinfra.serving.auth import TokenStore
+    from aiinfra.storage import open_metadata_db
+
+    db = open_metadata_db(load_config().metadata_url)
+    try:
+        token = TokenStore(db).create(args.role, who=default_principal())
+    finally:
+        db.close()
+    print(f"created a {args.role!r} token; it is shown once, keep it secret:", file=sys.stderr)
+    print(token)
+
+
 # -- demo -----------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> None:
     from aiinfra.pipelines.demo import run_demo
@@ -268,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     ddiff.add_argument("b")
     ddiff.add_argument("--json", action="store_true")
     ddiff.set_defaults(func=_data_diff)
+
+    token = sub.add_parser("token", help="API tokens for the HTTP endpoints").add_subparsers(dest="token_command", required=True)
+    tcreate = token.add_parser("create", help="print a new bearer token (stored hashed)")
+    tcreate.add_argument("--role", default="predict", choices=["admin", "predict", "feedback"])
+    tcreate.set_defaults(func=_token_create)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
     ls = models.add_parser("ls", help="list models with their latest version and aliases")

@@ -55,6 +55,8 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    request_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class PlatformConfig(BaseModel):

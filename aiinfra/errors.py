@@ -16,6 +16,7 @@ __all__ = [
     "Forbidden",
     "InvalidInput",
     "NotFound",
+    "PayloadTooLarge",
     "ServiceUnavailable",
     "Unauthorized",
 ]
@@ -64,6 +65,11 @@ class Conflict(AiInfraError):
 
     status_code = 409
     code = "CONFLICT"
+
+
+class PayloadTooLarge(AiInfraError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
 
 
 class Unauthorized(AiInfraError):

@@ -95,6 +95,16 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
                 "start it with `aiinfra up` or aiinfra.connect(start_services=True)"
             ) from None
 
+    if start_services and config.metadata_url.startswith("sqlite:"):
+        # The embedded default's first start: an admin token for the HTTP API, in $AIINFRA_HOME/api_token.
+        from aiinfra.serving.auth import TokenStore, ensure_admin_token
+
+        db = open_metadata_db(config.metadata_url)
+        try:
+            ensure_admin_token(TokenStore(db), config.token_file)
+        finally:
+            db.close()
+
     platform = Platform(
         config=config,
         registry=RegistryClient(ActorBackend(registry_handle, service="registry"), store),

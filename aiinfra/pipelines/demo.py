@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from aiinfra.config import PlatformConfig, load_config
+from aiinfra.config import ENV, PlatformConfig, load_config
 from aiinfra.pipelines.progress import StageLog
 
 __all__ = ["run_demo"]
@@ -49,6 +49,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
     from aiinfra.platform import connect
     from aiinfra.provenance import code_version
     from aiinfra.serving.app import build_app
+    from aiinfra.serving.auth import read_token_file
 
     config = config or load_config()
     log = StageLog(total=9)
@@ -124,9 +125,14 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         with log.stage("materialize features online and deploy the champion on Ray Serve"):
             report = platform.features.materialize(FEATURE_VIEW)
             log.note(f"{report.entities_written:,} customers' latest profiles in the online store ({report.batches} batch(es))")
-            serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+            serve.start(http_options={"host": config.serve.host, "port": config.serve.port,
+                                      "request_timeout_s": config.serve.request_timeout_s})
             serve.run(build_app(config, f"{MODEL_NAME}@champion"), name="aiinfra", route_prefix="/")
             base = f"http://{config.serve.host}:{config.serve.port}"
+            token = ENV.API_TOKEN.get() or read_token_file(config.token_file)
+            if not token:
+                raise RuntimeError("no API token: set AIINFRA_API_TOKEN or create one with `aiinfra token create --role predict`")
+            auth = {"Authorization": f"Bearer {token}"}
             log.note(f"serving {MODEL_NAME}@champion at {base}/predict/{MODEL_NAME}")
 
         with log.stage("predict over HTTP"):
@@ -134,7 +140,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             sample = holdout.head(5)
             instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in sample[features].to_dict("records")]
             t0 = time.perf_counter()
-            resp = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"instances": instances}, timeout=30)
+            resp = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"instances": instances}, headers=auth, timeout=30)
             latency_ms = (time.perf_counter() - t0) * 1000
             if resp.status_code != 200:
                 raise RuntimeError(f"the served model answered {resp.status_code}: {resp.text}")
@@ -143,12 +149,12 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
                 log.note(f"{answer['model']}@{answer['version']}: {json.dumps(inst)} -> churn p={pred['probability']:.3f} (label {pred['label']}, truth {truth})")
             log.note(f"request {answer['request_id']} answered in {latency_ms:.0f} ms")
             ids = [int(i) for i in holdout["customer_id"].head(3)]
-            by_id = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"entity_ids": ids}, timeout=30)
+            by_id = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"entity_ids": ids}, headers=auth, timeout=30)
             if by_id.status_code != 200:
                 raise RuntimeError(f"the served model answered {by_id.status_code}: {by_id.text}")
             for entity, pred in zip(ids, by_id.json()["predictions"]):
                 log.note(f"{answer['model']}@{answer['version']}: customer {entity} (features from the online store) -> churn p={pred['probability']:.3f}")
-            bad = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"instances": [{"tenure_months": "long"}]}, timeout=30)
+            bad = httpx.post(f"{base}/predict/{MODEL_NAME}", json={"instances": [{"tenure_months": "long"}]}, headers=auth, timeout=30)
             log.note(f"a malformed request gets {bad.status_code}: {bad.json()['error'][:100]}...")
 
         summary.update({

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
 from aiinfra.config import PlatformConfig, format_validation_error, load_config
-from aiinfra.errors import AiInfraError, InvalidInput, NotFound
+from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge
 from aiinfra.registry.types import parse_ref
 from aiinfra.serving.predictor import MAX_INSTANCES
 
@@ -30,8 +30,6 @@ __all__ = ["ModelServer", "app_builder", "build_app"]
 
 api = FastAPI(title="aiinfra inference", version="0.1.0")
 
-OIP_DATATYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "string": "BYTES",
-                 "timestamp": "BYTES"}
 
 
 @api.exception_handler(AiInfraError)
@@ -52,8 +50,15 @@ class PredictRequest(BaseModel):
     entity_ids: list[Any] | None = None
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+async def _json_body(request: Request, max_bytes: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
+    raw = b""
+    async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -80,9 +85,16 @@ class ModelServer:
         self.predictor = Predictor(version, model_dir)
         self.name = version.name
         self.config = config
+        from aiinfra.serving.auth import TokenStore
+        from aiinfra.storage import open_metadata_db
+
+        self.tokens = TokenStore(open_metadata_db(config.metadata_url))
         # The view the model was trained from: where features for `entity_ids` come from.
         self.feature_view: str | None = (version.lineage.model_extra or {}).get("feature_view")
         self._feature_store: Any = None
+
+    def _authorize(self, request: Request, action: str) -> None:
+        self.tokens.verify(request.headers.get("authorization")).require(action)
 
     def _check_name(self, name: str) -> None:
         if name != self.name:
@@ -97,13 +109,12 @@ class ModelServer:
         return {"ready": True}
 
     @api.get("/v2/models/{name}")
-    def metadata(self, name: str) -> dict[str, Any]:
+    def metadata(self, name: str, request: Request) -> dict[str, Any]:
+        from aiinfra.serving.oip import tensor_metadata as tensor
+
+        self._authorize(request, "predict")
         self._check_name(name)
         sig = self.predictor.signature
-
-        def tensor(f: Any) -> dict[str, Any]:
-            return {"name": f.name, "datatype": OIP_DATATYPES[f.dtype], "shape": [-1, *f.shape]}
-
         return {
             "name": self.name,
             "versions": [str(self.predictor.version.version)],
@@ -117,10 +128,25 @@ class ModelServer:
         self._check_name(name)
         return {"name": name, "ready": True}
 
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> dict[str, Any]:
+        from aiinfra.serving.oip import decode_infer_request, encode_infer_response
+
+        self._authorize(request, "predict")
+        self._check_name(name)
+        # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
+        body = await _json_body(request, self.config.serve.max_body_bytes)
+        rows, request_id, wanted = decode_infer_request(body, self.predictor.signature)
+        predictions = self.predictor.predict(rows)
+        v = self.predictor.version
+        return encode_infer_response(predictions, self.predictor.signature, model=v.name, version=v.version,
+                                     request_id=request_id or uuid.uuid4().hex, wanted=wanted)
+
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
+        self._authorize(request, "predict")
         self._check_name(name)
-        body = await _json_body(request)
+        body = await _json_body(request, self.config.serve.max_body_bytes)
         try:
             req = PredictRequest.model_validate(body)
         except ValidationError as e:

@@ -54,7 +54,9 @@ def demo(tmp_path_factory):
     if not ready.wait(timeout=400) or proc.poll() is not None:
         proc.kill()
         pytest.fail("demo did not come up:\n" + "".join(lines[-60:]))
-    yield {"home": home, "base": f"http://127.0.0.1:{port}", "lines": lines, "proc": proc, "env": env}
+    token = (home / "api_token").read_text().strip()
+    yield {"home": home, "base": f"http://127.0.0.1:{port}", "lines": lines, "proc": proc, "env": env,
+           "auth": {"Authorization": f"Bearer {token}"}}
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -79,12 +81,12 @@ def test_demo_prints_predictions_from_a_registered_version(demo):
 def test_http_predict_and_oip_metadata(demo):
     base = demo["base"]
     assert httpx.get(f"{base}/v2/health/live").json() == {"live": True}
-    meta = httpx.get(f"{base}/v2/models/churn").json()
+    meta = httpx.get(f"{base}/v2/models/churn", headers=demo["auth"]).json()
     assert {i["name"]: i["datatype"] for i in meta["inputs"]}["plan"] == "BYTES"
     assert meta["versions"] == ["1"] and meta["inputs"][0]["shape"] == [-1]
     row = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}
     calm = {"tenure_months": 60.0, "monthly_charges": 30.0, "support_calls": 0, "plan": "premium", "region": "north"}
-    r = httpx.post(f"{base}/predict/churn", json={"instances": [row, calm]})
+    r = httpx.post(f"{base}/predict/churn", json={"instances": [row, calm]}, headers=demo["auth"])
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "churn" and body["version"] == 1 and body["request_id"]
@@ -105,8 +107,50 @@ def test_http_predict_and_oip_metadata(demo):
     ],
 )
 def test_bad_requests_get_clear_4xx(demo, path, content, status, needle):
-    r = httpx.post(demo["base"] + path, content=content)
+    r = httpx.post(demo["base"] + path, content=content, headers=demo["auth"])
     assert r.status_code == status and needle in r.json()["error"]
+
+
+def test_oip_v2_infer_without_json_content_type(demo):
+    body = {
+        "id": "req-7",
+        "inputs": [
+            {"name": "tenure_months", "shape": [2], "datatype": "FP32", "data": [2.0, 60.0]},
+            {"name": "monthly_charges", "shape": [2], "datatype": "FP64", "data": [150.0, 30.0]},
+            {"name": "support_calls", "shape": [2, 1], "datatype": "INT64", "data": [[6], [0]]},
+            {"name": "plan", "shape": [2], "datatype": "BYTES", "data": ["basic", "premium"]},
+            {"name": "region", "shape": [2], "datatype": "BYTES", "data": ["north", "north"]},
+        ],
+    }
+    # KServe and Triton clients often send no JSON Content-Type: the body is read regardless
+    r = httpx.post(f"{demo['base']}/v2/models/churn/infer", content=json.dumps(body).encode(),
+                   headers={**demo["auth"], "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model_name"] == "churn" and out["model_version"] == "1" and out["id"] == "req-7"
+    prob = {o["name"]: o for o in out["outputs"]}["probability"]
+    assert prob["shape"] == [2] and prob["data"][0] > prob["data"][1]
+    bad = httpx.post(f"{demo['base']}/v2/models/churn/infer", json={"inputs": [{"name": "plan", "shape": [1], "datatype": "FP32", "data": [1]}]},
+                     headers=demo["auth"])
+    assert bad.status_code == 422 and "plan" in bad.json()["error"]
+
+
+def test_auth_and_limits(demo):
+    base = demo["base"]
+    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
+    assert httpx.post(f"{base}/predict/churn", json=row).status_code == 401
+    assert httpx.post(f"{base}/predict/churn", json=row, headers={"Authorization": "Bearer aii_00000000_nope"}).status_code == 401
+    assert httpx.get(f"{base}/v2/health/ready").status_code == 200  # health needs no token
+    made = subprocess.run([str(BIN / "aiinfra"), "token", "create", "--role", "feedback"], env=demo["env"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    feedback_only = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    time.sleep(0.6)  # the server looks up a new token id at most twice a second
+    r = httpx.post(f"{base}/predict/churn", json=row, headers=feedback_only)
+    assert r.status_code == 403 and "feedback" in r.json()["error"]
+    huge = b'{"instances": [' + b'{"tenure_months": 1.0},' * 60_000 + b"{}]}"
+    r = httpx.post(f"{base}/predict/churn", content=huge, headers=demo["auth"])
+    assert r.status_code == 413 and "limit" in r.json()["error"]
 
 
 def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):

@@ -18,6 +18,7 @@ from aiinfra.config import PlatformConfig, load_config
         (errors.Unauthorized, 401),
         (errors.Forbidden, 403),
         (errors.ServiceUnavailable, 503),
+        (errors.PayloadTooLarge, 413),
         (errors.ArtifactCorrupted, 500),
     ],
 )
