@@ -39,11 +39,10 @@ def _when(ts: float) -> str:
 
 
 def _cluster_running(config: Any) -> bool:
-    if config.ray_address:
-        return True
-    from ray._private.services import find_gcs_addresses  # private: Ray is pinned exactly
+    from aiinfra.cluster import running_cluster, use_cluster_auth
 
-    return bool(find_gcs_addresses())
+    use_cluster_auth(config)  # before anything imports Ray
+    return running_cluster(config) is not None
 
 
 def open_platform(config: Any) -> Any:
@@ -231,6 +230,47 @@ def _data_diff(args: argparse.Namespace) -> None:
         print(f"  {col}: " + "; ".join(f"{k} {v}" for k, v in change.items()))
 
 
+# -- cluster --------------------------------------------------------------------------
+def _up(args: argparse.Namespace) -> None:
+    from aiinfra.cluster import up
+
+    info = up(load_config(), port=args.port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
+    print(f"Ray cluster   {info['address']}{'' if info['started_by_up'] else ' (already running; reused)'}")
+    print(f"dashboard     {info['dashboard_url']}")
+    print(f"serve (HTTP)  {info['serve_url']}")
+    print(f"API token     {info['token_file']}")
+    print(f"submit jobs   RAY_AUTH_MODE=token RAY_ADDRESS={info['dashboard_url']} ray job submit --working-dir . -- python jobs/demo.py")
+
+
+def _down(args: argparse.Namespace) -> None:
+    from aiinfra.cluster import down
+
+    down(load_config())
+
+
+def _status(args: argparse.Namespace) -> None:
+    from aiinfra.cluster import cluster_status
+
+    st = cluster_status(load_config())
+    if args.json:
+        return _print_json(st)
+    if not st["running"]:
+        print("no Ray cluster is running; `aiinfra up` starts one")
+        return
+    print(f"Ray cluster   {st['address']}{' (started by aiinfra up)' if st['started_by_up'] else ''}")
+    if st["dashboard_url"]:
+        print(f"dashboard     {st['dashboard_url']}")
+    print(f"serve (HTTP)  {st['serve_url']}")
+    print(f"API token     {st['token_file']}")
+    for name, s in st["services"].items():
+        print(f"service       {name:<14} {'alive (pid ' + str(s['pid']) + ')' if s['alive'] else 'NOT RUNNING'}")
+    for app, a in st["serve"].items():
+        serving = a.get("serving")
+        what = f"{serving['model']}@{serving['version']}" if serving else "-"
+        replicas = ", ".join(f"{d}: {r['replicas']}" for d, r in a["deployments"].items())
+        print(f"serve app     {app:<14} {a['status']:<10} serving {what}; replicas {replicas}")
+
+
 # -- tokens ---------------------------------------------------------------------------
 def _token_create(args: argparse.Namespace) -> None:
     from aiinfra.registry.client import default_principal
@@ -283,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     ddiff.add_argument("b")
     ddiff.add_argument("--json", action="store_true")
     ddiff.set_defaults(func=_data_diff)
+
+    up = sub.add_parser("up", help="start a local Ray head (dashboard, token auth) with the platform services and Serve")
+    up.add_argument("--port", type=int, default=6379)
+    up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument("--num-cpus", type=int, default=None)
+    up.set_defaults(func=_up)
+    sub.add_parser("down", help="stop the cluster `aiinfra up` started (and nothing else)").set_defaults(func=_down)
+    status = sub.add_parser("status", help="services, Serve apps with replicas and models, URLs")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
 
     token = sub.add_parser("token", help="API tokens for the HTTP endpoints").add_subparsers(dest="token_command", required=True)
     tcreate = token.add_parser("create", help="print a new bearer token (stored hashed)")

@@ -54,9 +54,12 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
             a missing service is an error naming it.
         ray_init_kwargs: passed to ``ray.init`` when this call starts Ray.
     """
-    import ray
+    from aiinfra.cluster import use_cluster_auth
 
     config = config or load_config()
+    use_cluster_auth(config)
+    import ray
+
     started = False
     if not ray.is_initialized():
         # address=None: Ray joins RAY_ADDRESS or the latest local cluster, else starts one.

@@ -93,6 +93,11 @@ class ModelServer:
         self.feature_view: str | None = (version.lineage.model_extra or {}).get("feature_view")
         self._feature_store: Any = None
 
+    def served(self) -> dict[str, Any]:
+        """What this deployment serves (for `aiinfra status`; not an HTTP route)."""
+        v = self.predictor.version
+        return {"model": v.name, "version": v.version, "aliases": v.aliases, "feature_view": self.feature_view}
+
     def _authorize(self, request: Request, action: str) -> None:
         self.tokens.verify(request.headers.get("authorization")).require(action)
 

@@ -1,0 +1,219 @@
+"""``aiinfra up``, ``down`` and ``status``: a local Ray head with the platform's services.
+
+``up`` starts a head from this project's virtual environment (so ``ray job submit``
+entrypoints find aiinfra), with the dashboard and Ray's token authentication on, then the
+platform actors and Serve's HTTP proxy; it records what it started in
+``$AIINFRA_HOME/cluster.json``. ``down`` stops exactly those processes, not any other
+Ray on the machine. A running cluster is reused, never started twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiinfra.config import PlatformConfig
+from aiinfra.errors import ServiceUnavailable
+
+__all__ = ["cluster_status", "down", "running_cluster", "up"]
+
+SERVICES = ("registry", "feature_store")
+
+
+def _state_file(config: PlatformConfig) -> Path:
+    return config.home / "cluster.json"
+
+
+def use_cluster_auth(config: PlatformConfig) -> None:
+    """A cluster `up` started wants Ray's token from its clients: say so to this process's Ray.
+
+    Effective only before Ray is imported (Ray reads the setting at import)."""
+    state = _state_file(config)
+    if "RAY_AUTH_MODE" not in os.environ and state.exists():
+        try:
+            if json.loads(state.read_text()).get("auth_mode") == "token":
+                os.environ["RAY_AUTH_MODE"] = "token"
+        except (OSError, ValueError):
+            pass
+
+
+def running_cluster(config: PlatformConfig) -> str | None:
+    """The address of the cluster to use: RAY_ADDRESS, else a Ray head running on this machine."""
+    if config.ray_address:
+        return config.ray_address
+    from ray._private.services import find_gcs_addresses  # private: Ray is pinned exactly
+
+    found = sorted(find_gcs_addresses())
+    return found[0] if found else None
+
+
+def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None,
+       out: Any = sys.stdout) -> dict[str, Any]:
+    if "ray" not in sys.modules:
+        # Ray reads its auth mode when it is imported: decide before anything imports it.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    existing = running_cluster(config)
+    started = existing is None
+    if existing:
+        print(f"a Ray cluster is already running at {existing}: reusing it", file=out, flush=True)
+        address = existing
+    else:
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        cmd = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={num_cpus}")
+        print(f"starting a Ray head on port {port} ...", file=out, flush=True)
+        # Job entrypoints run with the head's PATH: put this environment's bin first, so that
+        # `python jobs/x.py` finds the interpreter aiinfra is installed in.
+        venv_bin = str(Path(sys.executable).parent)
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+               "VIRTUAL_ENV": str(Path(venv_bin).parent)}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+            raise ServiceUnavailable(f"`ray start --head` failed (exit {done.returncode}):\n{tail}")
+        address = f"127.0.0.1:{port}"
+
+    import ray
+    from ray import serve
+
+    from aiinfra.platform import connect
+
+    if started:
+        config.home.mkdir(parents=True, exist_ok=True)
+        _state_file(config).write_text(json.dumps({"address": address, "port": port, "auth_mode": "token",
+                                                   "session_dir": None, "started_by_up": True}))
+    cfg = config.model_copy(update={"ray_address": address})
+    platform = connect(cfg)
+    try:
+        serve.start(http_options={"host": config.serve.host, "port": config.serve.port,
+                                  "request_timeout_s": config.serve.request_timeout_s})
+        session_dir = ray._private.worker._global_node.get_session_dir_path()  # private, pinned
+        dashboard = ray._private.worker.get_dashboard_url()  # private, pinned
+    finally:
+        platform.close()
+        ray.shutdown()
+    info = {
+        "address": address,
+        "session_dir": session_dir,
+        "port": int(address.rsplit(":", 1)[1]),
+        "dashboard_url": f"http://{dashboard}" if dashboard and "://" not in dashboard else (dashboard or None),
+        "serve_url": f"http://{config.serve.host}:{config.serve.port}",
+        "token_file": str(config.token_file),
+        "started_by_up": started,
+        "started_at": time.time(),
+        "auth_mode": "token",
+    }
+    if started:
+        config.home.mkdir(parents=True, exist_ok=True)
+        _state_file(config).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _cluster_processes(session_dir: str, port: int) -> list[Any]:
+    import psutil
+
+    marker, address = Path(session_dir).name, f":{port}"
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if marker in cmd or (address in cmd and "ray" in cmd):
+            roots.append(proc)
+    found: dict[int, Any] = {}
+    for proc in roots:
+        found[proc.pid] = proc
+        try:
+            for child in proc.children(recursive=True):
+                found[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def down(config: PlatformConfig, *, out: Any = sys.stdout, timeout_s: float = 20.0) -> bool:
+    """Stop the cluster ``up`` started; returns whether there was one. Nothing else is touched."""
+    import psutil
+
+    state = _state_file(config)
+    if not state.exists():
+        print("no cluster started by `aiinfra up` here; nothing to stop", file=out)
+        return False
+    info = json.loads(state.read_text())
+    procs = _cluster_processes(info["session_dir"], info["port"])
+    print(f"stopping the Ray cluster at {info['address']} ({len(procs)} processes) ...", file=out, flush=True)
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    state.unlink()
+    print("stopped", file=out)
+    return True
+
+
+def cluster_status(config: PlatformConfig) -> dict[str, Any]:
+    """Services, Serve applications with their replicas and the models they serve, and the URLs."""
+    use_cluster_auth(config)
+    address = running_cluster(config)
+    state = _state_file(config)
+    info = json.loads(state.read_text()) if state.exists() else {}
+    if address is None:
+        return {"running": False, "address": None, "services": {}, "serve": {}}
+    import ray
+    from ray import serve
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(address=address, namespace=config.namespace, log_to_driver=False)
+    try:
+        services = {}
+        for name in SERVICES:
+            try:
+                handle = ray.get_actor(name, namespace=config.namespace)
+                services[name] = {"alive": True, "pid": ray.get(handle.pid.remote(), timeout=10)}
+            except ValueError:
+                services[name] = {"alive": False}
+            except Exception as e:  # noqa: BLE001 - report, do not fail the whole status
+                services[name] = {"alive": False, "error": type(e).__name__}
+        apps: dict[str, Any] = {}
+        try:
+            st = serve.status()
+            for app_name, app in st.applications.items():
+                deployments = {d: {"status": str(dep.status), "replicas": dict(dep.replica_states)}
+                               for d, dep in app.deployments.items()}
+                entry: dict[str, Any] = {"status": str(app.status), "deployments": deployments}
+                try:
+                    entry["serving"] = serve.get_app_handle(app_name).served.remote().result(timeout_s=10)
+                except Exception:  # noqa: BLE001 - an app that is not ours, or not ready
+                    pass
+                apps[app_name] = entry
+        except Exception:  # noqa: BLE001 - Serve not started on this cluster
+            pass
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return {
+        "running": True,
+        "address": address,
+        "started_by_up": bool(info),
+        "dashboard_url": info.get("dashboard_url"),
+        "serve_url": f"http://{config.serve.host}:{config.serve.port}",
+        "token_file": str(config.token_file),
+        "services": services,
+        "serve": apps,
+    }

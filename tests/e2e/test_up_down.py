@@ -1,0 +1,108 @@
+"""`aiinfra up`, `status`, jobs through `ray job submit`'s client, and `aiinfra down`, as a user runs them.
+
+The cluster this test starts is the only one it stops: `down` ends the processes of that
+session and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Ray reads its auth mode at import: the cluster `up` starts requires Ray's token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+from ray.job_submission import JobStatus, JobSubmissionClient  # noqa: E402
+
+from aiinfra.data.synthetic import make_customers  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def aiinfra(env: dict, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "aiinfra"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(client: JobSubmissionClient, job_id: str, timeout_s: float = 240) -> JobStatus:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return status
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("up-home")
+    gcs, dashboard, serve_port = _free_port(), _free_port(), _free_port()
+    env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(serve_port)}
+    env.pop("RAY_ADDRESS", None)
+    none = aiinfra(env, "down")
+    assert none.returncode == 0 and "nothing to stop" in none.stdout  # no cluster: no error
+    started = aiinfra(env, "up", "--port", str(gcs), "--dashboard-port", str(dashboard))
+    assert started.returncode == 0, started.stderr[-3000:]
+    info = json.loads((home / "cluster.json").read_text())
+    yield {"env": env, "home": home, "info": info, "dashboard": f"http://127.0.0.1:{dashboard}", "up": started.stdout}
+    aiinfra(env, "down")
+
+
+def test_up_prints_where_everything_is_and_reuses_a_running_cluster(cluster):
+    out = cluster["up"]
+    assert "dashboard" in out and "serve (HTTP)" in out and str(cluster["home"] / "api_token") in out
+    assert (cluster["home"] / "api_token").exists()
+    again = aiinfra(cluster["env"], "up")
+    assert again.returncode == 0 and "already running" in again.stdout and "reusing" in again.stdout
+    status = aiinfra(cluster["env"], "status", "--json")
+    assert status.returncode == 0, status.stderr[-2000:]
+    st = json.loads(status.stdout)
+    assert st["running"] and st["started_by_up"]
+    assert st["services"]["registry"]["alive"] and st["services"]["feature_store"]["alive"]
+
+
+def test_jobs_run_on_the_cluster_and_failures_say_why(cluster, tmp_path):
+    csv = tmp_path / "customers.csv"
+    make_customers(2_000, seed=4).to_csv(csv, index=False)
+    client = JobSubmissionClient(cluster["dashboard"])
+    runtime_env = {"working_dir": str(ROOT), "env_vars": {"AIINFRA_HOME": str(cluster["home"])}}
+    ok = client.submit_job(
+        entrypoint=f"python jobs/ingest.py customers {csv} --spec jobs/configs/customers_spec.yaml",
+        runtime_env=runtime_env, submission_id=f"ingest-{os.getpid()}-{time.time_ns()}",
+    )
+    assert wait_for(client, ok) == JobStatus.SUCCEEDED, client.get_job_logs(ok)[-3000:]
+    version = client.get_job_logs(ok).strip().splitlines()[-1]
+    listed = aiinfra(cluster["env"], "data", "show", f"customers@{version}", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["row_count"] == 2_000
+
+    bad = client.submit_job(
+        entrypoint=f"python jobs/ingest.py customers {tmp_path / 'missing.csv'}",
+        runtime_env=runtime_env, submission_id=f"ingest-bad-{os.getpid()}-{time.time_ns()}",
+    )
+    assert wait_for(client, bad) == JobStatus.FAILED
+    assert "no such file" in client.get_job_logs(bad)
+
+
+def test_down_stops_exactly_that_cluster(cluster):
+    marker = Path(cluster["info"]["session_dir"]).name
+    stopped = aiinfra(cluster["env"], "down")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert left == []
+    assert not (cluster["home"] / "cluster.json").exists()
+    st = json.loads(aiinfra(cluster["env"], "status", "--json").stdout)
+    assert not st["running"]
