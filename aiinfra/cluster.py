@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,8 +50,16 @@ def running_cluster(config: PlatformConfig) -> str | None:
         return config.ray_address
     from ray._private.services import find_gcs_addresses  # private: Ray is pinned exactly
 
-    found = sorted(find_gcs_addresses())
-    return found[0] if found else None
+    # A GCS process that is shutting down still shows in the process list: only one that
+    # accepts connections counts, or a driver would join a dying cluster and wait forever.
+    for address in sorted(find_gcs_addresses()):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return address
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None,
@@ -161,6 +170,14 @@ def down(config: PlatformConfig, *, out: Any = sys.stdout, timeout_s: float = 20
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+    # `ray stop` would also forget the cluster: without this, a later ray.init() with no address
+    # keeps trying to join the dead one it finds in this file.
+    pointer = Path(info["session_dir"]).parent / "ray_current_cluster"
+    try:
+        if pointer.read_text().strip().endswith(f":{info['port']}"):
+            pointer.unlink()
+    except OSError:
+        pass
     state.unlink()
     print("stopped", file=out)
     return True

@@ -14,14 +14,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["EnvVar", "PlatformConfig", "ServeSettings", "load_config", "ENV"]
+__all__ = ["ENV", "EnvVar", "PlatformConfig", "ServeSettings", "load_config", "read_yaml", "validate_as"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class _Env:
 
 
 ENV = _Env()
+M = TypeVar("M", bound=BaseModel)
 
 
 class ServeSettings(BaseModel):
@@ -110,15 +111,7 @@ def load_config(
     data: dict[str, Any] = {}
     path = path or ENV.CONFIG.get(environ)
     if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise InvalidInput(f"cannot read AIINFRA_CONFIG file {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise InvalidInput(f"AIINFRA_CONFIG file {path} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise InvalidInput(f"AIINFRA_CONFIG file {path} must hold a mapping, got {type(loaded).__name__}")
-        data.update(loaded)
+        data.update(read_yaml(path, "AIINFRA_CONFIG file"))
 
     env_fields = {
         "home": ENV.HOME,
@@ -137,10 +130,28 @@ def load_config(
         data["serve"] = {**data.get("serve", {}), "port": port}
     data.update({k: v for k, v in overrides.items() if v is not None})
 
+    return validate_as(PlatformConfig, data, "platform config")
+
+
+def read_yaml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is an InvalidInput naming ``what`` and the path."""
     try:
-        return PlatformConfig.model_validate(data)
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise InvalidInput(f"cannot read {what} {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise InvalidInput(f"{what} {path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise InvalidInput(f"{what} {path} must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def validate_as(model: type[M], data: Any, what: str) -> M:
+    """``model.model_validate(data)``, with one InvalidInput that names every invalid field."""
+    try:
+        return model.model_validate(data)
     except ValidationError as e:
-        raise InvalidInput(format_validation_error("platform config", e)) from None
+        raise InvalidInput(format_validation_error(what, e)) from None
 
 
 def format_validation_error(what: str, error: ValidationError) -> str:

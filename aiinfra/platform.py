@@ -30,7 +30,7 @@ class Platform:
     registry: RegistryClient
     features: FeatureStoreClient
     store: ArtifactStore
-    started_ray: bool = False
+    started_ray: bool = False  # this process started a local cluster (it ends when the process disconnects)
     _closers: list[Any] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -61,15 +61,22 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
     import ray
 
     started = False
+    initialized_here = False
     if not ray.is_initialized():
-        # address=None: Ray joins RAY_ADDRESS or the latest local cluster, else starts one.
+        from aiinfra.cluster import running_cluster
+
+        # Join RAY_ADDRESS or a head that is running on this machine, else start a local one.
+        # ("local", not None: with None, Ray would also try the last cluster it remembers in
+        # /tmp/ray/ray_current_cluster, which may be long dead.)
+        address = running_cluster(config) or "local"
         ray.init(
-            address=config.ray_address,
+            address=address,
             namespace=config.namespace,
             log_to_driver=ray_init_kwargs.pop("log_to_driver", False),
             **ray_init_kwargs,
         )
-        started = True
+        initialized_here = True
+        started = address == "local"
     store = open_artifact_store(config.storage_root)
 
     from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
@@ -115,7 +122,8 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         store=store,
         started_ray=started,
     )
-    if started:
+    if initialized_here:
+        # Disconnects this driver; a local cluster this call started stops with it.
         platform._closers.append(ray.shutdown)
     return platform
 

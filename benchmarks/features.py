@@ -12,25 +12,16 @@ import argparse
 import os
 import platform
 import random
-import statistics
 import tempfile
 import time
 
 import ray
+from _timing import percentiles, timed
 
 
 def pct(samples: list[float]) -> tuple[float, float]:
-    ms = sorted(s * 1000 for s in samples)
-    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    p = percentiles(samples)
+    return p["p50_ms"], p["p99_ms"]
 
 
 @ray.remote(num_cpus=0)

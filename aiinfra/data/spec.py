@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aiinfra.config import format_validation_error
-from aiinfra.errors import InvalidInput
+from aiinfra.config import read_yaml, validate_as
 
 __all__ = ["ColumnSpec", "ValidationSpec", "load_spec"]
 
@@ -104,13 +102,4 @@ class ValidationSpec(BaseModel):
 
 def load_spec(path: str | Path) -> ValidationSpec:
     """Read a spec YAML; every invalid field is named in one error."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise InvalidInput(f"cannot read spec file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise InvalidInput(f"spec file {path} is not valid YAML: {e}") from None
-    try:
-        return ValidationSpec.model_validate(data)
-    except ValidationError as e:
-        raise InvalidInput(format_validation_error(f"spec {path}", e)) from None
+    return validate_as(ValidationSpec, read_yaml(path, "spec file"), f"spec {path}")

@@ -26,10 +26,9 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aiinfra.config import format_validation_error
+from aiinfra.config import read_yaml, validate_as
 from aiinfra.errors import InvalidInput
 
 __all__ = ["FeaturePipeline", "FeatureSpec", "fit_features", "load_feature_spec"]
@@ -159,19 +158,8 @@ class FeatureSpec(BaseModel):
 def load_feature_spec(source: str | Path | Mapping[str, Any]) -> FeatureSpec:
     """A FeatureSpec from a YAML file or a mapping; one error names every invalid field."""
     if isinstance(source, Mapping):
-        data, where = dict(source), "feature spec"
-    else:
-        where = f"feature spec {source}"
-        try:
-            data = yaml.safe_load(Path(source).read_text()) or {}
-        except OSError as e:
-            raise InvalidInput(f"cannot read {where}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise InvalidInput(f"{where} is not valid YAML: {e}") from None
-    try:
-        return FeatureSpec.model_validate(data)
-    except ValidationError as e:
-        raise InvalidInput(format_validation_error(where, e)) from None
+        return validate_as(FeatureSpec, dict(source), "feature spec")
+    return validate_as(FeatureSpec, read_yaml(source, "feature spec"), f"feature spec {source}")
 
 
 def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aiinfra.config import format_validation_error
+from aiinfra.config import format_validation_error, read_yaml
 from aiinfra.errors import InvalidInput
 from aiinfra.registry.types import validate_name
 
@@ -72,11 +71,7 @@ def load_feature_views(source: str | Path | list[dict[str, Any]]) -> list[Featur
         items, where = source, "feature views"
     else:
         where = f"feature views file {source}"
-        try:
-            doc = yaml.safe_load(Path(source).read_text()) or {}
-        except OSError as e:
-            raise InvalidInput(f"cannot read {where}: {e.strerror}") from None
-        items = doc.get("feature_views", []) if isinstance(doc, dict) else []
+        items = read_yaml(source, "feature views file").get("feature_views", [])
     try:
         return [FeatureView.model_validate(item) for item in items]
     except ValidationError as e:

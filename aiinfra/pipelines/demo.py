@@ -168,6 +168,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         print(f"report: {config.reports_dir / 'demo.json'}", flush=True)
         if keep_serving and platform.started_ray:
             print(f"serving at {base} (Ray dashboard http://127.0.0.1:8265); press Ctrl-C to stop", flush=True)
+
             def stop(signum: int, frame: Any) -> None:
                 raise KeyboardInterrupt
 
@@ -186,5 +187,6 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             platform.close()
             print("shut down: Serve and the embedded Ray are stopped", flush=True)
         else:
+            platform.close()  # disconnect this driver; the cluster and its Serve app stay up
             print(f"left running on the cluster: Serve app 'aiinfra' at {summary.get('serve_url')}", flush=True)
     return summary

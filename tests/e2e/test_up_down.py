@@ -104,5 +104,8 @@ def test_down_stops_exactly_that_cluster(cluster):
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert left == []
     assert not (cluster["home"] / "cluster.json").exists()
+    # Ray's pointer to "the latest cluster" must not name the dead one: a later ray.init() would hang on it
+    pointer = Path(cluster["info"]["session_dir"]).parent / "ray_current_cluster"
+    assert not pointer.exists() or not pointer.read_text().strip().endswith(f":{cluster['info']['port']}")
     st = json.loads(aiinfra(cluster["env"], "status", "--json").stdout)
     assert not st["running"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 
 import jsonschema
@@ -11,7 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
+# KubeRay's CRD schemas live beside the checkout (../shared/kuberay-crds) or where KUBERAY_CRDS_DIR says.
+CRDS = Path(os.environ.get("KUBERAY_CRDS_DIR") or ROOT.parent / "shared" / "kuberay-crds")
 
 
 def launcher(name: str) -> dict:
