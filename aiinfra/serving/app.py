@@ -11,7 +11,9 @@ status of its AiInfraError; a client's mistake is never a 500.
 # must see real classes (Request), not strings.
 
 import json
+import logging
 import tempfile
+import threading
 import uuid
 from typing import Any
 
@@ -29,6 +31,7 @@ from aiinfra.serving.predictor import MAX_INSTANCES
 __all__ = ["ModelServer", "app_builder", "build_app"]
 
 api = FastAPI(title="aiinfra inference", version="0.1.0")
+log = logging.getLogger("aiinfra.serving")
 
 
 
@@ -68,35 +71,67 @@ async def _json_body(request: Request, max_bytes: int) -> Any:
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_queued_requests=64)
 @serve.ingress(api)
 class ModelServer:
-    """Serves one model version, resolved from a reference (``churn@champion``) at start-up."""
+    """Serves the version a reference names (``churn@champion``), and follows the alias when it moves.
+
+    A background thread asks the registry every ``FOLLOW_INTERVAL_S`` which version the reference
+    names now; a new one is downloaded (hash-checked) and loaded beside the old, then swapped in
+    with one assignment. Each request reads ``self.predictor`` once, so a request in flight
+    finishes on the version it started with: no request fails because an alias moved.
+    """
+
+    FOLLOW_INTERVAL_S = 2.0
 
     def __init__(self, config: PlatformConfig, model_ref: str) -> None:
         from aiinfra.registry.actor import get_registry_actor
         from aiinfra.registry.client import RegistryClient
         from aiinfra.service import ActorBackend
-        from aiinfra.serving.predictor import Predictor
-        from aiinfra.storage import open_artifact_store
+        from aiinfra.serving.auth import TokenStore
+        from aiinfra.storage import open_artifact_store, open_metadata_db
 
-        registry = RegistryClient(
+        self.config = config
+        self.model_ref = model_ref
+        self._registry = RegistryClient(
             ActorBackend(lambda: get_registry_actor(config, create=False)), open_artifact_store(config.storage_root)
         )
-        version = registry.get(model_ref)
-        model_dir = registry.download(version, tempfile.mkdtemp(prefix=f"aiinfra-{version.name}-{version.version}-"))
-        self.predictor = Predictor(version, model_dir)
-        self.name = version.name
-        self.config = config
-        from aiinfra.serving.auth import TokenStore
-        from aiinfra.storage import open_metadata_db
-
+        self.predictor = self._load(self._registry.get(model_ref))
+        self.name = self.predictor.version.name
         self.tokens = TokenStore(open_metadata_db(config.metadata_url))
-        # The view the model was trained from: where features for `entity_ids` come from.
-        self.feature_view: str | None = (version.lineage.model_extra or {}).get("feature_view")
         self._feature_store: Any = None
+        self._stop = threading.Event()
+        if parse_ref(model_ref).version is None:  # an alias (or "newest"): it can move
+            threading.Thread(target=self._follow, name=f"follow-{model_ref}", daemon=True).start()
+
+    def _load(self, version: Any) -> Any:
+        from aiinfra.serving.predictor import Predictor
+
+        model_dir = self._registry.download(version, tempfile.mkdtemp(prefix=f"aiinfra-{version.name}-{version.version}-"))
+        return Predictor(version, model_dir)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.FOLLOW_INTERVAL_S):
+            try:
+                current = self._registry.get(self.model_ref)
+                if current.version != self.predictor.version.version:
+                    previous = self.predictor.version.ref
+                    self.predictor = self._load(current)  # one assignment: the swap is atomic
+                    log.info("%s moved from %s to %s; now serving it", self.model_ref, previous, current.ref)
+            except Exception:  # noqa: BLE001 - keep serving what we have; try again next tick
+                log.exception("could not refresh %s; still serving %s", self.model_ref, self.predictor.version.ref)
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    @property
+    def feature_view(self) -> str | None:
+        """The view the served version was trained from: where features for `entity_ids` come from."""
+        return (self.predictor.version.lineage.model_extra or {}).get("feature_view")
 
     def served(self) -> dict[str, Any]:
         """What this deployment serves (for `aiinfra status`; not an HTTP route)."""
         v = self.predictor.version
-        return {"model": v.name, "version": v.version, "aliases": v.aliases, "feature_view": self.feature_view}
+        return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view}
 
     def _authorize(self, request: Request, action: str) -> None:
         self.tokens.verify(request.headers.get("authorization")).require(action)
@@ -119,10 +154,11 @@ class ModelServer:
 
         self._authorize(request, "predict")
         self._check_name(name)
-        sig = self.predictor.signature
+        predictor = self.predictor
+        sig = predictor.signature
         return {
             "name": self.name,
-            "versions": [str(self.predictor.version.version)],
+            "versions": [str(predictor.version.version)],
             "platform": "aiinfra-torch",
             "inputs": [tensor(f) for f in sig.inputs],
             "outputs": [tensor(f) for f in sig.outputs],
@@ -141,10 +177,11 @@ class ModelServer:
         self._check_name(name)
         # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
         body = await _json_body(request, self.config.serve.max_body_bytes)
-        rows, request_id, wanted = decode_infer_request(body, self.predictor.signature)
-        predictions = self.predictor.predict(rows)
-        v = self.predictor.version
-        return encode_infer_response(predictions, self.predictor.signature, model=v.name, version=v.version,
+        predictor = self.predictor  # read once: an alias move mid-request does not mix versions
+        rows, request_id, wanted = decode_infer_request(body, predictor.signature)
+        predictions = predictor.predict(rows)
+        v = predictor.version
+        return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
                                      request_id=request_id or uuid.uuid4().hex, wanted=wanted)
 
     @api.post("/predict/{name}")
@@ -158,15 +195,17 @@ class ModelServer:
             raise InvalidInput(format_validation_error("predict request", e)) from None
         if (req.instances is None) == (req.entity_ids is None):
             raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
-        instances = req.instances if req.instances is not None else self._features_for(req.entity_ids)
-        predictions = self.predictor.predict(instances)
-        v = self.predictor.version
+        predictor = self.predictor  # read once: an alias move mid-request does not mix versions
+        instances = req.instances if req.instances is not None else self._features_for(predictor, req.entity_ids)
+        predictions = predictor.predict(instances)
+        v = predictor.version
         return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": uuid.uuid4().hex}
 
-    def _features_for(self, entity_ids: list[Any]) -> list[dict[str, Any]]:
+    def _features_for(self, predictor: Any, entity_ids: list[Any]) -> list[dict[str, Any]]:
         """One online-store call for all the entities; each must have current features."""
-        v = self.predictor.version
-        if self.feature_view is None:
+        v = predictor.version
+        view = (v.lineage.model_extra or {}).get("feature_view")
+        if view is None:
             raise InvalidInput(f"{v.ref} was not trained from a feature view, so it cannot look up entity_ids; send instances")
         if not entity_ids or len(entity_ids) > MAX_INSTANCES:
             raise InvalidInput(f"entity_ids must hold 1 to {MAX_INSTANCES} ids")
@@ -180,14 +219,14 @@ class ModelServer:
 
             backend = ActorBackend(lambda: get_feature_store_actor(self.config, create=False), service="feature_store")
             self._feature_store = FeatureStoreClient(backend, open_artifact_store(self.config.storage_root))
-        rows = self._feature_store.get_online_features(self.feature_view, entity_ids)
+        rows = self._feature_store.get_online_features(view, entity_ids)
         unknown = [r["entity"] for r in rows if r["status"] != "ok"]
         if unknown:
             raise InvalidInput(
-                f"no current features in view {self.feature_view!r} for entity id(s) {unknown[:20]}"
+                f"no current features in view {view!r} for entity id(s) {unknown[:20]}"
                 + (" (and more)" if len(unknown) > 20 else "")
             )
-        inputs = [f.name for f in self.predictor.signature.inputs]
+        inputs = [f.name for f in predictor.signature.inputs]
         return [{k: r["features"].get(k) for k in inputs} for r in rows]
 
 

@@ -153,6 +153,62 @@ def test_auth_and_limits(demo):
     assert r.status_code == 413 and "limit" in r.json()["error"]
 
 
+def _move_champion(demo, version: int) -> None:
+    from aiinfra.config import load_config
+    from aiinfra.platform import open_local
+
+    with open_local(load_config(environ={"AIINFRA_HOME": str(demo["home"])})) as p:
+        p.registry.set_alias("churn", version, "champion")
+
+
+def test_alias_move_under_load_fails_no_request(demo, tmp_path):
+    """Register version 2, move `champion` to it while requests keep coming: every one succeeds,
+    and the served version switches from 1 to 2 without a restart."""
+    from aiinfra.config import load_config
+    from aiinfra.platform import open_local
+
+    with open_local(load_config(environ={"AIINFRA_HOME": str(demo["home"])})) as p:
+        v1 = p.registry.get("churn@1")
+        files = p.registry.download(v1, tmp_path / "v1")
+        v2 = p.registry.register("churn", files, metrics=v1.metrics, signature=v1.signature, lineage=v1.lineage)
+    assert v2.version == 2
+    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
+    seen: list[tuple[int, int | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=demo["base"], headers=demo["auth"], timeout=30) as client:
+            while not stop.is_set():
+                r = client.post("/predict/churn", json=row)
+                seen.append((r.status_code, r.json().get("version") if r.status_code == 200 else None))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(1)
+        _move_champion(demo, 2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(v == 2 for _, v in seen[-5:]):
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    statuses = {code for code, _ in seen}
+    versions = [v for _, v in seen]
+    assert statuses == {200}, f"failed requests during the alias move: {[c for c, _ in seen if c != 200][:5]}"
+    assert versions[0] == 1 and versions[-1] == 2
+    first_two = versions.index(2)
+    assert all(v == 2 for v in versions[first_two:]), "the switch must be once and for all"
+    # put the champion back for the tests that follow, and wait until it is served again
+    _move_champion(demo, 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if httpx.post(f"{demo['base']}/predict/churn", json=row, headers=demo["auth"]).json()["version"] == 1:
+            break
+        time.sleep(0.3)
+
+
 def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
     proc = demo["proc"]
     proc.send_signal(signal.SIGINT)
