@@ -79,31 +79,22 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         started = address == "local"
     store = open_artifact_store(config.storage_root)
 
-    from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
-
-    def registry_handle() -> Any:
-        try:
-            return get_registry_actor(config, create=start_services)
-        except ValueError:
-            from aiinfra.errors import ServiceUnavailable
-
-            raise ServiceUnavailable(
-                f"the platform service {REGISTRY_ACTOR!r} is not running in namespace {config.namespace!r} "
-                "of this Ray cluster; start it with `aiinfra up` or aiinfra.connect(start_services=True)"
-            ) from None
-
     from aiinfra.features.actor import get_feature_store_actor
+    from aiinfra.registry.actor import get_registry_actor
 
-    def feature_store_handle() -> Any:
-        try:
-            return get_feature_store_actor(config, create=start_services)
-        except ValueError:
-            from aiinfra.errors import ServiceUnavailable
+    def service_handle(name: str, get_actor: Any) -> Any:
+        def handle() -> Any:
+            try:
+                return get_actor(config, create=start_services)
+            except ValueError:
+                from aiinfra.errors import ServiceUnavailable
 
-            raise ServiceUnavailable(
-                f"the platform service 'feature_store' is not running in namespace {config.namespace!r}; "
-                "start it with `aiinfra up` or aiinfra.connect(start_services=True)"
-            ) from None
+                raise ServiceUnavailable(
+                    f"the platform service {name!r} is not running in namespace {config.namespace!r} of this "
+                    "Ray cluster; start it with `aiinfra up` or aiinfra.connect(start_services=True)"
+                ) from None
+
+        return handle
 
     if start_services and config.metadata_url.startswith("sqlite:"):
         # The embedded default's first start: an admin token for the HTTP API, in $AIINFRA_HOME/api_token.
@@ -117,8 +108,10 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
 
     platform = Platform(
         config=config,
-        registry=RegistryClient(ActorBackend(registry_handle, service="registry"), store),
-        features=FeatureStoreClient(ActorBackend(feature_store_handle, service="feature_store"), store),
+        registry=RegistryClient(ActorBackend(service_handle("registry", get_registry_actor), service="registry"), store),
+        features=FeatureStoreClient(
+            ActorBackend(service_handle("feature_store", get_feature_store_actor), service="feature_store"), store
+        ),
         store=store,
         started_ray=started,
     )

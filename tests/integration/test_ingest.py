@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -148,35 +147,16 @@ def test_cli_ingest_prints_the_version_id(platform_config, customers, tmp_path, 
     assert "missing.yaml" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_s3_source_and_lake(platform_config, customers, tmp_path, monkeypatch):
+def test_s3_source_and_lake(platform_config, customers, tmp_path, s3_server):
     """Read from and write to a real S3-compatible server (moto) on loopback."""
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
     from aiinfra.config import load_config
 
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-        s3.create_bucket(Bucket="raw")
-        s3.create_bucket(Bucket="lake")
-        customers.to_parquet(tmp_path / "c.parquet", index=False)
-        s3.upload_file(str(tmp_path / "c.parquet"), "raw", "customers/c.parquet")
-        query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        config = load_config(environ={}, home=str(tmp_path / "home"), storage_root=f"s3://lake/aiinfra{query}")
-        r = ingest(config, "cust_s3", f"s3://raw/customers/c.parquet{query}", spec=SPEC)
-        assert r.created and r.version.row_count == 4000
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix=f"aiinfra/datasets/cust_s3/{r.version.version}/")["Contents"]]
-        assert any(k.endswith("_manifest.json") for k in keys) and any(k.endswith(".parquet") for k in keys)
-        assert r.version.source_uri == "s3://raw/customers/c.parquet"
-    finally:
-        server.stop()
+    s3, query = s3_server["client"], s3_server["query"]
+    customers.to_parquet(tmp_path / "c.parquet", index=False)
+    s3.upload_file(str(tmp_path / "c.parquet"), "raw", "customers/c.parquet")
+    config = load_config(environ={}, home=str(tmp_path / "home"), storage_root=f"s3://lake/aiinfra{query}")
+    r = ingest(config, "cust_s3", f"s3://raw/customers/c.parquet{query}", spec=SPEC)
+    assert r.created and r.version.row_count == 4000
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix=f"aiinfra/datasets/cust_s3/{r.version.version}/")["Contents"]]
+    assert any(k.endswith("_manifest.json") for k in keys) and any(k.endswith(".parquet") for k in keys)
+    assert r.version.source_uri == "s3://raw/customers/c.parquet"

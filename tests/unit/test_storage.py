@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -78,35 +77,9 @@ def test_unsupported_scheme(tmp_path):
         open_artifact_store("ftp://host/x")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_root():
-    """A real S3-compatible server (moto) on loopback: no cloud, no mocks in our code."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_ACCESS_KEY_ID", "test")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        boto3.client(
-            "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="test",
-            aws_secret_access_key="test", region_name="us-east-1",
-        ).create_bucket(Bucket="lake")
-        yield (
-            f"s3://lake/aiinfra?endpoint_override=127.0.0.1:{port}&scheme=http"
-            "&region=us-east-1"
-        )
-    finally:
-        server.stop()
-        mp.undo()
+@pytest.fixture
+def s3_root(s3_server):
+    return f"s3://lake/aiinfra{s3_server['query']}"
 
 
 def test_s3_store_round_trip_and_integrity(s3_root, tmp_path):
