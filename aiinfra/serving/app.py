@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -44,6 +45,24 @@ async def _platform_error(request: Request, exc: AiInfraError) -> JSONResponse:
 async def _request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
     return JSONResponse(status_code=422, content={"error": "invalid request: " + "; ".join(parts)})
+
+
+@api.middleware("http")
+async def _measure(request: Request, call_next: Any) -> Any:
+    """Requests, errors and latency per model, version and route (health checks are not counted)."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    route = getattr(request.scope.get("route"), "path", None)
+    if route and not route.startswith("/v2/health"):
+        from aiinfra.serving.metrics import record_request
+
+        record_request(
+            model=str(request.scope.get("path_params", {}).get("name", "")),
+            version=str(getattr(request.state, "version", "")),
+            route=route, status=response.status_code, latency_ms=(time.perf_counter() - start) * 1000,
+            rows=int(getattr(request.state, "rows", 0)),
+        )
+    return response
 
 
 class PredictRequest(BaseModel):
@@ -181,6 +200,7 @@ class ModelServer:
         rows, request_id, wanted = decode_infer_request(body, predictor.signature)
         predictions = predictor.predict(rows)
         v = predictor.version
+        request.state.version, request.state.rows = v.version, len(predictions)
         return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
                                      request_id=request_id or uuid.uuid4().hex, wanted=wanted)
 
@@ -199,6 +219,7 @@ class ModelServer:
         instances = req.instances if req.instances is not None else self._features_for(predictor, req.entity_ids)
         predictions = predictor.predict(instances)
         v = predictor.version
+        request.state.version, request.state.rows = v.version, len(predictions)
         return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": uuid.uuid4().hex}
 
     def _features_for(self, predictor: Any, entity_ids: list[Any]) -> list[dict[str, Any]]:

@@ -209,6 +209,32 @@ def test_alias_move_under_load_fails_no_request(demo, tmp_path):
         time.sleep(0.3)
 
 
+def test_inference_metrics_reach_prometheus(demo):
+    """Requests, errors and latency per model and version on the cluster's Prometheus endpoints."""
+    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
+    for _ in range(3):
+        assert httpx.post(f"{demo['base']}/predict/churn", json=row, headers=demo["auth"]).status_code == 200
+    httpx.post(f"{demo['base']}/predict/churn", json={"instances": [{}]}, headers=demo["auth"])  # a 422
+    discovery = Path("/tmp/ray/prom_metrics_service_discovery.json")  # Ray writes its scrape targets here
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        targets = [t for group in json.loads(discovery.read_text()) for t in group["targets"]] if discovery.exists() else []
+        text = ""
+        for target in targets:
+            try:
+                text += httpx.get(f"http://{target}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+        if 'ray_aiinfra_request_errors' in text and 'model="churn"' in text:
+            break
+        time.sleep(2)
+    assert "ray_aiinfra_requests" in text and 'route="/predict/{name}"' in text, text[-2000:]
+    assert "ray_aiinfra_request_latency_ms_bucket" in text
+    assert any('status="422"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_request_errors"))
+    assert any('version="1"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_predicted_rows"))
+
+
 def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
     proc = demo["proc"]
     proc.send_signal(signal.SIGINT)
