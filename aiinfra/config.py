@@ -160,4 +160,6 @@ def format_validation_error(what: str, error: ValidationError) -> str:
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         parts.append(f"{loc}: {err['msg']}")
+    if len(parts) > 12:  # a repeated mistake (say, in 64 generated entries) should not bury the message
+        parts = [*parts[:10], f"... and {len(parts) - 10} more"]
     return f"invalid {what}: " + "; ".join(parts)

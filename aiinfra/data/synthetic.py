@@ -89,3 +89,23 @@ def make_customers(n: int = 20_000, *, seed: int = 0, start: str = "2026-01-01",
             LABEL: label,
         }
     )
+
+
+DIGITS_LABEL = "digit"
+
+
+def make_digits() -> pd.DataFrame:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images) as a table: one column per pixel.
+
+    Columns ``image_id``, ``px_0`` .. ``px_63`` (row-major, values 0..16) and the label ``digit``.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    frame = pd.DataFrame(bunch.data.astype(np.float64), columns=[f"px_{i}" for i in range(bunch.data.shape[1])])
+    frame.insert(0, "image_id", np.arange(len(frame), dtype=np.int64))
+    frame[DIGITS_LABEL] = bunch.target.astype(np.int64)
+    return frame
+
+
+EXAMPLES = {"customers": make_customers, "digits": make_digits}

@@ -35,7 +35,7 @@ class FeatureView(BaseModel):
     and online alike. ``ttl: null`` means forever.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: str
     entity: str = Field(min_length=1)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiinfra.registry.files import fetch_version_files, stage_model_dir
+from aiinfra.registry.runs import Run
 from aiinfra.registry.types import (
     AuditEntry,
     Lineage,
@@ -111,6 +112,26 @@ class RegistryClient:
 
     def audit(self, name: str) -> list[AuditEntry]:
         return self._backend.call("audit", name)
+
+    # -- experiment runs ------------------------------------------------------------------
+    def start_run(self, *, experiment: str, **kwargs: Any) -> Run:
+        """Idempotent by ``run_id``: a retried start returns the stored run."""
+        return self._backend.call("start_run", experiment=experiment, who=self.who, **kwargs)
+
+    def log_epochs(self, run_id: str, epochs: list[dict[str, Any]]) -> int:
+        return self._backend.call("log_epochs", run_id, [dict(e) for e in epochs])
+
+    def finish_run(self, run_id: str, *, status: str, **kwargs: Any) -> Run:
+        return self._backend.call("finish_run", run_id, status=status, **kwargs)
+
+    def get_run(self, run_id: str) -> Run:
+        return self._backend.call("get_run", run_id)
+
+    def list_runs(self, **filters: Any) -> list[Run]:
+        return self._backend.call("list_runs", **filters)
+
+    def compare_runs(self, a: str, b: str) -> dict[str, Any]:
+        return self._backend.call("compare_runs", a, b)
 
     def download(self, ref: str | ModelVersion, dest: str | os.PathLike[str]) -> Path:
         """Fetch a version's files into ``dest``, refusing any file whose SHA-256 does not match."""

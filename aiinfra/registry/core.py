@@ -15,6 +15,7 @@ from typing import Any
 
 from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
 from aiinfra.registry.files import StagedUpload
+from aiinfra.registry.runs import Run, RunStore
 from aiinfra.registry.types import (
     AuditEntry,
     Lineage,
@@ -106,6 +107,27 @@ class ModelRegistry:
         self.store = store
         self._clock = clock
         db.ensure_schema(COMPONENT, MIGRATIONS)
+        # The registry owns experiment runs too (DESIGN.md): versions name the run that made them.
+        self.runs = RunStore(db, clock)
+
+    # -- experiment runs (one writer: this class) -----------------------------------------
+    def start_run(self, **kwargs: Any) -> Run:
+        return self.runs.start_run(**kwargs)
+
+    def log_epochs(self, run_id: str, epochs: list[dict[str, Any]]) -> int:
+        return self.runs.log_epochs(run_id, epochs)
+
+    def finish_run(self, run_id: str, **kwargs: Any) -> Run:
+        return self.runs.finish_run(run_id, **kwargs)
+
+    def get_run(self, run_id: str) -> Run:
+        return self.runs.get_run(run_id)
+
+    def list_runs(self, **filters: Any) -> list[Run]:
+        return self.runs.list_runs(**filters)
+
+    def compare_runs(self, a: str, b: str) -> dict[str, Any]:
+        return self.runs.compare(a, b)
 
     # -- writes ------------------------------------------------------------------------
     def commit_version(

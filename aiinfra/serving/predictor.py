@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from aiinfra.errors import InvalidInput
 from aiinfra.registry.types import FieldSpec, ModelVersion
 from aiinfra.training.model_dir import load_model_dir
+from aiinfra.training.tabular import postprocess, predict_scores
 
 __all__ = ["Predictor"]
 
@@ -90,11 +90,5 @@ class Predictor:
 
     def predict(self, instances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         rows = self.validate(instances)
-        x = torch.from_numpy(self.preprocessor.transform_rows(rows))
-        with torch.no_grad():
-            probabilities = torch.sigmoid(self.module(x).squeeze(-1)).numpy().astype(np.float64)
-        labels = self.spec.class_labels
-        return [
-            {"label": labels[int(p >= 0.5)], "probability": round(float(p), 6)}
-            for p in np.atleast_1d(probabilities)
-        ]
+        x = self.preprocessor.transform_rows(rows)
+        return postprocess(self.spec, np.atleast_1d(predict_scores(self.module, self.spec, x)))

@@ -1,55 +1,149 @@
-"""The per-worker training function for Ray Train's TorchTrainer (DDP over gloo on CPU, NCCL on GPU).
+"""The per-worker training function for Ray Train's TorchTrainer: DDP over gloo on CPU, NCCL on GPU.
 
-A plain function of a config dict; ``pipelines`` wires it to TorchTrainer. Data arrives as
-this worker's shard of the Ray Data dataset named "train", with columns ``x`` (the
-preprocessed feature vector) and ``y``.
+A plain function of a config dict; ``aiinfra.training.trainer`` wires it to TorchTrainer. Data
+arrives as this worker's shards of the Ray Data datasets "train" and (optionally) "val", with
+columns ``x`` (the preprocessed feature vector) and ``y``.
+
+Every epoch ends with a checkpoint (see ``checkpoints``); after a worker failure Ray Train
+restarts the group and this function resumes from the last one, not from epoch 0. Validation
+loss is summed over all workers (an all-reduce), so every rank takes the same early-stopping
+decision at the same epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from pathlib import Path
+import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from aiinfra.training.checkpoints import TrainingState, epoch_seed, load_checkpoint, save_checkpoint
 from aiinfra.training.models import build_model, seed_everything
 
-__all__ = ["train_loop"]
+__all__ = ["loss_function", "make_optimizer", "train_loop"]
+
+
+def loss_function(task: str) -> nn.Module:
+    """Summed, not averaged: the loop divides by the global row count itself."""
+    if task == "binary":
+        return nn.BCEWithLogitsLoss(reduction="sum")
+    if task == "multiclass":
+        return nn.CrossEntropyLoss(reduction="sum")
+    return nn.MSELoss(reduction="sum")
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
+    out = model(x)
+    return out if task == "multiclass" else out.squeeze(-1)
+
+
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from safetensors.torch import save_file
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    seed_everything(int(config.get("seed", 0)) + rank)
-    model = build_model(config["family"], config["input_dim"], config["output_dim"], config.get("params"))
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(config.get("lr", 1e-2)))
-    loss_fn = nn.BCEWithLogitsLoss()
-    shard = ray.train.get_dataset_shard("train")
+    device = ray.train.torch.get_device()
+    task = config.get("task", "binary")
+    seed = int(config.get("seed", 0))
+    epochs = int(config.get("epochs", 3))
     batch_size = int(config.get("batch_size", 256))
+    patience = config.get("patience")
+    min_delta = float(config.get("min_delta", 0.0))
+    use_amp = bool(config.get("use_gpu")) and bool(config.get("bf16", True)) and device.type == "cuda"
 
-    for epoch in range(int(config.get("epochs", 3))):
+    seed_everything(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(config["family"], config["input_dim"], config["output_dim"], config.get("params"))
+    state, best, optimizer_state = TrainingState(seed=seed), None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure, or a resumed run
+        with checkpoint.as_directory() as d:
+            weights, best, optimizer_state, state = load_checkpoint(d)
+        model.load_state_dict(weights)
+    start_epoch = state.epoch + 1
+
+    model = ray.train.torch.prepare_model(model)  # DDP: gradients are averaged across workers in backward()
+    optimizer = make_optimizer(config.get("optimizer", "adam"), model.parameters(), float(config.get("lr", 1e-2)),
+                               float(config.get("weight_decay", 0.0)))
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    loss_fn = loss_function(task)
+    y_dtype = torch.int64 if task == "multiclass" else torch.float32
+    dtypes = {"x": torch.float32, "y": y_dtype}
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if config.get("has_val") else None
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+
+    for epoch in range(start_epoch, epochs):
+        seed_everything(epoch_seed(seed, rank, epoch))
+        t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes={"x": torch.float32, "y": torch.float32}):
-            optimizer.zero_grad()
-            logits = model(batch["x"]).squeeze(-1)
-            loss = loss_fn(logits, batch["y"])
-            loss.backward()  # DDP averages gradients across workers here
+        shuffle = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": epoch_seed(seed, rank, epoch)} \
+            if config.get("shuffle", True) else {}
+        for batch in train_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device, **shuffle):
+            optimizer.zero_grad(set_to_none=True)
+            n = len(batch["y"])
+            with autocast():
+                loss = loss_fn(_outputs(model, batch["x"], task).float(), batch["y"])
+            (loss / n).backward()  # the batch mean; DDP then averages over workers
             optimizer.step()
-            total += float(loss) * len(batch["y"])
-            count += len(batch["y"])
-        metrics = {"epoch": epoch, "train_loss": total / max(count, 1)}
+            total += float(loss.detach())
+            count += n
+        total, count = _all_reduce_sum([total, float(count)], device)
+        train_loss = total / max(count, 1.0)
+
+        val_loss = train_loss
+        if val_shard is not None:
+            model.eval()
+            v_total, v_count = 0.0, 0
+            with torch.no_grad(), autocast():
+                for batch in val_shard.iter_torch_batches(batch_size=max(batch_size, 1024), dtypes=dtypes, device=device):
+                    v_total += float(loss_fn(_outputs(model, batch["x"], task).float(), batch["y"]))
+                    v_count += len(batch["y"])
+            v_total, v_count = _all_reduce_sum([v_total, float(v_count)], device)
+            val_loss = v_total / max(v_count, 1.0)
+
+        improved = state.best_val_loss is None or val_loss < state.best_val_loss - min_delta
+        if improved:
+            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+        else:
+            state.bad_epochs += 1
+        stop = patience is not None and state.bad_epochs >= int(patience)
+        state.epoch = epoch
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss,
+            "best_epoch": state.best_epoch, "start_epoch": start_epoch, "epoch_time_s": time.perf_counter() - t0,
+            "world_size": ctx.get_world_size(), "stopped_early": int(stop),
+        }
+        state.history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            ckpt = None
             if rank == 0:
-                save_file({k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                          str(Path(tmp) / "weights.safetensors"))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+                save_checkpoint(tmp, model, best, optimizer, state)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            break

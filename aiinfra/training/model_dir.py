@@ -38,6 +38,9 @@ class ModelSpec(BaseModel):
     output_dim: int
     task: str = "binary"
     class_labels: list[Any] = [0, 1]
+    # Regression targets are standardized for training; predictions are mapped back with these.
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
 
 def save_model_dir(path: str | Path, spec: ModelSpec, state_dict: dict[str, torch.Tensor], pre: FeaturePipeline) -> Path:

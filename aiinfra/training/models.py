@@ -1,46 +1,36 @@
 """Model families behind one small interface: a family name plus hyperparameters gives an nn.Module.
 
-A new family is one function registered in ``FAMILIES``.
+The families live in ``aiinfra.training.families`` (one file each); this module finds them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 from typing import Any
 
 import torch
 from torch import nn
 
 from aiinfra.errors import InvalidInput
+from aiinfra.training import families
+from aiinfra.training.families import FAMILIES
 
-__all__ = ["FAMILIES", "build_model"]
+__all__ = ["FAMILIES", "build_model", "seed_everything"]
 
-
-def tabular_mlp(input_dim: int, output_dim: int, *, hidden: list[int] | None = None, dropout: float = 0.0) -> nn.Module:
-    """An MLP over the preprocessed feature vector; ``output_dim`` 1 for binary (a logit) or regression."""
-    hidden = [32, 16] if hidden is None else hidden
-    layers: list[nn.Module] = []
-    width = input_dim
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, output_dim))
-    return nn.Sequential(*layers)
-
-
-FAMILIES: dict[str, Callable[..., nn.Module]] = {"tabular_mlp": tabular_mlp}
+for _mod in pkgutil.iter_modules(families.__path__):
+    importlib.import_module(f"{families.__name__}.{_mod.name}")
 
 
 def build_model(family: str, input_dim: int, output_dim: int, params: dict[str, Any] | None = None) -> nn.Module:
+    """Raises InvalidInput naming the family or the hyperparameter that is wrong."""
     try:
         factory = FAMILIES[family]
     except KeyError:
         raise InvalidInput(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
     try:
         return factory(input_dim, output_dim, **(params or {}))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise InvalidInput(f"invalid hyperparameters for {family}: {e}") from None
 
 
@@ -50,5 +40,5 @@ def seed_everything(seed: int) -> None:
     import numpy as np
 
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,0 +1,391 @@
+"""The training pipeline (``aiinfra train CONFIG``, ``jobs/train.py``) and ``aiinfra reproduce``.
+
+dataset version -> features (point-in-time when a feature view is named) -> split -> fit the
+transforms -> train (DDP) or tune -> evaluate on the holdout -> the promotion gate against the
+champion on the same rows -> register with full lineage -> alias challenger (champion when there
+is none yet).
+
+Every run is recorded as it goes (params, per-epoch metrics, trials, status, CPU-seconds, dataset
+versions, code version, config hash, seed). The resolved config, with dataset versions pinned and
+the chosen hyperparameters fixed, is registered with the model as ``training_config.json``:
+``reproduce`` runs exactly that again.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aiinfra.errors import InvalidInput, NotFound
+from aiinfra.pipelines.progress import StageLog
+from aiinfra.training.config import TrainConfig, config_hash
+from aiinfra.training.ray_train import PreparedData
+
+__all__ = ["TRAINING_CONFIG", "TrainingOutcome", "prepare_data", "reproduce", "run_training"]
+
+TRAINING_CONFIG = "training_config.json"
+EVALUATION = "evaluation.json"
+REPORT_HTML = "evaluation.html"
+LABEL_TIME = "label_ts"
+
+
+@dataclass
+class TrainingOutcome:
+    run_id: str
+    config: TrainConfig  # resolved: pinned data, chosen hyperparameters
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    dataset_versions: list[str]
+    model: str | None = None
+    alias: str | None = None
+    verdict: dict[str, Any] | None = None
+    reports: dict[str, str] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "model": self.model, "alias": self.alias, "metrics": self.metrics,
+            "verdict": self.verdict, "dataset_versions": self.dataset_versions, "reports": self.reports,
+            "trials": self.trials, "epochs": len(self.history), "seconds": round(self.seconds, 2),
+            "config_hash": config_hash(self.config),
+        }
+
+
+# -- data -------------------------------------------------------------------------------------
+def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InvalidInput(f"{what} has no column(s) {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}")
+
+
+def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset: str, pinned: dict[str, str]) -> pd.DataFrame:
+    """Point-in-time features for each labelled row, as of the time its label became known."""
+    from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.features.offline import point_in_time_join
+    from aiinfra.features.views import FeatureView
+
+    spec = cfg.data.feature_view
+    fv = platform.features.register_view(spec) if isinstance(spec, FeatureView) else platform.features.get_view(spec)
+    _require_columns(frame, [fv.entity, fv.timestamp, cfg.data.label], f"dataset {dataset}")
+    if fv.source == dataset.split("@")[0]:
+        source = frame  # the pinned version itself
+    else:
+        catalog = DatasetCatalog(platform.store)
+        version = catalog.get(pinned.get("feature_source") or fv.source)
+        pinned["feature_source"] = version.ref
+        source = catalog.load(version).to_pandas()
+    keep = [fv.entity, fv.timestamp, cfg.data.label, *[c for c in cfg.data.slices if c not in fv.features]]
+    labels = frame[list(dict.fromkeys(keep))].rename(columns={fv.timestamp: LABEL_TIME})
+    labels[LABEL_TIME] = labels[LABEL_TIME] + pd.Timedelta(seconds=cfg.data.label_delay_s)
+    return point_in_time_join(labels, fv, source, timestamp_column=LABEL_TIME)
+
+
+def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.DataFrame, TrainConfig, list[str]]:
+    """(training data, holdout rows, the config with every dataset version pinned, those versions)."""
+    from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.data.transforms import fit_features
+    from aiinfra.training.tabular import class_labels_for
+
+    catalog = DatasetCatalog(platform.store)
+    d = cfg.data
+    version = catalog.get(d.dataset)
+    pinned: dict[str, str] = {"dataset": version.ref}
+    table = catalog.load(version).to_pandas()
+    if d.feature_view:
+        table = _with_features(platform, cfg, table, version.ref, pinned)
+    holdout = None
+    if d.split.holdout_dataset:
+        hv = catalog.get(d.split.holdout_dataset)
+        pinned["holdout"] = hv.ref
+        holdout = catalog.load(hv).to_pandas()
+        if d.feature_view:
+            holdout = _with_features(platform, cfg, holdout, hv.ref, pinned)
+    needed = [d.label, *(f.column for f in d.features.features), *d.slices]
+    _require_columns(table, needed, f"the training table from {version.ref}")
+    table = table.dropna(subset=[d.label]).reset_index(drop=True)
+    rng = np.random.default_rng(cfg.trainer.seed)
+    time_column = d.split.time_column or (LABEL_TIME if d.feature_view else None)
+    if holdout is None:
+        if time_column:
+            _require_columns(table, [time_column], f"the training table from {version.ref}")
+            order = table[time_column].sort_values(kind="stable").index.to_numpy()
+        else:
+            order = rng.permutation(len(table))
+        cut = int(len(order) * (1 - d.split.holdout_fraction))
+        train_all, holdout = table.iloc[order[:cut]], table.iloc[order[cut:]]
+    else:
+        _require_columns(holdout, needed, f"the holdout table from {pinned['holdout']}")
+        train_all = table
+    if len(train_all) < 10 or len(holdout) < 1:
+        raise InvalidInput(f"{version.ref} gives {len(train_all)} training and {len(holdout)} holdout rows: too few to train on")
+    perm = rng.permutation(len(train_all))
+    n_val = max(1, int(len(perm) * d.split.validation_fraction))
+    val, train = train_all.iloc[perm[:n_val]], train_all.iloc[perm[n_val:]]
+    labels = class_labels_for(cfg.task, train[d.label])
+    mean, std = 0.0, 1.0
+    if cfg.task == "regression":
+        y = train[d.label].to_numpy(dtype=np.float64)
+        mean, std = float(y.mean()), float(y.std()) or 1.0
+    pre = fit_features(train, d.features)
+    resolved = cfg.model_copy(update={"data": d.model_copy(update={
+        "dataset": version.ref,
+        "split": d.split.model_copy(update={"holdout_dataset": pinned.get("holdout")}),
+    })})
+    data = PreparedData(train=train.reset_index(drop=True), val=val.reset_index(drop=True), pre=pre, label=d.label,
+                        task=cfg.task, class_labels=labels, target_mean=mean, target_std=std)
+    return data, holdout.reset_index(drop=True), resolved, list(pinned.values())
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def evaluate_model(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -> Any:
+    """The evaluation report of a saved model on ``holdout``, per slice as configured."""
+    from aiinfra.training.evaluation import evaluate_predictions
+    from aiinfra.training.model_dir import load_model_dir
+    from aiinfra.training.tabular import encode_labels, predict_scores
+
+    spec, module, pre = load_model_dir(model_dir)
+    scores = predict_scores(module, spec, pre.transform(holdout))
+    y = encode_labels(spec.task, holdout[cfg.data.label], spec.class_labels)
+    y_true = y * spec.target_std + spec.target_mean if spec.task == "regression" else y.astype(np.int64)
+    slices = {c: holdout[c].astype(str).to_numpy() for c in cfg.data.slices if c in holdout.columns}
+    return evaluate_predictions(spec.task, y_true, scores, class_labels=list(spec.class_labels) or None, slices=slices)  # type: ignore[arg-type]
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent_run_id: str | None = None,
+                 log: StageLog | None = None) -> TrainingOutcome:
+    """Run the training pipeline on a connected platform; returns what it made and decided."""
+    import time
+
+    from aiinfra.provenance import code_version
+    from aiinfra.training.model_dir import ModelSpec, save_model_dir
+
+    t_start = time.perf_counter()
+    log = log or StageLog(total=0)
+    log.total = 5 if cfg.register_model else 3
+    storage_root = platform.config.storage_root
+    registry = platform.registry
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+
+    with log.stage(f"load {cfg.data.dataset} and build the training table"):
+        data, holdout, resolved, dataset_versions = prepare_data(platform, cfg)
+        log.note(f"{', '.join(dataset_versions)}: train {len(data.train):,}, validation {len(data.val):,}, "
+                 f"holdout {len(holdout):,} rows; {data.pre.output_dim} model inputs"
+                 + (f"; classes {data.class_labels}" if data.class_labels else ""))
+    code = code_version()
+    registry.start_run(
+        experiment=cfg.experiment_name, kind="tune" if kind == "train" and cfg.tune else kind, run_id=run_id, params=resolved.model_dump(mode="json"),
+        config_hash=config_hash(resolved), seed=cfg.trainer.seed, dataset_versions=dataset_versions,
+        code_version={"version": code, "dirty": code.endswith("-dirty")}, parent_run_id=parent_run_id,
+    )
+    trials: list[dict[str, Any]] = []
+    try:
+        if cfg.tune is not None:
+            with log.stage(f"search {len(cfg.tune.search_space)} hyperparameter(s) with Ray Tune "
+                           f"({cfg.tune.num_samples} trials, {cfg.tune.scheduler}, {cfg.tune.max_concurrent_trials} at a time)"):
+                from aiinfra.training.search import search
+
+                found = search(resolved, data, storage_root=storage_root, run_name=run_id)
+                for t in found.trials:
+                    trial_run = f"{run_id}-{t.trial_id}"
+                    registry.start_run(experiment=cfg.experiment_name, kind="trial", run_id=trial_run,
+                                       params=_json_safe(t.overrides), seed=cfg.trainer.seed, started_at=t.started_at,
+                                       dataset_versions=dataset_versions, parent_run_id=run_id,
+                                       config_hash=config_hash(apply_safe(resolved, t.overrides)),
+                                       code_version={"version": code, "dirty": code.endswith("-dirty")})
+                    registry.log_epochs(trial_run, _json_safe(t.history))
+                    registry.finish_run(trial_run, status=t.status, metrics=_json_safe(t.metrics), error=t.error,
+                                        ended_at=None if t.started_at is None else t.started_at + t.wall_s,
+                                        cpu_seconds=t.wall_s * cfg.tune.workers_per_trial * cfg.trainer.cpus_per_worker)
+                    trials.append({"run_id": trial_run, "status": t.status, "epochs": t.epochs_run,
+                                   "overrides": _json_safe(t.overrides), "val_loss": t.metrics.get("best_val_loss"),
+                                   "error": t.error})
+                    log.note(f"trial {t.trial_id}: {t.status} after {t.epochs_run} epoch(s), "
+                             f"best val_loss {t.metrics.get('best_val_loss', float('nan')):.4f} {_json_safe(t.overrides)}"
+                             + (f" ({t.error[:120]})" if t.error else ""))
+                final_cfg, best_state, history = found.best_config, found.best_state, found.history
+                cpu_s, gpu_s = found.cpu_seconds, 0.0
+                log.note(f"best trial {found.best.trial_id}: {_json_safe(found.best.overrides)}; "
+                         f"{sum(t['status'] == 'stopped' for t in trials)} stopped early by the scheduler, "
+                         f"{sum(t['status'] == 'failed' for t in trials)} failed; {found.wall_s:.1f}s")
+        else:
+            t = cfg.trainer
+            with log.stage(f"train {cfg.model.family} with Ray Train (DDP, {t.num_workers} worker(s), "
+                           f"{'NCCL on GPU' if t.use_gpu else 'gloo on CPU'})"):
+                from aiinfra.training.ray_train import fit
+
+                fitted = fit(resolved, data, storage_root=storage_root, run_name=run_id)
+                final_cfg, best_state, history = resolved, fitted.best_state, fitted.history
+                cpu_s, gpu_s = fitted.cpu_seconds, fitted.gpu_seconds
+                losses = ", ".join(f"{h['val_loss']:.4f}" for h in history)
+                resumed = [h["start_epoch"] for h in history if h.get("start_epoch")]
+                log.note(f"{len(history)} epoch(s) in {fitted.wall_s:.1f}s; val_loss by epoch: {losses}"
+                         + (f"; resumed from epoch {resumed[0]} after a failure" if resumed else ""))
+        registry.log_epochs(run_id, _json_safe(history))
+
+        with log.stage("evaluate on the holdout"):
+            workdir = Path(tempfile.mkdtemp(prefix="aiinfra-train-"))
+            model_dir = workdir / "model"
+            spec = ModelSpec(family=final_cfg.model.family, params=final_cfg.model.params, input_dim=data.pre.output_dim,
+                             output_dim=data.output_dim, task=cfg.task, class_labels=data.class_labels,
+                             target_mean=data.target_mean, target_std=data.target_std)
+            save_model_dir(model_dir, spec, best_state, data.pre)
+            final_cfg = final_cfg.model_copy(update={"tune": None})
+            (model_dir / TRAINING_CONFIG).write_text(final_cfg.model_dump_json(indent=2))
+            report = evaluate_model(model_dir, holdout, final_cfg)
+            log.note(", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items()))
+
+        verdict = None
+        if cfg.register_model:
+            with log.stage("promotion gate against the champion on the same holdout rows"):
+                verdict = _gate(platform, cfg, report, holdout, workdir)
+                log.note(f"{'PASS' if verdict.passed else 'FAIL'}: {verdict.reason}")
+
+        reports = _write_reports(platform, run_id, model_dir, report, history, verdict, cfg, dataset_versions)
+        outcome = TrainingOutcome(run_id=run_id, config=final_cfg, metrics=report.metrics, history=history,
+                                  dataset_versions=dataset_versions, verdict=None if verdict is None else verdict.model_dump(),
+                                  reports=reports, trials=trials)
+        if cfg.register_model:
+            with log.stage("register with lineage and alias"):
+                _register(platform, cfg, outcome, model_dir, data, verdict, code, log)
+        registry.finish_run(run_id, status="finished", metrics=report.metrics,
+                            artifacts={**reports, **({"model": outcome.model} if outcome.model else {})},
+                            cpu_seconds=cpu_s, gpu_seconds=gpu_s)
+    except BaseException as e:
+        try:
+            registry.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}"[:4000])
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+        raise
+    outcome.seconds = time.perf_counter() - t_start
+    print(f"run {run_id} finished in {outcome.seconds:.1f}s; report: {reports.get('report_html')}", flush=True)
+    return outcome
+
+
+def apply_safe(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    from aiinfra.training.search import apply_overrides
+
+    try:
+        return apply_overrides(cfg, overrides)
+    except InvalidInput:
+        return cfg
+
+
+def _gate(platform: Any, cfg: TrainConfig, report: Any, holdout: pd.DataFrame, workdir: Path) -> Any:
+    from aiinfra.training.gate import promotion_gate
+
+    try:
+        champion = platform.registry.get(f"{cfg.name}@champion")
+    except NotFound:
+        return promotion_gate(report, None, cfg.gate)
+    champion_dir = platform.registry.download(champion, workdir / "champion")
+    try:
+        champion_report = evaluate_model(champion_dir, holdout, cfg)
+    except InvalidInput as e:
+        verdict = promotion_gate(report, None, cfg.gate)
+        return verdict.model_copy(update={"reason": f"champion {champion.ref} cannot be scored on these rows ({e.message}); "
+                                                    "the candidate passes on its own"})
+    verdict = promotion_gate(report, champion_report, cfg.gate)
+    return verdict.model_copy(update={"reason": f"vs champion {champion.ref}: {verdict.reason}"})
+
+
+def _write_reports(platform: Any, run_id: str, model_dir: Path, report: Any, history: list[dict[str, Any]],
+                   verdict: Any, cfg: TrainConfig, dataset_versions: list[str]) -> dict[str, str]:
+    from aiinfra.training.evaluation import render_html
+
+    (model_dir / EVALUATION).write_text(report.model_dump_json(indent=2))
+    extra = {"run": run_id, "model": cfg.name, "family": cfg.model.family, "datasets": ", ".join(dataset_versions)}
+    if verdict is not None:
+        extra["gate"] = f"{'PASS' if verdict.passed else 'FAIL'}: {verdict.reason}"
+    html = render_html(report, title=f"{cfg.name}: evaluation of {run_id}", history=history, extra=extra)
+    (model_dir / REPORT_HTML).write_text(html)
+    store = platform.store
+    store.write_bytes(f"reports/{run_id}/{EVALUATION}", (model_dir / EVALUATION).read_bytes())
+    store.write_bytes(f"reports/{run_id}/{REPORT_HTML}", html.encode())
+    return {"evaluation": store.uri_for(f"reports/{run_id}/{EVALUATION}"),
+            "report_html": store.uri_for(f"reports/{run_id}/{REPORT_HTML}")}
+
+
+def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_dir: Path, data: PreparedData,
+              verdict: Any, code: str, log: StageLog) -> None:
+    from aiinfra.training.tabular import signature_for
+
+    registry = platform.registry
+    lineage = {
+        "dataset_version": outcome.dataset_versions[0], "dataset_versions": outcome.dataset_versions,
+        "run_id": outcome.run_id, "code_version": code, "config_hash": config_hash(outcome.config),
+        "seed": cfg.trainer.seed, "feature_view": cfg.data.feature_view_name,
+        "gate": None if verdict is None else {"passed": verdict.passed, "reason": verdict.reason},
+    }
+    version = registry.register(
+        cfg.name, model_dir, metrics=outcome.metrics,
+        params={"family": outcome.config.model.family, **outcome.config.model.params,
+                **outcome.config.trainer.model_dump(mode="json")},
+        signature=signature_for(data.pre, cfg.task, data.class_labels), lineage=lineage,
+        idempotency_key=outcome.run_id,
+    )
+    outcome.model = version.ref
+    try:
+        champion = registry.get(f"{cfg.name}@champion")
+    except NotFound:
+        champion = None
+    if verdict is not None and verdict.passed:
+        outcome.alias = "champion" if champion is None else "challenger"
+        registry.set_alias(cfg.name, version.version, outcome.alias)
+        log.note(f"registered {version.ref}, alias {outcome.alias}"
+                 + ("" if champion is None else f"; champion stays {champion.ref} until a canary promotes the challenger"))
+    else:
+        log.note(f"registered {version.ref} without an alias: the gate refused it")
+
+
+# -- reproduce ----------------------------------------------------------------------------------
+def reproduce(platform: Any, ref: str, *, tolerance: float = 0.02, log: StageLog | None = None) -> dict[str, Any]:
+    """Train ``ref`` again from its registered recipe and data; compare the metrics.
+
+    On CPU with the same seed and data, DDP's data sharding is the only source of difference,
+    so metrics should agree within ``tolerance`` (absolute).
+    """
+    from aiinfra.training.config import load_train_config
+
+    registry = platform.registry
+    version = registry.get(ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.download(version, Path(tmp) / "model")
+        recipe = local / TRAINING_CONFIG
+        if not recipe.exists():
+            raise InvalidInput(f"{version.ref} has no {TRAINING_CONFIG}: it was not registered by the training pipeline, "
+                               "so there is no recipe to reproduce it from")
+        cfg = load_train_config(json.loads(recipe.read_text()))
+    cfg = cfg.model_copy(update={"register_model": False})
+    parent = version.lineage.run_id
+    try:
+        if parent:
+            registry.get_run(parent)
+    except NotFound:
+        parent = None
+    outcome = run_training(platform, cfg, kind="reproduce", parent_run_id=parent, log=log)
+    comparison = {}
+    for name, registered in version.metrics.items():
+        again = outcome.metrics.get(name)
+        comparison[name] = {"registered": registered, "reproduced": again,
+                            "difference": None if again is None else again - registered}
+    diffs = [abs(c["difference"]) for c in comparison.values() if c["difference"] is not None]
+    return {
+        "model": version.ref, "run_id": outcome.run_id, "original_run_id": version.lineage.run_id,
+        "config_hash": config_hash(cfg.model_copy(update={"register_model": True})),
+        "original_config_hash": (version.lineage.model_extra or {}).get("config_hash"),
+        "metrics": comparison, "max_abs_difference": max(diffs) if diffs else None, "tolerance": tolerance,
+        "within_tolerance": bool(diffs) and max(diffs) <= tolerance,
+    }

@@ -1,0 +1,161 @@
+"""One training run on Ray Train: prepared tables -> Ray Data -> TorchTrainer (DDP) -> the best weights.
+
+``fit`` is what a plain run and every Tune trial call. It returns the best epoch's weights and the
+full per-epoch history as recorded in the last checkpoint, so a run that was restarted after a
+worker failure still reports every epoch once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from aiinfra.data.transforms import FeaturePipeline
+from aiinfra.training.checkpoints import load_checkpoint
+from aiinfra.training.config import TrainConfig
+from aiinfra.training.tabular import to_training_batch
+
+__all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_checkpoint_at", "loop_config", "make_datasets"]
+
+
+@dataclass
+class PreparedData:
+    """What the pipeline hands to training: split rows, fitted transforms, and the label encoding."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    pre: FeaturePipeline
+    label: str
+    task: str
+    class_labels: list[Any]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.class_labels) if self.task == "multiclass" else 1
+
+
+@dataclass
+class FitResult:
+    run_name: str
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    wall_s: float
+    cpu_seconds: float  # reserved by the workers for the run's wall time
+    gpu_seconds: float
+    checkpoint_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_datasets(data: PreparedData, num_workers: int) -> dict[str, Any]:
+    import ray.data
+
+    kwargs = {"pre": data.pre, "label": data.label, "task": data.task, "class_labels": data.class_labels,
+              "target_mean": data.target_mean, "target_std": data.target_std}
+    out = {}
+    for name, frame in (("train", data.train), ("val", data.val)):
+        if len(frame) == 0:
+            continue
+        # Transformed once, not once per epoch: a materialized dataset only streams its blocks to
+        # the workers again (the per-epoch transform cost was most of a small epoch's time).
+        out[name] = ray.data.from_pandas(frame, override_num_blocks=max(2, num_workers)).map_batches(
+            to_training_batch, fn_kwargs=kwargs, batch_format="pandas", batch_size=4096,
+        ).materialize()
+    return out
+
+
+def loop_config(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
+    t = cfg.trainer
+    return {
+        "task": cfg.task, "family": cfg.model.family, "params": cfg.model.params,
+        "input_dim": data.pre.output_dim, "output_dim": data.output_dim,
+        "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
+        "optimizer": t.optimizer, "seed": t.seed, "patience": t.patience, "min_delta": t.min_delta,
+        "use_gpu": t.use_gpu, "bf16": t.bf16, "shuffle": t.shuffle, "has_val": len(data.val) > 0,
+    }
+
+
+def _storage_path(storage_root: str) -> str:
+    return f"{storage_root.rstrip('/')}/checkpoints"
+
+
+def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """(best weights, history) from a checkpoint directory under the storage root (local or s3/gs)."""
+    import ray.train
+
+    fs = None
+    if "://" in storage_root and not storage_root.startswith("file://"):
+        import pyarrow.fs
+
+        fs, _ = pyarrow.fs.FileSystem.from_uri(storage_root)
+    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
+        _, best, _, state = load_checkpoint(d)
+    return best, state.history
+
+
+def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str | None = None,
+        num_workers: int | None = None, callbacks: list[Any] | None = None,
+        overrides: dict[str, Any] | None = None, datasets: dict[str, Any] | None = None) -> FitResult:
+    """Train with DDP on ``num_workers`` Ray Train workers (gloo on CPU, NCCL on GPU).
+
+    ``run_name`` must be new: Train V2 silently resumes a run whose name exists under the storage path.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from aiinfra.training.loop import train_loop
+
+    t = cfg.trainer
+    workers = num_workers or t.num_workers
+    run_name = run_name or f"train-{uuid.uuid4().hex[:12]}"
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={**loop_config(cfg, data), **(overrides or {})},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=_storage_path(storage_root),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            # The latest checkpoint carries the best weights too, so two suffice (one being written).
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+        datasets=datasets if datasets is not None else make_datasets(data, workers),
+    )
+    t0 = time.perf_counter()
+    result = fit_keeping_sigint(trainer)
+    wall = time.perf_counter() - t0
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        _, best, _, state = load_checkpoint(Path(d))
+    return FitResult(
+        run_name=run_name, best_state=best, history=state.history, wall_s=wall,
+        cpu_seconds=wall * workers * t.cpus_per_worker, gpu_seconds=wall * workers * t.gpus_per_worker if t.use_gpu else 0.0,
+        checkpoint_path=result.checkpoint.path,
+    )
+
+
+def fit_keeping_sigint(trainer: Any) -> Any:
+    """Ray Train installs its own SIGINT handler and leaves it behind after ``fit``; a later
+    Ctrl-C would then be swallowed. Put the caller's handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
