@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from aiinfra.config import ENV, PlatformConfig, load_config
 from aiinfra.pipelines.progress import StageLog
 
@@ -42,17 +40,15 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         NUMERIC,
         make_customers,
     )
-    from aiinfra.data.transforms import fit_features, load_feature_spec
-    from aiinfra.errors import NotFound
     from aiinfra.pipelines.ingest import ingest
-    from aiinfra.pipelines.tabular import evaluate_binary, signature_for, train_tabular
+    from aiinfra.pipelines.train import run_training
     from aiinfra.platform import connect
-    from aiinfra.provenance import code_version
     from aiinfra.serving.app import build_app
     from aiinfra.serving.auth import read_token_file
+    from aiinfra.training.config import load_train_config
 
     config = config or load_config()
-    log = StageLog(total=9)
+    log = StageLog(total=9)  # start, ingest, the pipeline's 5 stages, serve, predict
     summary: dict[str, Any] = {"home": str(config.home)}
     print(f"aiinfra demo: state in {config.home}", flush=True)
 
@@ -76,51 +72,27 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             df = DatasetCatalog(platform.store).load(dataset).to_pandas()
             log.note(f"churn rate {df[LABEL].mean():.1%}; profile and reference sample stored with the version")
 
-        with log.stage("point-in-time training set from the feature store"):
-            # Labels are known an hour after the profile snapshot; each label row gets the
-            # profile as of its label time, never a later one.
-            view = platform.features.register_view({
-                "name": FEATURE_VIEW, "entity": "customer_id", "timestamp": "event_ts",
-                "features": NUMERIC + CATEGORICAL, "source": DATASET_NAME,
-            })
-            labels = df[["customer_id", "event_ts", LABEL]].rename(columns={"event_ts": "label_ts"})
-            labels["label_ts"] = labels["label_ts"] + pd.Timedelta(hours=1)
-            table = platform.features.training_set(labels, [view.name], timestamp_column="label_ts")
-            log.note(f"view {view.name!r}: {len(table):,} labelled rows joined as of their label time")
-
-        with log.stage("split by time and fit features"):
-            cutoff = table["label_ts"].quantile(0.8)
-            train_df, holdout = table[table["label_ts"] <= cutoff], table[table["label_ts"] > cutoff]
-            pre = fit_features(train_df, load_feature_spec(CUSTOMERS_FEATURES))
-            log.note(f"train {len(train_df):,} rows up to {cutoff:%Y-%m-%d}, holdout {len(holdout):,}; {pre.output_dim} features")
-
-        workdir = Path(tempfile.mkdtemp(prefix="aiinfra-demo-"))
-        with log.stage("train a torch MLP with Ray Train (DDP, 2 workers, gloo)"):
-            trained = train_tabular(config, train_df, pre, label=LABEL, out_dir=workdir / "model", epochs=epochs, seed=seed)
-            losses = ", ".join(f"{h['train_loss']:.3f}" for h in trained.history)
-            log.note(f"run {trained.run_id}; train loss by epoch: {losses}")
-
-        with log.stage("evaluate on the holdout"):
-            metrics = evaluate_binary(trained.model_dir, holdout, LABEL)
-            log.note(", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "holdout_rows"))
-
-        with log.stage("register and alias"):
-            version = platform.registry.register(
-                MODEL_NAME, trained.model_dir, metrics=metrics,
-                params={"family": "tabular_mlp", "epochs": epochs, "lr": 0.01, "num_workers": 2, "seed": seed},
-                signature=signature_for(pre),
-                lineage={"dataset_version": dataset_version, "run_id": trained.run_id, "code_version": code_version(),
-                         "feature_view": FEATURE_VIEW},
-                idempotency_key=trained.run_id,
-            )
-            try:
-                champion = platform.registry.get(f"{MODEL_NAME}@champion")
-            except NotFound:
-                champion = None
-            alias = "champion" if champion is None else "challenger"
-            platform.registry.set_alias(MODEL_NAME, version.version, alias)
-            log.note(f"registered {version.ref} ({len(version.files)} files, hashed), alias {alias}"
-                     + ("" if champion is None else f"; champion stays {champion.ref} until a promotion gate moves it"))
+        # The training pipeline, as `aiinfra train jobs/configs/churn.yaml` runs it: point-in-time
+        # features -> split -> fit transforms -> DDP training -> evaluation -> gate -> register -> alias.
+        cfg = load_train_config({
+            "name": MODEL_NAME, "task": "binary",
+            "data": {
+                "dataset": dataset_version, "label": LABEL, "features": CUSTOMERS_FEATURES,
+                # Labels are known an hour after the profile snapshot; each label row gets the
+                # profile as of its label time, never a later one.
+                "feature_view": {"name": FEATURE_VIEW, "entity": "customer_id", "timestamp": "event_ts",
+                                 "features": NUMERIC + CATEGORICAL, "source": DATASET_NAME},
+                "label_delay_s": 3600, "slices": ["plan", "region"],
+            },
+            "model": {"family": "tabular_mlp", "params": {"hidden": [32, 16]}},
+            "trainer": {"num_workers": 2, "epochs": epochs, "batch_size": 256, "lr": 0.01, "seed": seed, "patience": 3},
+            "gate": {"metric": "roc_auc"},
+        })
+        trained = run_training(platform, cfg, log=log)
+        metrics = trained.metrics
+        alias = trained.alias
+        holdout = trained.holdout_sample
+        log.note(f"run {trained.run_id}: `aiinfra runs show {trained.run_id}`; report {trained.reports['report_html']}")
 
         with log.stage("materialize features online and deploy the champion on Ray Serve"):
             report = platform.features.materialize(FEATURE_VIEW)
@@ -158,7 +130,8 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             log.note(f"a malformed request gets {bad.status_code}: {bad.json()['error'][:100]}...")
 
         summary.update({
-            "dataset_version": dataset_version, "run_id": trained.run_id, "model": version.ref, "alias": alias,
+            "dataset_version": dataset_version, "run_id": trained.run_id, "model": trained.model, "alias": alias,
+            "gate": trained.verdict, "report_html": trained.reports.get("report_html"),
             "metrics": metrics, "serve_url": base, "predictions": answer, "predictions_by_entity": by_id.json(),
             "bad_request_status": bad.status_code,
             "timeline": log.timeline,

@@ -49,6 +49,7 @@ class TrainingOutcome:
     reports: dict[str, str] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    holdout_sample: pd.DataFrame | None = None  # a few held-out rows, for a first look at predictions
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,8 +174,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
     from aiinfra.training.model_dir import ModelSpec, save_model_dir
 
     t_start = time.perf_counter()
-    log = log or StageLog(total=0)
-    log.total = 5 if cfg.register_model else 3
+    if log is None:
+        log = StageLog(total=5 if cfg.register_model else 3)
     storage_root = platform.config.storage_root
     registry = platform.registry
     run_id = f"run-{uuid.uuid4().hex[:12]}"
@@ -256,7 +257,7 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
         reports = _write_reports(platform, run_id, model_dir, report, history, verdict, cfg, dataset_versions)
         outcome = TrainingOutcome(run_id=run_id, config=final_cfg, metrics=report.metrics, history=history,
                                   dataset_versions=dataset_versions, verdict=None if verdict is None else verdict.model_dump(),
-                                  reports=reports, trials=trials)
+                                  reports=reports, trials=trials, holdout_sample=holdout.head(20).copy())
         if cfg.register_model:
             with log.stage("register with lineage and alias"):
                 _register(platform, cfg, outcome, model_dir, data, verdict, code, log)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,32 +205,57 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     node[last] = value
 
 
-def check_search_space(cfg: TrainConfig) -> None:
-    """Refuse a search space that could draw an invalid value, before any worker starts.
+def _probe_input_dim(params: dict[str, Any]) -> int:
+    """An input width to build the model with before the data is known: one its shape params accept."""
+    shape = params.get("image_shape")
+    if isinstance(shape, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in shape):
+        return int(math.prod(shape))
+    return 64  # a square (8 x 8), for families that infer an image from the width
 
-    Each bound (or listed value) is put into the config and validated, and the model is built
-    with it, so every constraint the trainer and the model family know is applied.
-    """
+
+def _check_model(family: str, params: dict[str, Any]) -> str | None:
     from aiinfra.training.models import build_model
 
-    if cfg.tune is None:
-        return
+    try:
+        build_model(family, _probe_input_dim(params), 2, params)
+    except InvalidInput as e:
+        return e.message
+    return None
+
+
+def check_search_space(cfg: TrainConfig) -> None:
+    """Refuse a model, or a search space that could draw an invalid value, before any worker starts.
+
+    The model is built from its hyperparameters; each bound (or listed value) of the search is
+    put into the config, validated and built with, so every constraint the trainer and the model
+    family know is applied.
+    """
     problems: list[str] = []
+    why = _check_model(cfg.model.family, cfg.model.params)
+    if why:
+        problems.append(f"model: {why}")
     base = cfg.model_dump(mode="json")
-    for path, dist in cfg.tune.search_space.items():
+    for path, dist in (cfg.tune.search_space.items() if cfg.tune else []):
+        try:
+            current = get_path(base, path)
+        except (KeyError, TypeError):
+            current = None
+        if isinstance(current, int) and not isinstance(current, bool) and dist.kind in ("uniform", "loguniform"):
+            problems.append(f"tune.search_space.{path}: {dist.kind} draws fractions but {path} is an integer; "
+                            "use randint, choice or grid")
+            continue
         for value in dist.extremes():
             trial = copy.deepcopy(base)
             trial["tune"] = None
             set_path(trial, path, value)
             try:
                 candidate = validate_as(TrainConfig, trial, "config")
-                build_model(candidate.model.family, 4, 2, candidate.model.params)
             except InvalidInput as e:
                 problems.append(f"tune.search_space.{path} = {value!r}: {e.message.removeprefix('invalid config: ')}")
-    try:
-        build_model(cfg.model.family, 4, 2, cfg.model.params)
-    except InvalidInput as e:
-        problems.append(f"model: {e.message}")
+                continue
+            why = _check_model(candidate.model.family, candidate.model.params)
+            if why:
+                problems.append(f"tune.search_space.{path} = {value!r}: {why}")
     if problems:
         raise InvalidInput("invalid training config: " + "; ".join(problems))
 

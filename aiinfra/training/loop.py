@@ -97,6 +97,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, epochs):
         seed_everything(epoch_seed(seed, rank, epoch))
+        started_at = time.time()  # consecutive starts give the full cycle, checkpoint and report included
         t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
@@ -136,6 +137,7 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss,
             "best_epoch": state.best_epoch, "start_epoch": start_epoch, "epoch_time_s": time.perf_counter() - t0,
+            "epoch_started_at": started_at,
             "world_size": ctx.get_world_size(), "stopped_early": int(stop),
         }
         state.history.append(metrics)

@@ -97,6 +97,24 @@ def test_jobs_run_on_the_cluster_and_failures_say_why(cluster, tmp_path):
     assert "no such file" in client.get_job_logs(bad)
 
 
+def test_training_job_is_submitted_streams_its_logs_and_registers_a_model(cluster):
+    """`aiinfra train CONFIG --submit`: jobs/train.py runs on the cluster (this checkout is its working
+    directory), finds the platform services by name, and registers with lineage to its run."""
+    submitted = subprocess.run([str(BIN / "aiinfra"), "train", "tests/e2e/configs/churn_small.yaml", "--submit"],
+                               cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=420)
+    assert submitted.returncode == 0, submitted.stderr[-4000:]
+    assert "SUCCEEDED" in submitted.stderr and "[5/5] register with lineage and alias" in submitted.stderr
+    version = json.loads(aiinfra(cluster["env"], "models", "show", "churn-job@champion", "--json").stdout)
+    assert version["version"] == 1 and version["metrics"]["roc_auc"] > 0.5
+    run = json.loads(aiinfra(cluster["env"], "runs", "show", version["lineage"]["run_id"], "--json").stdout)
+    assert run["status"] == "finished" and run["dataset_versions"][0].startswith("customers@")
+    assert [e["step"] for e in run["epochs"]] == [0, 1]
+
+    refused = subprocess.run([str(BIN / "aiinfra"), "train", str(ROOT / "jobs/configs/churn.yaml"), "--submit"],
+                             cwd=ROOT / "tests", env=cluster["env"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "outside this directory" in refused.stderr
+
+
 def test_down_stops_exactly_that_cluster(cluster):
     marker = Path(cluster["info"]["session_dir"]).name
     stopped = aiinfra(cluster["env"], "down")

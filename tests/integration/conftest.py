@@ -13,7 +13,9 @@ from aiinfra.platform import connect
 def ray_session():
     # address="local": always our own cluster, never a developer's running one.
     ray.init(
-        address="local", num_cpus=2, namespace="aiinfra", include_dashboard=False, log_to_driver=False,
+        address="local", num_cpus=2, namespace="aiinfra", log_to_driver=False,
+        # The dashboard stays on: Ray Train V2 frees a dead run's placement group through the State API it
+        # serves; without it a trial stopped by ASHA keeps its CPUs reserved and the next trial waits forever.
         # Credentials for the loopback S3 server (moto) the s3:// tests start: Ray Data's tasks
         # read and write there from worker processes, which take their environment from here.
         runtime_env={"env_vars": {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}},

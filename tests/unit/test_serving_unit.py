@@ -12,12 +12,12 @@ import yaml
 from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, LABEL, NUMERIC, make_customers
 from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
 from aiinfra.errors import InvalidInput
-from aiinfra.pipelines.tabular import evaluate_binary, signature_for
 from aiinfra.registry.types import ModelVersion
 from aiinfra.serving.predictor import Predictor
 from aiinfra.storage import FileDigest
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.models import build_model
+from aiinfra.training.tabular import predict_scores, signature_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,8 +102,10 @@ def test_model_dir_round_trip_and_evaluation(tmp_path, pre, data):
     assert spec2 == spec and pre2 == pre
     x = torch.from_numpy(pre.transform(data.head(3)))
     torch.testing.assert_close(model.eval()(x), model2(x))
-    metrics = evaluate_binary(tmp_path / "m", data, LABEL)
-    assert set(metrics) == {"accuracy", "roc_auc", "log_loss", "holdout_rows"}
+    from aiinfra.training.evaluation import evaluate_predictions
+
+    report = evaluate_predictions("binary", data[LABEL].to_numpy(), predict_scores(model2, spec2, pre2.transform(data)))
+    assert {"accuracy", "roc_auc", "log_loss", "ece", "f1"} <= set(report.metrics)
     with pytest.raises(InvalidInput, match="unknown model family"):
         build_model("transformer-xxl", 3, 1)
 

@@ -1,0 +1,178 @@
+"""Training on a real Ray cluster: DDP averaging, resume after a killed worker, ASHA, the pipeline, reproduce."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aiinfra.data.synthetic import CUSTOMERS_FEATURES, CUSTOMERS_SPEC, LABEL, make_customers
+from aiinfra.data.transforms import fit_features, load_feature_spec
+from aiinfra.training.config import TrainConfig
+from aiinfra.training.ray_train import PreparedData, fit
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _config(**trainer) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "name": "ddp-test", "task": "binary",
+        "data": {"dataset": "customers", "label": LABEL, "features": CUSTOMERS_FEATURES},
+        "model": {"family": "tabular_mlp", "params": {"hidden": [8]}},
+        "trainer": {"seed": 3, "patience": None, **trainer},
+    })
+
+
+def _prepared(rows: int, *, val: int = 0) -> PreparedData:
+    df = make_customers(rows + val, seed=5)
+    pre = fit_features(df, load_feature_spec(CUSTOMERS_FEATURES))
+    return PreparedData(train=df.iloc[:rows].reset_index(drop=True), val=df.iloc[rows:].reset_index(drop=True), pre=pre,
+                        label=LABEL, task="binary", class_labels=[0, 1])
+
+
+def _run_name(what: str) -> str:
+    return f"test-{what}-{uuid.uuid4().hex[:8]}"
+
+
+def test_two_worker_ddp_matches_one_worker_on_the_same_global_batch(platform_config):
+    """Full-batch SGD: one worker on N rows must equal two workers on N/2 rows each, step for step,
+    only if DDP really averages the two gradients (without it, each rank would step on half the data)."""
+    n = 1000
+    data = _prepared(n)
+    root = platform_config.storage_root
+    one = fit(_config(num_workers=1, batch_size=n, epochs=4, optimizer="sgd", lr=0.5, shuffle=False), data,
+              storage_root=root, run_name=_run_name("ddp1"))
+    two = fit(_config(num_workers=2, batch_size=n // 2, epochs=4, optimizer="sgd", lr=0.5, shuffle=False), data,
+              storage_root=root, run_name=_run_name("ddp2"))
+    assert [h["world_size"] for h in two.history] == [2] * 4
+    np.testing.assert_allclose([h["train_loss"] for h in one.history], [h["train_loss"] for h in two.history], atol=1e-5)
+    assert one.history[-1]["train_loss"] < one.history[0]["train_loss"]  # it did learn
+    for name, w in one.best_state.items():
+        np.testing.assert_allclose(w.numpy(), two.best_state[name].numpy(), atol=1e-5, err_msg=name)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platform_config):
+    import psutil
+
+    epochs = 30
+    data = _prepared(3000)
+    run = _run_name("resume")
+    run_dir = Path(platform_config.storage_root) / "checkpoints" / run
+    killed: dict[str, object] = {}
+
+    def kill_a_worker_mid_run() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+                time.sleep(2.0)  # a few more epochs, so the kill lands mid-run
+                # Ray names a worker process after its actor class: "ray::RayTrainWorker...".
+                workers = [p for p in psutil.process_iter(["cmdline"])
+                           if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed["pid"] = workers[-1].pid
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
+    killer.start()
+    result = fit(_config(num_workers=2, batch_size=32, epochs=epochs, max_failures=2), data,
+                 storage_root=platform_config.storage_root, run_name=run)
+    killer.join(timeout=5)
+    assert killed, "the test did not get to kill a worker"
+    history = result.history
+    assert [h["epoch"] for h in history] == list(range(epochs))  # every epoch exactly once
+    starts = sorted({h["start_epoch"] for h in history})
+    assert starts[0] == 0 and len(starts) == 2, starts  # one restart ...
+    assert starts[1] > 0  # ... that began after the last checkpointed epoch, not at epoch 0
+
+
+@pytest.fixture(scope="module")
+def customers(platform, platform_config):
+    from aiinfra.data.spec import ValidationSpec
+    from aiinfra.pipelines.ingest import ingest
+
+    tmp = Path(platform_config.home) / "raw"
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "customers-train.csv"
+    make_customers(3000, seed=11).to_csv(path, index=False)
+    return ingest(platform_config, "customers", str(path), spec=ValidationSpec.model_validate(CUSTOMERS_SPEC)).version
+
+
+def _pipeline_config(name: str, **extra) -> dict:
+    return {
+        "name": name, "task": "binary",
+        "data": {
+            "dataset": "customers", "label": LABEL, "features": CUSTOMERS_FEATURES, "label_delay_s": 3600,
+            "feature_view": {"name": "customer_profile", "entity": "customer_id", "timestamp": "event_ts",
+                             "features": ["tenure_months", "monthly_charges", "support_calls", "plan", "region"],
+                             "source": "customers"},
+            "slices": ["plan"],
+        },
+        "model": {"family": "tabular_mlp", "params": {"hidden": [16]}},
+        "trainer": {"num_workers": 2, "epochs": 3, "batch_size": 128, "seed": 1, "patience": None},
+        **extra,
+    }
+
+
+def test_tune_with_asha_stops_a_trial_early_and_the_pipeline_registers_full_lineage(platform, customers):
+    from aiinfra.pipelines.train import TRAINING_CONFIG, run_training
+    from aiinfra.training.config import load_train_config
+
+    cfg = load_train_config(_pipeline_config("churn-tuned", tune={
+        "search_space": {"trainer.lr": {"grid": [1e-5, 0.05, 0.02, 0.01]}},
+        "num_samples": 1, "max_concurrent_trials": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2,
+    }))
+    outcome = run_training(platform, cfg)
+
+    statuses = [t["status"] for t in outcome.trials]
+    assert len(statuses) == 4 and "stopped" in statuses, outcome.trials  # ASHA ended at least one trial early
+    assert outcome.config.trainer.lr != 1e-5  # the hopeless learning rate did not win
+    run = platform.registry.get_run(outcome.run_id)
+    assert run.kind == "tune" and run.status == "finished"
+    assert run.dataset_versions == [customers.ref]
+    assert run.code_version["version"] and run.config_hash and run.seed == 1
+    assert run.epochs and run.cpu_seconds > 0
+    trials = platform.registry.list_runs(parent_run_id=outcome.run_id)
+    assert sorted(t.status for t in trials) == sorted(statuses)
+    assert all(t.epochs == [] for t in trials)  # listings stay light; get_run has the epochs
+    assert platform.registry.get_run(trials[0].run_id).epochs
+
+    version = platform.registry.get(outcome.model)
+    assert version.lineage.run_id == outcome.run_id
+    assert version.lineage.dataset_version == customers.ref
+    assert (version.lineage.model_extra or {})["feature_view"] == "customer_profile"
+    assert version.metrics["roc_auc"] > 0.6 and "ece" in version.metrics
+    assert outcome.alias == "champion"  # the first model of its name
+    assert {TRAINING_CONFIG, "evaluation.json", "evaluation.html"} <= set(version.files)
+    assert "plan" in pd.read_json(platform.store.path(f"reports/{outcome.run_id}/evaluation.json"), typ="series")["slices"]
+
+
+def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers):
+    from aiinfra.pipelines.train import reproduce, run_training
+    from aiinfra.training.config import load_train_config
+
+    first = run_training(platform, load_train_config(_pipeline_config("churn-gated")))
+    assert first.alias == "champion"
+    # A model that cannot be better: a learning rate too small to leave its random start.
+    weak = load_train_config(_pipeline_config("churn-gated", trainer={"num_workers": 2, "epochs": 1, "lr": 1e-6, "seed": 9,
+                                                                    "patience": None}))
+    second = run_training(platform, weak)
+    assert second.verdict is not None and not second.verdict["passed"], second.verdict
+    assert "champion churn-gated@1" in second.verdict["reason"]
+    assert second.alias is None  # registered, but not made challenger
+    assert platform.registry.get("churn-gated@champion").version == 1
+
+    result = reproduce(platform, first.model)
+    assert result["original_run_id"] == first.run_id
+    assert result["config_hash"] == result["original_config_hash"]
+    assert result["within_tolerance"], result
+    child = platform.registry.get_run(result["run_id"])
+    assert child.kind == "reproduce" and child.parent_run_id == first.run_id
