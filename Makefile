@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/registry.py
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) .aiinfra .pytest_cache

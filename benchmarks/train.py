@@ -112,7 +112,7 @@ def main() -> None:
 
     print("Ray Train DDP (aiinfra's loop) ...", flush=True)
     root = tempfile.mkdtemp(prefix="aiinfra-bench-train-")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False)  # the dashboard: Train V2 frees placement groups through it
     cfg = TrainConfig.model_validate({
         "name": "bench", "data": {"dataset": "bench", "label": LABEL, "features": CUSTOMERS_FEATURES},
         "model": {"family": "tabular_mlp", "params": {"hidden": HIDDEN}},

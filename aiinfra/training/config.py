@@ -94,6 +94,8 @@ class TrainerSettings(_Strict):
     min_delta: float = Field(0.0, ge=0.0)
     max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts from the last checkpoint")
     shuffle: bool = True
+    cache_shards: bool = Field(True, description="keep each worker's data shard in memory after the first epoch; "
+                                                 "turn off for data larger than a worker's memory")
 
 
 class SearchDistribution(_Strict):

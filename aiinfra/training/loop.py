@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -58,6 +59,24 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _load_shard(shard: Any, dtypes: dict[str, torch.dtype], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's whole shard as two tensors (one streaming pass, large batches)."""
+    xs, ys = [], []
+    for batch in shard.iter_torch_batches(batch_size=65_536, dtypes=dtypes, device=device):
+        xs.append(batch["x"])
+        ys.append(batch["y"])
+    if not xs:
+        raise RuntimeError("this worker's data shard is empty: fewer rows than workers?")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _cached_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(len(y))
+    for start in range(0, len(y), batch_size):
+        idx = order[start:start + batch_size]
+        yield {"x": x[idx], "y": y[idx]}
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -94,6 +113,11 @@ def train_loop(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config.get("has_val") else None
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    # A shard that fits in memory is read once and kept as tensors: re-streaming it from Ray Data
+    # every epoch cost 2 to 3 times the epoch's compute on small tabular data (benchmarks/train.py).
+    cache = bool(config.get("cache_shards", True))
+    train_cache = _load_shard(train_shard, dtypes, device) if cache else None
+    val_cache = _load_shard(val_shard, dtypes, device) if cache and val_shard is not None else None
 
     for epoch in range(start_epoch, epochs):
         seed_everything(epoch_seed(seed, rank, epoch))
@@ -101,9 +125,14 @@ def train_loop(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        shuffle = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": epoch_seed(seed, rank, epoch)} \
-            if config.get("shuffle", True) else {}
-        for batch in train_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device, **shuffle):
+        shuffle = bool(config.get("shuffle", True))
+        if train_cache is not None:
+            batches = _cached_batches(*train_cache, batch_size, shuffle, epoch_seed(seed, rank, epoch))
+        else:
+            local = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": epoch_seed(seed, rank, epoch)}
+            batches = train_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device,
+                                                     **(local if shuffle else {}))
+        for batch in batches:
             optimizer.zero_grad(set_to_none=True)
             n = len(batch["y"])
             with autocast():
@@ -120,7 +149,9 @@ def train_loop(config: dict[str, Any]) -> None:
             model.eval()
             v_total, v_count = 0.0, 0
             with torch.no_grad(), autocast():
-                for batch in val_shard.iter_torch_batches(batch_size=max(batch_size, 1024), dtypes=dtypes, device=device):
+                val_batches = (_cached_batches(*val_cache, max(batch_size, 1024), False, 0) if val_cache is not None
+                               else val_shard.iter_torch_batches(batch_size=max(batch_size, 1024), dtypes=dtypes, device=device))
+                for batch in val_batches:
                     v_total += float(loss_fn(_outputs(model, batch["x"], task).float(), batch["y"]))
                     v_count += len(batch["y"])
             v_total, v_count = _all_reduce_sum([v_total, float(v_count)], device)

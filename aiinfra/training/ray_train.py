@@ -7,6 +7,7 @@ worker failure still reports every epoch once.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ def loop_config(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
         "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
         "optimizer": t.optimizer, "seed": t.seed, "patience": t.patience, "min_delta": t.min_delta,
         "use_gpu": t.use_gpu, "bf16": t.bf16, "shuffle": t.shuffle, "has_val": len(data.val) > 0,
+        "cache_shards": t.cache_shards,
     }
 
 
@@ -112,6 +114,9 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
 
     from aiinfra.training.loop import train_loop
 
+    # Ray Train's controller polls the workers every 2 s by default, and each ray.train.report()
+    # waits for that poll: a floor of 2 s per epoch. Propagated to the controller from here.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     t = cfg.trainer
     workers = num_workers or t.num_workers
     run_name = run_name or f"train-{uuid.uuid4().hex[:12]}"
