@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/data.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/drift.py
 
 clean:
 	rm -rf $(VENV) .aiinfra .pytest_cache

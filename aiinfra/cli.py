@@ -342,10 +342,73 @@ def _train(args: argparse.Namespace) -> int | None:
     return None
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from aiinfra.pipelines.batch_predict import batch_predict
+    from aiinfra.platform import connect
+    from aiinfra.registry.client import default_principal
+
+    print(f"scoring {args.dataset} with {args.model} on Ray Data ({args.pool_size} actor(s)) ...", file=sys.stderr, flush=True)
+    with connect(load_config()) as platform:
+        result = batch_predict(platform, args.model, args.dataset, output=args.output, pool_size=args.pool_size,
+                               who=default_principal())
+    print(f"{result['rows']:,} rows scored in {result['seconds']:.1f}s -> {result['output']}"
+          f"{'' if result['created'] else ' (same content as an existing version)'}", file=sys.stderr)
+    if args.json:
+        return _print_json(result)
+    print(result["output"])
+
+
+def _monitor_status(args: argparse.Namespace) -> None:
+    config = load_config()
+    status: dict[str, Any] | None = None
+    if _cluster_running(config):
+        import ray
+
+        from aiinfra.cluster import running_cluster
+        from aiinfra.monitoring.actor import monitor_actor_name
+
+        ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
+        try:
+            handle = ray.get_actor(monitor_actor_name(args.name), namespace=config.namespace)
+            status = ray.get(handle.status.remote(args.limit), timeout=30)
+        except ValueError:
+            status = None  # no monitor running: read what is stored
+        finally:
+            ray.shutdown()
+    if status is None:
+        from aiinfra.monitoring.core import read_reports
+        from aiinfra.storage import open_metadata_db
+
+        db = open_metadata_db(config.metadata_url)
+        try:
+            reports = [r.model_dump(mode="json") for r in read_reports(db, args.name, args.limit)]
+        finally:
+            db.close()
+        status = {"model": args.name, "running": False, "reports": reports}
+    else:
+        status["running"] = True
+    if args.json:
+        return _print_json(status)
+    if status["running"]:
+        st = status["stats"]
+        print(f"monitor:{args.name} watching {status['version']} against {status['reference']} "
+              f"({len(status['features']['numeric'])} numeric, {len(status['features']['categorical'])} categorical inputs)")
+        print(f"  rows received {st['rows_seen']:,} (dropped {st['rows_dropped']:,}); open window {st['open_window_rows']:,} "
+              f"of {status['settings']['window_rows']:,}; windows closed {st['windows_closed']} (skipped {st['windows_skipped']})")
+    else:
+        print(f"no monitor is running for {args.name}; stored windows:")
+    if not status["reports"]:
+        print("  no windows yet: a window closes after window_rows served rows or window_seconds")
+    for r in status["reports"]:
+        drifted = (r.get("result") or {}).get("drifted_features") or []
+        print(f"  window {r['window_id']:>4}  {_when(r['window_end'])}  {r['rows']:>6} rows  {r['status']:<7}  "
+              f"{', '.join(drifted) if drifted else r['reason']}")
+
+
 def _stage_log() -> Any:
     from aiinfra.pipelines.progress import StageLog
 
-    return StageLog(total=7, out=sys.stderr)
+    return StageLog(total=0, out=sys.stderr)  # the pipeline sets how many stages it runs
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -495,6 +558,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--submit", action="store_true", help="run it on the cluster as a Ray job (jobs/train.py) and follow its logs")
     train.add_argument("--json", action="store_true")
     train.set_defaults(func=_train)
+
+    predict = sub.add_parser("predict", help="batch inference: score DATASET with MODEL, write a new dataset version")
+    predict.add_argument("model", help="NAME@VERSION or NAME@ALIAS")
+    predict.add_argument("dataset", help="NAME or NAME@VERSION")
+    predict.add_argument("--output", help="the output dataset's name (default: <dataset>_<model>_predictions)")
+    predict.add_argument("--pool-size", type=int, default=1, help="scoring actors")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=_predict)
+
+    monitor = sub.add_parser("monitor", help="drift monitoring of served models").add_subparsers(dest="monitor_command", required=True)
+    mstatus = monitor.add_parser("status", help="the latest drift windows of NAME and what its monitor has received")
+    mstatus.add_argument("name")
+    mstatus.add_argument("--limit", type=int, default=10)
+    mstatus.add_argument("--json", action="store_true")
+    mstatus.set_defaults(func=_monitor_status)
 
     repro = sub.add_parser("reproduce", help="rebuild NAME@VERSION from its recorded recipe and data; compare metrics")
     repro.add_argument("ref")

@@ -32,16 +32,23 @@ def _state_file(config: PlatformConfig) -> Path:
 
 
 def use_cluster_auth(config: PlatformConfig) -> None:
-    """A cluster `up` started wants Ray's token from its clients: say so to this process's Ray.
+    """A cluster that wants Ray's token from its clients: say so to this process's Ray.
 
-    Effective only before Ray is imported (Ray reads the setting at import)."""
+    Effective only before Ray is imported (Ray reads the setting at import). A cluster `up` started
+    records its mode; a local one started by ``ray.init()`` or ``ray start`` uses a token exactly
+    when ``~/.ray/auth_token`` exists (RAY_NOTES.md), so a client does the same."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
     state = _state_file(config)
-    if "RAY_AUTH_MODE" not in os.environ and state.exists():
+    if state.exists():
         try:
             if json.loads(state.read_text()).get("auth_mode") == "token":
                 os.environ["RAY_AUTH_MODE"] = "token"
+                return
         except (OSError, ValueError):
             pass
+    if (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def running_cluster(config: PlatformConfig) -> str | None:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -60,6 +60,20 @@ class ServeSettings(BaseModel):
     request_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class MonitoringSettings(BaseModel):
+    """How served traffic reaches the drift monitors (``monitor:<model>`` actors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="share of requests sent to the monitor")
+    window_rows: int = Field(default=1000, ge=10)
+    window_seconds: float | None = Field(default=3600.0, gt=0)
+    min_rows: int = Field(default=100, ge=2)
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    correction: Literal["bonferroni", "fdr"] = "bonferroni"
+
+
 class PlatformConfig(BaseModel):
     """Where the platform keeps its state and how it reaches Ray.
 
@@ -75,6 +89,7 @@ class PlatformConfig(BaseModel):
     ray_address: str | None = None
     namespace: str = "aiinfra"
     serve: ServeSettings = ServeSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
     def _resolve(self) -> PlatformConfig:

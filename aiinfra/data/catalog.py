@@ -48,6 +48,8 @@ class DatasetVersion(BaseModel):
     files: dict[str, FileDigest]
     quarantine_files: dict[str, FileDigest] = Field(default_factory=dict)
     profile: DatasetProfile
+    # Where the rows came from beyond the source file, e.g. the model version that predicted them.
+    lineage: dict[str, Any] = Field(default_factory=dict)
 
     model_config = {"populate_by_name": True}
 

@@ -203,7 +203,7 @@ def _duplicate_keys(store: ArtifactStore, staging: str, files: list[str], key: l
 
 
 def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec | None = None,
-           who: str = "unknown", progress=None) -> IngestResult:
+           who: str = "unknown", progress=None, lineage: dict[str, Any] | None = None) -> IngestResult:
     """Validate, quarantine, profile and version ``uri`` as dataset ``name``.
 
     Raises:
@@ -241,6 +241,7 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
             schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
             row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
             quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
+            lineage=lineage or {},
         )
         staged = {f: f"{staging}/data/{f}" for f in stats.files}
         if stats.profile.sample is not None:

@@ -174,8 +174,9 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
     from aiinfra.training.model_dir import ModelSpec, save_model_dir
 
     t_start = time.perf_counter()
-    if log is None:
-        log = StageLog(total=5 if cfg.register_model else 3)
+    log = log or StageLog(total=0)
+    if not log.total:  # a log of its own; a caller's (the demo's) already counts these stages
+        log.total = 5 if cfg.register_model else 3
     storage_root = platform.config.storage_root
     registry = platform.registry
     run_id = f"run-{uuid.uuid4().hex[:12]}"

@@ -21,11 +21,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from aiinfra.config import PlatformConfig, format_validation_error, load_config
-from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge
+from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from aiinfra.registry.types import parse_ref
 from aiinfra.serving.predictor import MAX_INSTANCES
 
@@ -70,6 +70,25 @@ class PredictRequest(BaseModel):
 
     instances: list[Any] | None = None
     entity_ids: list[Any] | None = None
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=200)
+    label: Any = None
+    labels: list[Any] | None = Field(None, max_length=MAX_INSTANCES)
+
+
+class FeedbackRequest(BaseModel):
+    """One label (``request_id`` + ``label``, or ``labels`` per row) or many (``items``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(None, min_length=1, max_length=200)
+    label: Any = None
+    labels: list[Any] | None = Field(None, max_length=MAX_INSTANCES)
+    items: list[FeedbackItem] | None = Field(None, min_length=1, max_length=MAX_INSTANCES)
 
 
 async def _json_body(request: Request, max_bytes: int) -> Any:
@@ -119,6 +138,40 @@ class ModelServer:
         self._stop = threading.Event()
         if parse_ref(model_ref).version is None:  # an alias (or "newest"): it can move
             threading.Thread(target=self._follow, name=f"follow-{model_ref}", daemon=True).start()
+        self._sampler = None
+        self._monitor: Any = None
+        self._monitor_retry_at = 0.0
+        if config.monitoring.enabled and config.monitoring.sample_rate > 0:
+            from aiinfra.serving.sampling import MonitorSampler
+
+            self._sampler = MonitorSampler(self._send_to_monitor, rate=config.monitoring.sample_rate)
+
+    def _send_to_monitor(self, rows: list[dict[str, Any]], scores: list[float], request_ids: list[str],
+                         labels: list[Any]) -> None:
+        """On the sampler's thread: one call to ``monitor:<model>`` (started on first use)."""
+        import time
+
+        import ray
+
+        from aiinfra.monitoring.actor import get_monitor_actor
+
+        if time.monotonic() < self._monitor_retry_at:
+            return  # the monitor could not start a moment ago; these rows are dropped, serving goes on
+        try:
+            if self._monitor is None:
+                self._monitor = get_monitor_actor(self.config, self.name)
+            ray.get(self._monitor.observe.remote(rows, scores, request_ids, labels), timeout=60)
+        except Exception:
+            self._monitor = None
+            self._monitor_retry_at = time.monotonic() + 60.0
+            raise
+
+    def _sample(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], request_id: str) -> None:
+        if self._sampler is not None:
+            from aiinfra.monitoring.reference import score_of
+
+            self._sampler.offer(rows, [score_of(p) for p in predictions], request_id,
+                                [p.get("label", p.get("value")) for p in predictions])
 
     def _load(self, version: Any) -> Any:
         from aiinfra.serving.predictor import Predictor
@@ -201,8 +254,10 @@ class ModelServer:
         predictions = predictor.predict(rows)
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
+        request_id = request_id or uuid.uuid4().hex
+        self._sample(rows, predictions, request_id)
         return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
-                                     request_id=request_id or uuid.uuid4().hex, wanted=wanted)
+                                     request_id=request_id, wanted=wanted)
 
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
@@ -220,7 +275,36 @@ class ModelServer:
         predictions = predictor.predict(instances)
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
-        return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": uuid.uuid4().hex}
+        request_id = uuid.uuid4().hex
+        self._sample(instances, predictions, request_id)
+        return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": request_id}
+
+    @api.post("/feedback/{name}")
+    async def feedback(self, name: str, request: Request) -> dict[str, Any]:
+        """Ground truth for served requests, by the request_id each answer carried."""
+        self._authorize(request, "feedback")
+        self._check_name(name)
+        body = await _json_body(request, self.config.serve.max_body_bytes)
+        try:
+            req = FeedbackRequest.model_validate(body)
+        except ValidationError as e:
+            raise InvalidInput(format_validation_error("feedback", e)) from None
+        if (req.items is None) == (req.request_id is None):
+            raise InvalidInput("send either 'request_id' with 'label' (or 'labels'), or 'items': a list of those")
+        items = req.items or [FeedbackItem.model_validate(req.model_dump(exclude={"items"}, exclude_unset=True))]
+        for i, item in enumerate(items):
+            if ("label" in item.model_fields_set) == (item.labels is not None):
+                raise InvalidInput(f"feedback item {i}: give exactly one of 'label' or 'labels'")
+        from aiinfra.monitoring.actor import get_monitor_actor
+
+        try:
+            monitor = get_monitor_actor(self.config, self.name)
+            result = await monitor.feedback.remote([it.model_dump(exclude_unset=True) for it in items])
+        except Exception as e:  # noqa: BLE001 - the monitor is a separate service: say it is unavailable
+            raise ServiceUnavailable(f"the monitor for {self.name!r} is not available ({type(e).__name__}); retry later") from None
+        request.state.rows = len(items)
+        return {"model": self.name, "accepted": result["matched"], "unknown_request_ids": result["unknown"],
+                "invalid": result["invalid"]}
 
     def _features_for(self, predictor: Any, entity_ids: list[Any]) -> list[dict[str, Any]]:
         """One online-store call for all the entities; each must have current features."""

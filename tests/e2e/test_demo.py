@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -233,6 +234,54 @@ def test_inference_metrics_reach_prometheus(demo):
     assert "ray_aiinfra_request_latency_ms_bucket" in text
     assert any('status="422"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_request_errors"))
     assert any('version="1"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_predicted_rows"))
+    # The Grafana dashboard in clusters/ queries exactly the series that exist.
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "clusters/grafana/aiinfra_serving.json").read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_aiinfra_")}
+    missing = sorted(set(re.findall(r"ray_aiinfra_\w+", exprs)) - exported)
+    assert not missing, f"dashboard queries series that are not exported: {missing}; exported: {sorted(exported)}"
+
+
+def test_served_requests_reach_the_drift_monitor(demo):
+    """Every served request is sampled to `monitor:churn` (started on first use) without slowing it."""
+    row = {"instances": [{"tenure_months": 5.0, "monthly_charges": 90.0, "support_calls": 1, "plan": "basic", "region": "east"}]}
+    for _ in range(5):
+        assert httpx.post(f"{demo['base']}/predict/churn", json=row, headers=demo["auth"]).status_code == 200
+    deadline = time.monotonic() + 120
+    while True:
+        r = subprocess.run([str(BIN / "aiinfra"), "monitor", "status", "churn", "--json"], env=demo["env"],
+                           capture_output=True, text=True, timeout=90)
+        st = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+        if st.get("running") and st["stats"]["rows_seen"] >= 5:
+            break
+        assert time.monotonic() < deadline, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+        time.sleep(3)
+    assert st["model"] == "churn" and st["reference"].startswith("customers@")
+    assert set(st["features"]["categorical"]) == {"plan", "region"}
+    assert st["stats"]["rows_dropped"] == 0
+
+
+def test_feedback_joins_labels_to_served_requests(demo):
+    row = {"instances": [{"tenure_months": 5.0, "monthly_charges": 90.0, "support_calls": 1, "plan": "basic", "region": "east"}]}
+    answered = httpx.post(f"{demo['base']}/predict/churn", json=row, headers=demo["auth"]).json()
+    url = f"{demo['base']}/feedback/churn"
+    deadline = time.monotonic() + 60
+    while True:  # the sampled request reaches the monitor within about a second
+        r = httpx.post(url, json={"request_id": answered["request_id"], "label": 1}, headers=demo["auth"], timeout=60)
+        assert r.status_code == 200, r.text
+        if r.json()["accepted"] == 1:
+            break
+        assert time.monotonic() < deadline, r.text
+        time.sleep(1)
+    unknown = httpx.post(url, json={"request_id": "no-such-request", "label": 0}, headers=demo["auth"], timeout=60)
+    assert unknown.status_code == 200 and unknown.json()["unknown_request_ids"] == 1  # counted and ignored
+    for bad in ({"label": 1}, {"request_id": "x"}, {"request_id": "x", "label": 1, "labels": [1]}, {"items": []}):
+        r = httpx.post(url, json=bad, headers=demo["auth"], timeout=60)
+        assert r.status_code == 422 and "error" in r.json(), (bad, r.text)
+    assert httpx.post(url, json={"request_id": "x", "label": 1}).status_code == 401
+    st = json.loads(subprocess.run([str(BIN / "aiinfra"), "monitor", "status", "churn", "--json"], env=demo["env"],
+                                   capture_output=True, text=True, timeout=90).stdout)
+    assert st["performance"]["labelled"] >= 1 and "accuracy" in st["performance"]["metrics"]
 
 
 def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
@@ -250,8 +299,9 @@ def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
     assert shown.returncode == 0, shown.stderr
     version = json.loads(shown.stdout)
     assert version["version"] == 1
-    assert version["lineage"]["run_id"].startswith("train-") and version["lineage"]["dataset_version"].startswith("customers@")
-    assert set(version["files"]) == {"model.json", "preprocess.json", "weights.safetensors"}
+    assert version["lineage"]["run_id"].startswith("run-") and version["lineage"]["dataset_version"].startswith("customers@")
+    assert {"model.json", "preprocess.json", "weights.safetensors", "training_config.json", "evaluation.json",
+            "evaluation.html"} == set(version["files"])
     # the data went through the gate: the version the model names exists, with its quarantine
     data = subprocess.run(
         [str(BIN / "aiinfra"), "data", "show", version["lineage"]["dataset_version"], "--json"],

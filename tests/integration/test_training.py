@@ -176,3 +176,78 @@ def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers
     assert result["within_tolerance"], result
     child = platform.registry.get_run(result["run_id"])
     assert child.kind == "reproduce" and child.parent_run_id == first.run_id
+
+
+def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage(platform, customers):
+    """Batch (Ray Data, actor pool) and online (the Predictor the Serve deployment runs) agree row by row."""
+    from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.pipelines.batch_predict import batch_predict
+    from aiinfra.serving.predictor import Predictor
+
+    version = platform.registry.get("churn-gated@champion")
+    result = batch_predict(platform, version.ref, customers.ref, output="customers_scored")
+    catalog = DatasetCatalog(platform.store)
+    out = catalog.get(result["output"])
+    assert out.row_count == customers.row_count
+    assert out.lineage["model"] == version.ref and out.lineage["input_dataset"] == customers.ref
+    scored = catalog.load(out).to_pandas().sort_values("customer_id").reset_index(drop=True)
+    assert set(scored["model_version"]) == {version.version}
+
+    local = platform.registry.download(version, Path(platform.config.home) / "online-check")
+    online = Predictor(version, local)
+    features = [f.name for f in version.signature.inputs]
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in scored[features].to_dict("records")]
+    answers = online.predict(rows)
+    assert [a["label"] for a in answers] == scored["prediction"].tolist()
+    np.testing.assert_allclose([a["probability"] for a in answers], scored["probability"].to_numpy(), atol=1e-9)
+
+    with pytest.raises(Exception, match="lacks the input column"):
+        platform.store.write_bytes("raw/x.csv", b"customer_id,event_ts\n1,2026-01-01T00:00:00\n")
+        from aiinfra.pipelines.ingest import ingest
+
+        bare = ingest(platform.config, "bare", platform.store.path("raw/x.csv")).version
+        batch_predict(platform, version.ref, bare.ref)
+
+
+def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(platform, platform_config, customers):
+    """`monitor:<model>`: reference from the champion's training data; a window of shifted traffic is
+    flagged naming the shifted feature; after the actor is killed and restarted the reports are still there."""
+    import ray
+
+    from aiinfra.monitoring.actor import get_monitor_actor
+
+    features = ["tenure_months", "monthly_charges", "support_calls", "plan", "region"]
+    fresh = make_customers(1000, seed=23)[features]
+    shifted = fresh.copy()
+    shifted["support_calls"] = shifted["support_calls"] + 3
+    handle = get_monitor_actor(platform_config, "churn-gated")
+    try:
+        status = ray.get(handle.status.remote(), timeout=120)
+        assert status["reference"] == customers.ref and "plan" in status["features"]["categorical"]
+        window = status["settings"]["window_rows"]
+        assert window == 1000
+
+        def records(frame):
+            return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame.to_dict("records")]
+
+        ray.get(handle.observe.remote(records(fresh)), timeout=60)
+        closed = ray.get(handle.observe.remote(records(shifted)), timeout=60)
+        assert len(closed) == 1 and closed[0]["status"] == "drift", closed
+        assert "support_calls" in closed[0]["result"]["drifted_features"]
+        assert "plan" not in closed[0]["result"]["drifted_features"]
+
+        pid = ray.get(handle.pid.remote())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                after = ray.get(handle.status.remote(), timeout=60)
+                break
+            except ray.exceptions.RayActorError:
+                assert time.monotonic() < deadline, "the monitor did not come back"
+                time.sleep(1)
+        assert ray.get(handle.pid.remote()) != pid
+        ids = [r["window_id"] for r in after["reports"]]
+        assert closed[0]["window_id"] in ids  # an acknowledged report survives the restart
+    finally:
+        ray.kill(handle, no_restart=True)

@@ -1,0 +1,136 @@
+"""One drift monitor per served model: the named actor ``monitor:<model>`` in namespace ``aiinfra``.
+
+A thin Ray shell around ``DriftMonitor``. Its reference is built from the version the model's
+``champion`` alias names (else its newest version) when the actor starts; reports are stored in
+the metadata DB before they are returned, so a restart (``max_restarts=-1``) loses none of them.
+A timer thread closes time windows when traffic stops; metrics go out through ray.util.metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import ray
+
+from aiinfra.config import PlatformConfig
+
+__all__ = ["MonitorService", "get_monitor_actor", "monitor_actor_name"]
+
+
+def monitor_actor_name(model: str) -> str:
+    return f"monitor:{model}"
+
+
+class MonitorService:
+    def __init__(self, config: PlatformConfig, model: str) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        from aiinfra.errors import NotFound
+        from aiinfra.monitoring.core import DriftMonitor, MonitorSettings
+        from aiinfra.monitoring.reference import build_reference
+        from aiinfra.registry.core import ModelRegistry
+        from aiinfra.storage import open_artifact_store, open_metadata_db
+
+        store = open_artifact_store(config.storage_root)
+        db = open_metadata_db(config.metadata_url)
+        registry = ModelRegistry(db, store)  # read-only use: the registry actor stays the one writer
+        try:
+            self.version = registry.get(f"{model}@champion")
+        except NotFound:
+            self.version = registry.get(model)
+        reference = build_reference(store, self.version)
+        m = config.monitoring
+        settings = MonitorSettings(window_rows=m.window_rows, window_seconds=m.window_seconds,
+                                   min_rows=min(m.min_rows, m.window_rows), alpha=m.alpha, correction=m.correction)
+        self.core = DriftMonitor(db, model, reference.frame, numeric=reference.numeric,
+                                 categorical=reference.categorical, settings=settings, reference_scores=reference.scores)
+        self.reference_dataset = reference.dataset_version
+        from aiinfra.monitoring.performance import PerformanceTracker
+
+        # In memory: predictions waiting for labels, and the rolling window (a restart starts them afresh).
+        self.performance = PerformanceTracker(reference.task, reference.class_labels or [], self.version.metrics)
+        self._m_perf = Gauge("aiinfra_performance", "rolling metric on labelled production traffic",
+                             tag_keys=("model", "metric"))
+        self._lock = threading.Lock()
+        tags = ("model",)
+        self._m_windows = Counter("aiinfra_monitor_windows", "closed drift windows by status", tag_keys=("model", "status"))
+        self._m_share = Gauge("aiinfra_drift_share", "share of features drifted in the latest window", tag_keys=tags)
+        self._m_stat = Gauge("aiinfra_drift_statistic", "per-feature drift statistic of the latest window",
+                             tag_keys=("model", "feature"))
+        self._m_psi = Gauge("aiinfra_drift_psi", "per-feature PSI of the latest window", tag_keys=("model", "feature"))
+        self._m_rows = Counter("aiinfra_monitor_rows", "served rows received by the monitor", tag_keys=tags)
+        self._stop = threading.Event()
+        if settings.window_seconds:
+            threading.Thread(target=self._ticker, args=(min(settings.window_seconds / 4, 30.0),), daemon=True).start()
+
+    def _export(self, reports: list[Any]) -> None:
+        for r in reports:
+            self._m_windows.inc(1, tags={"model": self.core.model, "status": r.status})
+            if r.result is None:
+                continue
+            self._m_share.set(r.result.share_drifted, tags={"model": self.core.model})
+            for f in r.result.features:
+                self._m_stat.set(f.statistic, tags={"model": self.core.model, "feature": f.feature})
+                if f.psi is not None:
+                    self._m_psi.set(f.psi, tags={"model": self.core.model, "feature": f.feature})
+
+    def _ticker(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            with self._lock:
+                report = self.core.tick()
+            if report is not None:
+                self._export([report])
+
+    def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
+                request_ids: list[str] | None = None, labels: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Rows served (and the scores and labels given); returns the windows this closed, as stored."""
+        with self._lock:
+            reports = self.core.observe(rows, scores)
+            if request_ids is not None and scores is not None:
+                self.performance.record(request_ids, scores, labels)
+        self._m_rows.inc(len(rows), tags={"model": self.core.model})
+        self._export(reports)
+        return [r.model_dump(mode="json") for r in reports]
+
+    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ground truth for served requests; unknown request ids are counted and ignored."""
+        with self._lock:
+            counts = self.performance.feedback(items)
+            snap = self.performance.snapshot()
+        for metric, value in snap["metrics"].items():
+            self._m_perf.set(value, tags={"model": self.core.model, "metric": metric})
+        return {**counts, "performance": snap}
+
+    def flush(self) -> dict[str, Any] | None:
+        with self._lock:
+            report = self.core.flush()
+        if report is not None:
+            self._export([report])
+        return None if report is None else report.model_dump(mode="json")
+
+    def status(self, limit: int = 10) -> dict[str, Any]:
+        with self._lock:
+            stats = self.core.stats()
+            reports = self.core.reports(limit=limit)
+        return {"model": self.core.model, "version": self.version.ref, "reference": self.reference_dataset,
+                "features": {"numeric": self.core._detector.numeric, "categorical": self.core._detector.categorical},
+                "settings": self.core.settings.model_dump(), "stats": stats,
+                "performance": self.performance.snapshot(),
+                "reports": [r.model_dump(mode="json") for r in reports]}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def get_monitor_actor(config: PlatformConfig, model: str, *, create: bool = True) -> ray.actor.ActorHandle:
+    name = monitor_actor_name(model)
+    if not create:
+        return ray.get_actor(name, namespace=config.namespace)
+    return (
+        ray.remote(MonitorService)
+        .options(name=name, namespace=config.namespace, lifetime="detached", get_if_exists=True,
+                 num_cpus=0, max_restarts=-1, max_task_retries=0)
+        .remote(config, model)
+    )

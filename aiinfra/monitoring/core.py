@@ -1,0 +1,348 @@
+"""The drift monitor of one model: served rows in, one stored ``DriftReport`` per window out.
+
+A plain class over a MetadataDB (schema component ``monitoring``); a Ray actor named
+``monitor:<model>`` wraps it later, and serving replicas send it the rows they served (feature
+dicts) with the model's scores, one call per batch. No Ray here.
+
+Windows: rows accumulate in the open window, which closes when it holds ``window_rows`` rows or
+when ``window_seconds`` have passed since its first row (checked on every ``observe`` and on
+``tick``, the actor's timer). A closed window is tested against the reference, unless it has
+fewer than ``min_rows`` rows (then it is stored as ``skipped``), and its report is committed in
+one transaction before any caller sees it. ``window_id`` counts 1, 2, ... per model and continues
+from the stored maximum, so a restarted monitor (the actor's constructor running again) neither
+reuses an id nor loses a stored report; only the rows of the window that was open are lost.
+
+Overload never becomes the caller's error: a call brings at most ``max_buffer_rows`` rows into
+the monitor (counting the open window); the rest are dropped and counted in ``stats()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from aiinfra.errors import InvalidInput
+from aiinfra.monitoring.detectors import Correction, DriftDetector, DriftResult
+from aiinfra.registry.types import validate_name
+from aiinfra.storage import MetadataDB, Migration
+
+__all__ = ["COMPONENT", "MIGRATIONS", "DriftMonitor", "DriftReport", "MonitorSettings", "ReportStatus"]
+
+ReportStatus = Literal["ok", "drift", "skipped"]
+MAX_REPORTS = 1000
+
+COMPONENT = "monitoring"
+
+MIGRATIONS = (
+    Migration(
+        1,
+        (
+            """CREATE TABLE drift_reports (
+                model TEXT NOT NULL,
+                window_id INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                window_start REAL NOT NULL,
+                window_end REAL NOT NULL,
+                rows INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                report TEXT NOT NULL,
+                PRIMARY KEY (model, window_id)
+            )""",
+        ),
+    ),
+)
+
+
+class MonitorSettings(BaseModel):
+    """How a monitor cuts windows and tests them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_rows: int = Field(1000, ge=10)
+    window_seconds: float | None = Field(None, gt=0)
+    min_rows: int = Field(100, ge=2)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    correction: Correction = "bonferroni"
+    max_buffer_rows: int = Field(50_000, ge=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitorSettings:
+        if self.min_rows > self.window_rows:
+            raise ValueError(
+                f"min_rows {self.min_rows} > window_rows {self.window_rows}: every full window would be skipped"
+            )
+        if self.max_buffer_rows < self.window_rows:
+            raise ValueError(
+                f"max_buffer_rows {self.max_buffer_rows} < window_rows {self.window_rows}: no window could fill"
+            )
+        return self
+
+
+class DriftReport(BaseModel):
+    """One closed window. ``window_start``/``window_end``: arrival times of its first and last rows.
+
+    ``status`` is ``drift`` when a feature drifted after the correction or the prediction test
+    flagged the scores; ``reason`` says which, or why the window was skipped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    window_id: int
+    created_at: float
+    window_start: float
+    window_end: float
+    rows: int
+    status: ReportStatus
+    reason: str
+    result: DriftResult | None = None
+
+
+def _frame(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(rows, pd.DataFrame):
+        return rows
+    if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)):
+        raise InvalidInput("rows must be a sequence of mappings (one per row) or a DataFrame")
+    rows = list(rows)
+    if not all(isinstance(r, Mapping) for r in rows):
+        raise InvalidInput("every row must be a mapping of feature name to value")
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+
+
+def _verdict(result: DriftResult) -> tuple[ReportStatus, str]:
+    parts = []
+    if result.drifted_features:
+        parts.append(
+            f"features drifted ({result.correction}, alpha {result.alpha:g}): {', '.join(result.drifted_features)}"
+        )
+    if result.prediction is not None and result.prediction.drifted:
+        parts.append(f"prediction drifted (KS p={result.prediction.p_value:.2g})")
+    if parts:
+        return "drift", "; ".join(parts)
+    return "ok", f"no drift in {len(result.features)} features" + (
+        " or the prediction" if result.prediction else ""
+    )
+
+
+class DriftMonitor:
+    """Collects one model's served rows into windows, tests each and stores its report.
+
+    Args:
+        db: the metadata DB; this class owns the table created by ``MIGRATIONS``.
+        model: the model's registry name (reports are keyed by it).
+        reference: rows the model was trained or validated on; see ``DriftDetector``.
+        numeric, categorical: the feature columns to test; other columns in served rows are ignored.
+        settings: window sizes and the test's alpha and correction.
+        reference_scores: the model's outputs on reference rows; enables prediction drift.
+        clock: seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        db: MetadataDB,
+        model: str,
+        reference: pd.DataFrame,
+        *,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        settings: MonitorSettings = MonitorSettings(),
+        reference_scores: np.ndarray | Sequence[float] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.model = validate_name("model", model)
+        self.settings = settings
+        self._clock = clock
+        self._detector = DriftDetector(
+            reference,
+            numeric=numeric,
+            categorical=categorical,
+            alpha=settings.alpha,
+            correction=settings.correction,
+            reference_scores=reference_scores,
+        )
+        self._has_scores = reference_scores is not None
+        db.ensure_schema(COMPONENT, MIGRATIONS)
+
+        self._chunks: list[pd.DataFrame] = []
+        self._score_chunks: list[np.ndarray] = []
+        self._open_rows = 0
+        self._opened_at = 0.0
+        self._last_row_at = 0.0
+        self._rows_seen = 0
+        self._rows_dropped = 0
+        self._windows_closed = 0
+        self._windows_skipped = 0
+        newest = self.reports(limit=1)
+        self._last_status: ReportStatus | None = newest[0].status if newest else None
+
+    # -- intake ---------------------------------------------------------------------------
+    def observe(
+        self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, scores: Sequence[float] | None = None
+    ) -> list[DriftReport]:
+        """Add served rows (and the model's scores on them) to the open window.
+
+        Returns the reports of the windows this call closed, each already stored: an expired
+        time window first, then one per ``window_rows`` rows filled.
+
+        Raises:
+            InvalidInput: the batch lacks a feature column, or ``scores`` has another length
+                than ``rows``. Nothing of a rejected batch is kept.
+        """
+        frame = _frame(rows)
+        n = len(frame)
+        score_values = self._scores(scores, n)
+        if n:
+            missing = [c for c in self._detector.columns if c not in frame.columns]
+            if missing:
+                raise InvalidInput(f"rows for model {self.model!r} lack the feature columns {missing}")
+            frame = frame.loc[:, self._detector.columns].reset_index(drop=True)
+
+        now = self._clock()
+        reports = []
+        expired = self._expired(now)
+        if expired is not None:
+            reports.append(expired)
+        self._rows_seen += n
+        keep = min(n, max(self.settings.max_buffer_rows - self._open_rows, 0))
+        self._rows_dropped += n - keep
+
+        pos = 0
+        while pos < keep or self._open_rows >= self.settings.window_rows:
+            if self._open_rows >= self.settings.window_rows:
+                reports.append(self._close())
+                continue
+            if self._open_rows == 0:
+                self._opened_at = now
+            take = min(self.settings.window_rows - self._open_rows, keep - pos)
+            self._chunks.append(frame.iloc[pos : pos + take])
+            self._score_chunks.append(score_values[pos : pos + take])
+            self._open_rows += take
+            self._last_row_at = now
+            pos += take
+        return reports
+
+    def _scores(self, scores: Sequence[float] | None, n: int) -> np.ndarray:
+        """Scores aligned with the rows; NaN where none was given."""
+        if scores is None:
+            return np.full(n, np.nan)
+        values = pd.to_numeric(pd.Series(np.asarray(scores, dtype=object).reshape(-1)), errors="coerce")
+        if len(values) != n:
+            raise InvalidInput(f"got {len(values)} scores for {n} rows")
+        return values.to_numpy(dtype=np.float64)
+
+    # -- closing windows --------------------------------------------------------------------
+    def _expired(self, now: float) -> DriftReport | None:
+        seconds = self.settings.window_seconds
+        if self._open_rows and seconds is not None and now - self._opened_at >= seconds:
+            return self._close()
+        return None
+
+    def tick(self) -> DriftReport | None:
+        """Close the open window if its time is up (for the actor's timer); its report, or None."""
+        return self._expired(self._clock())
+
+    def flush(self) -> DriftReport | None:
+        """Close the open window now, whatever its size; its report, or None when it is empty."""
+        return self._close() if self._open_rows else None
+
+    def _close(self) -> DriftReport:
+        """Test the open window and store its report.
+
+        The buffer is emptied only once the report is committed: if the DB write fails, the
+        rows stay and the next call tries again.
+        """
+        window = pd.concat(self._chunks, ignore_index=True) if len(self._chunks) > 1 else self._chunks[0]
+        scores = np.concatenate(self._score_chunks)
+        rows = len(window)
+        result: DriftResult | None = None
+        if rows < self.settings.min_rows:
+            status: ReportStatus = "skipped"
+            reason = f"{rows} rows < min_rows {self.settings.min_rows}"
+        else:
+            window_scores = None
+            if self._has_scores:
+                finite = scores[np.isfinite(scores)]
+                window_scores = finite if finite.size >= self.settings.min_rows else None
+            try:
+                result = self._detector.check(window, window_scores)
+            except InvalidInput as e:  # the window, not the caller, is at fault: record and go on
+                status, reason = "skipped", f"not tested: {e}"
+            else:
+                status, reason = _verdict(result)
+
+        created_at = self._clock()
+        with self.db.transaction() as tx:
+            # The id is taken inside the write transaction, so it is the stored maximum + 1 even
+            # after a restart or with an old instance of the actor still finishing a call.
+            top = tx.query("SELECT MAX(window_id) AS top FROM drift_reports WHERE model = ?", (self.model,))
+            window_id = int(top[0]["top"] or 0) + 1
+            report = DriftReport(
+                model=self.model,
+                window_id=window_id,
+                created_at=created_at,
+                window_start=self._opened_at,
+                window_end=self._last_row_at,
+                rows=rows,
+                status=status,
+                reason=reason,
+                result=result,
+            )
+            tx.execute(
+                "INSERT INTO drift_reports (model, window_id, created_at, window_start, window_end, rows, status, report)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.model,
+                    window_id,
+                    created_at,
+                    report.window_start,
+                    report.window_end,
+                    rows,
+                    status,
+                    report.model_dump_json(),
+                ),
+            )
+        self._chunks, self._score_chunks, self._open_rows = [], [], 0
+        self._windows_closed += 1
+        self._windows_skipped += status == "skipped"
+        self._last_status = status
+        return report
+
+    # -- reading ----------------------------------------------------------------------------
+    def reports(self, limit: int = 20) -> list[DriftReport]:
+        """The model's stored reports, newest first (including those of earlier instances)."""
+        if not 1 <= limit <= MAX_REPORTS:
+            raise InvalidInput(f"limit must be between 1 and {MAX_REPORTS}, got {limit}")
+        rows = self.db.query(
+            "SELECT report FROM drift_reports WHERE model = ? ORDER BY window_id DESC LIMIT ?",
+            (self.model, limit),
+        )
+        return [DriftReport.model_validate_json(r["report"]) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this instance (since it started); ``last_status`` also reads stored reports.
+
+        ``rows_seen`` counts every row received, ``rows_dropped`` those over ``max_buffer_rows``;
+        ``windows_closed`` includes the ``windows_skipped``.
+        """
+        return {
+            "model": self.model,
+            "rows_seen": self._rows_seen,
+            "rows_dropped": self._rows_dropped,
+            "windows_closed": self._windows_closed,
+            "windows_skipped": self._windows_skipped,
+            "open_window_rows": self._open_rows,
+            "last_status": self._last_status,
+        }
+
+
+def read_reports(db: MetadataDB, model: str, limit: int = 20) -> list[DriftReport]:
+    """A model's stored reports, newest first, without a running monitor (for the CLI)."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    rows = db.query("SELECT report FROM drift_reports WHERE model = ? ORDER BY window_id DESC LIMIT ?", (model, limit))
+    return [DriftReport.model_validate_json(r["report"]) for r in rows]

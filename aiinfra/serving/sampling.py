@@ -1,0 +1,86 @@
+"""Served requests, sampled to the model's drift monitor without ever slowing or failing a response.
+
+``offer`` only appends to a bounded in-memory buffer (rows past its capacity are dropped and
+counted); a background thread ships what has accumulated every ``interval_s`` with one call. A
+failing or slow monitor costs the response nothing: errors are counted and logged, and at most
+one shipment is in flight (the next waits for the previous to settle, so nothing piles up).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["MonitorSampler"]
+
+log = logging.getLogger("aiinfra.serving")
+
+
+class MonitorSampler:
+    """Args:
+    send: ships ``(rows, scores, request_ids, labels)``; blocking is fine (it runs on the sampler's thread).
+    rate: the share of requests sampled (0 to 1).
+    capacity: rows held at most between shipments.
+    """
+
+    def __init__(self, send: Callable[[list[dict[str, Any]], list[float], list[str], list[Any]], Any], *, rate: float = 1.0,
+                 capacity: int = 10_000, interval_s: float = 1.0, max_rows_per_send: int = 5_000,
+                 start: bool = True) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be in [0, 1], got {rate}")
+        self._send = send
+        self.rate = rate
+        self.capacity = capacity
+        self.interval_s = interval_s
+        self.max_rows_per_send = max_rows_per_send
+        self._buffer: deque[tuple[dict[str, Any], float, str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.counts = {"offered": 0, "sampled": 0, "dropped": 0, "sent": 0, "send_errors": 0}
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="monitor-sampler", daemon=True)
+            self._thread.start()
+
+    def offer(self, rows: Sequence[Mapping[str, Any]], scores: Sequence[float], request_id: str,
+              labels: Sequence[Any] | None = None) -> None:
+        """Never raises, never blocks on the monitor. ``labels``: the predicted labels, if any."""
+        self.counts["offered"] += len(rows)
+        if self.rate < 1.0 and random.random() >= self.rate:
+            return
+        with self._lock:
+            room = self.capacity - len(self._buffer)
+            take = min(room, len(rows))
+            predicted = list(labels) if labels is not None else [None] * len(rows)
+            for row, score, label in zip(list(rows)[:take], list(scores)[:take], predicted[:take]):
+                self._buffer.append((dict(row), float(score), request_id, label))
+            self.counts["sampled"] += take
+            self.counts["dropped"] += len(rows) - take
+
+    def flush(self) -> int:
+        """Ship what is buffered now (the thread does this every ``interval_s``); rows shipped."""
+        with self._lock:
+            n = min(len(self._buffer), self.max_rows_per_send)
+            items = [self._buffer.popleft() for _ in range(n)]
+        if not items:
+            return 0
+        rows, scores, ids, labels = ([i[k] for i in items] for k in range(4))
+        try:
+            self._send(rows, scores, ids, labels)
+            self.counts["sent"] += len(items)
+        except Exception:  # noqa: BLE001 - monitoring must never hurt serving
+            self.counts["send_errors"] += 1
+            log.warning("could not send %d sampled rows to the monitor; they are dropped", len(items), exc_info=True)
+        return len(items)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            while self.flush() >= self.max_rows_per_send:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,42 @@
+"""Performance monitoring: labels joined to served predictions by request id, late or never."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiinfra.monitoring.performance import PerformanceTracker
+
+
+def test_labels_join_by_request_id_and_rolling_metrics_compare_with_the_baseline():
+    t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8, "roc_auc": 0.9})
+    t.record(["a", "b", "c", "d"], [0.9, 0.2, 0.7, 0.4])
+    out = t.feedback([{"request_id": "a", "label": 1}, {"request_id": "b", "label": 0},
+                      {"request_id": "c", "label": 0}, {"request_id": "zzz", "label": 1}])
+    assert out == {"matched": 3, "unknown": 1, "invalid": 0}
+    snap = t.snapshot()
+    assert snap["labelled"] == 3 and snap["pending"] == 1
+    assert snap["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    assert snap["delta"]["accuracy"] == pytest.approx(2 / 3 - 0.8)
+    assert snap["metrics"]["roc_auc"] == pytest.approx(1.0)  # the one positive (0.9) outranks both negatives
+    t.feedback([{"request_id": "a", "label": 1}])  # a second label for the same request: already joined
+    assert t.counts["unknown"] == 2
+
+
+def test_a_multi_row_request_takes_one_label_per_row_and_wrong_labels_are_invalid():
+    t = PerformanceTracker("multiclass", ["cat", "dog", "eel"], {"accuracy": 0.5})
+    t.record(["r1", "r1", "r2"], [0.9, 0.8, 0.6], predicted=["cat", "dog", "eel"])
+    assert t.feedback([{"request_id": "r1", "labels": ["cat"]}])["invalid"] == 1  # one label for two rows
+    assert t.feedback([{"request_id": "r2", "label": "unicorn"}])["invalid"] == 1  # not a class of the model
+    assert t.feedback([{"request_id": "r1", "labels": ["cat", "eel"]}])["matched"] == 1
+    assert t.snapshot()["metrics"]["accuracy"] == pytest.approx(0.5)
+
+
+def test_regression_errors_and_the_oldest_pending_predictions_are_forgotten_first():
+    t = PerformanceTracker("regression", [], {"rmse": 1.0}, max_pending=2)
+    t.record(["a", "b", "c"], [1.0, 2.0, 3.0])
+    assert t.counts["forgotten"] == 1
+    assert t.feedback([{"request_id": "a", "label": 0.0}])["unknown"] == 1  # forgotten
+    t.feedback([{"request_id": "b", "label": 4.0}, {"request_id": "c", "label": "x"}])
+    snap = t.snapshot()
+    assert snap["metrics"] == {"rmse": pytest.approx(2.0), "mae": pytest.approx(2.0)}
+    assert snap["counts"]["invalid"] == 1
