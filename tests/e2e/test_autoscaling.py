@@ -95,7 +95,7 @@ def fake_cluster(tmp_path_factory):
         ours = []
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.pid not in before and (f":{port}" in cmd or "ray::" in cmd):
+            if proc.pid not in before and (f":{port}" in cmd or f"_port={port}" in cmd or "ray::" in cmd):
                 ours.append(proc)
         for proc in list(ours):
             try:
@@ -108,6 +108,8 @@ def fake_cluster(tmp_path_factory):
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(ours, timeout=30)
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if f"_port={port}" in " ".join(p.info["cmdline"] or [])]
+        assert not left, f"processes of the fake cluster still running: {left}"
 
 
 def test_training_scales_the_cluster_up_survives_a_lost_node_and_the_cluster_scales_back(fake_cluster):
