@@ -205,7 +205,7 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                     registry.start_run(experiment=cfg.experiment_name, kind="trial", run_id=trial_run,
                                        params=_json_safe(t.overrides), seed=cfg.trainer.seed, started_at=t.started_at,
                                        dataset_versions=dataset_versions, parent_run_id=run_id,
-                                       config_hash=config_hash(apply_safe(resolved, t.overrides)),
+                                       config_hash=config_hash(_with_overrides(resolved, t.overrides)),
                                        code_version={"version": code, "dirty": code.endswith("-dirty")})
                     registry.log_epochs(trial_run, _json_safe(t.history))
                     registry.finish_run(trial_run, status=t.status, metrics=_json_safe(t.metrics), error=t.error,
@@ -276,7 +276,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
     return outcome
 
 
-def apply_safe(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+def _with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The trial's config, for its hash; the searched config if the values no longer validate."""
     from aiinfra.training.search import apply_overrides
 
     try:
