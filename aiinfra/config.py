@@ -58,6 +58,9 @@ class ServeSettings(BaseModel):
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # While a model has a `challenger` alias, this share of its requests (by a hash of the request id)
+    # is answered by the challenger: the canary. 0 turns canaries off.
+    canary_share: float = Field(default=0.1, ge=0.0, le=0.5)
 
 
 class MonitoringSettings(BaseModel):

@@ -91,6 +91,16 @@ class FeedbackRequest(BaseModel):
     items: list[FeedbackItem] | None = Field(None, min_length=1, max_length=MAX_INSTANCES)
 
 
+def _request_id(request: Request) -> str:
+    """The client's ``X-Request-ID`` (a retry with the same id reaches the same version), else a new one."""
+    given = request.headers.get("x-request-id", "").strip()
+    if given:
+        if len(given) > 200:
+            raise InvalidInput("X-Request-ID must be at most 200 characters")
+        return given
+    return uuid.uuid4().hex
+
+
 async def _json_body(request: Request, max_bytes: int) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -133,6 +143,7 @@ class ModelServer:
         )
         self.predictor = self._load(self._registry.get(model_ref))
         self.name = self.predictor.version.name
+        self.challenger: Any = None  # the canary's version, while the model has a `challenger` alias
         self.tokens = TokenStore(open_metadata_db(config.metadata_url))
         self._feature_store: Any = None
         self._stop = threading.Event()
@@ -187,8 +198,33 @@ class ModelServer:
                     previous = self.predictor.version.ref
                     self.predictor = self._load(current)  # one assignment: the swap is atomic
                     log.info("%s moved from %s to %s; now serving it", self.model_ref, previous, current.ref)
+                self._follow_challenger()
             except Exception:  # noqa: BLE001 - keep serving what we have; try again next tick
                 log.exception("could not refresh %s; still serving %s", self.model_ref, self.predictor.version.ref)
+
+    def _follow_challenger(self) -> None:
+        if self.config.serve.canary_share <= 0:
+            return
+        try:
+            wanted = self._registry.get(f"{self.name}@challenger")
+        except NotFound:
+            wanted = None
+        if wanted is None or wanted.version == self.predictor.version.version:
+            if self.challenger is not None:
+                log.info("canary of %s ended", self.challenger.version.ref)
+            self.challenger = None
+        elif self.challenger is None or self.challenger.version.version != wanted.version:
+            self.challenger = self._load(wanted)
+            log.info("canary: %.0f%% of %s's requests go to %s", 100 * self.config.serve.canary_share, self.name, wanted.ref)
+
+    def _route(self, request_id: str) -> Any:
+        """The predictor that answers this request (read once: the whole request uses it)."""
+        from aiinfra.serving.routing import goes_to_challenger
+
+        challenger = self.challenger
+        if challenger is not None and goes_to_challenger(self.name, request_id, self.config.serve.canary_share):
+            return challenger
+        return self.predictor
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -202,8 +238,9 @@ class ModelServer:
 
     def served(self) -> dict[str, Any]:
         """What this deployment serves (for `aiinfra status`; not an HTTP route)."""
-        v = self.predictor.version
-        return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view}
+        v, c = self.predictor.version, self.challenger
+        return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view,
+                "canary": None if c is None else {"version": c.version.version, "share": self.config.serve.canary_share}}
 
     def _authorize(self, request: Request, action: str) -> None:
         self.tokens.verify(request.headers.get("authorization")).require(action)
@@ -249,12 +286,12 @@ class ModelServer:
         self._check_name(name)
         # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
         body = await _json_body(request, self.config.serve.max_body_bytes)
-        predictor = self.predictor  # read once: an alias move mid-request does not mix versions
-        rows, request_id, wanted = decode_infer_request(body, predictor.signature)
+        rows, request_id, wanted = decode_infer_request(body, self.predictor.signature)
+        request_id = request_id or _request_id(request)
+        predictor = self._route(request_id)  # read once: an alias move mid-request does not mix versions
         predictions = predictor.predict(rows)
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
-        request_id = request_id or uuid.uuid4().hex
         self._sample(rows, predictions, request_id)
         return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
                                      request_id=request_id, wanted=wanted)
@@ -270,12 +307,12 @@ class ModelServer:
             raise InvalidInput(format_validation_error("predict request", e)) from None
         if (req.instances is None) == (req.entity_ids is None):
             raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
-        predictor = self.predictor  # read once: an alias move mid-request does not mix versions
+        request_id = _request_id(request)
+        predictor = self._route(request_id)  # read once: an alias move mid-request does not mix versions
         instances = req.instances if req.instances is not None else self._features_for(predictor, req.entity_ids)
         predictions = predictor.predict(instances)
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
-        request_id = uuid.uuid4().hex
         self._sample(instances, predictions, request_id)
         return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": request_id}
 

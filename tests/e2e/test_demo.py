@@ -210,6 +210,49 @@ def test_alias_move_under_load_fails_no_request(demo, tmp_path):
         time.sleep(0.3)
 
 
+def test_a_challenger_answers_its_canary_share_chosen_by_request_id(demo, tmp_path):
+    """With a `challenger` alias, 10% of requests (serve.canary_share) go to it, by a hash of the
+    request id: 1,000 requests split within 5 points, and a retried id always reaches the same version."""
+    from aiinfra.config import load_config
+    from aiinfra.platform import open_local
+    from aiinfra.serving.routing import goes_to_challenger
+
+    config = load_config(environ={"AIINFRA_HOME": str(demo["home"])})
+    with open_local(config) as p:
+        champion = p.registry.get("churn@champion")
+        files = p.registry.download(champion, tmp_path / "champion")
+        challenger = p.registry.register("churn", files, metrics=champion.metrics, signature=champion.signature,
+                                         lineage=champion.lineage)
+        p.registry.set_alias("churn", challenger.version, "challenger")
+    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
+    try:
+        with httpx.Client(base_url=demo["base"], headers=demo["auth"], timeout=30) as client:
+            deadline = time.monotonic() + 60
+            i = 0
+            while True:  # the replicas load the challenger within a few seconds of the alias
+                r = client.post("/predict/churn", json=row, headers={"X-Request-ID": f"warm-{i}"})
+                assert r.status_code == 200, r.text
+                if r.json()["version"] == challenger.version:
+                    break
+                assert time.monotonic() < deadline, "the challenger never answered"
+                i += 1
+            versions = []
+            for i in range(1000):
+                r = client.post("/predict/churn", json=row, headers={"X-Request-ID": f"canary-{i}"})
+                assert r.status_code == 200, r.text
+                versions.append(r.json()["version"])
+                expected = challenger.version if goes_to_challenger("churn", f"canary-{i}", 0.1) else champion.version
+                assert versions[-1] == expected, i  # the same rule on every replica
+            share = versions.count(challenger.version) / len(versions)
+            assert 0.05 <= share <= 0.15, share
+            again = {client.post("/predict/churn", json=row, headers={"X-Request-ID": "canary-7"}).json()["version"]
+                     for _ in range(5)}
+            assert len(again) == 1  # a retry lands on the same version
+    finally:
+        with open_local(config) as p:
+            p.registry.remove_alias("churn", "challenger")
+
+
 def test_inference_metrics_reach_prometheus(demo):
     """Requests, errors and latency per model and version on the cluster's Prometheus endpoints."""
     row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
