@@ -51,6 +51,30 @@ def use_cluster_auth(config: PlatformConfig) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def clear_stale_cluster_pointer(temp_dir: str | Path = "/tmp/ray") -> bool:
+    """Forget Ray's "current cluster" when that cluster is gone; True if the pointer was removed.
+
+    ``ray start`` records its GCS address in ``/tmp/ray/ray_current_cluster``, and code that asks for
+    the "auto" address reads it: Ray Train V2's placement-group cleaner does, through the State API,
+    even inside a different, healthy cluster. A pointer to a dead cluster there makes it fail, and a
+    stopped Tune trial's CPUs are then never freed (the next trial waits forever). Only a pointer to
+    an address that accepts no connection is removed.
+    """
+    pointer = Path(temp_dir) / "ray_current_cluster"
+    try:
+        address = pointer.read_text().strip().splitlines()[0]
+        host, _, port = address.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return False
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pointer.unlink()
+        return True
+    except OSError:
+        return False
+
+
 def running_cluster(config: PlatformConfig) -> str | None:
     """The address of the cluster to use: RAY_ADDRESS, else a Ray head running on this machine."""
     if config.ray_address:

@@ -69,6 +69,10 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         # ("local", not None: with None, Ray would also try the last cluster it remembers in
         # /tmp/ray/ray_current_cluster, which may be long dead.)
         address = running_cluster(config) or "local"
+        if address == "local":
+            from aiinfra.cluster import clear_stale_cluster_pointer
+
+            clear_stale_cluster_pointer()
         ray.init(
             address=address,
             namespace=config.namespace,

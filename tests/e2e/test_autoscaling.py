@@ -110,6 +110,12 @@ def fake_cluster(tmp_path_factory):
         psutil.wait_procs(ours, timeout=30)
         left = [p.pid for p in psutil.process_iter(["cmdline"]) if f"_port={port}" in " ".join(p.info["cmdline"] or [])]
         assert not left, f"processes of the fake cluster still running: {left}"
+        # `ray start` named this cluster in Ray's "current cluster" pointer; a stale one breaks later clusters.
+        from aiinfra.cluster import clear_stale_cluster_pointer
+
+        clear_stale_cluster_pointer()
+        pointer = Path("/tmp/ray/ray_current_cluster")
+        assert not (pointer.exists() and pointer.read_text().strip().endswith(f":{port}"))
 
 
 def test_training_scales_the_cluster_up_survives_a_lost_node_and_the_cluster_scales_back(fake_cluster):

@@ -48,3 +48,22 @@ def test_errors_go_to_stderr_with_status(home, capsys):
     assert err.out == "" and "ghost" in err.err
     assert cli.main(["models", "alias", "churn", "1", "a/b"]) == 2
     assert "path separators" in capsys.readouterr().err
+
+
+def test_a_pointer_to_a_dead_cluster_is_forgotten_and_a_live_one_kept(tmp_path):
+    import socket
+
+    from aiinfra.cluster import clear_stale_cluster_pointer
+
+    pointer = tmp_path / "ray_current_cluster"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    pointer.write_text(f"127.0.0.1:{dead_port}\n")
+    assert clear_stale_cluster_pointer(tmp_path) and not pointer.exists()
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        pointer.write_text(f"127.0.0.1:{live.getsockname()[1]}\n")
+        assert not clear_stale_cluster_pointer(tmp_path) and pointer.exists()
+    assert not clear_stale_cluster_pointer(tmp_path / "nowhere")
