@@ -216,10 +216,14 @@ def _probe_input_dim(params: dict[str, Any]) -> int:
 
 
 def _check_model(family: str, params: dict[str, Any]) -> str | None:
+    import torch
+
     from aiinfra.training.models import build_model
 
     try:
-        build_model(family, _probe_input_dim(params), 2, params)
+        # On the meta device: shapes and checks only, no memory for the weights, however large.
+        with torch.device("meta"):
+            build_model(family, _probe_input_dim(params), 2, params)
     except InvalidInput as e:
         return e.message
     return None
