@@ -61,6 +61,13 @@ class ServeSettings(BaseModel):
     # While a model has a `challenger` alias, this share of its requests (by a hash of the request id)
     # is answered by the challenger: the canary. 0 turns canaries off.
     canary_share: float = Field(default=0.1, ge=0.0, le=0.5)
+    # Replicas of the model deployment. min == max: a fixed count (the embedded default, on a small
+    # machine); max > min: Serve's autoscaler keeps about target_ongoing_requests in flight per replica.
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=4.0, gt=0)
+    max_ongoing_requests: int = Field(default=16, ge=1)
+    max_queued_requests: int = Field(default=64, ge=1, description="past this, callers get 503 at once")
 
 
 class MonitoringSettings(BaseModel):

@@ -374,7 +374,16 @@ class ModelServer:
 
 def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     parse_ref(model_ref)  # a bad reference fails here, not inside a replica
-    return ModelServer.bind(config, model_ref)
+    sv = config.serve
+    if sv.max_replicas < sv.min_replicas:
+        raise InvalidInput(f"serve.max_replicas ({sv.max_replicas}) is below serve.min_replicas ({sv.min_replicas})")
+    scaling: dict[str, Any] = (
+        {"autoscaling_config": {"min_replicas": sv.min_replicas, "max_replicas": sv.max_replicas,
+                                "target_ongoing_requests": sv.target_ongoing_requests}}
+        if sv.max_replicas > sv.min_replicas else {"num_replicas": sv.min_replicas}
+    )
+    return ModelServer.options(max_ongoing_requests=sv.max_ongoing_requests, max_queued_requests=sv.max_queued_requests,
+                               **scaling).bind(config, model_ref)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

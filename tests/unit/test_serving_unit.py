@@ -119,3 +119,21 @@ def test_serve_config_is_valid_for_ray_serve():
             module, _, attr = app.import_path.partition(":")
             imported = __import__(module, fromlist=[attr])
             assert callable(getattr(imported, attr)), f"{path.name}: {app.import_path} is not importable"
+
+
+def test_the_app_builder_applies_replicas_autoscaling_and_back_pressure_from_the_config(tmp_path):
+    from aiinfra.config import load_config
+    from aiinfra.serving.app import build_app
+
+    base = load_config(environ={}, home=str(tmp_path))
+
+    def deployment_config(**serve):
+        cfg = base.model_copy(update={"serve": base.serve.model_copy(update=serve)})
+        return build_app(cfg, "churn@champion")._bound_deployment._deployment_config
+
+    fixed = deployment_config(min_replicas=2, max_replicas=2, max_queued_requests=7)
+    assert fixed.num_replicas == 2 and fixed.autoscaling_config is None and fixed.max_queued_requests == 7
+    scaled = deployment_config(min_replicas=1, max_replicas=4, target_ongoing_requests=3)
+    assert scaled.autoscaling_config.max_replicas == 4 and scaled.autoscaling_config.target_ongoing_requests == 3
+    with pytest.raises(InvalidInput, match="max_replicas"):
+        deployment_config(min_replicas=3, max_replicas=2)
