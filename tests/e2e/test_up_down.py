@@ -115,6 +115,24 @@ def test_training_job_is_submitted_streams_its_logs_and_registers_a_model(cluste
     assert refused.returncode == 2 and "outside this directory" in refused.stderr
 
 
+def test_serve_deploy_puts_a_registered_model_on_http_and_status_shows_it(cluster):
+    """`aiinfra serve deploy NAME@ALIAS` on the `up` cluster; the API token `up` made answers."""
+    import httpx
+
+    deployed = aiinfra(cluster["env"], "serve", "deploy", "churn-job@champion", "--json")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    info = json.loads(deployed.stdout)
+    token = (cluster["home"] / "api_token").read_text().strip()
+    row = {"tenure_months": 3.0, "monthly_charges": 120.0, "support_calls": 4, "plan": "basic", "region": "north"}
+    r = httpx.post(info["url"], json={"instances": [row]}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "churn-job" and r.json()["version"] == 1
+    st = json.loads(aiinfra(cluster["env"], "serve", "status", "--json").stdout)
+    assert st["apps"]["aiinfra"]["serving"]["model"] == "churn-job"
+    missing = aiinfra(cluster["env"], "serve", "deploy", "no-such-model@champion")
+    assert missing.returncode == 2 and "no-such-model" in missing.stderr
+
+
 def test_down_stops_exactly_that_cluster(cluster):
     marker = Path(cluster["info"]["session_dir"]).name
     stopped = aiinfra(cluster["env"], "down")
