@@ -61,6 +61,9 @@ class ServeSettings(BaseModel):
     # While a model has a `challenger` alias, this share of its requests (by a hash of the request id)
     # is answered by the challenger: the canary. 0 turns canaries off.
     canary_share: float = Field(default=0.1, ge=0.0, le=0.5)
+    # While a model has a `shadow` alias, this share of its requests is mirrored to that version: its
+    # answers are compared with the served ones (agreement in `aiinfra serve status`), never returned.
+    shadow_share: float = Field(default=1.0, ge=0.0, le=1.0)
     # Replicas of the model deployment. min == max: a fixed count (the embedded default, on a small
     # machine); max > min: Serve's autoscaler keeps about target_ongoing_requests in flight per replica.
     min_replicas: int = Field(default=1, ge=1)

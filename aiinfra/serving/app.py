@@ -144,6 +144,10 @@ class ModelServer:
         self.predictor = self._load(self._registry.get(model_ref))
         self.name = self.predictor.version.name
         self.challenger: Any = None  # the canary's version, while the model has a `challenger` alias
+        self.shadow: Any = None  # a version mirrored (compared, never returned) while a `shadow` alias exists
+        from aiinfra.serving.shadow import ShadowComparer
+
+        self._shadow = ShadowComparer()
         self.tokens = TokenStore(open_metadata_db(config.metadata_url))
         self._feature_store: Any = None
         self._stop = threading.Event()
@@ -199,6 +203,7 @@ class ModelServer:
                     self.predictor = self._load(current)  # one assignment: the swap is atomic
                     log.info("%s moved from %s to %s; now serving it", self.model_ref, previous, current.ref)
                 self._follow_challenger()
+                self._follow_shadow()
             except Exception:  # noqa: BLE001 - keep serving what we have; try again next tick
                 log.exception("could not refresh %s; still serving %s", self.model_ref, self.predictor.version.ref)
 
@@ -216,6 +221,27 @@ class ModelServer:
         elif self.challenger is None or self.challenger.version.version != wanted.version:
             self.challenger = self._load(wanted)
             log.info("canary: %.0f%% of %s's requests go to %s", 100 * self.config.serve.canary_share, self.name, wanted.ref)
+
+    def _follow_shadow(self) -> None:
+        if self.config.serve.shadow_share <= 0:
+            return
+        try:
+            wanted = self._registry.get(f"{self.name}@shadow")
+        except NotFound:
+            wanted = None
+        if wanted is None:
+            self.shadow = None
+        elif self.shadow is None or self.shadow.version.version != wanted.version:
+            self.shadow = self._load(wanted)
+            log.info("shadow: %.0f%% of %s's requests mirrored to %s", 100 * self.config.serve.shadow_share, self.name,
+                     wanted.ref)
+
+    def _mirror(self, request_id: str, rows: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> None:
+        from aiinfra.serving.routing import stable_fraction
+
+        shadow = self.shadow
+        if shadow is not None and stable_fraction(f"shadow:{self.name}:{request_id}") < self.config.serve.shadow_share:
+            self._shadow.mirror(shadow, rows, predictions)
 
     def _route(self, request_id: str) -> Any:
         """The predictor that answers this request (read once: the whole request uses it)."""
@@ -238,9 +264,11 @@ class ModelServer:
 
     def served(self) -> dict[str, Any]:
         """What this deployment serves (for `aiinfra status`; not an HTTP route)."""
-        v, c = self.predictor.version, self.challenger
+        v, c, sh = self.predictor.version, self.challenger, self.shadow
         return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view,
-                "canary": None if c is None else {"version": c.version.version, "share": self.config.serve.canary_share}}
+                "canary": None if c is None else {"version": c.version.version, "share": self.config.serve.canary_share},
+                "shadow": None if sh is None else {"version": sh.version.version, "share": self.config.serve.shadow_share,
+                                                   **self._shadow.summary()}}
 
     def _authorize(self, request: Request, action: str) -> None:
         self.tokens.verify(request.headers.get("authorization")).require(action)
@@ -293,6 +321,7 @@ class ModelServer:
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
         self._sample(rows, predictions, request_id)
+        self._mirror(request_id, rows, predictions)
         return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
                                      request_id=request_id, wanted=wanted)
 
@@ -314,6 +343,7 @@ class ModelServer:
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
         self._sample(instances, predictions, request_id)
+        self._mirror(request_id, instances, predictions)
         return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": request_id}
 
     @api.post("/feedback/{name}")

@@ -253,6 +253,39 @@ def test_a_challenger_answers_its_canary_share_chosen_by_request_id(demo, tmp_pa
             p.registry.remove_alias("churn", "challenger")
 
 
+def test_a_shadow_version_sees_mirrored_traffic_and_is_compared_never_returned(demo, tmp_path):
+    from aiinfra.config import load_config
+    from aiinfra.platform import open_local
+
+    config = load_config(environ={"AIINFRA_HOME": str(demo["home"])})
+    with open_local(config) as p:
+        champion = p.registry.get("churn@champion")
+        files = p.registry.download(champion, tmp_path / "champion")
+        shadow = p.registry.register("churn", files, metrics=champion.metrics, signature=champion.signature,
+                                     lineage=champion.lineage)
+        p.registry.set_alias("churn", shadow.version, "shadow")
+    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with httpx.Client(base_url=demo["base"], headers=demo["auth"], timeout=30) as client:
+                for i in range(20):
+                    r = client.post("/predict/churn", json=row, headers={"X-Request-ID": f"shadow-{time.time_ns()}-{i}"})
+                    assert r.status_code == 200 and r.json()["version"] != shadow.version  # never returned
+            st = json.loads(subprocess.run([str(BIN / "aiinfra"), "serve", "status", "--json"], env=demo["env"],
+                                           capture_output=True, text=True, timeout=90).stdout or "{}")
+            mirrored = (((st.get("apps") or {}).get("aiinfra") or {}).get("serving") or {}).get("shadow") or {}
+            if mirrored.get("mirrored", 0) > 0:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(2)
+        assert mirrored["version"] == shadow.version and mirrored["agreement"] == 1.0  # the same weights agree
+        assert mirrored["errors"] == 0
+    finally:
+        with open_local(config) as p:
+            p.registry.remove_alias("churn", "shadow")
+
+
 def test_inference_metrics_reach_prometheus(demo):
     """Requests, errors and latency per model and version on the cluster's Prometheus endpoints."""
     row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
