@@ -37,7 +37,9 @@ def use_cluster_auth(config: PlatformConfig) -> None:
     Effective only before Ray is imported (Ray reads the setting at import). A cluster `up` started
     records its mode; a local one started by ``ray.init()`` or ``ray start`` uses a token exactly
     when ``~/.ray/auth_token`` exists (RAY_NOTES.md), so a client does the same."""
-    if "RAY_AUTH_MODE" in os.environ:
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+        # Ray read its mode when it was imported: changing it now would make this process disagree
+        # with a cluster it starts (the GCS would want a token the driver does not send).
         return
     state = _state_file(config)
     if state.exists():

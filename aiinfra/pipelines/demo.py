@@ -28,7 +28,6 @@ FEATURE_VIEW = "customer_profile"
 def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs: int = 5, seed: int = 0,
              keep_serving: bool = False) -> dict[str, Any]:
     import httpx
-    from ray import serve
 
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.data.spec import ValidationSpec
@@ -53,7 +52,9 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
     print(f"aiinfra demo: state in {config.home}", flush=True)
 
     with log.stage("start the platform (Ray, registry)"):
-        platform = connect(config)
+        platform = connect(config)  # first: it settles Ray's auth mode before Ray is imported
+        from ray import serve
+
         log.note(f"Ray {'started here' if platform.started_ray else 'joined'}; registry actor 'registry' in namespace {config.namespace!r}")
     try:
         with log.stage("generate customer data and ingest it through the gate"):

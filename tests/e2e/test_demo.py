@@ -286,14 +286,10 @@ def test_a_shadow_version_sees_mirrored_traffic_and_is_compared_never_returned(d
             p.registry.remove_alias("churn", "shadow")
 
 
-def test_inference_metrics_reach_prometheus(demo):
-    """Requests, errors and latency per model and version on the cluster's Prometheus endpoints."""
-    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
-    for _ in range(3):
-        assert httpx.post(f"{demo['base']}/predict/churn", json=row, headers=demo["auth"]).status_code == 200
-    httpx.post(f"{demo['base']}/predict/churn", json={"instances": [{}]}, headers=demo["auth"])  # a 422
+def _scrape(done, timeout_s: float = 60) -> str:
+    """Everything on the cluster's Prometheus endpoints (Ray lists them), once ``done(text)`` holds."""
     discovery = Path("/tmp/ray/prom_metrics_service_discovery.json")  # Ray writes its scrape targets here
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     text = ""
     while time.monotonic() < deadline:
         targets = [t for group in json.loads(discovery.read_text()) for t in group["targets"]] if discovery.exists() else []
@@ -303,19 +299,33 @@ def test_inference_metrics_reach_prometheus(demo):
                 text += httpx.get(f"http://{target}/metrics", timeout=5).text
             except httpx.HTTPError:
                 continue
-        if 'ray_aiinfra_request_errors' in text and 'model="churn"' in text:
+        if done(text):
             break
         time.sleep(2)
+    return text
+
+
+def _assert_dashboard_series_exported(name: str, text: str) -> None:
+    """The Grafana dashboard in clusters/grafana/ queries exactly series that exist."""
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "clusters/grafana" / name).read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_aiinfra_")}
+    missing = sorted(set(re.findall(r"ray_aiinfra_\w+", exprs)) - exported)
+    assert not missing, f"{name} queries series that are not exported: {missing}; exported: {sorted(exported)}"
+
+
+def test_inference_metrics_reach_prometheus(demo):
+    """Requests, errors and latency per model and version on the cluster's Prometheus endpoints."""
+    row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
+    for _ in range(3):
+        assert httpx.post(f"{demo['base']}/predict/churn", json=row, headers=demo["auth"]).status_code == 200
+    httpx.post(f"{demo['base']}/predict/churn", json={"instances": [{}]}, headers=demo["auth"])  # a 422
+    text = _scrape(lambda t: "ray_aiinfra_request_errors" in t and 'model="churn"' in t)
     assert "ray_aiinfra_requests" in text and 'route="/predict/{name}"' in text, text[-2000:]
     assert "ray_aiinfra_request_latency_ms_bucket" in text
     assert any('status="422"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_request_errors"))
     assert any('version="1"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_predicted_rows"))
-    # The Grafana dashboard in clusters/ queries exactly the series that exist.
-    dashboard = json.loads((Path(__file__).resolve().parents[2] / "clusters/grafana/aiinfra_serving.json").read_text())
-    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
-    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ray_aiinfra_")}
-    missing = sorted(set(re.findall(r"ray_aiinfra_\w+", exprs)) - exported)
-    assert not missing, f"dashboard queries series that are not exported: {missing}; exported: {sorted(exported)}"
+    _assert_dashboard_series_exported("aiinfra_serving.json", text)
 
 
 def test_served_requests_reach_the_drift_monitor(demo):
@@ -358,6 +368,13 @@ def test_feedback_joins_labels_to_served_requests(demo):
     st = json.loads(subprocess.run([str(BIN / "aiinfra"), "monitor", "status", "churn", "--json"], env=demo["env"],
                                    capture_output=True, text=True, timeout=90).stdout)
     assert st["performance"]["labelled"] >= 1 and "accuracy" in st["performance"]["metrics"]
+    # The monitor's metrics reach Prometheus too, once a drift window has closed (1,000 rows).
+    batch = {"instances": row["instances"] * 100}
+    for _ in range(11):
+        assert httpx.post(f"{demo['base']}/predict/churn", json=batch, headers=demo["auth"], timeout=60).status_code == 200
+    text = _scrape(lambda t: "ray_aiinfra_performance" in t and "ray_aiinfra_drift_share" in t, timeout_s=90)
+    assert any('metric="accuracy"' in line for line in text.splitlines() if line.startswith("ray_aiinfra_performance"))
+    _assert_dashboard_series_exported("aiinfra_monitoring.json", text)
 
 
 def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
