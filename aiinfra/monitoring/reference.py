@@ -46,7 +46,7 @@ def score_of(prediction: dict[str, Any]) -> float:
 def build_reference(store: Any, version: ModelVersion, *, seed: int = 0) -> Reference:
     from aiinfra.data.catalog import SAMPLE, DatasetCatalog
     from aiinfra.registry.files import fetch_version_files
-    from aiinfra.serving.predictor import Predictor
+    from aiinfra.serving.predictor import Predictor, rows_from_frame
 
     if version.signature is None:
         raise InvalidInput(f"{version.ref} has no signature: there is nothing to monitor its inputs against")
@@ -74,8 +74,7 @@ def build_reference(store: Any, version: ModelVersion, *, seed: int = 0) -> Refe
     frame = frame.reset_index(drop=True)
     with tempfile.TemporaryDirectory() as tmp:
         predictor = Predictor(version, fetch_version_files(store, version, tmp))
-        rows = [{k: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for k, v in r.items()}
-                for r in frame[[f.name for f in version.signature.inputs if f.name in frame.columns]].to_dict("records")]
+        rows = rows_from_frame(frame, version.signature.inputs)
         scores = np.array([score_of(p) for p in predictor.predict(rows)], dtype=np.float64)
     return Reference(frame[numeric + categorical], numeric, categorical, scores, dataset.ref,
                      task=predictor.spec.task, class_labels=list(predictor.spec.class_labels))

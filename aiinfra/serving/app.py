@@ -208,33 +208,33 @@ class ModelServer:
                 log.exception("could not refresh %s; still serving %s", self.model_ref, self.predictor.version.ref)
 
     def _follow_challenger(self) -> None:
-        if self.config.serve.canary_share <= 0:
-            return
-        try:
-            wanted = self._registry.get(f"{self.name}@challenger")
-        except NotFound:
-            wanted = None
-        if wanted is None or wanted.version == self.predictor.version.version:
-            if self.challenger is not None:
-                log.info("canary of %s ended", self.challenger.version.ref)
-            self.challenger = None
-        elif self.challenger is None or self.challenger.version.version != wanted.version:
-            self.challenger = self._load(wanted)
-            log.info("canary: %.0f%% of %s's requests go to %s", 100 * self.config.serve.canary_share, self.name, wanted.ref)
+        challenger = self._follow_alias("challenger", self.challenger, self.config.serve.canary_share,
+                                        skip_version=self.predictor.version.version)
+        if challenger is not self.challenger:
+            self.challenger = challenger
+            log.info("canary of %s: %s at %.0f%%", self.name, "ended" if challenger is None else challenger.version.ref,
+                     100 * self.config.serve.canary_share)
 
     def _follow_shadow(self) -> None:
-        if self.config.serve.shadow_share <= 0:
-            return
+        shadow = self._follow_alias("shadow", self.shadow, self.config.serve.shadow_share)
+        if shadow is not self.shadow:
+            self.shadow = shadow
+            log.info("shadow of %s: %s at %.0f%%", self.name, "ended" if shadow is None else shadow.version.ref,
+                     100 * self.config.serve.shadow_share)
+
+    def _follow_alias(self, alias: str, loaded: Any, share: float, skip_version: int | None = None) -> Any:
+        """The predictor ``NAME@alias`` names now: ``loaded`` when unchanged, a new one when it moved, else None."""
+        if share <= 0:
+            return loaded
         try:
-            wanted = self._registry.get(f"{self.name}@shadow")
+            wanted = self._registry.get(f"{self.name}@{alias}")
         except NotFound:
-            wanted = None
-        if wanted is None:
-            self.shadow = None
-        elif self.shadow is None or self.shadow.version.version != wanted.version:
-            self.shadow = self._load(wanted)
-            log.info("shadow: %.0f%% of %s's requests mirrored to %s", 100 * self.config.serve.shadow_share, self.name,
-                     wanted.ref)
+            return None
+        if wanted.version == skip_version:
+            return None
+        if loaded is not None and loaded.version.version == wanted.version:
+            return loaded
+        return self._load(wanted)
 
     def _mirror(self, request_id: str, rows: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> None:
         from aiinfra.serving.routing import stable_fraction

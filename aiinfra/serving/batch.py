@@ -24,14 +24,9 @@ def prediction_columns(task: str) -> list[str]:
 
 def score_frame(predictor: Any, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` plus the predictions, the model name and version; the Predictor validates each row."""
-    inputs = [f.name for f in predictor.signature.inputs]
-    rows = [{k: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for k, v in r.items()}
-            for r in frame[inputs].to_dict("records")]
-    if any(f.dtype == "timestamp" for f in predictor.signature.inputs):
-        for r in rows:
-            for f in predictor.signature.inputs:
-                if f.dtype == "timestamp" and r.get(f.name) is not None:
-                    r[f.name] = pd.Timestamp(r[f.name]).isoformat()
+    from aiinfra.serving.predictor import rows_from_frame
+
+    rows = rows_from_frame(frame, predictor.signature.inputs)
     answers = predictor.predict(rows)
     out = frame.copy()
     if predictor.spec.task == "regression":

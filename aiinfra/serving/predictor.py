@@ -19,7 +19,7 @@ from aiinfra.registry.types import FieldSpec, ModelVersion
 from aiinfra.training.model_dir import load_model_dir
 from aiinfra.training.tabular import postprocess, predict_scores
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "rows_from_frame"]
 
 MAX_INSTANCES = 10_000
 
@@ -49,6 +49,20 @@ def _check_value(field: FieldSpec, value: Any) -> str | None:
         except (ValueError, TypeError):
             return f"must be an ISO 8601 timestamp, got {value!r}"
     return None
+
+
+def rows_from_frame(frame: pd.DataFrame, fields: Sequence[FieldSpec]) -> list[dict[str, Any]]:
+    """Request-shaped rows from a table, for the fields it has: missing values as null, numpy scalars
+    as Python values, timestamps as ISO 8601 strings (what an HTTP client would send)."""
+    present = [f for f in fields if f.name in frame.columns]
+    rows = [{k: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for k, v in r.items()}
+            for r in frame[[f.name for f in present]].to_dict("records")]
+    for f in present:
+        if f.dtype == "timestamp":
+            for r in rows:
+                if r[f.name] is not None:
+                    r[f.name] = pd.Timestamp(r[f.name]).isoformat()
+    return rows
 
 
 class Predictor:
