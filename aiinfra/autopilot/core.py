@@ -61,7 +61,10 @@ __all__ = [
     "Autopilot",
     "Decision",
     "StateName",
+    "live_canary",
+    "load_policies",
     "non_inferiority_test",
+    "save_policy",
 ]
 
 Action = Literal["none", "retrain", "start_canary", "promote", "rollback", "abort"]
@@ -92,6 +95,16 @@ MIGRATIONS = (
                 PRIMARY KEY (model, seq)
             )""",
             "CREATE INDEX autopilot_decisions_action ON autopilot_decisions (model, action, at)",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            """CREATE TABLE autopilot_policies (
+                model TEXT PRIMARY KEY,
+                updated_at REAL NOT NULL,
+                policy TEXT NOT NULL
+            )""",
         ),
     ),
 )
@@ -154,6 +167,7 @@ class _State(BaseModel):
     job_id: str | None = None
     challenger_version: int | None = None
     canary_started_at: float | None = None
+    canary_share: float | None = None
     champion_stats: ArmStats | None = None  # the latest cumulative counters of the canary
     challenger_stats: ArmStats | None = None
 
@@ -428,6 +442,7 @@ class Autopilot:
                     job_id=st.job_id,
                     challenger_version=challenger_version,
                     canary_started_at=now,
+                    canary_share=self.policy.canary.share,
                 )
                 canary = self.policy.canary
                 evidence.update(share=canary.share, min_requests=canary.min_requests,
@@ -656,3 +671,48 @@ class Autopilot:
         if st.state == "retraining":
             return f"retraining in progress (job {st.job_id or 'not yet submitted'})"
         return f"canary of version {st.challenger_version} in progress"
+
+
+# -- shared with the actor and the router -------------------------------------------------------
+def save_policy(db: MetadataDB, policy: AutopilotPolicy) -> None:
+    """Store the policy the autopilot drives ``policy.model`` by (replacing the previous one)."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO autopilot_policies (model, updated_at, policy) VALUES (?, ?, ?) "
+            "ON CONFLICT (model) DO UPDATE SET updated_at = excluded.updated_at, policy = excluded.policy",
+            (policy.model, time.time(), policy.model_dump_json()),
+        )
+
+
+def remove_policy(db: MetadataDB, model: str) -> bool:
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    with db.transaction() as tx:
+        found = tx.query("SELECT model FROM autopilot_policies WHERE model = ?", (model,))
+        tx.execute("DELETE FROM autopilot_policies WHERE model = ?", (model,))
+    return bool(found)
+
+
+def load_policies(db: MetadataDB) -> list[AutopilotPolicy]:
+    """Every stored policy, by model name."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    rows = db.query("SELECT policy FROM autopilot_policies ORDER BY model")
+    return [AutopilotPolicy.model_validate_json(r["policy"]) for r in rows]
+
+
+def live_canary(db: MetadataDB, model: str) -> dict[str, Any] | None:
+    """``{"version", "share"}`` while the autopilot runs a canary of ``model``, else None.
+
+    The router reads this to send the policy's share of traffic to the challenger; a missing
+    table (no autopilot ever ran) is simply no canary.
+    """
+    try:
+        rows = db.query("SELECT state, data FROM autopilot_state WHERE model = ?", (model,))
+    except Exception:  # noqa: BLE001 - the table exists only once an autopilot has started
+        return None
+    if not rows or rows[0]["state"] != "canary":
+        return None
+    st = _State.model_validate_json(rows[0]["data"])
+    if st.challenger_version is None or st.canary_share is None:
+        return None
+    return {"version": st.challenger_version, "share": st.canary_share}

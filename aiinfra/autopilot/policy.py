@@ -50,6 +50,9 @@ class TriggerPolicy(_Section):
 class RetrainPolicy(_Section):
     training_config: str = Field(min_length=1, description="the training pipeline's config (path)")
     recent_rows: int = Field(5000, ge=0, description="recent labelled production rows added to the training data")
+    reference_rows: int | None = Field(
+        None, ge=0, description="the newest rows of the training dataset kept beside them (None: all of it)"
+    )
 
 
 class CanaryPolicy(_Section):

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["CATEGORICAL", "CUSTOMERS_FEATURES", "CUSTOMERS_SPEC", "LABEL", "NUMERIC", "TRUE_COEFFICIENTS", "make_customers"]
+__all__ = [
+    "CATEGORICAL", "CUSTOMERS_FEATURES", "CUSTOMERS_SPEC", "DRIFTED_COEFFICIENTS", "LABEL", "NUMERIC",
+    "TRUE_COEFFICIENTS", "make_customers",
+]
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
 CATEGORICAL = ["plan", "region"]
@@ -58,15 +61,32 @@ TRUE_COEFFICIENTS = {
 }
 
 
-def make_customers(n: int = 20_000, *, seed: int = 0, start: str = "2026-01-01", days: int = 180) -> pd.DataFrame:
-    """``n`` rows: customer_id, event_ts, the features, and the label ``churned``."""
+# The world after the demo's drift: a price rise (charges up, more support calls: covariate drift) and
+# customers who now leave the premium plan and no longer signal churn by calling (concept drift).
+DRIFTED_COEFFICIENTS = {
+    "intercept": -0.9,
+    "tenure_months": -0.06,
+    "monthly_charges": 0.025,
+    "support_calls": -0.35,
+    "plan=basic": -0.8,
+    "plan=premium": 1.6,
+}
+
+
+def make_customers(n: int = 20_000, *, seed: int = 0, start: str = "2026-01-01", days: int = 180,
+                   drifted: bool = False, first_id: int = 100_000) -> pd.DataFrame:
+    """``n`` rows: customer_id, event_ts, the features, and the label ``churned``.
+
+    ``drifted=True`` draws from the world after the drift (``DRIFTED_COEFFICIENTS``, higher charges
+    and more support calls): what the demo's production traffic turns into.
+    """
     rng = np.random.default_rng(seed)
     tenure = rng.gamma(shape=2.0, scale=12.0, size=n).round(1)
-    charges = rng.normal(70.0, 25.0, size=n).clip(10, 200).round(2)
-    calls = rng.poisson(1.5, size=n)
+    charges = rng.normal(95.0 if drifted else 70.0, 25.0, size=n).clip(10, 200).round(2)
+    calls = rng.poisson(3.0 if drifted else 1.5, size=n)
     plan = rng.choice(PLANS, size=n, p=[0.5, 0.3, 0.2])
     region = rng.choice(REGIONS, size=n)
-    c = TRUE_COEFFICIENTS
+    c = DRIFTED_COEFFICIENTS if drifted else TRUE_COEFFICIENTS
     logit = (
         c["intercept"]
         + c["tenure_months"] * tenure
@@ -79,7 +99,7 @@ def make_customers(n: int = 20_000, *, seed: int = 0, start: str = "2026-01-01",
     seconds = np.sort(rng.integers(0, days * 86_400, size=n))
     return pd.DataFrame(
         {
-            "customer_id": rng.permutation(n).astype(np.int64) + 100_000,
+            "customer_id": rng.permutation(n).astype(np.int64) + first_id,
             "event_ts": pd.Timestamp(start) + pd.to_timedelta(seconds, unit="s"),
             "tenure_months": tenure,
             "monthly_charges": charges,

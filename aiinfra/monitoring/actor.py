@@ -4,6 +4,10 @@ A thin Ray shell around ``DriftMonitor``. Its reference is built from the versio
 ``champion`` alias names (else its newest version) when the actor starts; reports are stored in
 the metadata DB before they are returned, so a restart (``max_restarts=-1``) loses none of them.
 A timer thread closes time windows when traffic stops; metrics go out through ray.util.metrics.
+
+For the autopilot it also keeps per-version canary arms, the labelled production rows a retrain
+learns from, and ``rebase``: after a promotion the new champion's training data becomes the
+reference, so the drift it was trained on stops counting as drift.
 """
 
 from __future__ import annotations
@@ -27,33 +31,19 @@ class MonitorService:
     def __init__(self, config: PlatformConfig, model: str) -> None:
         from ray.util.metrics import Counter, Gauge
 
-        from aiinfra.errors import NotFound
-        from aiinfra.monitoring.core import DriftMonitor, MonitorSettings
-        from aiinfra.monitoring.reference import build_reference
         from aiinfra.registry.core import ModelRegistry
         from aiinfra.storage import open_artifact_store, open_metadata_db
 
-        store = open_artifact_store(config.storage_root)
-        db = open_metadata_db(config.metadata_url)
-        registry = ModelRegistry(db, store)  # read-only use: the registry actor stays the one writer
-        try:
-            self.version = registry.get(f"{model}@champion")
-        except NotFound:
-            self.version = registry.get(model)
-        reference = build_reference(store, self.version)
-        m = config.monitoring
-        settings = MonitorSettings(window_rows=m.window_rows, window_seconds=m.window_seconds,
-                                   min_rows=min(m.min_rows, m.window_rows), alpha=m.alpha, correction=m.correction)
-        self.core = DriftMonitor(db, model, reference.frame, numeric=reference.numeric,
-                                 categorical=reference.categorical, settings=settings, reference_scores=reference.scores)
-        self.reference_dataset = reference.dataset_version
-        from aiinfra.monitoring.performance import PerformanceTracker
-
-        # In memory: predictions waiting for labels, and the rolling window (a restart starts them afresh).
-        self.performance = PerformanceTracker(reference.task, reference.class_labels or [], self.version.metrics)
+        self._store = open_artifact_store(config.storage_root)
+        self._db = open_metadata_db(config.metadata_url)
+        self._registry = ModelRegistry(self._db, self._store)  # read-only use: the registry actor stays the one writer
+        self.config = config
+        self._model = model
+        self._lock = threading.Lock()
+        self._build()
+        settings = self.core.settings
         self._m_perf = Gauge("aiinfra_performance", "rolling metric on labelled production traffic",
                              tag_keys=("model", "metric"))
-        self._lock = threading.Lock()
         tags = ("model",)
         self._m_windows = Counter("aiinfra_monitor_windows", "closed drift windows by status", tag_keys=("model", "status"))
         self._m_share = Gauge("aiinfra_drift_share", "share of features drifted in the latest window", tag_keys=tags)
@@ -64,6 +54,38 @@ class MonitorService:
         self._stop = threading.Event()
         if settings.window_seconds:
             threading.Thread(target=self._ticker, args=(min(settings.window_seconds / 4, 30.0),), daemon=True).start()
+
+    def _build(self) -> None:
+        """Reference, detector and performance baseline from the champion (else the newest version)."""
+        from aiinfra.errors import NotFound
+        from aiinfra.monitoring.core import DriftMonitor, MonitorSettings
+        from aiinfra.monitoring.performance import PerformanceTracker
+        from aiinfra.monitoring.reference import build_reference
+
+        try:
+            version = self._registry.get(f"{self._model}@champion")
+        except NotFound:
+            version = self._registry.get(self._model)
+        reference = build_reference(self._store, version)
+        m = self.config.monitoring
+        settings = MonitorSettings(window_rows=m.window_rows, window_seconds=m.window_seconds,
+                                   min_rows=min(m.min_rows, m.window_rows), alpha=m.alpha, correction=m.correction)
+        core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
+                            categorical=reference.categorical, settings=settings, reference_scores=reference.scores)
+        # In memory: predictions waiting for labels, the rolling window, the arms and the labelled rows
+        # (a restart starts them afresh; the stored drift reports are what survives).
+        performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
+        old = getattr(self, "performance", None)
+        if old is not None:  # a rebase keeps the labelled production rows and the canary's arms
+            performance._rows, performance.arms, performance.arms_since = old._rows, old.arms, old.arms_since
+        self.version, self.core, self.performance = version, core, performance
+        self.reference_dataset = reference.dataset_version
+
+    def rebase(self) -> dict[str, Any]:
+        """Take the current champion as the reference (after a promotion); the open window is dropped."""
+        with self._lock:
+            self._build()
+        return {"version": self.version.ref, "reference": self.reference_dataset}
 
     def _export(self, reports: list[Any]) -> None:
         for r in reports:
@@ -84,12 +106,16 @@ class MonitorService:
                 self._export([report])
 
     def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
-                request_ids: list[str] | None = None, labels: list[Any] | None = None) -> list[dict[str, Any]]:
-        """Rows served (and the scores and labels given); returns the windows this closed, as stored."""
+                request_ids: list[str] | None = None, labels: list[Any] | None = None,
+                versions: list[int | None] | None = None, errors: dict[int, int] | None = None) -> list[dict[str, Any]]:
+        """Rows served (with scores, request ids, predicted labels and the version that answered each),
+        and failed requests per version; returns the windows this closed, as stored."""
         with self._lock:
-            reports = self.core.observe(rows, scores)
+            reports = self.core.observe(rows, scores) if rows else []
             if request_ids is not None and scores is not None:
-                self.performance.record(request_ids, scores, labels)
+                self.performance.record(request_ids, scores, labels, versions=versions, rows=rows)
+            if errors:
+                self.performance.record_errors(errors)
         self._m_rows.inc(len(rows), tags={"model": self.core.model})
         self._export(reports)
         return [r.model_dump(mode="json") for r in reports]
@@ -102,6 +128,25 @@ class MonitorService:
         for metric, value in snap["metrics"].items():
             self._m_perf.set(value, tags={"model": self.core.model, "metric": metric})
         return {**counts, "performance": snap}
+
+    def arm_stats(self) -> dict[str, Any]:
+        """Requests, errors, labelled and correct rows per served version since ``reset_arms``."""
+        with self._lock:
+            return self.performance.arm_stats()
+
+    def reset_arms(self) -> dict[str, Any]:
+        with self._lock:
+            self.performance.reset_arms()
+            return self.performance.arm_stats()
+
+    def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The most recent labelled production rows: features, label, served_at, version."""
+        with self._lock:
+            return self.performance.labelled_rows(limit)
+
+    def performance_snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"version": self.version.version, **self.performance.snapshot()}
 
     def flush(self) -> dict[str, Any] | None:
         with self._lock:

@@ -4,12 +4,27 @@ Predictions are held by request id (bounded: the oldest are forgotten first) unt
 arrives, however late; then they join a rolling window of the most recent labelled predictions,
 whose accuracy / ROC-AUC (classification) or RMSE / MAE (regression) is compared with the model's
 evaluation baseline (the metrics it was registered with). Feedback for an unknown or forgotten
-request id is counted and ignored; a label that does not fit the model is counted as invalid.
+request id is counted as unknown; a label that does not fit the model is counted as invalid.
+
+A label can also arrive before its prediction: replicas ship their samples every second or so,
+and a client may report the outcome at once. Feedback for an unknown id is therefore held for
+``hold_s`` seconds (at most ``max_held`` of them); if the prediction is recorded meanwhile the two
+are joined (``matched_late``), otherwise it expires (``expired``).
+
+Two more things come out of the same join, for the autopilot:
+
+- Arms: requests, errors, labelled and correct rows per served version since ``reset_arms``, so a
+  canary compares the champion and the challenger on the same live traffic. A row is correct when
+  its predicted class is the true one; for regression, when its absolute error is at most the
+  model's baseline RMSE.
+- Labelled production rows: the served feature rows with their true labels and serving times
+  (the most recent ``max_labelled_rows``), which a retrain adds to its training data.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,32 +40,103 @@ class PerformanceTracker:
     class_labels: the model's labels (index i is class i); empty for regression.
     baseline: the model's evaluation metrics (``accuracy``, ``roc_auc``, ``rmse``, ...).
     window: how many of the latest labelled predictions the rolling metrics cover.
-    max_pending: predictions held while waiting for labels.
+    max_pending: requests held while waiting for labels.
+    max_labelled_rows: labelled production rows kept for retraining.
     """
 
     def __init__(self, task: str, class_labels: Sequence[Any], baseline: Mapping[str, float], *, window: int = 500,
-                 max_pending: int = 100_000) -> None:
+                 max_pending: int = 100_000, max_labelled_rows: int = 50_000, hold_s: float = 300.0,
+                 max_held: int = 100_000) -> None:
         self.task = task
         self.class_labels = list(class_labels)
         self._index = {str(v): i for i, v in enumerate(self.class_labels)}
         self.baseline = {k: float(v) for k, v in baseline.items()}
         self.window = window
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, list[float]] = OrderedDict()
+        # request id -> (served values, version, feature rows or None, served at)
+        self._pending: OrderedDict[str, tuple[list[float], int | None, list[dict[str, Any]] | None, float]] = OrderedDict()
         self._labelled: deque[tuple[float, float]] = deque(maxlen=window)  # (score or prediction, truth)
-        self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0}
+        self._rows: deque[dict[str, Any]] = deque(maxlen=max_labelled_rows)
+        self.arms: dict[int, dict[str, int]] = {}
+        self.arms_since = time.time()
+        self.hold_s, self.max_held = hold_s, max_held
+        self._held: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()  # early labels
+        self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0,
+                       "matched_late": 0, "expired": 0}
 
-    def record(self, request_ids: Sequence[str], scores: Sequence[float], predicted: Sequence[Any] | None = None) -> None:
-        """Served rows in order: consecutive rows with the same request id form one request."""
+    def _arm(self, version: int) -> dict[str, int]:
+        return self.arms.setdefault(int(version), {"requests": 0, "errors": 0, "labelled": 0, "correct": 0})
+
+    def record(self, request_ids: Sequence[str], scores: Sequence[float], predicted: Sequence[Any] | None = None, *,
+               versions: Sequence[int | None] | None = None, rows: Sequence[Mapping[str, Any]] | None = None,
+               served_at: float | None = None) -> None:
+        """Served rows in order: consecutive rows with the same request id form one request.
+
+        ``versions``: the version that answered each row (for the arms); ``rows``: the feature rows
+        (kept until labelled, for retraining).
+        """
+        now = time.time() if served_at is None else served_at
         for i, (rid, score) in enumerate(zip(request_ids, scores)):
             value = float(score)
             if self.task == "multiclass" and predicted is not None:
                 value = float(self._index.get(str(predicted[i]), -1))
-            self._pending.setdefault(str(rid), []).append(value)
+            version = None if versions is None or versions[i] is None else int(versions[i])
+            entry = self._pending.get(str(rid))
+            if entry is None:
+                entry = ([], version, [] if rows is not None else None, now)
+                self._pending[str(rid)] = entry
+                if version is not None:
+                    self._arm(version)["requests"] += 1
+            entry[0].append(value)
+            if entry[2] is not None and rows is not None:
+                entry[2].append(dict(rows[i]))
             self.counts["recorded"] += 1
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
             self.counts["forgotten"] += 1
+        self._join_held(now, {str(r) for r in request_ids})
+
+    def _join_held(self, now: float, recorded: set[str] | None = None) -> None:
+        """Join held labels whose predictions were just ``recorded``; drop those held too long."""
+        while self._held:
+            rid, (_, at) = next(iter(self._held.items()))
+            if now - at <= self.hold_s and len(self._held) <= self.max_held:
+                break
+            del self._held[rid]
+            self.counts["expired"] += 1
+        ready = [rid for rid in (recorded or ()) if rid in self._held and rid in self._pending]
+        for rid in ready:
+            item, _ = self._held.pop(rid)
+            if self._join(rid, item) == "matched":
+                self.counts["matched_late"] += 1
+            else:
+                self.counts["invalid"] += 1
+
+    def record_errors(self, errors: Mapping[Any, int]) -> None:
+        """Failed requests (server errors) per version: a canary arm that fails is rolled back."""
+        for version, n in errors.items():
+            self._arm(int(version))["errors"] += int(n)
+
+    def reset_arms(self) -> None:
+        """Start counting the arms afresh (a canary begins)."""
+        self.arms = {}
+        self.arms_since = time.time()
+
+    def arm_stats(self) -> dict[str, Any]:
+        return {"since": self.arms_since, "arms": {str(v): dict(c) for v, c in self.arms.items()}}
+
+    def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The most recent labelled production rows (oldest first): features, ``label``, ``served_at``, ``version``."""
+        rows = list(self._rows)
+        return rows if limit is None else rows[max(0, len(rows) - limit):]
+
+    def _correct(self, value: float, truth: float) -> bool:
+        if self.task == "binary":
+            return (value >= 0.5) == (truth == 1)
+        if self.task == "multiclass":
+            return value == truth
+        tolerance = self.baseline.get("rmse")
+        return tolerance is not None and abs(value - truth) <= tolerance
 
     def _truth(self, label: Any) -> float | None:
         if self.task == "regression":
@@ -65,27 +151,38 @@ class PerformanceTracker:
     def feedback(self, items: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         """Each item ``{"request_id": ..., "label": ...}`` (``labels``: one per row of that request)."""
         out = {"matched": 0, "unknown": 0, "invalid": 0}
+        now = time.time()
         for item in items:
             rid = str(item.get("request_id"))
-            served = self._pending.get(rid)
-            if served is None:
+            if rid not in self._pending:
                 out["unknown"] += 1
+                self._held[rid] = (dict(item), now)  # its prediction may still be on its way
+                self._held.move_to_end(rid)
                 continue
-            labels = item.get("labels", [item.get("label")] * len(served) if "label" in item else None)
-            if not isinstance(labels, list) or len(labels) != len(served):
-                out["invalid"] += 1
-                continue
-            truths = [self._truth(v) for v in labels]
-            if any(t is None for t in truths):
-                out["invalid"] += 1
-                continue
-            del self._pending[rid]
-            for score, truth in zip(served, truths):
-                self._labelled.append((score, truth))  # type: ignore[arg-type]
-            out["matched"] += 1
+            out[self._join(rid, item)] += 1
         for k, v in out.items():
             self.counts[k] += v
+        self._join_held(now)  # expiry only
         return out
+
+    def _join(self, rid: str, item: Mapping[str, Any]) -> str:
+        served, version, rows, served_at = self._pending[rid]
+        labels = item.get("labels", [item.get("label")] * len(served) if "label" in item else None)
+        if not isinstance(labels, list) or len(labels) != len(served):
+            return "invalid"
+        truths = [self._truth(v) for v in labels]
+        if any(t is None for t in truths):
+            return "invalid"
+        del self._pending[rid]
+        arm = self._arm(version) if version is not None else None
+        for i, (score, truth) in enumerate(zip(served, truths)):
+            self._labelled.append((score, truth))  # type: ignore[arg-type]
+            if arm is not None:
+                arm["labelled"] += 1
+                arm["correct"] += int(self._correct(score, truth))  # type: ignore[arg-type]
+            if rows is not None and i < len(rows):
+                self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version})
+        return "matched"
 
     def snapshot(self) -> dict[str, Any]:
         """Rolling metrics over the latest labelled predictions, against the baseline."""

@@ -26,7 +26,7 @@ FEATURE_VIEW = "customer_profile"
 
 
 def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs: int = 5, seed: int = 0,
-             keep_serving: bool = False) -> dict[str, Any]:
+             keep_serving: bool = False, loop: bool = True) -> dict[str, Any]:
     import httpx
 
     from aiinfra.data.catalog import DatasetCatalog
@@ -47,7 +47,8 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
     from aiinfra.training.config import load_train_config
 
     config = config or load_config()
-    log = StageLog(total=9)  # start, ingest, the pipeline's 5 stages, serve, predict
+    # start, ingest, the pipeline's 5 stages, serve, predict; then the monitoring loop's 5
+    log = StageLog(total=14 if loop else 9)
     summary: dict[str, Any] = {"home": str(config.home)}
     print(f"aiinfra demo: state in {config.home}", flush=True)
 
@@ -137,6 +138,19 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             "bad_request_status": bad.status_code,
             "timeline": log.timeline,
         })
+        if loop:
+            from aiinfra.pipelines.loop import print_timeline, run_loop
+
+            # The retrain job reads the same recipe from a file, on the latest data of the dataset.
+            recipe = cfg.model_dump(mode="json", exclude_none=True)
+            recipe["data"]["dataset"] = DATASET_NAME
+            recipe_path = config.home / "demo" / "churn_training.yaml"
+            recipe_path.parent.mkdir(parents=True, exist_ok=True)
+            recipe_path.write_text(json.dumps(recipe, indent=2))  # JSON is YAML
+            summary["loop"] = run_loop(platform, base=base, auth=auth, reference=df, training_config=str(recipe_path),
+                                       log=log, seed=seed)
+            print_timeline(summary["loop"]["timeline"])
+            print(f"loop report: {summary['loop']['report_html']}", flush=True)
         config.reports_dir.mkdir(parents=True, exist_ok=True)
         (config.reports_dir / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
         print(f"report: {config.reports_dir / 'demo.json'}", flush=True)

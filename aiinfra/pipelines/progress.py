@@ -31,5 +31,6 @@ class StageLog:
             print(f"[{self.done}/{self.total}] {name} FAILED after {time.monotonic() - t0:.1f}s", file=self.out, flush=True)
             raise
         elapsed = time.monotonic() - t0
-        self.timeline.append({"stage": name, "seconds": round(elapsed, 2), "at": round(time.monotonic() - self.started, 2)})
+        self.timeline.append({"stage": name, "seconds": round(elapsed, 2), "at": round(time.monotonic() - self.started, 2),
+                              "ended_at": time.time()})
         print(f"[{self.done}/{self.total}] {name} done in {elapsed:.1f}s", file=self.out, flush=True)

@@ -166,8 +166,13 @@ def _json_safe(value: Any) -> Any:
 
 # -- the pipeline -------------------------------------------------------------------------------
 def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent_run_id: str | None = None,
-                 log: StageLog | None = None) -> TrainingOutcome:
-    """Run the training pipeline on a connected platform; returns what it made and decided."""
+                 log: StageLog | None = None, set_alias: bool = True,
+                 lineage: dict[str, Any] | None = None) -> TrainingOutcome:
+    """Run the training pipeline on a connected platform; returns what it made and decided.
+
+    ``set_alias=False`` registers a version that passed the gate without aliasing it (the autopilot
+    starts its canary itself); ``lineage`` adds entries to the registered version's lineage.
+    """
     import time
 
     from aiinfra.provenance import code_version
@@ -261,7 +266,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                                   reports=reports, trials=trials, holdout_sample=holdout.head(20).copy())
         if cfg.register_model:
             with log.stage("register with lineage and alias"):
-                _register(platform, cfg, outcome, model_dir, data, verdict, code, log)
+                _register(platform, cfg, outcome, model_dir, data, verdict, code, log, set_alias=set_alias,
+                          extra_lineage=lineage)
         registry.finish_run(run_id, status="finished", metrics=report.metrics,
                             artifacts={**reports, **({"model": outcome.model} if outcome.model else {})},
                             cpu_seconds=cpu_s, gpu_seconds=gpu_s)
@@ -322,7 +328,8 @@ def _write_reports(platform: Any, run_id: str, model_dir: Path, report: Any, his
 
 
 def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_dir: Path, data: PreparedData,
-              verdict: Any, code: str, log: StageLog) -> None:
+              verdict: Any, code: str, log: StageLog, *, set_alias: bool = True,
+              extra_lineage: dict[str, Any] | None = None) -> None:
     from aiinfra.training.tabular import signature_for
 
     registry = platform.registry
@@ -331,6 +338,7 @@ def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_d
         "run_id": outcome.run_id, "code_version": code, "config_hash": config_hash(outcome.config),
         "seed": cfg.trainer.seed, "feature_view": cfg.data.feature_view_name,
         "gate": None if verdict is None else {"passed": verdict.passed, "reason": verdict.reason},
+        **(extra_lineage or {}),
     }
     version = registry.register(
         cfg.name, model_dir, metrics=outcome.metrics,
@@ -344,7 +352,9 @@ def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_d
         champion = registry.get(f"{cfg.name}@champion")
     except NotFound:
         champion = None
-    if verdict is not None and verdict.passed:
+    if verdict is not None and verdict.passed and not set_alias and champion is not None:
+        log.note(f"registered {version.ref}; it passed the gate against {champion.ref} (no alias set: its canary is the caller's)")
+    elif verdict is not None and verdict.passed:
         outcome.alias = "champion" if champion is None else "challenger"
         registry.set_alias(cfg.name, version.version, outcome.alias)
         log.note(f"registered {version.ref}, alias {outcome.alias}"

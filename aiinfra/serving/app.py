@@ -148,7 +148,9 @@ class ModelServer:
         from aiinfra.serving.shadow import ShadowComparer
 
         self._shadow = ShadowComparer()
-        self.tokens = TokenStore(open_metadata_db(config.metadata_url))
+        self._db = open_metadata_db(config.metadata_url)
+        self.tokens = TokenStore(self._db)
+        self.canary_share = config.serve.canary_share  # the autopilot's policy share while it runs a canary
         self._feature_store: Any = None
         self._stop = threading.Event()
         if parse_ref(model_ref).version is None:  # an alias (or "newest"): it can move
@@ -162,7 +164,7 @@ class ModelServer:
             self._sampler = MonitorSampler(self._send_to_monitor, rate=config.monitoring.sample_rate)
 
     def _send_to_monitor(self, rows: list[dict[str, Any]], scores: list[float], request_ids: list[str],
-                         labels: list[Any]) -> None:
+                         labels: list[Any], versions: list[int | None], errors: dict[int, int]) -> None:
         """On the sampler's thread: one call to ``monitor:<model>`` (started on first use)."""
         import time
 
@@ -175,18 +177,32 @@ class ModelServer:
         try:
             if self._monitor is None:
                 self._monitor = get_monitor_actor(self.config, self.name)
-            ray.get(self._monitor.observe.remote(rows, scores, request_ids, labels), timeout=60)
+            ray.get(self._monitor.observe.remote(rows, scores, request_ids, labels, versions, errors), timeout=60)
         except Exception:
             self._monitor = None
             self._monitor_retry_at = time.monotonic() + 60.0
             raise
 
-    def _sample(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], request_id: str) -> None:
+    def _sample(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], request_id: str,
+                version: int) -> None:
         if self._sampler is not None:
             from aiinfra.monitoring.reference import score_of
 
             self._sampler.offer(rows, [score_of(p) for p in predictions], request_id,
-                                [p.get("label", p.get("value")) for p in predictions])
+                                [p.get("label", p.get("value")) for p in predictions], version)
+
+    def _answer(self, predictor: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The predictor's answer; a server-side failure is counted against its version (a canary arm)."""
+        try:
+            return predictor.predict(rows)
+        except AiInfraError as e:
+            if e.status_code >= 500 and self._sampler is not None:
+                self._sampler.offer_error(predictor.version.version)
+            raise
+        except Exception:
+            if self._sampler is not None:
+                self._sampler.offer_error(predictor.version.version)
+            raise
 
     def _load(self, version: Any) -> Any:
         from aiinfra.serving.predictor import Predictor
@@ -208,12 +224,16 @@ class ModelServer:
                 log.exception("could not refresh %s; still serving %s", self.model_ref, self.predictor.version.ref)
 
     def _follow_challenger(self) -> None:
-        challenger = self._follow_alias("challenger", self.challenger, self.config.serve.canary_share,
+        from aiinfra.autopilot.core import live_canary
+
+        canary = live_canary(self._db, self.name)  # the autopilot's share while it runs this canary
+        self.canary_share = canary["share"] if canary else self.config.serve.canary_share
+        challenger = self._follow_alias("challenger", self.challenger, self.canary_share,
                                         skip_version=self.predictor.version.version)
         if challenger is not self.challenger:
             self.challenger = challenger
             log.info("canary of %s: %s at %.0f%%", self.name, "ended" if challenger is None else challenger.version.ref,
-                     100 * self.config.serve.canary_share)
+                     100 * self.canary_share)
 
     def _follow_shadow(self) -> None:
         shadow = self._follow_alias("shadow", self.shadow, self.config.serve.shadow_share)
@@ -248,7 +268,7 @@ class ModelServer:
         from aiinfra.serving.routing import goes_to_challenger
 
         challenger = self.challenger
-        if challenger is not None and goes_to_challenger(self.name, request_id, self.config.serve.canary_share):
+        if challenger is not None and goes_to_challenger(self.name, request_id, self.canary_share):
             return challenger
         return self.predictor
 
@@ -266,7 +286,7 @@ class ModelServer:
         """What this deployment serves (for `aiinfra status`; not an HTTP route)."""
         v, c, sh = self.predictor.version, self.challenger, self.shadow
         return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view,
-                "canary": None if c is None else {"version": c.version.version, "share": self.config.serve.canary_share},
+                "canary": None if c is None else {"version": c.version.version, "share": self.canary_share},
                 "shadow": None if sh is None else {"version": sh.version.version, "share": self.config.serve.shadow_share,
                                                    **self._shadow.summary()}}
 
@@ -317,10 +337,10 @@ class ModelServer:
         rows, request_id, wanted = decode_infer_request(body, self.predictor.signature)
         request_id = request_id or _request_id(request)
         predictor = self._route(request_id)  # read once: an alias move mid-request does not mix versions
-        predictions = predictor.predict(rows)
+        predictions = self._answer(predictor, rows)
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
-        self._sample(rows, predictions, request_id)
+        self._sample(rows, predictions, request_id, v.version)
         self._mirror(request_id, rows, predictions)
         return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
                                      request_id=request_id, wanted=wanted)
@@ -339,10 +359,10 @@ class ModelServer:
         request_id = _request_id(request)
         predictor = self._route(request_id)  # read once: an alias move mid-request does not mix versions
         instances = req.instances if req.instances is not None else self._features_for(predictor, req.entity_ids)
-        predictions = predictor.predict(instances)
+        predictions = self._answer(predictor, instances)
         v = predictor.version
         request.state.version, request.state.rows = v.version, len(predictions)
-        self._sample(instances, predictions, request_id)
+        self._sample(instances, predictions, request_id, v.version)
         self._mirror(request_id, instances, predictions)
         return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": request_id}
 

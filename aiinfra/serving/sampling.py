@@ -4,6 +4,9 @@
 counted); a background thread ships what has accumulated every ``interval_s`` with one call. A
 failing or slow monitor costs the response nothing: errors are counted and logged, and at most
 one shipment is in flight (the next waits for the previous to settle, so nothing piles up).
+
+Each row carries the version that answered it, and failed requests are counted per version, so
+the monitor can compare a canary's arms on the same traffic.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ log = logging.getLogger("aiinfra.serving")
 
 class MonitorSampler:
     """Args:
-    send: ships ``(rows, scores, request_ids, labels)``; blocking is fine (it runs on the sampler's thread).
+    send: ships ``(rows, scores, request_ids, labels, versions, errors)``, ``errors`` being failed requests
+        per version since the last shipment; blocking is fine (it runs on the sampler's thread).
     rate: the share of requests sampled (0 to 1).
     capacity: rows held at most between shipments.
     """
 
-    def __init__(self, send: Callable[[list[dict[str, Any]], list[float], list[str], list[Any]], Any], *, rate: float = 1.0,
+    def __init__(self, send: Callable[..., Any], *, rate: float = 1.0,
                  capacity: int = 10_000, interval_s: float = 1.0, max_rows_per_send: int = 5_000,
                  start: bool = True) -> None:
         if not 0.0 <= rate <= 1.0:
@@ -37,7 +41,8 @@ class MonitorSampler:
         self.capacity = capacity
         self.interval_s = interval_s
         self.max_rows_per_send = max_rows_per_send
-        self._buffer: deque[tuple[dict[str, Any], float, str, Any]] = deque()
+        self._buffer: deque[tuple[dict[str, Any], float, str, Any, int | None]] = deque()
+        self._errors: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.counts = {"offered": 0, "sampled": 0, "dropped": 0, "sent": 0, "send_errors": 0}
@@ -47,7 +52,7 @@ class MonitorSampler:
             self._thread.start()
 
     def offer(self, rows: Sequence[Mapping[str, Any]], scores: Sequence[float], request_id: str,
-              labels: Sequence[Any] | None = None) -> None:
+              labels: Sequence[Any] | None = None, version: int | None = None) -> None:
         """Never raises, never blocks on the monitor. ``labels``: the predicted labels, if any."""
         self.counts["offered"] += len(rows)
         if self.rate < 1.0 and random.random() >= self.rate:
@@ -57,20 +62,28 @@ class MonitorSampler:
             take = min(room, len(rows))
             predicted = list(labels) if labels is not None else [None] * len(rows)
             for row, score, label in zip(list(rows)[:take], list(scores)[:take], predicted[:take]):
-                self._buffer.append((dict(row), float(score), request_id, label))
+                self._buffer.append((dict(row), float(score), request_id, label, version))
             self.counts["sampled"] += take
             self.counts["dropped"] += len(rows) - take
+
+    def offer_error(self, version: int) -> None:
+        """A request that ``version`` failed to answer (a server error), sampled at the same rate."""
+        if self.rate < 1.0 and random.random() >= self.rate:
+            return
+        with self._lock:
+            self._errors[version] = self._errors.get(version, 0) + 1
 
     def flush(self) -> int:
         """Ship what is buffered now (the thread does this every ``interval_s``); rows shipped."""
         with self._lock:
             n = min(len(self._buffer), self.max_rows_per_send)
             items = [self._buffer.popleft() for _ in range(n)]
-        if not items:
+            errors, self._errors = self._errors, {}
+        if not items and not errors:
             return 0
-        rows, scores, ids, labels = ([i[k] for i in items] for k in range(4))
+        rows, scores, ids, labels, versions = ([i[k] for i in items] for k in range(5))
         try:
-            self._send(rows, scores, ids, labels)
+            self._send(rows, scores, ids, labels, versions, errors)
             self.counts["sent"] += len(items)
         except Exception:  # noqa: BLE001 - monitoring must never hurt serving
             self.counts["send_errors"] += 1

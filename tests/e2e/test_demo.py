@@ -37,7 +37,7 @@ def demo(tmp_path_factory):
     env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(port)}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [str(BIN / "aiinfra"), "demo", "--rows", "6000", "--epochs", "3", "--keep-serving"],
+        [str(BIN / "aiinfra"), "demo", "--rows", "6000", "--epochs", "3", "--keep-serving", "--no-loop"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []

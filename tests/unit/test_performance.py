@@ -40,3 +40,37 @@ def test_regression_errors_and_the_oldest_pending_predictions_are_forgotten_firs
     snap = t.snapshot()
     assert snap["metrics"] == {"rmse": pytest.approx(2.0), "mae": pytest.approx(2.0)}
     assert snap["counts"]["invalid"] == 1
+
+
+def test_a_label_that_arrives_before_its_prediction_is_held_and_joined():
+    t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8}, hold_s=60)
+    assert t.feedback([{"request_id": "early", "label": 1}]) == {"matched": 0, "unknown": 1, "invalid": 0}
+    t.record(["early"], [0.9], versions=[3], rows=[{"x": 1.0}])
+    assert t.counts["matched_late"] == 1 and t.snapshot()["labelled"] == 1
+    assert t.labelled_rows()[0]["label"] == 1 and t.labelled_rows()[0]["x"] == 1.0
+    assert t.arm_stats()["arms"]["3"] == {"requests": 1, "errors": 0, "labelled": 1, "correct": 1}
+
+
+def test_held_labels_expire(monkeypatch):
+    t = PerformanceTracker("binary", [0, 1], {}, hold_s=10)
+    clock = [1000.0]
+    monkeypatch.setattr("aiinfra.monitoring.performance.time.time", lambda: clock[0])
+    t.feedback([{"request_id": "never", "label": 0}])
+    clock[0] += 11
+    t.record(["other"], [0.1])
+    assert t.counts["expired"] == 1
+    t.record(["never"], [0.2])  # too late: the label is gone
+    assert t.counts["matched_late"] == 0 and t.snapshot()["labelled"] == 0
+
+
+def test_arms_count_requests_errors_and_correct_rows_per_version_since_reset():
+    t = PerformanceTracker("binary", [0, 1], {})
+    t.record(["a", "a", "b"], [0.9, 0.2, 0.7], versions=[1, 1, 2], rows=[{"x": 1}, {"x": 2}, {"x": 3}])
+    t.record_errors({2: 3})
+    t.feedback([{"request_id": "a", "labels": [1, 1]}, {"request_id": "b", "label": 1}])
+    arms = t.arm_stats()["arms"]
+    assert arms["1"] == {"requests": 1, "errors": 0, "labelled": 2, "correct": 1}
+    assert arms["2"] == {"requests": 1, "errors": 3, "labelled": 1, "correct": 1}
+    assert [r["x"] for r in t.labelled_rows()] == [1, 2, 3] and t.labelled_rows(1)[0]["version"] == 2
+    t.reset_arms()
+    assert t.arm_stats()["arms"] == {}

@@ -1,0 +1,153 @@
+"""The drift monitor's CPU as a share of serving CPU under load (target: at most 5%).
+
+A real platform on a local Ray: the churn model trained (1 worker, 2 epochs), served by Ray Serve with
+every request sampled to its monitor (``monitoring.sample_rate`` 1.0, windows of 1,000 rows), then
+``--clients`` concurrent HTTP clients for ``--seconds`` seconds sending ``--rows`` rows per request.
+CPU seconds are read with psutil from the processes themselves: the monitor actor against the Serve
+replicas plus the HTTP proxy. The monitor tests every closed window (alibi-detect), so its share
+grows with rows per second, not requests per second: both are printed.
+
+    .venv/bin/python benchmarks/monitor_cpu.py [--seconds 20] [--clients 16] [--rows 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform as pyplatform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _cpu(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=10, help="rows per request")
+    args = parser.parse_args()
+
+    home = tempfile.mkdtemp(prefix="aiinfra-bench-monitor-")
+    os.environ["AIINFRA_HOME"] = home
+    from aiinfra.config import load_config
+
+    config = load_config(environ={"AIINFRA_SERVE_PORT": "8731"}, home=home)
+    config = config.model_copy(update={"monitoring": config.monitoring.model_copy(update={"sample_rate": 1.0})})
+    from aiinfra.platform import connect
+
+    platform = connect(config)
+    import httpx
+    import ray
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from aiinfra.data.spec import ValidationSpec
+    from aiinfra.data.synthetic import (
+        CATEGORICAL,
+        CUSTOMERS_FEATURES,
+        CUSTOMERS_SPEC,
+        NUMERIC,
+        make_customers,
+    )
+    from aiinfra.monitoring.actor import get_monitor_actor
+    from aiinfra.pipelines.ingest import ingest
+    from aiinfra.pipelines.train import run_training
+    from aiinfra.serving.app import build_app
+    from aiinfra.serving.auth import read_token_file
+    from aiinfra.training.config import load_train_config
+
+    try:
+        print("[1/4] ingest and train the churn model ...", flush=True)
+        data = make_customers(4000)
+        path = Path(home) / "customers.csv"
+        data.to_csv(path, index=False)
+        ingest(config, "customers", str(path), spec=ValidationSpec.model_validate(CUSTOMERS_SPEC))
+        cfg = load_train_config({
+            "name": "churn", "task": "binary",
+            "data": {"dataset": "customers", "label": "churned", "features": CUSTOMERS_FEATURES},
+            "model": {"family": "tabular_mlp", "params": {"hidden": [32, 16]}},
+            "trainer": {"num_workers": 1, "epochs": 2, "batch_size": 256},
+            "gate": {"metric": "roc_auc"},
+        })
+        run_training(platform, cfg)
+        print("[2/4] serve it with every request sampled to its monitor ...", flush=True)
+        serve.start(http_options={"host": "127.0.0.1", "port": 8731})
+        serve.run(build_app(config, "churn@champion"), name="aiinfra", route_prefix="/")
+        base = "http://127.0.0.1:8731"
+        auth = {"Authorization": f"Bearer {read_token_file(config.token_file)}"}
+        rows = data[NUMERIC + CATEGORICAL].head(2000)
+        instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+        assert httpx.post(f"{base}/predict/churn", json={"instances": instances[:1]}, headers=auth).status_code == 200
+        monitor = get_monitor_actor(config, "churn")
+        monitor_pid = ray.get(monitor.pid.remote())
+        time.sleep(3.0)  # the monitor's first shipment and alibi-detect's import are start-up costs, not load
+
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        serving = [a.pid for a in actors if a.class_name.startswith("ServeReplica") or a.class_name == "ProxyActor"]
+        print(f"[3/4] {args.clients} clients x {args.seconds:.0f}s, {args.rows} rows per request "
+              f"(monitor pid {monitor_pid}; serving pids {serving}) ...", flush=True)
+        stop = threading.Event()
+        counts = {"ok": 0, "failed": 0}
+        lock = threading.Lock()
+
+        def client(i: int) -> None:
+            j = i * 97
+            with httpx.Client(timeout=60) as http:
+                while not stop.is_set():
+                    batch = [instances[(j + k) % len(instances)] for k in range(args.rows)]
+                    r = http.post(f"{base}/predict/churn", json={"instances": batch}, headers=auth)
+                    with lock:
+                        counts["ok" if r.status_code == 200 else "failed"] += 1
+                    j += args.rows
+
+        before_m, before_s = _cpu([monitor_pid]), _cpu(serving)
+        start = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        wall = time.perf_counter() - start
+        time.sleep(2.0)  # the last shipments reach the monitor
+        monitor_cpu, serving_cpu = _cpu([monitor_pid]) - before_m, _cpu(serving) - before_s
+        status = ray.get(monitor.status.remote(5))
+        share = monitor_cpu / serving_cpu if serving_cpu else float("nan")
+        print("[4/4] results", flush=True)
+        print(f"\nmachine: {os.cpu_count()} cores, {pyplatform.platform()}; {time.strftime('%Y-%m-%d')}")
+        print(f"requests: {counts['ok']:,} ok, {counts['failed']:,} failed in {wall:.1f}s "
+              f"({counts['ok'] / wall:,.0f} req/s, {counts['ok'] * args.rows / wall:,.0f} rows/s)")
+        print(f"monitor: {status['stats']['rows_seen']:,} rows received, {status['stats']['windows_closed']} windows closed")
+        print("\n| process group | CPU seconds | share of serving |")
+        print("| --- | ---: | ---: |")
+        print(f"| Serve replicas + HTTP proxy | {serving_cpu:.2f} | 1.00 |")
+        print(f"| drift monitor actor | {monitor_cpu:.2f} | {share:.3f} |")
+        print(f"\ntarget: monitor <= 0.05 of serving CPU: {'met' if share <= 0.05 else 'NOT met'} ({share:.1%})")
+    finally:
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        platform.close()
+
+
+if __name__ == "__main__":
+    main()
