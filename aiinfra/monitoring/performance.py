@@ -61,6 +61,7 @@ class PerformanceTracker:
         self.arms_since = time.time()
         self.hold_s, self.max_held = hold_s, max_held
         self._held: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()  # early labels
+        self._late: OrderedDict[str, None] = OrderedDict()  # ids joined from held labels: a client's retry is no news
         self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0,
                        "matched_late": 0, "expired": 0}
 
@@ -109,6 +110,9 @@ class PerformanceTracker:
             item, _ = self._held.pop(rid)
             if self._join(rid, item) == "matched":
                 self.counts["matched_late"] += 1
+                self._late[rid] = None
+                if len(self._late) > self.max_held:
+                    self._late.popitem(last=False)
             else:
                 self.counts["invalid"] += 1
 
@@ -154,6 +158,9 @@ class PerformanceTracker:
         now = time.time()
         for item in items:
             rid = str(item.get("request_id"))
+            if rid in self._late:
+                out["matched"] += 1  # its label was held and joined already; not counted twice
+                continue
             if rid not in self._pending:
                 out["unknown"] += 1
                 self._held[rid] = (dict(item), now)  # its prediction may still be on its way

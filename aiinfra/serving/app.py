@@ -1,8 +1,21 @@
-"""The Ray Serve application: a FastAPI ingress in front of one served model version.
+"""The Ray Serve application: a FastAPI ingress that routes, in front of model deployments that answer.
+
+The graph, per served model::
+
+    HTTP -> ModelServer (ingress + router: auth, body limits, request parsing, feature lookup,
+            canary / shadow routing, monitor sampling, /feedback)
+         -> champion | challenger | shadow   (ModelVersions deployments, one per served role, each with
+            its own replicas and autoscaling; @serve.batch runs concurrent requests through the model
+            in one forward pass)
+
+The router resolves aliases through the registry and names the version in every call, so a model
+deployment answers with exactly the version the router chose: when an alias moves, the router has
+the new version loaded in its deployment (``warm``) before it sends a request there, and requests
+in flight finish on the version they started with.
 
 Routes follow the HTTP contract in DESIGN.md: Open Inference Protocol v2 health and model
 metadata, and ``POST /predict/{name}``. Every error is JSON, ``{"error": message}``, with the
-status of its AiInfraError; a client's mistake is never a 500.
+status of its AiInfraError; a client's mistake is never a 500, and overload is a 503 at once.
 
 ``app_builder`` is what ``serve_configs/*.yaml`` import; ``build_app`` is the Python entry.
 """
@@ -10,12 +23,15 @@ status of its AiInfraError; a client's mistake is never a 500.
 # No `from __future__ import annotations` here: Serve rewrites the route signatures and FastAPI
 # must see real classes (Request), not strings.
 
+import asyncio
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiinfra.config import PlatformConfig, format_validation_error, load_config
 from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
@@ -36,15 +53,32 @@ log = logging.getLogger("aiinfra.serving")
 
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+# What may tag a metric: a name a model can have (Ray encodes tags as ASCII; anything else is one tag).
+_MODEL_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate from a JSON escape (\\ud800) becomes a visible escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @api.exception_handler(AiInfraError)
 async def _platform_error(request: Request, exc: AiInfraError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"error": exc.message})
+    return JSONResponse(status_code=exc.status_code, content={"error": _utf8(exc.message)})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """No route for the path (404) or the method (405): the contract's error shape, not FastAPI's {"detail": ...}."""
+    return JSONResponse(status_code=exc.status_code, content={"error": _utf8(str(exc.detail))}, headers=exc.headers)
 
 
 @api.exception_handler(RequestValidationError)
 async def _request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"error": "invalid request: " + "; ".join(parts)})
+    return JSONResponse(status_code=422, content={"error": _utf8("invalid request: " + "; ".join(parts))})
 
 
 @api.middleware("http")
@@ -56,8 +90,9 @@ async def _measure(request: Request, call_next: Any) -> Any:
     if route and not route.startswith("/v2/health"):
         from aiinfra.serving.metrics import record_request
 
+        name = str(request.scope.get("path_params", {}).get("name", ""))
         record_request(
-            model=str(request.scope.get("path_params", {}).get("name", "")),
+            model=name if response.status_code != 404 and _MODEL_TAG.fullmatch(name) else "(unknown)",
             version=str(getattr(request.state, "version", "")),
             route=route, status=response.status_code, latency_ms=(time.perf_counter() - start) * 1000,
             rows=int(getattr(request.state, "rows", 0)),
@@ -111,42 +146,130 @@ async def _json_body(request: Request, max_bytes: int) -> Any:
         if len(raw) > max_bytes:
             raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+        # A JSON escape can make a lone UTF-16 surrogate (\\ud800), which no UTF-8 text can carry: refused here,
+        # before it reaches an error message or a model deployment (whose worker cannot even serialize it).
+        if _SURROGATE_ESCAPE.search(raw):
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return body
+    except UnicodeEncodeError:
+        raise InvalidInput("request body holds a lone UTF-16 surrogate (an escape \\ud800 to \\udfff without its "
+                           "pair), which is not valid Unicode text") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInput("request body is not valid JSON: nested too deeply") from None
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_queued_requests=64)
+ROLES = ("champion", "challenger", "shadow")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.2}, max_ongoing_requests=32, max_queued_requests=128)
+class ModelVersions:
+    """Answers one model's requests with the version each names; concurrent requests share a forward pass.
+
+    Versions are loaded on first use (download hash-checked) and the ``KEEP`` most recently used are
+    kept, so the old and the new version both answer while an alias moves.
+    """
+
+    KEEP = 2
+
+    def __init__(self, config: PlatformConfig, name: str) -> None:
+        from aiinfra.registry.actor import get_registry_actor
+        from aiinfra.registry.client import RegistryClient
+        from aiinfra.service import ActorBackend
+        from aiinfra.storage import open_artifact_store
+
+        self.name = name
+        self._registry = RegistryClient(
+            ActorBackend(lambda: get_registry_actor(config, create=False)), open_artifact_store(config.storage_root)
+        )
+        self._loaded: OrderedDict[int, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _predictor(self, version: int) -> Any:
+        from aiinfra.serving.predictor import Predictor
+
+        with self._lock:
+            predictor = self._loaded.get(version)
+            if predictor is None:
+                v = self._registry.get(f"{self.name}@{version}")
+                model_dir = self._registry.download(v, tempfile.mkdtemp(prefix=f"aiinfra-{v.name}-{v.version}-"))
+                predictor = Predictor(v, model_dir)
+                self._loaded[version] = predictor
+            self._loaded.move_to_end(version)
+            while len(self._loaded) > self.KEEP:
+                self._loaded.popitem(last=False)
+            return predictor
+
+    async def warm(self, version: int) -> int:
+        """Load ``version`` now, before any request needs it."""
+        await asyncio.to_thread(self._predictor, version)
+        return version
+
+    async def predict(self, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+        predictor = self._loaded.get(version) or await asyncio.to_thread(self._predictor, version)
+        x = predictor.prepare(rows)  # a client's mistake fails this request alone, before batching
+        return predictor.answer(await self._forward(predictor, x))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
+    async def _forward(self, predictors: list[Any], xs: list[Any]) -> list[Any]:
+        import numpy as np
+
+        out: list[Any] = [None] * len(xs)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(predictors):  # mixed versions happen only while an alias moves
+            groups.setdefault(id(p), []).append(i)
+        for idx in groups.values():
+            scores = predictors[idx[0]].forward(np.concatenate([xs[i] for i in idx]))
+            start = 0
+            for i in idx:
+                out[i] = scores[start:start + len(xs[i])]
+                start += len(xs[i])
+        return out
+
+
+class _ShadowCall:
+    """What ShadowComparer calls: the shadow deployment, from the comparer's thread."""
+
+    def __init__(self, handle: Any, version: Any) -> None:
+        self.handle, self.version = handle, version
+
+    def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.handle.predict.remote(rows, self.version.version).result(timeout_s=60)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_queued_requests=256)
 @serve.ingress(api)
 class ModelServer:
-    """Serves the version a reference names (``churn@champion``), and follows the alias when it moves.
+    """Routes requests for the model a reference names (``churn@champion``), and follows the alias.
 
-    A background thread asks the registry every ``FOLLOW_INTERVAL_S`` which version the reference
-    names now; a new one is downloaded (hash-checked) and loaded beside the old, then swapped in
-    with one assignment. Each request reads ``self.predictor`` once, so a request in flight
-    finishes on the version it started with: no request fails because an alias moved.
+    A background thread asks the registry every ``FOLLOW_INTERVAL_S`` which versions the reference,
+    ``NAME@challenger`` and ``NAME@shadow`` name now; a new version is warmed in its deployment and
+    then swapped in with one assignment. Each request reads the routing once, so a request in
+    flight finishes on the version it started with: no request fails because an alias moved.
     """
 
     FOLLOW_INTERVAL_S = 2.0
 
-    def __init__(self, config: PlatformConfig, model_ref: str) -> None:
+    def __init__(self, config: PlatformConfig, model_ref: str, champion: Any, challenger: Any, shadow: Any) -> None:
         from aiinfra.registry.actor import get_registry_actor
         from aiinfra.registry.client import RegistryClient
         from aiinfra.service import ActorBackend
         from aiinfra.serving.auth import TokenStore
+        from aiinfra.serving.shadow import ShadowComparer
         from aiinfra.storage import open_artifact_store, open_metadata_db
 
         self.config = config
         self.model_ref = model_ref
+        self._slots = {"champion": champion, "challenger": challenger, "shadow": shadow}
         self._registry = RegistryClient(
             ActorBackend(lambda: get_registry_actor(config, create=False)), open_artifact_store(config.storage_root)
         )
-        self.predictor = self._load(self._registry.get(model_ref))
-        self.name = self.predictor.version.name
+        self.primary = self._registry.get(model_ref)
+        self.name = self.primary.name  # its deployment loads it on the first request
         self.challenger: Any = None  # the canary's version, while the model has a `challenger` alias
         self.shadow: Any = None  # a version mirrored (compared, never returned) while a `shadow` alias exists
-        from aiinfra.serving.shadow import ShadowComparer
-
         self._shadow = ShadowComparer()
         self._db = open_metadata_db(config.metadata_url)
         self.tokens = TokenStore(self._db)
@@ -163,11 +286,13 @@ class ModelServer:
 
             self._sampler = MonitorSampler(self._send_to_monitor, rate=config.monitoring.sample_rate)
 
+    def _warm(self, role: str, version: Any) -> None:
+        """Block until the role's deployment has ``version`` loaded (on the follower thread, or at start)."""
+        self._slots[role].warm.remote(version.version).result(timeout_s=300)
+
     def _send_to_monitor(self, rows: list[dict[str, Any]], scores: list[float], request_ids: list[str],
                          labels: list[Any], versions: list[int | None], errors: dict[int, int]) -> None:
         """On the sampler's thread: one call to ``monitor:<model>`` (started on first use)."""
-        import time
-
         import ray
 
         from aiinfra.monitoring.actor import get_monitor_actor
@@ -191,37 +316,49 @@ class ModelServer:
             self._sampler.offer(rows, [score_of(p) for p in predictions], request_id,
                                 [p.get("label", p.get("value")) for p in predictions], version)
 
-    def _answer(self, predictor: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The predictor's answer; a server-side failure is counted against its version (a canary arm)."""
+    def _failed(self, version: Any) -> None:
+        if self._sampler is not None:
+            self._sampler.offer_error(version.version)
+
+    async def _answer(self, role: str, version: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The role's deployment answers with ``version``; server-side failures count against that version."""
+        from ray.exceptions import RayActorError, RayTaskError
+        from ray.serve.exceptions import BackPressureError
+
         try:
-            return predictor.predict(rows)
+            return await self._slots[role].predict.remote(rows, version.version)
+        except BackPressureError:
+            self._failed(version)
+            raise ServiceUnavailable(f"{version.ref} is at capacity; retry with backoff") from None
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, AiInfraError):
+                if cause.status_code >= 500:
+                    self._failed(version)
+                raise cause from None
+            self._failed(version)
+            raise
         except AiInfraError as e:
-            if e.status_code >= 500 and self._sampler is not None:
-                self._sampler.offer_error(predictor.version.version)
+            if e.status_code >= 500:
+                self._failed(version)
             raise
-        except Exception:
-            if self._sampler is not None:
-                self._sampler.offer_error(predictor.version.version)
-            raise
-
-    def _load(self, version: Any) -> Any:
-        from aiinfra.serving.predictor import Predictor
-
-        model_dir = self._registry.download(version, tempfile.mkdtemp(prefix=f"aiinfra-{version.name}-{version.version}-"))
-        return Predictor(version, model_dir)
+        except RayActorError:
+            self._failed(version)
+            raise ServiceUnavailable(f"a replica serving {version.ref} went away; retry") from None
 
     def _follow(self) -> None:
         while not self._stop.wait(self.FOLLOW_INTERVAL_S):
             try:
                 current = self._registry.get(self.model_ref)
-                if current.version != self.predictor.version.version:
-                    previous = self.predictor.version.ref
-                    self.predictor = self._load(current)  # one assignment: the swap is atomic
+                if current.version != self.primary.version:
+                    previous = self.primary.ref
+                    self._warm("champion", current)
+                    self.primary = current  # one assignment: the swap is atomic
                     log.info("%s moved from %s to %s; now serving it", self.model_ref, previous, current.ref)
                 self._follow_challenger()
                 self._follow_shadow()
             except Exception:  # noqa: BLE001 - keep serving what we have; try again next tick
-                log.exception("could not refresh %s; still serving %s", self.model_ref, self.predictor.version.ref)
+                log.exception("could not refresh %s; still serving %s", self.model_ref, self.primary.ref)
 
     def _follow_challenger(self) -> None:
         from aiinfra.autopilot.core import live_canary
@@ -229,48 +366,49 @@ class ModelServer:
         canary = live_canary(self._db, self.name)  # the autopilot's share while it runs this canary
         self.canary_share = canary["share"] if canary else self.config.serve.canary_share
         challenger = self._follow_alias("challenger", self.challenger, self.canary_share,
-                                        skip_version=self.predictor.version.version)
+                                        skip_version=self.primary.version)
         if challenger is not self.challenger:
             self.challenger = challenger
-            log.info("canary of %s: %s at %.0f%%", self.name, "ended" if challenger is None else challenger.version.ref,
+            log.info("canary of %s: %s at %.0f%%", self.name, "ended" if challenger is None else challenger.ref,
                      100 * self.canary_share)
 
     def _follow_shadow(self) -> None:
         shadow = self._follow_alias("shadow", self.shadow, self.config.serve.shadow_share)
         if shadow is not self.shadow:
             self.shadow = shadow
-            log.info("shadow of %s: %s at %.0f%%", self.name, "ended" if shadow is None else shadow.version.ref,
+            log.info("shadow of %s: %s at %.0f%%", self.name, "ended" if shadow is None else shadow.ref,
                      100 * self.config.serve.shadow_share)
 
-    def _follow_alias(self, alias: str, loaded: Any, share: float, skip_version: int | None = None) -> Any:
-        """The predictor ``NAME@alias`` names now: ``loaded`` when unchanged, a new one when it moved, else None."""
+    def _follow_alias(self, alias: str, current: Any, share: float, skip_version: int | None = None) -> Any:
+        """The version ``NAME@alias`` names now (warmed in its deployment): ``current`` when unchanged, else None."""
         if share <= 0:
-            return loaded
+            return current
         try:
             wanted = self._registry.get(f"{self.name}@{alias}")
         except NotFound:
             return None
         if wanted.version == skip_version:
             return None
-        if loaded is not None and loaded.version.version == wanted.version:
-            return loaded
-        return self._load(wanted)
+        if current is not None and current.version == wanted.version:
+            return current
+        self._warm(alias, wanted)
+        return wanted
 
     def _mirror(self, request_id: str, rows: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> None:
         from aiinfra.serving.routing import stable_fraction
 
         shadow = self.shadow
         if shadow is not None and stable_fraction(f"shadow:{self.name}:{request_id}") < self.config.serve.shadow_share:
-            self._shadow.mirror(shadow, rows, predictions)
+            self._shadow.mirror(_ShadowCall(self._slots["shadow"], shadow), rows, predictions)
 
-    def _route(self, request_id: str) -> Any:
-        """The predictor that answers this request (read once: the whole request uses it)."""
+    def _route(self, request_id: str) -> tuple[str, Any]:
+        """The role and version that answer this request (read once: the whole request uses them)."""
         from aiinfra.serving.routing import goes_to_challenger
 
         challenger = self.challenger
         if challenger is not None and goes_to_challenger(self.name, request_id, self.canary_share):
-            return challenger
-        return self.predictor
+            return "challenger", challenger
+        return "champion", self.primary
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -280,14 +418,15 @@ class ModelServer:
     @property
     def feature_view(self) -> str | None:
         """The view the served version was trained from: where features for `entity_ids` come from."""
-        return (self.predictor.version.lineage.model_extra or {}).get("feature_view")
+        return (self.primary.lineage.model_extra or {}).get("feature_view")
 
     def served(self) -> dict[str, Any]:
-        """What this deployment serves (for `aiinfra status`; not an HTTP route)."""
-        v, c, sh = self.predictor.version, self.challenger, self.shadow
+        """What this application serves (for `aiinfra status`; not an HTTP route)."""
+        v, c, sh = self.primary, self.challenger, self.shadow
         return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view,
-                "canary": None if c is None else {"version": c.version.version, "share": self.canary_share},
-                "shadow": None if sh is None else {"version": sh.version.version, "share": self.config.serve.shadow_share,
+                "deployments": {role: f"ModelVersions ({role})" for role in ROLES},
+                "canary": None if c is None else {"version": c.version, "share": self.canary_share},
+                "shadow": None if sh is None else {"version": sh.version, "share": self.config.serve.shadow_share,
                                                    **self._shadow.summary()}}
 
     def _authorize(self, request: Request, action: str) -> None:
@@ -311,11 +450,11 @@ class ModelServer:
 
         self._authorize(request, "predict")
         self._check_name(name)
-        predictor = self.predictor
-        sig = predictor.signature
+        version = self.primary
+        sig = version.signature
         return {
             "name": self.name,
-            "versions": [str(predictor.version.version)],
+            "versions": [str(version.version)],
             "platform": "aiinfra-torch",
             "inputs": [tensor(f) for f in sig.inputs],
             "outputs": [tensor(f) for f in sig.outputs],
@@ -334,15 +473,14 @@ class ModelServer:
         self._check_name(name)
         # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
         body = await _json_body(request, self.config.serve.max_body_bytes)
-        rows, request_id, wanted = decode_infer_request(body, self.predictor.signature)
+        rows, request_id, wanted = decode_infer_request(body, self.primary.signature)
         request_id = request_id or _request_id(request)
-        predictor = self._route(request_id)  # read once: an alias move mid-request does not mix versions
-        predictions = self._answer(predictor, rows)
-        v = predictor.version
-        request.state.version, request.state.rows = v.version, len(predictions)
-        self._sample(rows, predictions, request_id, v.version)
+        role, version = self._route(request_id)  # read once: an alias move mid-request does not mix versions
+        predictions = await self._answer(role, version, rows)
+        request.state.version, request.state.rows = version.version, len(predictions)
+        self._sample(rows, predictions, request_id, version.version)
         self._mirror(request_id, rows, predictions)
-        return encode_infer_response(predictions, predictor.signature, model=v.name, version=v.version,
+        return encode_infer_response(predictions, version.signature, model=version.name, version=version.version,
                                      request_id=request_id, wanted=wanted)
 
     @api.post("/predict/{name}")
@@ -357,14 +495,13 @@ class ModelServer:
         if (req.instances is None) == (req.entity_ids is None):
             raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
         request_id = _request_id(request)
-        predictor = self._route(request_id)  # read once: an alias move mid-request does not mix versions
-        instances = req.instances if req.instances is not None else self._features_for(predictor, req.entity_ids)
-        predictions = self._answer(predictor, instances)
-        v = predictor.version
-        request.state.version, request.state.rows = v.version, len(predictions)
-        self._sample(instances, predictions, request_id, v.version)
+        role, version = self._route(request_id)  # read once: an alias move mid-request does not mix versions
+        instances = req.instances if req.instances is not None else self._features_for(version, req.entity_ids)
+        predictions = await self._answer(role, version, instances)
+        request.state.version, request.state.rows = version.version, len(predictions)
+        self._sample(instances, predictions, request_id, version.version)
         self._mirror(request_id, instances, predictions)
-        return {"predictions": predictions, "model": v.name, "version": v.version, "request_id": request_id}
+        return {"predictions": predictions, "model": version.name, "version": version.version, "request_id": request_id}
 
     @api.post("/feedback/{name}")
     async def feedback(self, name: str, request: Request) -> dict[str, Any]:
@@ -393,12 +530,12 @@ class ModelServer:
         return {"model": self.name, "accepted": result["matched"], "unknown_request_ids": result["unknown"],
                 "invalid": result["invalid"]}
 
-    def _features_for(self, predictor: Any, entity_ids: list[Any]) -> list[dict[str, Any]]:
+    def _features_for(self, version: Any, entity_ids: list[Any]) -> list[dict[str, Any]]:
         """One online-store call for all the entities; each must have current features."""
-        v = predictor.version
-        view = (v.lineage.model_extra or {}).get("feature_view")
+        view = (version.lineage.model_extra or {}).get("feature_view")
         if view is None:
-            raise InvalidInput(f"{v.ref} was not trained from a feature view, so it cannot look up entity_ids; send instances")
+            raise InvalidInput(f"{version.ref} was not trained from a feature view, so it cannot look up entity_ids; "
+                               "send instances")
         if not entity_ids or len(entity_ids) > MAX_INSTANCES:
             raise InvalidInput(f"entity_ids must hold 1 to {MAX_INSTANCES} ids")
         if any(isinstance(e, (dict, list)) or e is None for e in entity_ids):
@@ -418,7 +555,7 @@ class ModelServer:
                 f"no current features in view {view!r} for entity id(s) {unknown[:20]}"
                 + (" (and more)" if len(unknown) > 20 else "")
             )
-        inputs = [f.name for f in predictor.signature.inputs]
+        inputs = [f.name for f in version.signature.inputs]
         return [{k: r["features"].get(k) for k in inputs} for r in rows]
 
 
@@ -432,8 +569,16 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
                                 "target_ongoing_requests": sv.target_ongoing_requests}}
         if sv.max_replicas > sv.min_replicas else {"num_replicas": sv.min_replicas}
     )
-    return ModelServer.options(max_ongoing_requests=sv.max_ongoing_requests, max_queued_requests=sv.max_queued_requests,
-                               **scaling).bind(config, model_ref)
+    name = parse_ref(model_ref).name
+    limits = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests}
+    # The champion's deployment scales with traffic; the challenger and shadow get a share of it, one replica each.
+    champion = ModelVersions.options(name="champion", **limits, **scaling).bind(config, name)
+    challenger = ModelVersions.options(name="challenger", **limits, num_replicas=1).bind(config, name)
+    shadow = ModelVersions.options(name="shadow", **limits, num_replicas=1).bind(config, name)
+    # The router does little per request: it gets a deeper queue than the models behind it.
+    return ModelServer.options(max_ongoing_requests=4 * sv.max_ongoing_requests,
+                               max_queued_requests=4 * sv.max_queued_requests, **scaling).bind(
+        config, model_ref, champion, challenger, shadow)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -84,6 +84,11 @@ def decode_infer_request(body: Any, signature: Signature) -> tuple[list[dict[str
         if bad:
             raise InvalidInput(f"unknown output(s) {bad}; this model gives {sorted(known)}")
     request_id = body.get("id")
+    if request_id is not None:
+        try:
+            str(request_id).encode("utf-8")  # it is echoed in the answer
+        except UnicodeEncodeError:
+            raise InvalidInput("'id' must be valid Unicode text (it holds a lone surrogate)") from None
     rows = [{name: values[r] for name, values in columns.items()} for r in range(rows_n or 0)]
     return rows, (str(request_id) if request_id is not None else None), wanted
 

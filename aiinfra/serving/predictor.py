@@ -7,6 +7,7 @@ directly. Validation is against the version's registered signature and names eve
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,16 @@ def _check_value(field: FieldSpec, value: Any) -> str | None:
     if field.dtype in ("float32", "float64"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be a number, got {type(value).__name__}"
+        if isinstance(value, int) and abs(value) > sys.float_info.max:  # math.isfinite would raise OverflowError
+            return "is out of range"
         if not math.isfinite(value):
             return "must be finite"
     elif field.dtype in ("int32", "int64"):
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             return f"must be an integer, got {value!r}"
+        bits = 31 if field.dtype == "int32" else 63
+        if not -(2**bits) <= value < 2**bits:
+            return f"is out of range for {field.dtype}"
     elif field.dtype == "bool":
         if not isinstance(value, bool):
             return f"must be true or false, got {type(value).__name__}"
@@ -102,7 +108,17 @@ class Predictor:
             raise InvalidInput("invalid input: " + "; ".join(problems))
         return instances  # type: ignore[return-value]
 
+    # The three steps apart, so that a Serve deployment can batch the middle one across requests.
+    def prepare(self, instances: object) -> np.ndarray:
+        """Validated, transformed model inputs (one row per instance)."""
+        return self.preprocessor.transform_rows(self.validate(instances))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The model's raw scores, one entry (or row) per input row."""
+        return np.atleast_1d(predict_scores(self.module, self.spec, x))
+
+    def answer(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        return postprocess(self.spec, scores)
+
     def predict(self, instances: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        rows = self.validate(instances)
-        x = self.preprocessor.transform_rows(rows)
-        return postprocess(self.spec, np.atleast_1d(predict_scores(self.module, self.spec, x)))
+        return self.answer(self.forward(self.prepare(instances)))

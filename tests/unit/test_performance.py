@@ -74,3 +74,11 @@ def test_arms_count_requests_errors_and_correct_rows_per_version_since_reset():
     assert [r["x"] for r in t.labelled_rows()] == [1, 2, 3] and t.labelled_rows(1)[0]["version"] == 2
     t.reset_arms()
     assert t.arm_stats()["arms"] == {}
+
+
+def test_a_retried_label_after_a_late_join_is_accepted_not_counted_twice():
+    t = PerformanceTracker("binary", [0, 1], {})
+    t.feedback([{"request_id": "r", "label": 1}])  # before the prediction: held
+    t.record(["r"], [0.8])
+    assert t.feedback([{"request_id": "r", "label": 1}])["matched"] == 1  # the client's retry
+    assert t.snapshot()["labelled"] == 1

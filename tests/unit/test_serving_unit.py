@@ -127,12 +127,20 @@ def test_the_app_builder_applies_replicas_autoscaling_and_back_pressure_from_the
 
     base = load_config(environ={}, home=str(tmp_path))
 
-    def deployment_config(**serve):
+    def deployment_config(role="champion", **serve):
+        """The config of the router (role None) or of a model deployment in the app's graph."""
         cfg = base.model_copy(update={"serve": base.serve.model_copy(update=serve)})
-        return build_app(cfg, "churn@champion")._bound_deployment._deployment_config
+        router = build_app(cfg, "churn@champion")._bound_deployment
+        if role is None:
+            return router._deployment_config
+        models = {a._bound_deployment.name: a._bound_deployment for a in router.init_args[2:]}
+        assert set(models) == {"champion", "challenger", "shadow"}  # one deployment per served role
+        return models[role]._deployment_config
 
     fixed = deployment_config(min_replicas=2, max_replicas=2, max_queued_requests=7)
     assert fixed.num_replicas == 2 and fixed.autoscaling_config is None and fixed.max_queued_requests == 7
+    assert deployment_config("challenger", min_replicas=2, max_replicas=2).num_replicas == 1
+    assert deployment_config(None, max_queued_requests=7).max_queued_requests == 28  # the router queues deeper
     scaled = deployment_config(min_replicas=1, max_replicas=4, target_ongoing_requests=3)
     assert scaled.autoscaling_config.max_replicas == 4 and scaled.autoscaling_config.target_ongoing_requests == 3
     with pytest.raises(InvalidInput, match="max_replicas"):

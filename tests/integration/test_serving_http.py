@@ -1,0 +1,436 @@
+"""The Serve app over real HTTP: fuzzing its OpenAPI document, bad bodies, back-pressure, OIP v2 round trip.
+
+Runs in the session's shared Ray (tests/integration/conftest.py). One module fixture registers a small
+tabular model (untrained, seeded: these tests check the HTTP contract, not accuracy) and deploys two
+Serve apps on a free port: the model as `build_app` makes it, and the same model with tiny
+back-pressure limits under `/bp`. Both are deleted and Serve is shut down at the end.
+
+The contract (DESIGN.md, HTTP): errors are JSON `{"error": message}`; 401/403 auth, 404 unknown model,
+413 body too large, 422 invalid input, 503 overloaded; never a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+MODEL = "httpcheck"
+BP = "/bp"  # route prefix of the back-pressure app
+ROW = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north",
+       "autopay": False}
+CALM = {"tenure_months": 60.0, "monthly_charges": 30.0, "support_calls": 0, "plan": "premium", "region": "north",
+        "autopay": True}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_dir(path: Path):
+    """A small churn model with one boolean input (`autopay`), and its signature.
+
+    `fit_features` types a bool column as float64, so the signature a serving client sees is set here
+    as a bool-aware trainer would register it: `autopay` is `bool` (OIP datatype BOOL).
+    """
+    import numpy as np
+    import torch
+
+    from aiinfra.data.synthetic import CUSTOMERS_FEATURES, make_customers
+    from aiinfra.data.transforms import fit_features, load_feature_spec
+    from aiinfra.registry.types import FieldSpec
+    from aiinfra.training.model_dir import ModelSpec, save_model_dir
+    from aiinfra.training.models import build_model
+    from aiinfra.training.tabular import signature_for
+
+    df = make_customers(600, seed=2)
+    df["autopay"] = np.random.default_rng(2).random(len(df)) < 0.4
+    spec = {"features": [*CUSTOMERS_FEATURES["features"],
+                         {"column": "autopay", "steps": [{"op": "clip", "min": 0, "max": 1}]}]}
+    pre = fit_features(df, load_feature_spec(spec))
+    torch.manual_seed(0)
+    mspec = ModelSpec(family="tabular_mlp", params={"hidden": [8]}, input_dim=pre.output_dim, output_dim=1)
+    save_model_dir(path, mspec, build_model(mspec.family, mspec.input_dim, 1, mspec.params).state_dict(), pre)
+    sig = signature_for(pre)
+    inputs = [FieldSpec(name=f.name, dtype="bool") if f.name == "autopay" else f for f in sig.inputs]
+    return sig.model_copy(update={"inputs": inputs})
+
+
+@pytest.fixture(scope="module")
+def served(platform, platform_config, tmp_path_factory):
+    from ray import serve
+
+    from aiinfra.serving.app import build_app
+    from aiinfra.serving.auth import TokenStore
+    from aiinfra.storage import open_metadata_db
+
+    model_dir = tmp_path_factory.mktemp("httpcheck") / "m"
+    version = platform.registry.register(MODEL, model_dir, signature=_model_dir(model_dir))
+    db = open_metadata_db(platform_config.metadata_url)
+    tokens = TokenStore(db)
+    predict_token, feedback_token = tokens.create("predict", who="test"), tokens.create("feedback", who="test")
+    db.close()
+
+    port = _free_port()
+    # Monitoring off: a sampled request would start a `monitor:` actor (and import alibi-detect) for nothing.
+    cfg = platform_config.model_copy(update={
+        "serve": platform_config.serve.model_copy(update={"port": port}),
+        "monitoring": platform_config.monitoring.model_copy(update={"enabled": False}),
+    })
+    tight = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1})})
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
+    ref = f"{MODEL}@{version.version}"
+    try:
+        serve.run(build_app(cfg, ref), name="httpcheck", route_prefix="/")
+        serve.run(build_app(tight, ref), name="httpcheck-bp", route_prefix=BP)
+        yield {"base": f"http://127.0.0.1:{port}", "version": version.version,
+               "auth": {"Authorization": f"Bearer {predict_token}"},
+               "feedback_only": {"Authorization": f"Bearer {feedback_token}"}}
+    finally:
+        for app in ("httpcheck", "httpcheck-bp"):
+            try:
+                serve.delete(app)
+            except Exception:  # noqa: BLE001 - best effort; shutdown below removes the rest
+                pass
+        serve.shutdown()
+
+
+def _assert_error_json(r: httpx.Response | object, what: object) -> None:
+    body = r.json() if isinstance(r, httpx.Response) else json.loads(r.text)  # type: ignore[attr-defined]
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], (what, r.status_code, r.text[:300])
+
+
+# -- a. the OpenAPI document, fuzzed ------------------------------------------------------------------
+
+def test_openapi_fuzz_gives_no_5xx_and_json_errors(served):
+    """Every operation of the live app's /openapi.json, with a valid token and without, twice: path values
+    from all of Unicode, then ASCII only (most Unicode names hit the known non-ASCII 500 before anything else)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    seen: list[tuple[str, int]] = []
+
+    def fuzz(client: httpx.Client, op, headers: dict[str, str]):
+        @settings(max_examples=10, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def check(case):
+            r = client.request(case.method, case.formatted_path, headers={**(case.headers or {}), **headers})
+            seen.append((op.label, r.status_code))
+            assert r.status_code < 500, (op.label, case.formatted_path, r.status_code, r.text[:300])
+            if r.status_code >= 400:
+                _assert_error_json(r, (op.label, case.formatted_path))
+
+        return check
+
+    with httpx.Client(base_url=served["base"], timeout=30) as client:
+        for codec in ("utf-8", "ascii"):
+            schema = schemathesis.openapi.from_url(f"{served['base']}/openapi.json")
+            schema.config.generation.update(codec=codec)
+            operations = [r.ok() for r in schema.get_all_operations()]
+            labels = {op.label for op in operations}
+            assert {"POST /predict/{name}", "POST /v2/models/{name}/infer", "GET /v2/models/{name}",
+                    "GET /v2/models/{name}/ready", "POST /feedback/{name}", "GET /v2/health/live"} <= labels, labels
+            for op in operations:
+                for headers in (served["auth"], {}):
+                    fuzz(client, op, headers)()
+    assert len(seen) > 80, len(seen)
+    codes = {code for label, code in seen if "health" not in label}
+    assert codes == {401, 404}, seen  # every made-up name: no token 401 (or 404 on the open /ready), else 404
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/no/such/route"), ("GET", "/predict/httpcheck"),
+                                         ("POST", "/v2/models/a%2Fb/infer")])
+def test_unmatched_paths_answer_the_error_json_shape(served, method, path):
+    r = httpx.request(method, served["base"] + path, headers=served["auth"], timeout=30)
+    assert r.status_code in (404, 405)
+    _assert_error_json(r, path)
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v2/models/caf%C3%A9"), ("GET", "/v2/models/%C2%80/ready"),
+                                         ("POST", "/predict/%E4%BD%A0%E5%A5%BD"), ("POST", "/v2/models/%C3%A9/infer")])
+@pytest.mark.parametrize("authorized", [True, False], ids=["token", "no-token"])
+def test_a_non_ascii_model_name_is_404_not_500(served, method, path, authorized):
+    r = httpx.request(method, served["base"] + path, content=_row() if method == "POST" else None,
+                      headers=served["auth"] if authorized else {}, timeout=30)
+    assert r.status_code in (401, 404), r.text[:300]
+    _assert_error_json(r, path)
+
+
+# -- a. hand-made bad bodies --------------------------------------------------------------------------
+
+def _infer(inputs, **extra) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+def _t(name, datatype, data, shape=None):
+    return {"name": name, "datatype": datatype, "shape": shape if shape is not None else [len(data)], "data": data}
+
+
+GOOD_TENSORS = [_t("tenure_months", "FP32", [2.0]), _t("monthly_charges", "FP64", [150.0]),
+                _t("support_calls", "INT64", [6]), _t("plan", "BYTES", ["basic"]), _t("region", "BYTES", ["north"]),
+                _t("autopay", "BOOL", [False])]
+
+
+def _swap(name, tensor):
+    return [tensor if t["name"] == name else t for t in GOOD_TENSORS]
+
+
+def _row(**changes):
+    return json.dumps({"instances": [{**ROW, **changes}]}).encode()
+
+
+PREDICT = f"/predict/{MODEL}"
+INFER = f"/v2/models/{MODEL}/infer"
+BAD_BODIES = [
+    # (id, path, body bytes, status, a word the error names)
+    ("not-json", PREDICT, b"{not json", 422, "JSON"),
+    ("empty", PREDICT, b"", 422, "JSON"),
+    ("utf16-bom-garbage", PREDICT, b"\xff\xfe\xff", 422, "JSON"),
+    ("list-body", PREDICT, b"[]", 422, "predict request"),
+    ("null-body", PREDICT, b"null", 422, "predict request"),
+    ("string-body", PREDICT, b'"instances"', 422, "predict request"),
+    ("instances-not-list", PREDICT, b'{"instances": "x"}', 422, "instances"),
+    ("instances-empty", PREDICT, b'{"instances": []}', 422, "non-empty"),
+    ("row-not-object", PREDICT, b'{"instances": [1]}', 422, "instances[0]"),
+    ("row-empty", PREDICT, b'{"instances": [{}]}', 422, "missing"),
+    ("wrong-type-number", PREDICT, _row(tenure_months="long"), 422, "tenure_months"),
+    ("wrong-type-bool-as-number", PREDICT, _row(monthly_charges=True), 422, "monthly_charges"),
+    ("wrong-type-int", PREDICT, _row(support_calls=1.5), 422, "support_calls"),
+    ("wrong-type-string", PREDICT, _row(plan=3), 422, "plan"),
+    ("wrong-type-bool", PREDICT, _row(autopay="yes"), 422, "autopay"),
+    ("null-value", PREDICT, _row(region=None), 422, "region"),
+    ("missing-field", PREDICT, json.dumps({"instances": [{k: v for k, v in ROW.items() if k != "plan"}]}).encode(), 422, "plan"),
+    ("extra-field", PREDICT, _row(favourite_colour="red"), 422, "favourite_colour"),
+    ("extra-top-level", PREDICT, json.dumps({"instances": [ROW], "rows": 1}).encode(), 422, "rows"),
+    ("nan", PREDICT, _row(tenure_months=math.nan), 422, "finite"),
+    ("infinity", PREDICT, _row(monthly_charges=-math.inf), 422, "finite"),
+    ("float-overflow-literal", PREDICT, _row(tenure_months=0.5).replace(b"0.5", b"1e999"), 422, "finite"),
+    ("too-many-rows", PREDICT, b'{"instances": [' + b"{}," * 10_000 + b"{}]}", 422, "10000"),
+    ("both-instances-and-ids", PREDICT, json.dumps({"instances": [ROW], "entity_ids": [1]}).encode(), 422, "exactly one"),
+    ("entity-ids-without-feature-view", PREDICT, b'{"entity_ids": [1]}', 422, "feature view"),
+    ("too-large", PREDICT, b'{"instances": [' + b'{"tenure_months": 1.0},' * 60_000 + b"{}]}", 413, "limit"),
+    ("unknown-model", "/predict/nope", _row(), 404, "nope"),
+    ("unknown-model-infer", "/v2/models/nope/infer", _infer(GOOD_TENSORS), 404, "nope"),
+    ("infer-not-json", INFER, b"{", 422, "JSON"),
+    ("infer-list", INFER, b"[]", 422, "inputs"),
+    ("infer-no-inputs", INFER, b"{}", 422, "inputs"),
+    ("infer-empty-inputs", INFER, _infer([]), 422, "inputs"),
+    ("infer-extra-key", INFER, _infer(GOOD_TENSORS, tensors=[]), 422, "tensors"),
+    ("infer-tensor-not-object", INFER, _infer([1]), 422, "inputs[0]"),
+    ("infer-unknown-input", INFER, _infer([*GOOD_TENSORS, _t("shoe_size", "FP32", [1.0])]), 422, "shoe_size"),
+    ("infer-duplicate-input", INFER, _infer([*GOOD_TENSORS, GOOD_TENSORS[0]]), 422, "twice"),
+    ("infer-missing-input", INFER, _infer(GOOD_TENSORS[:-1]), 422, "autopay"),
+    ("infer-fp32-for-bytes", INFER, _infer(_swap("plan", _t("plan", "FP32", [1.0]))), 422, "plan"),
+    ("infer-bool-for-float", INFER, _infer(_swap("tenure_months", _t("tenure_months", "BOOL", [True]))), 422, "tenure_months"),
+    ("infer-fp64-for-int", INFER, _infer(_swap("support_calls", _t("support_calls", "FP64", [6.0]))), 422, "support_calls"),
+    ("infer-int64-for-bool", INFER, _infer(_swap("autopay", _t("autopay", "INT64", [1]))), 422, "autopay"),
+    ("infer-unknown-datatype", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP128", [2.0]))), 422, "FP128"),
+    ("infer-shape-count-mismatch", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0], [2]))), 422, "shape"),
+    ("infer-shape-2d", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0, 3.0], [1, 2]))), 422, "shape"),
+    ("infer-shape-negative", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0], [-1]))), 422, "shape"),
+    ("infer-shape-not-list", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0], "1"))), 422, "shape"),
+    ("infer-shape-bool", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0], [True]))), 422, "shape"),
+    ("infer-rows-differ", INFER, _infer(_swap("plan", _t("plan", "BYTES", ["basic", "basic"]))), 422, "rows"),
+    ("infer-data-not-list", INFER, _infer(_swap("plan", {"name": "plan", "datatype": "BYTES", "shape": [1], "data": "basic"})), 422, "data"),
+    ("infer-zero-rows", INFER, _infer([{**t, "shape": [0], "data": []} for t in GOOD_TENSORS]), 422, "non-empty"),
+    ("infer-nan", INFER, _infer(_swap("monthly_charges", _t("monthly_charges", "FP64", [math.nan]))), 422, "finite"),
+    ("infer-int-not-integer", INFER, _infer(_swap("support_calls", _t("support_calls", "INT64", [1.5]))), 422, "support_calls"),
+    ("infer-bytes-not-string", INFER, _infer(_swap("plan", _t("plan", "BYTES", [7]))), 422, "plan"),
+    ("infer-bool-not-bool", INFER, _infer(_swap("autopay", _t("autopay", "BOOL", ["yes"]))), 422, "autopay"),
+    ("infer-outputs-not-list", INFER, _infer(GOOD_TENSORS, outputs="probability"), 422, "outputs"),
+    ("infer-unknown-output", INFER, _infer(GOOD_TENSORS, outputs=[{"name": "logits"}]), 422, "logits"),
+    ("surrogate-extra-top-level", PREDICT, b'{"instances": [], "\\ud800": 1}', 422, "surrogate"),
+    ("infer-too-large", INFER, _infer([_t("plan", "BYTES", ["x" * 1000] * 1100)]), 413, "limit"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,needle", [pytest.param(*c[1:], id=c[0]) for c in BAD_BODIES])
+def test_bad_bodies_get_the_right_4xx_with_a_json_error(served, path, body, status, needle):
+    r = httpx.post(served["base"] + path, content=body, headers=served["auth"], timeout=30)
+    assert r.status_code == status, r.text[:300]
+    _assert_error_json(r, path)
+    assert needle in r.json()["error"], r.json()["error"][:300]
+
+
+def test_a_too_large_body_without_content_length_is_413(served):
+    def chunks():
+        yield b'{"instances": ['
+        for _ in range(60):  # 1.38 MB in all, over the 1 MiB limit
+            yield b'{"tenure_months": 1.0},' * 1000
+        yield b"{}]}"
+
+    r = httpx.post(served["base"] + PREDICT, content=chunks(), headers=served["auth"], timeout=30)  # chunked
+    assert r.status_code == 413, r.text[:300]
+    _assert_error_json(r, "chunked")
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({}, 401), ({"Authorization": "Basic dXNlcjpwYXNz"}, 401), ({"Authorization": "Bearer"}, 401),
+    ({"Authorization": "Bearer aii_nope"}, 401), ({"Authorization": "Bearer aii_00000000_wrong"}, 401),
+])
+def test_bad_credentials_on_the_oip_routes_are_401_json(served, headers, status):
+    for method, path, body in (("POST", INFER, _infer(GOOD_TENSORS)), ("GET", f"/v2/models/{MODEL}", None)):
+        r = httpx.request(method, served["base"] + path, content=body, headers=headers, timeout=30)
+        assert r.status_code == status, (path, r.text[:300])
+        _assert_error_json(r, path)
+
+
+def test_a_too_long_request_id_is_422(served):
+    r = httpx.post(served["base"] + PREDICT, content=_row(), headers={**served["auth"], "X-Request-ID": "r" * 201}, timeout=30)
+    assert r.status_code == 422 and "X-Request-ID" in r.json()["error"]
+
+
+def _huge_int_body() -> bytes:
+    return _row(support_calls=7).replace(b'"support_calls": 7', b'"support_calls": 1' + b"0" * 400)
+
+
+@pytest.mark.parametrize("path,body", [
+    pytest.param(PREDICT, _huge_int_body(), id="predict-int-field"),
+    pytest.param(PREDICT, _row(tenure_months=7).replace(b'"tenure_months": 7', b'"tenure_months": 1' + b"0" * 400),
+                 id="predict-float-field"),
+    pytest.param(INFER, _infer(_swap("support_calls", _t("support_calls", "INT64", [7]))).replace(b"[7]", b"[1" + b"0" * 400 + b"]"),
+                 id="infer-int64"),
+])
+def test_an_integer_beyond_float_range_is_422_not_500(served, path, body):
+    r = httpx.post(served["base"] + path, content=body, headers=served["auth"], timeout=30)
+    assert r.status_code == 422, r.text[:300]
+    _assert_error_json(r, path)
+
+
+@pytest.mark.parametrize("path", [PREDICT, INFER])
+def test_deeply_nested_json_is_422_not_500(served, path):
+    r = httpx.post(served["base"] + path, content=b"[" * 100_000 + b"]" * 100_000, headers=served["auth"], timeout=30)
+    assert r.status_code == 422, r.text[:300]
+    _assert_error_json(r, path)
+
+
+@pytest.mark.parametrize("path,body,status", [
+    pytest.param(PREDICT, b'{"instances": [{"\\ud800": 1}]}', 422, id="predict-unknown-field"),
+    pytest.param(INFER, b'{"inputs": [], "\\ud800": 1}', 422, id="infer-extra-key"),
+    pytest.param(INFER, _infer(GOOD_TENSORS, id="\ud800"), (200, 422), id="infer-id"),
+])
+def test_a_lone_surrogate_in_the_body_is_not_a_500(served, path, body, status):
+    r = httpx.post(served["base"] + path, content=body, headers=served["auth"], timeout=30)
+    assert r.status_code in (status if isinstance(status, tuple) else (status,)), r.text[:300]
+    if r.status_code != 200:
+        _assert_error_json(r, path)
+
+
+def test_fuzzed_instance_values_get_200_or_a_json_422(served):
+    """Any JSON value in any field (or a missing or extra one): a prediction or a 422 naming it, never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaf = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12))
+    value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                         max_leaves=5)
+    row = st.fixed_dictionaries({}, optional={**{k: value | st.just(v) for k, v in ROW.items()}, "extra": value})
+    body = st.fixed_dictionaries({"instances": st.lists(row, min_size=0, max_size=3)}) | st.builds(lambda v: {"instances": v}, value)
+    statuses: list[int] = []
+    with httpx.Client(base_url=served["base"], headers=served["auth"], timeout=30) as client:
+
+        @settings(max_examples=80, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(body=body)
+        def check(body):
+            # allow_nan: Python's json writes NaN/Infinity, which json.loads on the server accepts as floats
+            r = client.post(PREDICT, content=json.dumps(body).encode())
+            statuses.append(r.status_code)
+            assert r.status_code in (200, 422), (body, r.status_code, r.text[:300])
+            if r.status_code == 422:
+                _assert_error_json(r, body)
+            else:
+                assert len(r.json()["predictions"]) == len(body["instances"])
+
+        check()
+    assert 422 in statuses
+
+
+# -- b. back-pressure ---------------------------------------------------------------------------------
+
+def test_back_pressure_answers_503_at_once_and_serves_the_rest(served):
+    """max_ongoing_requests=1, max_queued_requests=1 (from config.serve): of 32 concurrent heavy requests,
+    what does not fit is refused with 503 quickly; everything else is answered 200."""
+    rows = [ROW if i % 2 else CALM for i in range(4000)]
+    payload = json.dumps({"instances": rows}).encode()
+    assert len(payload) < 1 << 20
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, float, str]:
+        t0 = time.perf_counter()
+        r = await client.post(f"{BP}/predict/{MODEL}", content=payload)
+        return r.status_code, time.perf_counter() - t0, r.text
+
+    async def burst() -> list[tuple[int, float, str]]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=served["base"], headers=served["auth"], timeout=60, limits=limits) as client:
+            assert (await client.post(f"{BP}/predict/{MODEL}", content=_row())).status_code == 200  # warm
+            return await asyncio.gather(*(one(client) for _ in range(32)))
+
+    results = asyncio.run(burst())
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 503}, [(c, t[:200]) for c, _, t in results if c not in (200, 503)]
+    assert codes.count(503) >= 1 and codes.count(200) >= 2, codes
+    refused = [s for c, s, _ in results if c == 503]
+    served_s = [s for c, s, _ in results if c == 200]
+    assert max(refused) < 5.0, refused  # refused at once, not after the 30 s request timeout
+    assert sorted(refused)[len(refused) // 2] < max(served_s), (refused, served_s)
+    for c, _, text in results:
+        if c == 200:
+            assert len(json.loads(text)["predictions"]) == len(rows)
+
+
+# -- c. OIP v2 round trip, and 403 on the OIP routes ---------------------------------------------------
+
+def test_oip_v2_infer_round_trip_with_every_datatype_of_the_signature(served):
+    base, auth = served["base"], served["auth"]
+    meta = httpx.get(f"{base}/v2/models/{MODEL}", headers=auth, timeout=30).json()
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+        "tenure_months": "FP64", "monthly_charges": "FP64", "support_calls": "INT64", "plan": "BYTES",
+        "region": "BYTES", "autopay": "BOOL"}
+    assert {o["name"]: o["datatype"] for o in meta["outputs"]} == {"label": "INT64", "probability": "FP64"}
+    body = {
+        "id": "rt-1",
+        "parameters": {"content_type": "np"},
+        "inputs": [
+            _t("tenure_months", "FP32", [2.0, 60.0]),
+            _t("monthly_charges", "FP64", [150.0, 30.0]),
+            _t("support_calls", "INT64", [[6], [0]], shape=[2, 1]),
+            _t("plan", "BYTES", ["basic", "premium"]),
+            _t("region", "BYTES", ["north", "north"]),
+            _t("autopay", "BOOL", [False, True]),
+        ],
+    }
+    r = httpx.post(f"{base}{INFER}", content=json.dumps(body).encode(), headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model_name"] == MODEL and out["model_version"] == str(served["version"]) and out["id"] == "rt-1"
+    outputs = {o["name"]: o for o in out["outputs"]}
+    assert outputs["label"]["datatype"] == "INT64" and outputs["label"]["shape"] == [2]
+    assert outputs["probability"]["datatype"] == "FP64" and outputs["probability"]["shape"] == [2]
+    assert all(v in (0, 1) for v in outputs["label"]["data"])
+    assert all(0.0 <= p <= 1.0 for p in outputs["probability"]["data"])
+    # the same rows through /predict give the same answers (one Predictor behind both routes)
+    same = httpx.post(f"{base}{PREDICT}", json={"instances": [ROW, CALM]}, headers=auth, timeout=30).json()
+    assert [p["probability"] for p in same["predictions"]] == outputs["probability"]["data"]
+    assert [p["label"] for p in same["predictions"]] == outputs["label"]["data"]
+    # `outputs` picks tensors
+    only = httpx.post(f"{base}{INFER}", json={**body, "outputs": [{"name": "probability"}]}, headers=auth, timeout=30).json()
+    assert [o["name"] for o in only["outputs"]] == ["probability"]
+
+
+def test_a_token_without_the_predict_role_is_403_on_the_oip_routes(served):
+    base, fb = served["base"], served["feedback_only"]
+    for method, path, body in (("POST", INFER, _infer(GOOD_TENSORS)), ("GET", f"/v2/models/{MODEL}", None)):
+        r = httpx.request(method, base + path, content=body, headers=fb, timeout=30)
+        assert r.status_code == 403, (path, r.text[:300])
+        assert "feedback" in r.json()["error"]
