@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/monitor_cpu.py
 
 clean:
 	rm -rf $(VENV) .aiinfra .pytest_cache
