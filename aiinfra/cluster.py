@@ -117,6 +117,8 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
         venv_bin = str(Path(sys.executable).parent)
         env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
                "VIRTUAL_ENV": str(Path(venv_bin).parent)}
+        if config.serve.haproxy:
+            env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])

@@ -71,6 +71,10 @@ class ServeSettings(BaseModel):
     target_ongoing_requests: float = Field(default=4.0, gt=0)
     max_ongoing_requests: int = Field(default=16, ge=1)
     max_queued_requests: int = Field(default=64, ge=1, description="past this, callers get 503 at once")
+    # Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) for clusters the platform starts itself (the
+    # embedded default, `aiinfra up`): about 2.5x the default proxy's throughput here and a fifth of its
+    # added latency (BENCHMARKS.md). A cluster started otherwise keeps whatever its environment says.
+    haproxy: bool = True
 
 
 class MonitoringSettings(BaseModel):

@@ -70,9 +70,13 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         # /tmp/ray/ray_current_cluster, which may be long dead.)
         address = running_cluster(config) or "local"
         if address == "local":
+            import os
+
             from aiinfra.cluster import clear_stale_cluster_pointer
 
             clear_stale_cluster_pointer()
+            if config.serve.haproxy:  # read by Serve's controller, which inherits this environment
+                os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         ray.init(
             address=address,
             namespace=config.namespace,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fastapi import Request
 
 from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, LABEL, NUMERIC, make_customers
 from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
@@ -145,3 +146,33 @@ def test_the_app_builder_applies_replicas_autoscaling_and_back_pressure_from_the
     assert scaled.autoscaling_config.max_replicas == 4 and scaled.autoscaling_config.target_ongoing_requests == 3
     with pytest.raises(InvalidInput, match="max_replicas"):
         deployment_config(min_replicas=3, max_replicas=2)
+
+
+def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    import aiinfra.serving.metrics as metrics
+    from aiinfra.serving.app import _Measure
+
+    seen = []
+    monkeypatch.setattr(metrics, "record_request", lambda **kw: seen.append(kw))
+    app = FastAPI()
+    app.add_middleware(_Measure)
+
+    @app.post("/predict/{name}")
+    def predict(name: str, request: Request):  # Request from the module: FastAPI resolves the annotation there
+        request.state.version, request.state.rows = 3, 2
+        return {"ok": True}
+
+    @app.get("/v2/health/live")
+    def live():
+        return {"live": True}
+
+    client = TestClient(app)
+    assert client.post("/predict/churn").status_code == 200
+    assert client.get("/v2/health/live").status_code == 200  # health checks are not counted
+    assert client.post("/predict/caf\u00e9").status_code == 200  # a name no metric tag may hold
+    assert [(s["model"], s["version"], s["route"], s["status"], s["rows"]) for s in seen] == [
+        ("churn", "3", "/predict/{name}", 200, 2), ("(unknown)", "3", "/predict/{name}", 200, 2)]
+    assert all(s["latency_ms"] >= 0 for s in seen)
