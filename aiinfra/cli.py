@@ -408,8 +408,12 @@ def _monitor_status(args: argparse.Namespace) -> None:
 def _retrain(args: argparse.Namespace) -> None:
     from aiinfra.pipelines.retrain import run_retrain
     from aiinfra.platform import connect
+    from aiinfra.training.config import load_train_config
 
     config = load_config()
+    cfg = load_train_config(args.config)  # every invalid field, before Ray starts
+    if cfg.name != args.model:
+        raise InvalidInput(f"{args.config} trains {cfg.name!r}, not {args.model!r}")
     print(f"retraining {args.model} from {args.config} with up to {args.recent_rows:,} labelled production rows",
           file=sys.stderr, flush=True)
     with connect(config) as platform:

@@ -67,3 +67,20 @@ def test_a_pointer_to_a_dead_cluster_is_forgotten_and_a_live_one_kept(tmp_path):
         pointer.write_text(f"127.0.0.1:{live.getsockname()[1]}\n")
         assert not clear_stale_cluster_pointer(tmp_path) and pointer.exists()
     assert not clear_stale_cluster_pointer(tmp_path / "nowhere")
+
+
+def test_an_invalid_autopilot_policy_is_refused_before_anything_starts(home, tmp_path, capsys):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("model: churn\ncanary: {share: 0.9}\ntrigger: {consecutive_windows: 0}\n")
+    assert cli.main(["autopilot", "start", str(policy)]) == 2
+    err = capsys.readouterr().err
+    # every bad field at once: the missing retrain section, the share over 0.5, w of 0
+    assert "retrain" in err and "canary.share" in err and "consecutive_windows" in err
+
+
+def test_retrain_refuses_a_config_of_another_model_before_ray_starts(home, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text("name: other\ntask: binary\ndata: {dataset: customers, label: y, features: {features: "
+                      "[{column: x, steps: [{op: standardize}]}]}}\nmodel: {family: tabular_mlp}\n")
+    assert cli.main(["retrain", "churn", "--config", str(config)]) == 2
+    assert "trains 'other', not 'churn'" in capsys.readouterr().err
