@@ -177,9 +177,10 @@ def _timeline(events: Any) -> str:
     rows.sort(key=lambda e: _num(e["at"]))
     t0 = _num(rows[0]["at"])
     table = _table(
-        ["UTC", "+s", "kind", "what"],
-        [(_hms(e["at"]), round(_num(e["at"]) - t0, 1), e.get("kind") or "", e.get("what") or "") for e in rows],
-        numeric=[False, True],
+        ["#", "UTC", "+s", "kind", "what"],
+        [(i + 1, _hms(e["at"]), round(_num(e["at"]) - t0, 1), e.get("kind") or "", e.get("what") or "")
+         for i, e in enumerate(rows)],
+        numeric=[True, False, True],
     )
     return _timeline_plot(rows, t0) + table
 
@@ -197,11 +198,10 @@ def _timeline_plot(rows: list[Mapping[str, Any]], t0: float) -> str:
         x = _num(event["at"]) - t0
         y = lanes.index(str(event.get("kind") or "event"))
         ax.plot([x], [y], "o", color=f"C{y % 10}")
-        # Alternate the label offset so neighbouring events do not print over each other.
-        ax.annotate(
-            _plain(event.get("what") or ""), xy=(x, y), xytext=(3, 6 if i % 2 == 0 else -12),
-            textcoords="offset points", fontsize=7, rotation=15,
-        )
+        # The event's number in the table below, not its text: sentences printed on the plot overlap.
+        # Alternate the offset so neighbouring numbers stay apart.
+        ax.annotate(str(i + 1), xy=(x, y), xytext=(0, 7 if i % 2 == 0 else -13), textcoords="offset points",
+                    fontsize=7, ha="center")
     ax.set_yticks(range(len(lanes)), [_plain(k) for k in lanes])
     ax.set_ylim(-0.7, len(lanes) - 0.3)
     ax.set_xlabel(f"seconds since {_hms(t0)} UTC")

@@ -91,6 +91,7 @@ class _BackgroundLoad:
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[int] = Counter()
         self.last_version: int | None = None
+        self.streak = 0  # consecutive answers from last_version
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -107,8 +108,10 @@ class _BackgroundLoad:
                                   headers=self.client.auth)
                     self.statuses[r.status_code] += 1
                     if r.status_code == 200:
-                        self.last_version = r.json()["version"]
-                        self.versions[self.last_version] += 1
+                        version = r.json()["version"]
+                        self.streak = self.streak + 1 if version == self.last_version else 1
+                        self.last_version = version
+                        self.versions[version] += 1
                 except httpx.HTTPError:
                     self.statuses[0] += 1  # no answer at all counts as a failure too
                 i += 1
@@ -219,6 +222,7 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
         challenger = int(ended["evidence"]["challenger_version"])
         event(f"canary of version {challenger} starts", "decision")
 
+    champion_version = platform.registry.get(f"{MODEL}@champion").version  # the canary's other arm
     with _BackgroundLoad(client, world.iloc[:2000]) as load:
         with log.stage(f"canary: {policy['canary']['share']:.0%} of live traffic to churn@{challenger}"):
             st = wait_for(("watching",), "the canary's end",
@@ -234,11 +238,13 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
             event(f"canary ends: {decision['action']}", "decision")
         promoted = decision["action"] == "promote"
         with log.stage("the served version switches" if promoted else "the champion keeps serving"):
+            # Done when 30 answers in a row come from the new champion: a canary-routed answer from it
+            # before the router has followed the promotion does not count.
             wanted = challenger if promoted else None
-            until = time.monotonic() + 30
-            while wanted is not None and load.last_version != wanted and time.monotonic() < until:
+            until = time.monotonic() + 60
+            while wanted is not None and not (load.last_version == wanted and load.streak >= 30) \
+                    and time.monotonic() < until:
                 time.sleep(0.2)
-            time.sleep(1.0)  # a little traffic on the new version too
         log.note(f"background client: {sum(load.statuses.values())} requests, {load.failed} failed; versions "
                  f"served {dict(sorted(load.versions.items()))}")
         event(f"serving churn@{load.last_version}", "stage")
@@ -246,6 +252,7 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
     onset_to_promotion = time.time() - drift_started
     summary = {
         "decisions": list(reversed(st["decisions"])), "promoted": promoted, "challenger_version": challenger,
+        "champion_version": champion_version,
         "served_version": load.last_version, "background_requests": sum(load.statuses.values()),
         "background_failed": load.failed, "traffic_statuses": dict(client.statuses),
         "drift_onset_to_decision_s": round(onset_to_promotion, 1),
@@ -273,15 +280,16 @@ def _write_report(platform: Any, db: Any, summary: dict[str, Any], events: list[
             runs.append({"label": label, "epochs": [{"epoch": e.step, **e.metrics} for e in run.epochs]})
     timeline = [{"at": s["ended_at"], "what": f"{s['stage']} ({s['seconds']:.1f}s)", "kind": "stage"}
                 for s in log.timeline if "ended_at" in s]
-    timeline += [{"at": d["at"], "what": f"autopilot: {d['action']}: {d['reason']}", "kind": "decision"} for d in decisions]
+    timeline += [{"at": d["at"], "kind": "decision",
+                  "what": f"autopilot: {d['reason']}" if d["reason"].startswith(d["action"])
+                  else f"autopilot {d['action']}: {d['reason']}"} for d in decisions]
     timeline += events
     timeline.sort(key=lambda e: e["at"])
     end = next((d for d in reversed(decisions) if d["action"] in ("promote", "rollback")), None)
     canary = None
     if end is not None:
         ev = end["evidence"]
-        champion_version = registry.get(f"{MODEL}@champion").version if end["action"] == "rollback" else None
-        canary = {"champion": {**(ev.get("champion") or {}), "version": champion_version or "previous"},
+        canary = {"champion": {**(ev.get("champion") or {}), "version": summary["champion_version"]},
                   "challenger": {**(ev.get("challenger") or {}), "version": ev.get("challenger_version")},
                   "decision": {"action": end["action"], "reason": end["reason"], "evidence": ev}}
     sample = min(2000, len(reference), len(production))

@@ -87,7 +87,7 @@ def test_drift_is_detected_a_retrain_runs_and_the_canary_promotes_version_2(loop
 
 def test_the_timeline_and_the_html_report(loop):
     out = "".join(loop["lines"])
-    assert "timeline:" in out and "autopilot: promote: promote version 2" in out
+    assert "timeline:" in out and "autopilot: promote version 2" in out
     html = (loop["home"] / "reports" / "loop.html").read_text()
     for section in ("Timeline", "Data profile", "Training curves", "Evaluation", "Drift over time", "Canary"):
         assert f"<h2>{section}" in html, section
