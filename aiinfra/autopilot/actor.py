@@ -157,9 +157,10 @@ class AutopilotService:
     def _new_reports(self, model: str, last_window_id: int | None) -> list[Any]:
         from aiinfra.monitoring.core import read_reports
 
-        reports = [r for r in reversed(read_reports(self._db, model, limit=200))
-                   if (r.window_id > last_window_id if last_window_id is not None else r.created_at >= self._since[model])]
-        return reports
+        # Only the windows not yet counted (or, before the first, those since the policy was stored): each
+        # tick reads what is new, not the model's whole history.
+        since = self._since[model] if last_window_id is None else None
+        return list(reversed(read_reports(self._db, model, limit=200, after_window_id=last_window_id, since=since)))
 
     def _watched_since(self, model: str) -> float:
         rows = self._db.query("SELECT updated_at FROM autopilot_policies WHERE model = ?", (model,))

@@ -76,8 +76,8 @@ class MonitorService:
         # (a restart starts them afresh; the stored drift reports are what survives).
         performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
         old = getattr(self, "performance", None)
-        if old is not None:  # a rebase keeps the labelled production rows and the canary's arms
-            performance._rows, performance.arms, performance.arms_since = old._rows, old.arms, old.arms_since
+        if old is not None:  # a rebase
+            performance.carry_over(old)
         self.version, self.core, self.performance = version, core, performance
         self.reference_dataset = reference.dataset_version
 

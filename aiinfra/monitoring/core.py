@@ -341,8 +341,16 @@ class DriftMonitor:
         }
 
 
-def read_reports(db: MetadataDB, model: str, limit: int = 20) -> list[DriftReport]:
-    """A model's stored reports, newest first, without a running monitor (for the CLI)."""
+def read_reports(db: MetadataDB, model: str, limit: int = 20, *, after_window_id: int | None = None,
+                 since: float | None = None) -> list[DriftReport]:
+    """A model's stored reports, newest first, without a running monitor (for the CLI and the autopilot).
+
+    ``after_window_id`` / ``since``: only windows with a larger id / created at or after that time.
+    """
     db.ensure_schema(COMPONENT, MIGRATIONS)
-    rows = db.query("SELECT report FROM drift_reports WHERE model = ? ORDER BY window_id DESC LIMIT ?", (model, limit))
+    rows = db.query(
+        "SELECT report FROM drift_reports WHERE model = ? AND window_id > ? AND created_at >= ? "
+        "ORDER BY window_id DESC LIMIT ?",
+        (model, -1 if after_window_id is None else after_window_id, float("-inf") if since is None else since, limit),
+    )
     return [DriftReport.model_validate_json(r["report"]) for r in rows]

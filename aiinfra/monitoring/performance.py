@@ -65,6 +65,10 @@ class PerformanceTracker:
         self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0,
                        "matched_late": 0, "expired": 0}
 
+    def carry_over(self, old: PerformanceTracker) -> None:
+        """Keep ``old``'s labelled production rows and canary arms (the monitor rebased on a new champion)."""
+        self._rows, self.arms, self.arms_since = old._rows, old.arms, old.arms_since
+
     def _arm(self, version: int) -> dict[str, int]:
         return self.arms.setdefault(int(version), {"requests": 0, "errors": 0, "labelled": 0, "correct": 0})
 

@@ -8,62 +8,22 @@ own requests, then stops on Ctrl-C (SIGINT) and must exit cleanly.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from demo_process import BIN, serving_demo
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    home = tmp_path_factory.mktemp("demo-home")
-    port = _free_port()
-    env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(port)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [str(BIN / "aiinfra"), "demo", "--rows", "6000", "--epochs", "3", "--keep-serving", "--no-loop"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "press Ctrl-C to stop" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(timeout=400) or proc.poll() is not None:
-        proc.kill()
-        pytest.fail("demo did not come up:\n" + "".join(lines[-60:]))
-    token = (home / "api_token").read_text().strip()
-    yield {"home": home, "base": f"http://127.0.0.1:{port}", "lines": lines, "proc": proc, "env": env,
-           "auth": {"Authorization": f"Bearer {token}"}}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving_demo(tmp_path_factory.mktemp("demo-home"), ["--rows", "6000", "--epochs", "3", "--no-loop"], timeout_s=400) as running:
+        yield running
 
 
 def test_demo_prints_predictions_from_a_registered_version(demo):

@@ -1,0 +1,60 @@
+"""`aiinfra demo --keep-serving` as a user runs it, in a process of its own: shared by the e2e modules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving_demo(home: Path, args: list[str], *, timeout_s: float) -> Iterator[dict[str, Any]]:
+    """Run the demo until it serves (it prints "press Ctrl-C to stop"), yield how to reach it, then SIGINT it."""
+    port = free_port()
+    env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(port)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([str(BIN / "aiinfra"), "demo", *args, "--keep-serving"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "press Ctrl-C to stop" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout=timeout_s) or proc.poll() is not None:
+        proc.kill()
+        pytest.fail("the demo did not come up:\n" + "".join(lines[-80:]))
+    token = (home / "api_token").read_text().strip()
+    try:
+        yield {"home": home, "base": f"http://127.0.0.1:{port}", "lines": lines, "proc": proc, "env": env,
+               "auth": {"Authorization": f"Bearer {token}"}}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
