@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import ray
+from ray_helpers import actor_pid
 
 from aiinfra.features.actor import get_feature_store_actor
 from aiinfra.pipelines.ingest import ingest
@@ -80,7 +80,7 @@ def test_push_survives_sigkill_of_the_actor(platform, platform_config):
     acked = {}
     for i in range(60):
         if i % 15 == 7:
-            os.kill(ray.get(handle.pid.remote()), signal.SIGKILL)
+            os.kill(actor_pid(handle), signal.SIGKILL)
         row = {"id": i % 20, "ts": pd.Timestamp("2026-01-01") + pd.Timedelta(minutes=i), "x": float(i)}
         fs.push("live", [{**row, "ts": str(row["ts"])}])
         acked[row["id"]] = row["x"]

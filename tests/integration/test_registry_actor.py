@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import ray
+from ray_helpers import actor_pid
 
 from aiinfra.errors import ArtifactCorrupted, InvalidInput, NotFound, ServiceUnavailable
 from aiinfra.platform import connect
@@ -85,7 +86,7 @@ def test_acknowledged_writes_survive_sigkill_at_random_points(platform, platform
         key = f"write-{i}" if i % 2 == 0 else None  # half explicit keys, half the client's own
         timer = None
         if rng.random() < 0.08:
-            pid = ray.get(handle.pid.remote(), timeout=60)
+            pid = actor_pid(handle)
             timer = threading.Timer(rng.uniform(0.0, 0.006), os.kill, (pid, signal.SIGKILL))
             timer.start()
             kills += 1
