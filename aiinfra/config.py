@@ -75,6 +75,11 @@ class ServeSettings(BaseModel):
     # embedded default, `aiinfra up`): about 2.5x the default proxy's throughput here and a fifth of its
     # added latency (BENCHMARKS.md). A cluster started otherwise keeps whatever its environment says.
     haproxy: bool = True
+    # How the router reaches the model deployments: "grpc" is Serve's by-value transport between replicas
+    # (pickled arguments over the replica's own gRPC server), about 3 ms less per request here than "actor",
+    # Ray's actor-call transport through the object store (BENCHMARKS.md). "actor" is there should a
+    # request or answer ever hold something only cloudpickle can carry.
+    model_transport: Literal["grpc", "actor"] = "grpc"
 
 
 class MonitoringSettings(BaseModel):

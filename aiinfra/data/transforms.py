@@ -162,15 +162,47 @@ def load_feature_spec(source: str | Path | Mapping[str, Any]) -> FeatureSpec:
     return validate_as(FeatureSpec, read_yaml(source, "feature spec"), f"feature spec {source}")
 
 
-def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
+def _as_float(values: Any, column: str) -> np.ndarray:
+    """A column as float64, nulls as NaN: a copy, since the numeric steps write into it.
+
+    Numbers take numpy's direct paths (a numeric array, or a list of numbers and None); anything else
+    (pandas' NA, numeric strings) goes through ``pd.to_numeric``, which refuses what is not a number.
+    """
+    if isinstance(values, pd.Series):
+        values = values.to_numpy()
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return values.astype(np.float64)
     try:
-        return pd.to_numeric(df[column], errors="raise").astype("float64").to_numpy(copy=True)
+        return np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="raise").astype("float64").to_numpy(copy=True)
     except (ValueError, TypeError):
         raise InvalidInput(f"feature {column!r} must be numeric") from None
 
 
+def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
+    return _as_float(df[column], column)
+
+
+def _is_bool(column: pd.Series) -> bool:
+    """bool, or bool with nulls (pyarrow hands a nullable bool column to pandas as object)."""
+    if pd.api.types.is_bool_dtype(column):
+        return True
+    values = column.dropna()
+    return column.dtype == object and len(values) > 0 and all(isinstance(v, (bool, np.bool_)) for v in values)
+
+
+def _texts(values: Any) -> list[str | None]:
+    """A categorical column as text; None, NaN and pandas' NA are missing."""
+    if isinstance(values, (pd.Series, np.ndarray)):
+        values = values.tolist()  # Python scalars, in one C call: iterating a Series boxes each value
+    return [None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v) for v in values]
+
+
 def _text(df: pd.DataFrame, column: str) -> pd.Series:
-    return df[column].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    return pd.Series(_texts(df[column]), index=df.index, dtype=object)
 
 
 def _apply_numeric(step: Any, v: np.ndarray) -> np.ndarray:
@@ -233,33 +265,42 @@ class FeaturePipeline(BaseModel):
         missing = [c for c in self.input_columns if c not in df.columns]
         if missing:
             raise InvalidInput(f"missing feature column(s): {', '.join(missing)}")
-        blocks = [self._transform_feature(f, df) for f in self.spec.features]
-        out = np.hstack(blocks).astype(np.float32) if blocks else np.zeros((len(df), 0), np.float32)
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        return self._transform_columns({c: df[c] for c in self.input_columns}, len(df))
 
     def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """The serving path: request rows through exactly the batch function."""
-        return self.transform(pd.DataFrame.from_records(list(rows), columns=self.input_columns))
+        """The serving path: request rows, column by column, through the same function as ``transform``.
 
-    def _transform_feature(self, f: Feature, df: pd.DataFrame) -> np.ndarray:
-        n = len(df)
+        No DataFrame is built: for the one to a few rows of a request, pandas' per-call overhead was
+        most of the cost (about 0.9 ms for one row of the demo model; about 0.1 ms now).
+        """
+        rows = list(rows)
+        return self._transform_columns({c: [r.get(c) for r in rows] for c in self.input_columns}, len(rows))
+
+    def _transform_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """Each column is a pandas Series (batches) or a list (request rows): both give the same values."""
+        blocks = [self._transform_feature(f, columns[f.column], n) for f in self.spec.features]
+        out = np.hstack(blocks).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _transform_feature(self, f: Feature, values: Any, n: int) -> np.ndarray:
         last = f.steps[-1]
         if f.kind == "datetime":
-            ts = pd.to_datetime(df[f.column], errors="coerce", utc=True)
+            ts = pd.to_datetime(pd.Series(values, dtype=object) if isinstance(values, list) else values,
+                                errors="coerce", utc=True)
             return np.column_stack([getattr(ts.dt, part).to_numpy(dtype="float64", na_value=np.nan) for part in last.parts])
         if f.kind == "categorical":
-            values = _text(df, f.column)
+            texts = _texts(values)
             for step in f.steps[:-1]:
-                values = values.map(lambda v, s=step: s.fitted if v is None else v)
+                texts = [step.fitted if v is None else v for v in texts]
             cats = last.categories or []
             index = {c: i for i, c in enumerate(cats)}
-            codes = values.map(lambda v: index.get(v, len(cats))).to_numpy(dtype=np.int64)
+            codes = np.fromiter((index.get(v, len(cats)) for v in texts), dtype=np.int64, count=n)
             if isinstance(last, Ordinal):
                 return codes.reshape(-1, 1).astype("float64")
             onehot = np.zeros((n, len(cats) + 1))
             onehot[np.arange(n), codes] = 1.0
             return onehot
-        v = _numeric(df, f.column)
+        v = _as_float(values, f.column)
         for step in f.steps:
             if isinstance(step, Bucketize):
                 buckets = np.digitize(v, step.boundaries)
@@ -301,7 +342,10 @@ def fit_features(df: pd.DataFrame, spec: FeatureSpec) -> FeaturePipeline:
             else:
                 last.categories = sorted(counts.index.tolist())
             continue
-        dtypes[f.column] = "int64" if pd.api.types.is_integer_dtype(df[f.column]) else "float64"
+        column = df[f.column]
+        # A bool column keeps its type in the signature, so clients send true/false (OIP BOOL), not 1.0/0.0.
+        dtypes[f.column] = ("bool" if _is_bool(column)
+                            else "int64" if pd.api.types.is_integer_dtype(column) else "float64")
         v = _numeric(df, f.column)
         for step in f.steps:
             if isinstance(step, Bucketize):

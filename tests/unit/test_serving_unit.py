@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -176,3 +177,38 @@ def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatc
     assert [(s["model"], s["version"], s["route"], s["status"], s["rows"]) for s in seen] == [
         ("churn", "3", "/predict/{name}", 200, 2), ("(unknown)", "3", "/predict/{name}", 200, 2)]
     assert all(s["latency_ms"] >= 0 for s in seen)
+
+
+@pytest.mark.parametrize("with_nulls", [False, True])
+def test_a_bool_column_is_a_bool_input_end_to_end(tmp_path, with_nulls):
+    """A bool training column becomes a BOOL input (OIP and /predict take true/false), not FP64."""
+    from aiinfra.data.transforms import FeatureSpec
+    from aiinfra.serving.oip import decode_infer_request, tensor_metadata
+
+    rng = np.random.default_rng(0)
+    flags = rng.random(300) < 0.5
+    frame = pd.DataFrame({"x": rng.normal(size=300), "is_premium": flags})
+    if with_nulls:  # pyarrow gives pandas a nullable bool column as object
+        frame["is_premium"] = pd.Series([None if i % 10 == 0 else bool(f) for i, f in enumerate(flags)], dtype=object)
+    spec = FeatureSpec.model_validate({"features": [
+        {"column": "x", "steps": [{"op": "standardize"}]},
+        {"column": "is_premium", "steps": [{"op": "impute", "strategy": "median"}]}]})
+    pre = fit_features(frame, spec)
+    signature = signature_for(pre)
+    field = next(f for f in signature.inputs if f.name == "is_premium")
+    assert field.dtype == "bool" and tensor_metadata(field)["datatype"] == "BOOL"
+    model_spec = ModelSpec(family="tabular_mlp", params={"hidden": [4]}, input_dim=pre.output_dim, output_dim=1)
+    save_model_dir(tmp_path / "m", model_spec, build_model("tabular_mlp", pre.output_dim, 1, model_spec.params).state_dict(), pre)
+    version = ModelVersion(name="b", version=1, status="active", created_at=0.0, created_by="t", artifact_uri="x",
+                           files={"weights.safetensors": FileDigest("0" * 64, 1)}, signature=signature)
+    predictor = Predictor(version, tmp_path / "m")
+    rows, _, _ = decode_infer_request({"inputs": [
+        {"name": "x", "datatype": "FP64", "shape": [2], "data": [0.5, -1.0]},
+        {"name": "is_premium", "datatype": "BOOL", "shape": [2], "data": [True, False]}]}, signature)
+    assert [r["is_premium"] for r in rows] == [True, False]
+    assert len(predictor.predict(rows)) == 2
+    # the flag reaches the model: true and false give different features
+    both = pre.transform_rows([{"x": 0.0, "is_premium": True}, {"x": 0.0, "is_premium": False}])
+    assert not np.array_equal(both[0], both[1])
+    with pytest.raises(InvalidInput, match="is_premium: must be true or false"):
+        predictor.predict([{"x": 0.0, "is_premium": 1.0}])

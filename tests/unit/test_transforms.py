@@ -104,3 +104,17 @@ def test_example_file_matches_the_demo_features():
 
     path = Path(__file__).resolve().parents[2] / "jobs/configs/customers_features.yaml"
     assert load_feature_spec(path) == load_feature_spec(CUSTOMERS_FEATURES)
+
+
+def test_pandas_nullable_columns_and_refusals_go_the_slow_path_with_the_same_answers(data):
+    """Arrow-backed and nullable columns (Ray Data hands these over) hold pd.NA, which numpy cannot
+    convert: they take pd.to_numeric's path and must give what plain columns give."""
+    pipe = fit_features(data, load_feature_spec(SPEC))
+    plain = pipe.transform(data)
+    nullable = data.copy()
+    nullable["calls"] = nullable["calls"].astype("Int64")
+    nullable["amount"] = nullable["amount"].astype("Float64")  # NaN becomes pd.NA
+    nullable["plan"] = nullable["plan"].astype("string")  # None becomes pd.NA
+    np.testing.assert_array_equal(pipe.transform(nullable), plain)
+    with pytest.raises(InvalidInput, match="'amount' must be numeric"):
+        pipe.transform_rows([{**data.iloc[0].to_dict(), "amount": "lots"}])
