@@ -5,8 +5,11 @@ validation against the signature, the model's fitted transforms, the torch model
 
 - baseline: uvicorn + FastAPI in one process serving the same `Predictor` (same model files from the
   registry, same TokenStore check, same body checks);
-- Serve: `build_app(config, "bench@champion")` on Ray Serve's default proxy;
-- Serve + HAProxy: the same app behind HAProxy (`RAY_SERVE_ENABLE_HA_PROXY=1`, set before Ray starts).
+- Serve: `build_app(config, "bench@champion")` on Ray Serve's default proxy (the champion answered in
+  the router's process: `serve.champion_in_router`, the default);
+- Serve + HAProxy: the same app behind HAProxy (`RAY_SERVE_ENABLE_HA_PROXY=1`, set before Ray starts);
+- Serve + HAProxy, champion in a model deployment: `champion_in_router: false`, the router calls the
+  champion's `ModelVersions` deployment (@serve.batch) over Serve's gRPC transport.
 
 Each configuration runs in its own child process, one after the other (never two Ray clusters at
 once). Drift sampling (`monitoring.enabled`) is off in Serve, as the baseline has none. The model: a
@@ -51,11 +54,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(home: str, port: int):
+def _config(home: str, port: int, champion_in_router: bool = True):
     from aiinfra.config import load_config
 
     base = load_config(environ={}, home=home)
-    return base.model_copy(update={"serve": base.serve.model_copy(update={"port": port}),
+    return base.model_copy(update={"serve": base.serve.model_copy(update={"port": port, "champion_in_router": champion_in_router}),
                                    "monitoring": base.monitoring.model_copy(update={"enabled": False})})
 
 
@@ -240,15 +243,15 @@ def _floor_app():
     return Floor.bind()
 
 
-def run_serve(home: str, token: str, seconds: float) -> dict:
+def run_serve(home: str, token: str, seconds: float, local: bool = True) -> dict:
     import ray
 
     from aiinfra.cluster import clear_stale_cluster_pointer
 
     haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
-    label = "Serve + HAProxy" if haproxy else "Serve (default proxy)"
+    label = ("Serve + HAProxy" if haproxy else "Serve (default proxy)") + ("" if local else ", champion in a deployment")
     port = _free_port()
-    config = _config(home, port)
+    config = _config(home, port, champion_in_router=local)
     clear_stale_cluster_pointer()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=config.namespace)
     try:
@@ -264,6 +267,8 @@ def run_serve(home: str, token: str, seconds: float) -> dict:
         print(f"  {label}: app up in {time.perf_counter() - t0:.1f} s on port {port}", flush=True)
         try:
             out = measure(label, f"http://127.0.0.1:{port}/predict/{MODEL}", token, seconds)
+            if not local:  # the floor does not depend on where the champion answers: measured once per proxy
+                return {str(c): r for c, r in out.items()}
             serve.delete("aiinfra")
             serve.run(_floor_app(), name="floor", route_prefix="/floor")
             floor = measure(f"{label}, empty route", f"http://127.0.0.1:{port}/floor/predict/{MODEL}", token, seconds)
@@ -280,7 +285,7 @@ def child(kind: str, home: str, token: str, seconds: float, out: Path) -> dict |
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-    if kind == "haproxy":
+    if kind in ("haproxy", "haproxy-deployment"):
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # read when Ray starts: it must be in the environment before
     cmd = [sys.executable, __file__, "--child", kind, "--home", home, "--token", token, "--seconds", str(seconds),
            "--out", str(out)]
@@ -302,7 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point (after 1 s of warm-up)")
     parser.add_argument("--skip-haproxy", action="store_true")
-    parser.add_argument("--child", choices=["plain", "plain-server", "serve", "haproxy"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["plain", "plain-server", "serve", "haproxy", "haproxy-deployment"], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
@@ -313,8 +318,11 @@ def main() -> None:
         run_plain_server(args.home, args.port)
         return
     if args.child:
-        run = run_plain if args.child == "plain" else run_serve
-        Path(args.out).write_text(json.dumps(run(args.home, args.token, args.seconds)))
+        if args.child == "plain":
+            result = run_plain(args.home, args.token, args.seconds)
+        else:
+            result = run_serve(args.home, args.token, args.seconds, local=args.child != "haproxy-deployment")
+        Path(args.out).write_text(json.dumps(result))
         return
 
     home = Path(tempfile.mkdtemp(prefix="aiinfra-bench-serving-"))
@@ -322,9 +330,10 @@ def main() -> None:
     token = prepare(home)
     results: dict[str, dict | None] = {}
     kinds = [("plain", "plain uvicorn + FastAPI, 1 process (baseline)"), ("serve", "Ray Serve, default proxy"),
-             ("haproxy", "Ray Serve, HAProxy ingress")]
+             ("haproxy", "Ray Serve, HAProxy ingress (the default)"),
+             ("haproxy-deployment", "Ray Serve, HAProxy, champion in a model deployment")]
     for kind, name in kinds:
-        if kind == "haproxy" and args.skip_haproxy:
+        if kind.startswith("haproxy") and args.skip_haproxy:
             continue
         print(f"{name}:", flush=True)
         results[kind] = child(kind, str(home), token, args.seconds, home / f"{kind}.json")

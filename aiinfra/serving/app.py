@@ -8,6 +8,11 @@ The graph, per served model::
             its own replicas and autoscaling; @serve.batch runs concurrent requests through the model
             in one forward pass)
 
+With ``serve.champion_in_router`` (the default) the router answers the champion in its own process
+and the graph has no champion deployment: for a small model the hop to another replica costs more
+than the model (BENCHMARKS.md). The router reaches the model deployments over Serve's gRPC transport
+(``serve.model_transport``).
+
 The router resolves aliases through the registry and names the version in every call, so a model
 deployment answers with exactly the version the router chose: when an alias moves, the router has
 the new version loaded in its deployment (``warm``) before it sends a request there, and requests
@@ -27,11 +32,9 @@ import asyncio
 import json
 import logging
 import re
-import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -192,6 +195,16 @@ ROLES = ("champion", "challenger", "shadow")
 _REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
+def _registry_client(config: PlatformConfig) -> Any:
+    from aiinfra.registry.actor import get_registry_actor
+    from aiinfra.registry.client import RegistryClient
+    from aiinfra.service import ActorBackend
+    from aiinfra.storage import open_artifact_store
+
+    return RegistryClient(ActorBackend(lambda: get_registry_actor(config, create=False)),
+                          open_artifact_store(config.storage_root))
+
+
 def _transport(handle: Any, config: PlatformConfig) -> Any:
     """The handle over the configured transport (``serve.model_transport``)."""
     if config.serve.model_transport == "grpc":
@@ -205,47 +218,23 @@ def _transport(handle: Any, config: PlatformConfig) -> Any:
 class ModelVersions:
     """Answers one model's requests with the version each names; concurrent requests share a forward pass.
 
-    Versions are loaded on first use (download hash-checked) and the ``KEEP`` most recently used are
-    kept, so the old and the new version both answer while an alias moves.
+    Versions are loaded on first use (download hash-checked) and the two most recently used are
+    kept, so the old and the new version both answer while an alias moves (``LoadedVersions``).
     """
 
-    KEEP = 2
-
     def __init__(self, config: PlatformConfig, name: str) -> None:
-        from aiinfra.registry.actor import get_registry_actor
-        from aiinfra.registry.client import RegistryClient
-        from aiinfra.service import ActorBackend
-        from aiinfra.storage import open_artifact_store
+        from aiinfra.serving.versions import LoadedVersions
 
         self.name = name
-        self._registry = RegistryClient(
-            ActorBackend(lambda: get_registry_actor(config, create=False)), open_artifact_store(config.storage_root)
-        )
-        self._loaded: OrderedDict[int, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _predictor(self, version: int) -> Any:
-        from aiinfra.serving.predictor import Predictor
-
-        with self._lock:
-            predictor = self._loaded.get(version)
-            if predictor is None:
-                v = self._registry.get(f"{self.name}@{version}")
-                model_dir = self._registry.download(v, tempfile.mkdtemp(prefix=f"aiinfra-{v.name}-{v.version}-"))
-                predictor = Predictor(v, model_dir)
-                self._loaded[version] = predictor
-            self._loaded.move_to_end(version)
-            while len(self._loaded) > self.KEEP:
-                self._loaded.popitem(last=False)
-            return predictor
+        self._versions = LoadedVersions(_registry_client(config), name)
 
     async def warm(self, version: int) -> int:
         """Load ``version`` now, before any request needs it."""
-        await asyncio.to_thread(self._predictor, version)
+        await asyncio.to_thread(self._versions.get, version)
         return version
 
     async def predict(self, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
-        predictor = self._loaded.get(version) or await asyncio.to_thread(self._predictor, version)
+        predictor = self._versions.loaded(version) or await asyncio.to_thread(self._versions.get, version)
         x = predictor.prepare(rows)  # a client's mistake fails this request alone, before batching
         return predictor.answer(await self._forward(predictor, x))
 
@@ -293,22 +282,22 @@ class ModelServer:
     FOLLOW_INTERVAL_S = 2.0
 
     def __init__(self, config: PlatformConfig, model_ref: str, champion: Any, challenger: Any, shadow: Any) -> None:
-        from aiinfra.registry.actor import get_registry_actor
-        from aiinfra.registry.client import RegistryClient
-        from aiinfra.service import ActorBackend
         from aiinfra.serving.auth import TokenStore
         from aiinfra.serving.shadow import ShadowComparer
-        from aiinfra.storage import open_artifact_store, open_metadata_db
+        from aiinfra.serving.versions import LoadedVersions
+        from aiinfra.storage import open_metadata_db
 
         self.config = config
         self.model_ref = model_ref
         self._slots = {role: _transport(h, config) for role, h in
-                       (("champion", champion), ("challenger", challenger), ("shadow", shadow))}
-        self._registry = RegistryClient(
-            ActorBackend(lambda: get_registry_actor(config, create=False)), open_artifact_store(config.storage_root)
-        )
+                       (("champion", champion), ("challenger", challenger), ("shadow", shadow)) if h is not None}
+        self._registry = _registry_client(config)
         self.primary = self._registry.get(model_ref)
-        self.name = self.primary.name  # its deployment loads it on the first request
+        self.name = self.primary.name
+        # serve.champion_in_router: the champion answers here, in this process (no hop to a deployment).
+        self._local = LoadedVersions(self._registry, self.name) if champion is None else None
+        if self._local is not None:
+            self._local.get(self.primary.version)  # else its deployment loads it on the first request
         self.challenger: Any = None  # the canary's version, while the model has a `challenger` alias
         self.shadow: Any = None  # a version mirrored (compared, never returned) while a `shadow` alias exists
         self._shadow = ShadowComparer()
@@ -329,6 +318,9 @@ class ModelServer:
 
     def _warm(self, role: str, version: Any) -> None:
         """Block until the role's deployment has ``version`` loaded (on the follower thread, or at start)."""
+        if role == "champion" and self._local is not None:
+            self._local.get(version.version)
+            return
         self._slots[role].warm.remote(version.version).result(timeout_s=300)
 
     def _send_to_monitor(self, rows: list[dict[str, Any]], scores: list[float], request_ids: list[str],
@@ -366,6 +358,8 @@ class ModelServer:
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import BackPressureError
 
+        if role == "champion" and self._local is not None:
+            return await self._answer_here(version, rows)
         try:
             return await self._slots[role].predict.remote(rows, version.version)
         except BackPressureError:
@@ -386,6 +380,20 @@ class ModelServer:
         except RayActorError:
             self._failed(version)
             raise ServiceUnavailable(f"a replica serving {version.ref} went away; retry") from None
+
+    async def _answer_here(self, version: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The champion in this process: one small model's forward pass costs less than a hop to another."""
+        assert self._local is not None
+        try:
+            predictor = self._local.loaded(version.version) or await asyncio.to_thread(self._local.get, version.version)
+            return predictor.predict(rows)
+        except AiInfraError as e:
+            if e.status_code >= 500:
+                self._failed(version)
+            raise
+        except Exception:
+            self._failed(version)
+            raise
 
     def _follow(self) -> None:
         while not self._stop.wait(self.FOLLOW_INTERVAL_S):
@@ -465,7 +473,8 @@ class ModelServer:
         """What this application serves (for `aiinfra status`; not an HTTP route)."""
         v, c, sh = self.primary, self.challenger, self.shadow
         return {"model": v.name, "version": v.version, "ref": self.model_ref, "feature_view": self.feature_view,
-                "deployments": {role: f"ModelVersions ({role})" for role in ROLES},
+                "deployments": {role: f"ModelVersions ({role})" if role in self._slots else "ModelServer (in the router)"
+                                for role in ROLES},
                 "canary": None if c is None else {"version": c.version, "share": self.canary_share},
                 "shadow": None if sh is None else {"version": sh.version, "share": self.config.serve.shadow_share,
                                                    **self._shadow.summary()}}
@@ -613,11 +622,15 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     name = parse_ref(model_ref).name
     limits = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests}
     # The champion's deployment scales with traffic; the challenger and shadow get a share of it, one replica each.
-    champion = ModelVersions.options(name="champion", **limits, **scaling).bind(config, name)
+    # With serve.champion_in_router the router answers the champion itself, and its replicas scale instead.
+    champion = None if sv.champion_in_router else ModelVersions.options(name="champion", **limits, **scaling).bind(config, name)
     challenger = ModelVersions.options(name="challenger", **limits, num_replicas=1).bind(config, name)
     shadow = ModelVersions.options(name="shadow", **limits, num_replicas=1).bind(config, name)
     # The router does little per request: it gets a deeper queue than the models behind it.
-    return ModelServer.options(max_ongoing_requests=4 * sv.max_ongoing_requests,
+    # A router that answers the champion does the model's work too: it reserves the model deployment's CPU share.
+    cpus = 0.1 + (0.2 if sv.champion_in_router else 0.0)
+    return ModelServer.options(ray_actor_options={"num_cpus": cpus, "runtime_env": {"env_vars": _REPLICA_ENV}},
+                               max_ongoing_requests=4 * sv.max_ongoing_requests,
                                max_queued_requests=4 * sv.max_queued_requests, **scaling).bind(
         config, model_ref, champion, challenger, shadow)
 

@@ -38,17 +38,13 @@ def _free_port() -> int:
 
 
 def _model_dir(path: Path):
-    """A small churn model with one boolean input (`autopay`), and its signature.
-
-    `fit_features` types a bool column as float64, so the signature a serving client sees is set here
-    as a bool-aware trainer would register it: `autopay` is `bool` (OIP datatype BOOL).
-    """
+    """A small churn model with one boolean input (`autopay`: `fit_features` makes it a `bool` input,
+    OIP datatype BOOL), and its signature."""
     import numpy as np
     import torch
 
     from aiinfra.data.synthetic import CUSTOMERS_FEATURES, make_customers
     from aiinfra.data.transforms import fit_features, load_feature_spec
-    from aiinfra.registry.types import FieldSpec
     from aiinfra.training.model_dir import ModelSpec, save_model_dir
     from aiinfra.training.models import build_model
     from aiinfra.training.tabular import signature_for
@@ -62,8 +58,8 @@ def _model_dir(path: Path):
     mspec = ModelSpec(family="tabular_mlp", params={"hidden": [8]}, input_dim=pre.output_dim, output_dim=1)
     save_model_dir(path, mspec, build_model(mspec.family, mspec.input_dim, 1, mspec.params).state_dict(), pre)
     sig = signature_for(pre)
-    inputs = [FieldSpec(name=f.name, dtype="bool") if f.name == "autopay" else f for f in sig.inputs]
-    return sig.model_copy(update={"inputs": inputs})
+    assert next(f for f in sig.inputs if f.name == "autopay").dtype == "bool"
+    return sig
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +80,9 @@ def served(platform, platform_config, tmp_path_factory):
     port = _free_port()
     # Monitoring off: a sampled request would start a `monitor:` actor (and import alibi-detect) for nothing.
     cfg = platform_config.model_copy(update={
-        "serve": platform_config.serve.model_copy(update={"port": port}),
+        # The champion in its own model deployment (batching, back-pressure from its queue limits); the
+        # default, the champion answered in the router, has its own test at the end.
+        "serve": platform_config.serve.model_copy(update={"port": port, "champion_in_router": False}),
         "monitoring": platform_config.monitoring.model_copy(update={"enabled": False}),
     })
     tight = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1})})
@@ -93,7 +91,7 @@ def served(platform, platform_config, tmp_path_factory):
     try:
         serve.run(build_app(cfg, ref), name="httpcheck", route_prefix="/")
         serve.run(build_app(tight, ref), name="httpcheck-bp", route_prefix=BP)
-        yield {"base": f"http://127.0.0.1:{port}", "version": version.version,
+        yield {"base": f"http://127.0.0.1:{port}", "version": version.version, "config": cfg,
                "auth": {"Authorization": f"Bearer {predict_token}"},
                "feedback_only": {"Authorization": f"Bearer {feedback_token}"}}
     finally:
@@ -434,3 +432,59 @@ def test_a_token_without_the_predict_role_is_403_on_the_oip_routes(served):
         r = httpx.request(method, base + path, content=body, headers=fb, timeout=30)
         assert r.status_code == 403, (path, r.text[:300])
         assert "feedback" in r.json()["error"]
+
+
+def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(served, platform, tmp_path):
+    """serve.champion_in_router: the same answers as the model deployment, 422s from the same validation,
+    and an alias move under continuous load with no failed request."""
+    import threading
+
+    from ray import serve
+
+    from aiinfra.serving.app import build_app
+
+    base, auth = served["base"], served["auth"]
+    # Two CPUs hold two of these apps' CPU reservations, not three: the back-pressure app's test ran above.
+    serve.delete("httpcheck-bp")
+    platform.registry.set_alias(MODEL, served["version"], "champion")
+    cfg = served["config"]
+    local = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"champion_in_router": True})})
+    serve.run(build_app(local, f"{MODEL}@champion"), name="httpcheck-local", route_prefix="/local")
+    try:
+        here = httpx.post(f"{base}/local{PREDICT}", json={"instances": [ROW, CALM]}, headers=auth, timeout=30)
+        there = httpx.post(f"{base}{PREDICT}", json={"instances": [ROW, CALM]}, headers=auth, timeout=30)
+        assert here.status_code == 200, here.text
+        assert here.json()["predictions"] == there.json()["predictions"]
+        bad = httpx.post(f"{base}/local{PREDICT}", json={"instances": [{**ROW, "autopay": "yes"}]}, headers=auth, timeout=30)
+        assert bad.status_code == 422 and "autopay" in bad.json()["error"]
+
+        seen: dict[int, int] = {}
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    r = client.post(f"{base}/local{PREDICT}", json={"instances": [ROW]}, headers=auth)
+                    if r.status_code == 200:
+                        v = r.json()["version"]
+                        seen[v] = seen.get(v, 0) + 1
+                    else:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+        client = threading.Thread(target=load)
+        client.start()
+        try:
+            time.sleep(1.0)
+            new = platform.registry.register(MODEL, tmp_path / "m2", signature=_model_dir(tmp_path / "m2"))
+            platform.registry.set_alias(MODEL, new.version, "champion")
+            deadline = time.monotonic() + 60
+            while seen.get(new.version, 0) < 20 and time.monotonic() < deadline and not failures:
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            client.join(timeout=60)
+        assert not failures, failures[:3]
+        assert seen.get(served["version"], 0) > 0 and seen.get(new.version, 0) >= 20, seen
+    finally:
+        serve.delete("httpcheck-local")

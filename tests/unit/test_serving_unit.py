@@ -131,7 +131,7 @@ def test_the_app_builder_applies_replicas_autoscaling_and_back_pressure_from_the
 
     def deployment_config(role="champion", **serve):
         """The config of the router (role None) or of a model deployment in the app's graph."""
-        cfg = base.model_copy(update={"serve": base.serve.model_copy(update=serve)})
+        cfg = base.model_copy(update={"serve": base.serve.model_copy(update={"champion_in_router": False, **serve})})
         router = build_app(cfg, "churn@champion")._bound_deployment
         if role is None:
             return router._deployment_config
@@ -147,6 +147,12 @@ def test_the_app_builder_applies_replicas_autoscaling_and_back_pressure_from_the
     assert scaled.autoscaling_config.max_replicas == 4 and scaled.autoscaling_config.target_ongoing_requests == 3
     with pytest.raises(InvalidInput, match="max_replicas"):
         deployment_config(min_replicas=3, max_replicas=2)
+    # the default: the champion answers in the router, whose replicas then scale; no champion deployment
+    router = build_app(base.model_copy(update={"serve": base.serve.model_copy(update={"min_replicas": 1, "max_replicas": 3})}),
+                       "churn@champion")._bound_deployment
+    assert base.serve.champion_in_router and router.init_args[2] is None
+    assert {a._bound_deployment.name for a in router.init_args[3:]} == {"challenger", "shadow"}
+    assert router._deployment_config.autoscaling_config.max_replicas == 3
 
 
 def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatch):
