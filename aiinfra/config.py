@@ -76,12 +76,12 @@ class ServeSettings(BaseModel):
     # added latency (BENCHMARKS.md). A cluster started otherwise keeps whatever its environment says.
     haproxy: bool = True
     # How the router reaches the model deployments: "grpc" is Serve's by-value transport between replicas
-    # (pickled arguments over the replica's own gRPC server), about 3 ms less per request here than "actor",
+    # (pickled arguments over the replica's own gRPC server), 0.5 to 2 ms less per request here than "actor",
     # Ray's actor-call transport through the object store (BENCHMARKS.md). "actor" is there should a
     # request or answer ever hold something only cloudpickle can carry.
     model_transport: Literal["grpc", "actor"] = "grpc"
     # The champion answered in the router's own process, without the hop to a model deployment: here about
-    # 2.4 ms less per request and twice the throughput (BENCHMARKS.md), for models that run well on the
+    # 2 ms less per request and twice the throughput (BENCHMARKS.md), for models that run well on the
     # router's CPU share (the tabular families). The challenger and shadow keep their deployments; the
     # router's replicas (min/max_replicas) carry the load. Set it false for large or GPU models: the champion
     # then gets its own ModelVersions deployment, with @serve.batch and its own autoscaling.

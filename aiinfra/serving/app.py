@@ -188,11 +188,13 @@ async def _json_body(request: Request, max_bytes: int) -> Any:
 
 ROLES = ("champion", "challenger", "shadow")
 
-# Serve runs a replica's user code, and its handles' routing, each on an event loop in a thread of its
-# own. On a small machine every request then crosses threads (and the GIL) several times: running
-# both on the replica's main loop took 0.5 to 1 ms off each request and about 15% more throughput at
-# 16 clients here (BENCHMARKS.md). Read when the replica's process imports Serve, hence runtime_env.
-_REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# Serve runs a replica's user code on an event loop in a thread of its own. On a small machine every
+# request then crosses threads (and the GIL) once more: running it on the replica's main loop took
+# about 15% more throughput at 16 clients here (BENCHMARKS.md). Read when the replica's process imports
+# Serve, hence runtime_env. Not RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 as well: it makes a handle's
+# `.result()` refuse every caller, and the router's alias follower and shadow comparer call the model
+# deployments from their own threads with it.
+_REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def _registry_client(config: PlatformConfig) -> Any:

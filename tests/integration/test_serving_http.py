@@ -356,25 +356,31 @@ def test_fuzzed_instance_values_get_200_or_a_json_422(served):
 
 # -- b. back-pressure ---------------------------------------------------------------------------------
 
-def test_back_pressure_answers_503_at_once_and_serves_the_rest(served):
-    """max_ongoing_requests=1, max_queued_requests=1 (from config.serve): of 32 concurrent heavy requests,
-    what does not fit is refused with 503 quickly; everything else is answered 200."""
+def _burst(base: str, prefix: str, auth: dict, clients: int = 32) -> list[tuple[int, float, str]]:
+    """``clients`` concurrent heavy requests (4,000 rows each): status, seconds and body of each."""
     rows = [ROW if i % 2 else CALM for i in range(4000)]
     payload = json.dumps({"instances": rows}).encode()
     assert len(payload) < 1 << 20
 
     async def one(client: httpx.AsyncClient) -> tuple[int, float, str]:
         t0 = time.perf_counter()
-        r = await client.post(f"{BP}/predict/{MODEL}", content=payload)
+        r = await client.post(f"{prefix}/predict/{MODEL}", content=payload)
         return r.status_code, time.perf_counter() - t0, r.text
 
     async def burst() -> list[tuple[int, float, str]]:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=served["base"], headers=served["auth"], timeout=60, limits=limits) as client:
-            assert (await client.post(f"{BP}/predict/{MODEL}", content=_row())).status_code == 200  # warm
-            return await asyncio.gather(*(one(client) for _ in range(32)))
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=60, limits=limits) as client:
+            assert (await client.post(f"{prefix}/predict/{MODEL}", content=_row())).status_code == 200  # warm
+            return await asyncio.gather(*(one(client) for _ in range(clients)))
 
-    results = asyncio.run(burst())
+    return asyncio.run(burst())
+
+
+def test_back_pressure_answers_503_at_once_and_serves_the_rest(served):
+    """max_ongoing_requests=1, max_queued_requests=1 (from config.serve): of 32 concurrent heavy requests,
+    what does not fit is refused with 503 quickly; everything else is answered 200."""
+    results = _burst(served["base"], BP, served["auth"])
+    rows = 4000
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 503}, [(c, t[:200]) for c, _, t in results if c not in (200, 503)]
     assert codes.count(503) >= 1 and codes.count(200) >= 2, codes
@@ -384,7 +390,7 @@ def test_back_pressure_answers_503_at_once_and_serves_the_rest(served):
     assert sorted(refused)[len(refused) // 2] < max(served_s), (refused, served_s)
     for c, _, text in results:
         if c == 200:
-            assert len(json.loads(text)["predictions"]) == len(rows)
+            assert len(json.loads(text)["predictions"]) == rows
 
 
 # -- c. OIP v2 round trip, and 403 on the OIP routes ---------------------------------------------------
@@ -436,7 +442,8 @@ def test_a_token_without_the_predict_role_is_403_on_the_oip_routes(served):
 
 def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(served, platform, tmp_path):
     """serve.champion_in_router: the same answers as the model deployment, 422s from the same validation,
-    and an alias move under continuous load with no failed request."""
+    an alias move under continuous load with no failed request, and back-pressure: with the model in the
+    router, the router's own queue limits (4 x 1 here) refuse what does not fit, at once, with a 503."""
     import threading
 
     from ray import serve
@@ -448,7 +455,8 @@ def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(serve
     serve.delete("httpcheck-bp")
     platform.registry.set_alias(MODEL, served["version"], "champion")
     cfg = served["config"]
-    local = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"champion_in_router": True})})
+    local = cfg.model_copy(update={"serve": cfg.serve.model_copy(
+        update={"champion_in_router": True, "max_ongoing_requests": 1, "max_queued_requests": 1})})
     serve.run(build_app(local, f"{MODEL}@champion"), name="httpcheck-local", route_prefix="/local")
     try:
         here = httpx.post(f"{base}/local{PREDICT}", json={"instances": [ROW, CALM]}, headers=auth, timeout=30)
@@ -486,5 +494,10 @@ def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(serve
             client.join(timeout=60)
         assert not failures, failures[:3]
         assert seen.get(served["version"], 0) > 0 and seen.get(new.version, 0) >= 20, seen
+
+        results = _burst(base, "/local", auth)
+        codes = [c for c, _, _ in results]
+        assert set(codes) <= {200, 503} and codes.count(503) >= 1 and codes.count(200) >= 2, codes
+        assert max(s for c, s, _ in results if c == 503) < 5.0  # refused at once, not after the request timeout
     finally:
         serve.delete("httpcheck-local")

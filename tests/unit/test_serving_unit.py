@@ -13,7 +13,7 @@ from fastapi import Request
 
 from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, LABEL, NUMERIC, make_customers
 from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
-from aiinfra.errors import InvalidInput
+from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.registry.types import ModelVersion
 from aiinfra.serving.predictor import Predictor
 from aiinfra.storage import FileDigest
@@ -218,3 +218,26 @@ def test_a_bool_column_is_a_bool_input_end_to_end(tmp_path, with_nulls):
     assert not np.array_equal(both[0], both[1])
     with pytest.raises(InvalidInput, match="is_premium: must be true or false"):
         predictor.predict([{"x": 0.0, "is_premium": 1.0}])
+
+
+def test_loaded_versions_load_on_first_use_and_keep_the_two_most_recent(tmp_path, pre, predictor):
+    """What both the router (champion_in_router) and a ModelVersions replica hold while aliases move."""
+    from aiinfra.config import load_config
+    from aiinfra.platform import open_local
+    from aiinfra.serving.versions import LoadedVersions
+
+    with open_local(load_config(environ={}, home=str(tmp_path / "home"))) as p:
+        for _ in range(3):
+            p.registry.register("churn", tmp_path / "m", signature=signature_for(pre))
+        versions = LoadedVersions(p.registry, "churn")
+        assert versions.loaded(1) is None  # nothing until asked
+        first = versions.get(1)
+        assert versions.get(1) is first and versions.loaded(1) is first
+        versions.get(2)
+        versions.get(1)  # 1 is now the most recently used
+        versions.get(3)
+        assert versions.versions == [1, 3]  # 2 went: the least recently used of three
+        row = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}
+        assert versions.get(3).predict([row]) == first.predict([row])  # same files, same answers
+        with pytest.raises(NotFound):
+            versions.get(9)
