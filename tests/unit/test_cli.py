@@ -5,6 +5,7 @@ import json
 import pytest
 
 from aiinfra import cli
+from aiinfra.cli import common
 
 
 @pytest.fixture
@@ -12,7 +13,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("AIINFRA_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("AIINFRA_CONFIG", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(cli, "_cluster_running", lambda config: False)
+    monkeypatch.setattr(common, "cluster_running", lambda config: False)
     from aiinfra.platform import open_local
 
     d = tmp_path / "m"

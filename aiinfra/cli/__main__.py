@@ -1,0 +1,7 @@
+"""``python -m aiinfra.cli``: how the autopilot submits a retrain (aiinfra/autopilot/actor.py)."""
+
+import sys
+
+from aiinfra.cli import main
+
+sys.exit(main())

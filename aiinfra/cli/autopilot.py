@@ -1,0 +1,143 @@
+"""``aiinfra retrain`` and ``aiinfra autopilot``: retrain, canary and promote on drift or a performance drop."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from aiinfra.cli import common  # cluster_running looked up at call time: the tests replace it
+from aiinfra.cli.common import print_json, stage_log, when
+from aiinfra.config import load_config
+from aiinfra.errors import InvalidInput, NotFound
+
+
+def _retrain(args: argparse.Namespace) -> None:
+    from aiinfra.pipelines.retrain import run_retrain
+    from aiinfra.platform import connect
+    from aiinfra.training.config import load_train_config
+
+    config = load_config()
+    cfg = load_train_config(args.config)  # every invalid field, before Ray starts
+    if cfg.name != args.model:
+        raise InvalidInput(f"{args.config} trains {cfg.name!r}, not {args.model!r}")
+    print(f"retraining {args.model} from {args.config} with up to {args.recent_rows:,} labelled production rows",
+          file=sys.stderr, flush=True)
+    with connect(config) as platform:
+        result = run_retrain(platform, args.model, args.config, recent_rows=args.recent_rows,
+                             reference_rows=args.reference_rows, result_key=args.result_key, log=stage_log())
+    if args.json:
+        return print_json(result)
+    print(result["challenger"] or f"{result['model']} (refused by the gate: not a challenger)")
+
+
+def _autopilot_connect(config: Any) -> None:
+    """Join the running cluster (the autopilot lives there). Call before anything imports Ray."""
+    from aiinfra.errors import ServiceUnavailable
+
+    if not common.cluster_running(config):  # settles Ray's auth mode first
+        raise ServiceUnavailable("no cluster is running: start one with `aiinfra up` (the autopilot lives on it)")
+    import ray
+
+    from aiinfra.cluster import running_cluster
+
+    ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
+
+
+def _autopilot_start(args: argparse.Namespace) -> None:
+    from aiinfra.autopilot.policy import load_policy
+
+    config = load_config()
+    policy = load_policy(args.policy)  # every invalid field, before anything starts
+    _autopilot_connect(config)
+    import ray
+
+    from aiinfra.autopilot.actor import get_autopilot_actor
+
+    try:
+        actor = get_autopilot_actor(config, poll_interval_s=args.poll_interval)
+        state = ray.get(actor.watch.remote(policy.model_dump(mode="json")), timeout=60)
+    finally:
+        ray.shutdown()
+    print(f"autopilot drives {policy.model} by {args.policy} (state {state['state']}); "
+          f"`aiinfra autopilot status {policy.model}` shows its decisions", file=sys.stderr)
+
+
+def _autopilot_status(args: argparse.Namespace) -> None:
+    config = load_config()
+    _autopilot_connect(config)
+    import ray
+
+    from aiinfra.autopilot.actor import get_autopilot_actor
+
+    try:
+        try:
+            actor = get_autopilot_actor(config, create=False)
+        except ValueError:
+            raise NotFound("no autopilot is running: start it with `aiinfra autopilot start POLICY.yaml`") from None
+        status = ray.get(actor.status.remote(args.name, args.limit), timeout=60)
+    finally:
+        ray.shutdown()
+    if args.json:
+        return print_json(status)
+    if not status["models"]:
+        print("the autopilot drives no model" + (f" named {args.name!r}" if args.name else ""))
+    for model, s in status["models"].items():
+        st = s["state"]
+        extra = ""
+        if st["state"] == "retraining":
+            extra = f" (job {st['job_id']})"
+        elif st["state"] == "canary":
+            extra = f" (version {st['challenger_version']} on {st['canary_share']:.0%} of traffic)"
+        print(f"{model}: {st['state']}{extra}; drift streak {st['drift_streak']}; retrains in 24 h {st['retrains_last_24h']}"
+              + ("; in cooldown" if st["in_cooldown"] else ""))
+        if s["last_error"]:
+            print(f"  last error: {s['last_error']}")
+        for d in s["decisions"]:
+            print(f"  {d['seq']:>4}  {when(d['at'])}  {d['action']:<12}  {d['reason']}")
+
+
+def _autopilot_stop(args: argparse.Namespace) -> None:
+    config = load_config()
+    _autopilot_connect(config)
+    import ray
+
+    from aiinfra.autopilot.actor import get_autopilot_actor
+
+    try:
+        actor = get_autopilot_actor(config, create=False)
+        removed = ray.get(actor.unwatch.remote(args.name), timeout=60)
+    except ValueError:
+        removed = False
+    finally:
+        ray.shutdown()
+    print(f"the autopilot no longer drives {args.name}" if removed else f"the autopilot was not driving {args.name}",
+          file=sys.stderr)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    retrain = sub.add_parser("retrain", help="retrain MODEL on recent labelled production rows plus its reference data; "
+                                             "register the result without an alias (what the autopilot submits)")
+    retrain.add_argument("model")
+    retrain.add_argument("--config", required=True, help="the model's training config YAML")
+    retrain.add_argument("--recent-rows", type=int, default=5000, help="labelled production rows to add (default 5000)")
+    retrain.add_argument("--reference-rows", type=int, default=None,
+                         help="the newest rows of the training dataset to keep (default: all)")
+    retrain.add_argument("--result-key", default=None, help="artifact-store key to write the result JSON to")
+    retrain.add_argument("--json", action="store_true")
+    retrain.set_defaults(func=_retrain)
+
+    autopilot = sub.add_parser("autopilot", help="retrain, canary and promote on drift or a performance drop") \
+        .add_subparsers(dest="autopilot_command", required=True)
+    astart = autopilot.add_parser("start", help="drive a model by a policy YAML (example: jobs/configs/autopilot_churn.yaml)")
+    astart.add_argument("policy")
+    astart.add_argument("--poll-interval", type=float, default=5.0, help="seconds between the autopilot's checks")
+    astart.set_defaults(func=_autopilot_start)
+    astatus = autopilot.add_parser("status", help="state and decision log (with evidence: --json) of each driven model")
+    astatus.add_argument("name", nargs="?")
+    astatus.add_argument("--limit", type=int, default=20)
+    astatus.add_argument("--json", action="store_true")
+    astatus.set_defaults(func=_autopilot_status)
+    astop = autopilot.add_parser("stop", help="stop driving NAME (its state and log are kept)")
+    astop.add_argument("name")
+    astop.set_defaults(func=_autopilot_stop)

@@ -1,0 +1,52 @@
+"""What the verb groups share: JSON and time output, finding the running cluster, opening the platform."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+
+def print_json(value: Any) -> None:
+    from pydantic import BaseModel
+
+    def default(o: Any) -> Any:
+        if isinstance(o, BaseModel):
+            return o.model_dump(mode="json")
+        if hasattr(o, "to_dict"):
+            return o.to_dict()
+        return str(o)
+
+    json.dump(value, sys.stdout, default=default, indent=2)
+    sys.stdout.write("\n")
+
+
+def when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def cluster_running(config: Any) -> bool:
+    from aiinfra.cluster import running_cluster, use_cluster_auth
+
+    use_cluster_auth(config)  # before anything imports Ray
+    return running_cluster(config) is not None
+
+
+def open_platform(config: Any) -> Any:
+    """Through the registry actor when a cluster is running; else straight to the stores.
+
+    With no cluster there is no registry actor to go around, and starting Ray (5 to 10 s)
+    for a listing would be a poor trade; the metadata DB's transactions keep direct access safe.
+    """
+    from aiinfra.platform import connect, open_local
+
+    if cluster_running(config):
+        return connect(config)
+    return open_local(config)
+
+
+def stage_log() -> Any:
+    from aiinfra.pipelines.progress import StageLog
+
+    return StageLog(total=0, out=sys.stderr)  # the pipeline sets how many stages it runs

@@ -1,0 +1,66 @@
+"""``aiinfra monitor``: drift monitoring of served models."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from aiinfra.cli import common  # cluster_running looked up at call time: the tests replace it
+from aiinfra.cli.common import print_json, when
+from aiinfra.config import load_config
+
+
+def _monitor_status(args: argparse.Namespace) -> None:
+    config = load_config()
+    status: dict[str, Any] | None = None
+    if common.cluster_running(config):
+        import ray
+
+        from aiinfra.cluster import running_cluster
+        from aiinfra.monitoring.actor import monitor_actor_name
+
+        ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
+        try:
+            handle = ray.get_actor(monitor_actor_name(args.name), namespace=config.namespace)
+            status = ray.get(handle.status.remote(args.limit), timeout=30)
+        except ValueError:
+            status = None  # no monitor running: read what is stored
+        finally:
+            ray.shutdown()
+    if status is None:
+        from aiinfra.monitoring.core import read_reports
+        from aiinfra.storage import open_metadata_db
+
+        db = open_metadata_db(config.metadata_url)
+        try:
+            reports = [r.model_dump(mode="json") for r in read_reports(db, args.name, args.limit)]
+        finally:
+            db.close()
+        status = {"model": args.name, "running": False, "reports": reports}
+    else:
+        status["running"] = True
+    if args.json:
+        return print_json(status)
+    if status["running"]:
+        st = status["stats"]
+        print(f"monitor:{args.name} watching {status['version']} against {status['reference']} "
+              f"({len(status['features']['numeric'])} numeric, {len(status['features']['categorical'])} categorical inputs)")
+        print(f"  rows received {st['rows_seen']:,} (dropped {st['rows_dropped']:,}); open window {st['open_window_rows']:,} "
+              f"of {status['settings']['window_rows']:,}; windows closed {st['windows_closed']} (skipped {st['windows_skipped']})")
+    else:
+        print(f"no monitor is running for {args.name}; stored windows:")
+    if not status["reports"]:
+        print("  no windows yet: a window closes after window_rows served rows or window_seconds")
+    for r in status["reports"]:
+        drifted = (r.get("result") or {}).get("drifted_features") or []
+        print(f"  window {r['window_id']:>4}  {when(r['window_end'])}  {r['rows']:>6} rows  {r['status']:<7}  "
+              f"{', '.join(drifted) if drifted else r['reason']}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    monitor = sub.add_parser("monitor", help="drift monitoring of served models").add_subparsers(dest="monitor_command", required=True)
+    mstatus = monitor.add_parser("status", help="the latest drift windows of NAME and what its monitor has received")
+    mstatus.add_argument("name")
+    mstatus.add_argument("--limit", type=int, default=10)
+    mstatus.add_argument("--json", action="store_true")
+    mstatus.set_defaults(func=_monitor_status)
