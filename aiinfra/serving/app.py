@@ -29,6 +29,7 @@ status of its AiInfraError; a client's mistake is never a 500, and overload is a
 # must see real classes (Request), not strings.
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -300,6 +301,12 @@ class ModelServer:
         self._local = LoadedVersions(self._registry, self.name) if champion is None else None
         if self._local is not None:
             self._local.get(self.primary.version)  # else its deployment loads it on the first request
+        # Load shedding when the router answers the champion: past this many inference requests in flight
+        # (the model deployment's own limits), a JSON 503 at once. Serve's limit on this deployment sits
+        # above it, so its plain-text 503 stays the exception (build_app).
+        self._admit_limit = (config.serve.max_ongoing_requests + config.serve.max_queued_requests
+                             if self._local is not None else None)
+        self._inflight = 0
         self.challenger: Any = None  # the canary's version, while the model has a `challenger` alias
         self.shadow: Any = None  # a version mirrored (compared, never returned) while a `shadow` alias exists
         self._shadow = ShadowComparer()
@@ -350,6 +357,18 @@ class ModelServer:
 
             self._sampler.offer(rows, [score_of(p) for p in predictions], request_id,
                                 [p.get("label", p.get("value")) for p in predictions], version)
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Any:
+        """One inference request in flight (all run on this replica's event loop: a plain counter is safe)."""
+        if self._admit_limit is not None and self._inflight >= self._admit_limit:
+            raise ServiceUnavailable(f"{self.name} is at capacity ({self._admit_limit} requests in flight on "
+                                     "this replica); retry with backoff")
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
 
     def _failed(self, version: Any) -> None:
         if self._sampler is not None:
@@ -484,6 +503,16 @@ class ModelServer:
     def _authorize(self, request: Request, action: str) -> None:
         self.tokens.verify(request.headers.get("authorization")).require(action)
 
+    async def _request_as(self, model: Any, what: str, name: str, request: Request, *, action: str) -> Any:
+        """The caller may ``action`` on this model, and the JSON body is a valid ``model`` (else 4xx)."""
+        self._authorize(request, action)
+        self._check_name(name)
+        body = await _json_body(request, self.config.serve.max_body_bytes)
+        try:
+            return model.model_validate(body)
+        except ValidationError as e:
+            raise InvalidInput(format_validation_error(what, e)) from None
+
     def _check_name(self, name: str) -> None:
         if name != self.name:
             raise NotFound(f"model {name!r} is not served here (this deployment serves {self.name!r})")
@@ -519,52 +548,42 @@ class ModelServer:
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict[str, Any]:
-        from aiinfra.serving.oip import decode_infer_request, encode_infer_response
+        with self._admitted():
+            from aiinfra.serving.oip import decode_infer_request, encode_infer_response
 
-        self._authorize(request, "predict")
-        self._check_name(name)
-        # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
-        body = await _json_body(request, self.config.serve.max_body_bytes)
-        rows, request_id, wanted = decode_infer_request(body, self.primary.signature)
-        request_id = request_id or _request_id(request)
-        role, version = self._route(request_id)  # read once: an alias move mid-request does not mix versions
-        predictions = await self._answer(role, version, rows)
-        request.state.version, request.state.rows = version.version, len(predictions)
-        self._sample(rows, predictions, request_id, version.version)
-        self._mirror(request_id, rows, predictions)
-        return encode_infer_response(predictions, version.signature, model=version.name, version=version.version,
-                                     request_id=request_id, wanted=wanted)
+            self._authorize(request, "predict")
+            self._check_name(name)
+            # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
+            body = await _json_body(request, self.config.serve.max_body_bytes)
+            rows, request_id, wanted = decode_infer_request(body, self.primary.signature)
+            request_id = request_id or _request_id(request)
+            role, version = self._route(request_id)  # read once: an alias move mid-request does not mix versions
+            predictions = await self._answer(role, version, rows)
+            request.state.version, request.state.rows = version.version, len(predictions)
+            self._sample(rows, predictions, request_id, version.version)
+            self._mirror(request_id, rows, predictions)
+            return encode_infer_response(predictions, version.signature, model=version.name, version=version.version,
+                                         request_id=request_id, wanted=wanted)
 
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
-        self._authorize(request, "predict")
-        self._check_name(name)
-        body = await _json_body(request, self.config.serve.max_body_bytes)
-        try:
-            req = PredictRequest.model_validate(body)
-        except ValidationError as e:
-            raise InvalidInput(format_validation_error("predict request", e)) from None
-        if (req.instances is None) == (req.entity_ids is None):
-            raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
-        request_id = _request_id(request)
-        role, version = self._route(request_id)  # read once: an alias move mid-request does not mix versions
-        instances = req.instances if req.instances is not None else self._features_for(version, req.entity_ids)
-        predictions = await self._answer(role, version, instances)
-        request.state.version, request.state.rows = version.version, len(predictions)
-        self._sample(instances, predictions, request_id, version.version)
-        self._mirror(request_id, instances, predictions)
-        return {"predictions": predictions, "model": version.name, "version": version.version, "request_id": request_id}
+        with self._admitted():
+            req = await self._request_as(PredictRequest, "predict request", name, request, action="predict")
+            if (req.instances is None) == (req.entity_ids is None):
+                raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
+            request_id = _request_id(request)
+            role, version = self._route(request_id)  # read once: an alias move mid-request does not mix versions
+            instances = req.instances if req.instances is not None else self._features_for(version, req.entity_ids)
+            predictions = await self._answer(role, version, instances)
+            request.state.version, request.state.rows = version.version, len(predictions)
+            self._sample(instances, predictions, request_id, version.version)
+            self._mirror(request_id, instances, predictions)
+            return {"predictions": predictions, "model": version.name, "version": version.version, "request_id": request_id}
 
     @api.post("/feedback/{name}")
     async def feedback(self, name: str, request: Request) -> dict[str, Any]:
         """Ground truth for served requests, by the request_id each answer carried."""
-        self._authorize(request, "feedback")
-        self._check_name(name)
-        body = await _json_body(request, self.config.serve.max_body_bytes)
-        try:
-            req = FeedbackRequest.model_validate(body)
-        except ValidationError as e:
-            raise InvalidInput(format_validation_error("feedback", e)) from None
+        req = await self._request_as(FeedbackRequest, "feedback", name, request, action="feedback")
         if (req.items is None) == (req.request_id is None):
             raise InvalidInput("send either 'request_id' with 'label' (or 'labels'), or 'items': a list of those")
         items = req.items or [FeedbackItem.model_validate(req.model_dump(exclude={"items"}, exclude_unset=True))]
@@ -629,10 +648,14 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     challenger = ModelVersions.options(name="challenger", **limits, num_replicas=1).bind(config, name)
     shadow = ModelVersions.options(name="shadow", **limits, num_replicas=1).bind(config, name)
     # The router does little per request: it gets a deeper queue than the models behind it.
-    # A router that answers the champion does the model's work too: it reserves the model deployment's CPU share.
+    # A router that answers the champion does the model's work too: it reserves the model deployment's CPU
+    # share, and sheds load itself (a JSON 503 past the model's limits, ModelServer._admitted), so Serve's
+    # own limit is set above that, with room for health checks, metadata and feedback.
     cpus = 0.1 + (0.2 if sv.champion_in_router else 0.0)
+    ongoing = (sv.max_ongoing_requests + sv.max_queued_requests + 64 if sv.champion_in_router
+               else 4 * sv.max_ongoing_requests)
     return ModelServer.options(ray_actor_options={"num_cpus": cpus, "runtime_env": {"env_vars": _REPLICA_ENV}},
-                               max_ongoing_requests=4 * sv.max_ongoing_requests,
+                               max_ongoing_requests=ongoing,
                                max_queued_requests=4 * sv.max_queued_requests, **scaling).bind(
         config, model_ref, champion, challenger, shadow)
 

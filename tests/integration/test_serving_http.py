@@ -443,7 +443,7 @@ def test_a_token_without_the_predict_role_is_403_on_the_oip_routes(served):
 def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(served, platform, tmp_path):
     """serve.champion_in_router: the same answers as the model deployment, 422s from the same validation,
     an alias move under continuous load with no failed request, and back-pressure: with the model in the
-    router, the router's own queue limits (4 x 1 here) refuse what does not fit, at once, with a 503."""
+    router, the router sheds what is past the model's limits (1 + 1 here) at once, with a JSON 503."""
     import threading
 
     from ray import serve
@@ -499,5 +499,8 @@ def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(serve
         codes = [c for c, _, _ in results]
         assert set(codes) <= {200, 503} and codes.count(503) >= 1 and codes.count(200) >= 2, codes
         assert max(s for c, s, _ in results if c == 503) < 5.0  # refused at once, not after the request timeout
+        for c, _, text in results:  # shed by the router itself: the contract's JSON, naming the capacity
+            if c == 503:
+                assert "at capacity" in json.loads(text)["error"], text[:200]
     finally:
         serve.delete("httpcheck-local")

@@ -153,6 +153,8 @@ def test_the_app_builder_applies_replicas_autoscaling_and_back_pressure_from_the
     assert base.serve.champion_in_router and router.init_args[2] is None
     assert {a._bound_deployment.name for a in router.init_args[3:]} == {"challenger", "shadow"}
     assert router._deployment_config.autoscaling_config.max_replicas == 3
+    # it sheds past the model's limits itself (a JSON 503); Serve's own limit on it sits above that
+    assert router._deployment_config.max_ongoing_requests == base.serve.max_ongoing_requests + base.serve.max_queued_requests + 64
 
 
 def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatch):
