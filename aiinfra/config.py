@@ -83,8 +83,9 @@ class ServeSettings(BaseModel):
     # The champion answered in the router's own process, without the hop to a model deployment: here about
     # 2 ms less per request and twice the throughput (BENCHMARKS.md), for models that run well on the
     # router's CPU share (the tabular families). The challenger and shadow keep their deployments; the
-    # router's replicas (min/max_replicas) carry the load. Set it false for large or GPU models: the champion
-    # then gets its own ModelVersions deployment, with @serve.batch and its own autoscaling.
+    # router's replicas (min/max_replicas) carry the load. Set it false for models heavy enough that batching
+    # pays: the champion then gets its own ModelVersions deployment, with @serve.batch and its own
+    # autoscaling. (Serving runs on CPU either way: model deployments do not request GPUs yet.)
     champion_in_router: bool = True
 
 

@@ -5,7 +5,8 @@ A thin Ray shell around ``DriftMonitor``. Its reference is built from the versio
 the metadata DB before they are returned, so a restart (``max_restarts=-1``) loses none of them.
 A timer thread closes time windows when traffic stops; metrics go out through ray.util.metrics.
 
-For the autopilot it also keeps per-version canary arms, the labelled production rows a retrain
+For the autopilot it also keeps per-version canary arms (stored in the metadata DB, so a restart
+mid-canary resumes counting), the labelled production rows a retrain
 learns from, and ``rebase``: after a promotion the new champion's training data becomes the
 reference, so the drift it was trained on stops counting as drift.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import ray
@@ -40,6 +42,7 @@ class MonitorService:
         self.config = config
         self._model = model
         self._lock = threading.Lock()
+        self._arms_saved: tuple[float, Any] = (0.0, None)  # when, and what
         self._build()
         settings = self.core.settings
         self._m_perf = Gauge("aiinfra_performance", "rolling metric on labelled production traffic",
@@ -58,7 +61,7 @@ class MonitorService:
     def _build(self) -> None:
         """Reference, detector and performance baseline from the champion (else the newest version)."""
         from aiinfra.errors import NotFound
-        from aiinfra.monitoring.core import DriftMonitor, MonitorSettings
+        from aiinfra.monitoring.core import DriftMonitor, MonitorSettings, load_arms
         from aiinfra.monitoring.performance import PerformanceTracker
         from aiinfra.monitoring.reference import build_reference
 
@@ -72,14 +75,30 @@ class MonitorService:
                                    min_rows=min(m.min_rows, m.window_rows), alpha=m.alpha, correction=m.correction)
         core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
                             categorical=reference.categorical, settings=settings, reference_scores=reference.scores)
-        # In memory: predictions waiting for labels, the rolling window, the arms and the labelled rows
-        # (a restart starts them afresh; the stored drift reports are what survives).
+        # In memory: predictions waiting for labels, the rolling window and the labelled rows (a restart
+        # starts them afresh). Stored: the drift reports, and the canary's arms (at most ARMS_SAVE_S behind).
         performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
         old = getattr(self, "performance", None)
         if old is not None:  # a rebase
             performance.carry_over(old)
+        else:
+            stored = load_arms(self._db, self._model)
+            if stored is not None:
+                performance.restore_arms(stored)
         self.version, self.core, self.performance = version, core, performance
         self.reference_dataset = reference.dataset_version
+
+    ARMS_SAVE_S = 1.0
+
+    def _save_arms(self, force: bool = False) -> None:
+        """Store the arms when they changed, at most once per ARMS_SAVE_S (under the lock)."""
+        from aiinfra.monitoring.core import save_arms
+
+        stats = self.performance.arm_stats()
+        at, saved = self._arms_saved
+        if stats != saved and (force or time.monotonic() - at >= self.ARMS_SAVE_S):
+            save_arms(self._db, self._model, stats)
+            self._arms_saved = (time.monotonic(), stats)
 
     def rebase(self) -> dict[str, Any]:
         """Take the current champion as the reference (after a promotion); the open window is dropped."""
@@ -116,6 +135,7 @@ class MonitorService:
                 self.performance.record(request_ids, scores, labels, versions=versions, rows=rows)
             if errors:
                 self.performance.record_errors(errors)
+            self._save_arms()
         self._m_rows.inc(len(rows), tags={"model": self.core.model})
         self._export(reports)
         return [r.model_dump(mode="json") for r in reports]
@@ -125,6 +145,7 @@ class MonitorService:
         with self._lock:
             counts = self.performance.feedback(items)
             snap = self.performance.snapshot()
+            self._save_arms()
         for metric, value in snap["metrics"].items():
             self._m_perf.set(value, tags={"model": self.core.model, "metric": metric})
         return {**counts, "performance": snap}
@@ -132,11 +153,13 @@ class MonitorService:
     def arm_stats(self) -> dict[str, Any]:
         """Requests, errors, labelled and correct rows per served version since ``reset_arms``."""
         with self._lock:
+            self._save_arms(force=True)  # what the autopilot decides on is what a restart resumes from
             return self.performance.arm_stats()
 
     def reset_arms(self) -> dict[str, Any]:
         with self._lock:
             self.performance.reset_arms()
+            self._save_arms(force=True)
             return self.performance.arm_stats()
 
     def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ the monitor (counting the open window); the rest are dropped and counted in ``st
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -31,7 +32,8 @@ from aiinfra.monitoring.detectors import Correction, DriftDetector, DriftResult
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import MetadataDB, Migration
 
-__all__ = ["COMPONENT", "MIGRATIONS", "DriftMonitor", "DriftReport", "MonitorSettings", "ReportStatus"]
+__all__ = ["COMPONENT", "MIGRATIONS", "DriftMonitor", "DriftReport", "MonitorSettings", "ReportStatus", "load_arms",
+           "save_arms"]
 
 ReportStatus = Literal["ok", "drift", "skipped"]
 MAX_REPORTS = 1000
@@ -52,6 +54,18 @@ MIGRATIONS = (
                 status TEXT NOT NULL,
                 report TEXT NOT NULL,
                 PRIMARY KEY (model, window_id)
+            )""",
+        ),
+    ),
+    # A canary's arms (requests, errors, labelled and correct rows per version) outlive a monitor restart.
+    Migration(
+        2,
+        (
+            """CREATE TABLE monitor_arms (
+                model TEXT PRIMARY KEY,
+                since REAL NOT NULL,
+                arms TEXT NOT NULL,
+                updated_at REAL NOT NULL
             )""",
         ),
     ),
@@ -354,3 +368,22 @@ def read_reports(db: MetadataDB, model: str, limit: int = 20, *, after_window_id
         (model, -1 if after_window_id is None else after_window_id, float("-inf") if since is None else since, limit),
     )
     return [DriftReport.model_validate_json(r["report"]) for r in rows]
+
+
+def save_arms(db: MetadataDB, model: str, stats: Mapping[str, Any]) -> None:
+    """Store a model's canary arms (``PerformanceTracker.arm_stats()``), replacing what was stored."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO monitor_arms (model, since, arms, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (model) DO UPDATE SET since = excluded.since, arms = excluded.arms, "
+            "updated_at = excluded.updated_at",
+            (model, float(stats["since"]), json.dumps(stats["arms"], sort_keys=True), time.time()),
+        )
+
+
+def load_arms(db: MetadataDB, model: str) -> dict[str, Any] | None:
+    """The arms last stored for ``model`` (the shape of ``arm_stats()``), or None."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    rows = db.query("SELECT since, arms FROM monitor_arms WHERE model = ?", (model,))
+    return {"since": float(rows[0]["since"]), "arms": json.loads(rows[0]["arms"])} if rows else None

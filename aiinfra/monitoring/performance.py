@@ -133,6 +133,12 @@ class PerformanceTracker:
     def arm_stats(self) -> dict[str, Any]:
         return {"since": self.arms_since, "arms": {str(v): dict(c) for v, c in self.arms.items()}}
 
+    def restore_arms(self, stats: Mapping[str, Any]) -> None:
+        """Continue counting from stored ``arm_stats()`` (the monitor restarted mid-canary)."""
+        self.arms = {int(v): {k: int(c.get(k, 0)) for k in ("requests", "errors", "labelled", "correct")}
+                     for v, c in stats["arms"].items()}
+        self.arms_since = float(stats["since"])
+
     def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The most recent labelled production rows (oldest first): features, ``label``, ``served_at``, ``version``."""
         rows = list(self._rows)

@@ -236,6 +236,14 @@ def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(pl
         assert "support_calls" in closed[0]["result"]["drifted_features"]
         assert "plan" not in closed[0]["result"]["drifted_features"]
 
+        # a canary's arms: 5 requests answered by the served version, 2 failures
+        served_version = str(ray.get(handle.performance_snapshot.remote(), timeout=60)["version"])
+        ray.get(handle.reset_arms.remote(), timeout=60)
+        ray.get(handle.observe.remote(records(fresh.head(5)), [0.4] * 5, [f"arm-{i}" for i in range(5)], [0] * 5,
+                                      [int(served_version)] * 5, {int(served_version): 2}), timeout=60)
+        arms = ray.get(handle.arm_stats.remote(), timeout=60)
+        assert arms["arms"][served_version] == {"requests": 5, "errors": 2, "labelled": 0, "correct": 0}
+
         pid = ray.get(handle.pid.remote())
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 120
@@ -249,5 +257,6 @@ def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(pl
         assert ray.get(handle.pid.remote()) != pid
         ids = [r["window_id"] for r in after["reports"]]
         assert closed[0]["window_id"] in ids  # an acknowledged report survives the restart
+        assert ray.get(handle.arm_stats.remote(), timeout=60) == arms  # and so does the canary's count
     finally:
         ray.kill(handle, no_restart=True)

@@ -82,3 +82,30 @@ def test_a_retried_label_after_a_late_join_is_accepted_not_counted_twice():
     t.record(["r"], [0.8])
     assert t.feedback([{"request_id": "r", "label": 1}])["matched"] == 1  # the client's retry
     assert t.snapshot()["labelled"] == 1
+
+
+def test_arms_are_stored_and_a_new_tracker_resumes_counting_from_them(tmp_path):
+    """What a restarted monitor does mid-canary: load the stored arms and keep counting on top."""
+    from aiinfra.monitoring.core import load_arms, save_arms
+    from aiinfra.storage import open_metadata_db
+
+    db = open_metadata_db(f"sqlite:///{tmp_path}/m.db")
+    try:
+        assert load_arms(db, "churn") is None
+        t = PerformanceTracker("binary", [0, 1], {})
+        t.record(["a", "b"], [0.9, 0.2], versions=[1, 2])
+        t.record_errors({2: 1})
+        t.feedback([{"request_id": "a", "label": 1}])
+        save_arms(db, "churn", t.arm_stats())
+        save_arms(db, "other", {"since": 0.0, "arms": {}})  # one row per model
+
+        again = PerformanceTracker("binary", [0, 1], {})
+        again.restore_arms(load_arms(db, "churn"))
+        assert again.arm_stats() == t.arm_stats()
+        again.record(["c"], [0.8], versions=[2])
+        assert again.arm_stats()["arms"]["2"] == {"requests": 2, "errors": 1, "labelled": 0, "correct": 0}
+        again.reset_arms()
+        save_arms(db, "churn", again.arm_stats())
+        assert load_arms(db, "churn")["arms"] == {} and load_arms(db, "other")["since"] == 0.0
+    finally:
+        db.close()
