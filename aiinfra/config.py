@@ -85,8 +85,11 @@ class ServeSettings(BaseModel):
     # router's CPU share (the tabular families). The challenger and shadow keep their deployments; the
     # router's replicas (min/max_replicas) carry the load. Set it false for models heavy enough that batching
     # pays: the champion then gets its own ModelVersions deployment, with @serve.batch and its own
-    # autoscaling. (Serving runs on CPU either way: model deployments do not request GPUs yet.)
+    # autoscaling.
     champion_in_router: bool = True
+    # GPUs per replica of each model deployment (champion, challenger, shadow); above 0 their models run on
+    # CUDA. The router has no GPU, so this needs champion_in_router: false.
+    model_gpus: float = Field(default=0.0, ge=0.0)
 
 
 class MonitoringSettings(BaseModel):

@@ -229,7 +229,8 @@ class ModelVersions:
         from aiinfra.serving.versions import LoadedVersions
 
         self.name = name
-        self._versions = LoadedVersions(_registry_client(config), name)
+        device = "cuda" if config.serve.model_gpus > 0 else "cpu"
+        self._versions = LoadedVersions(_registry_client(config), name, device=device)
 
     async def warm(self, version: int) -> int:
         """Load ``version`` now, before any request needs it."""
@@ -640,8 +641,14 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
                                 "target_ongoing_requests": sv.target_ongoing_requests}}
         if sv.max_replicas > sv.min_replicas else {"num_replicas": sv.min_replicas}
     )
+    if sv.model_gpus > 0 and sv.champion_in_router:
+        raise InvalidInput("serve.model_gpus needs serve.champion_in_router: false (the router has no GPU: the "
+                           "champion must have its own model deployment to run on one)")
     name = parse_ref(model_ref).name
-    limits = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests}
+    limits: dict[str, Any] = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests}
+    if sv.model_gpus > 0:
+        limits["ray_actor_options"] = {"num_cpus": 0.2, "num_gpus": sv.model_gpus,
+                                       "runtime_env": {"env_vars": _REPLICA_ENV}}
     # The champion's deployment scales with traffic; the challenger and shadow get a share of it, one replica each.
     # With serve.champion_in_router the router answers the champion itself, and its replicas scale instead.
     champion = None if sv.champion_in_router else ModelVersions.options(name="champion", **limits, **scaling).bind(config, name)
@@ -652,11 +659,14 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     # share, and sheds load itself (a JSON 503 past the model's limits, ModelServer._admitted), so Serve's
     # own limit is set above that, with room for health checks, metadata and feedback.
     cpus = 0.1 + (0.2 if sv.champion_in_router else 0.0)
-    ongoing = (sv.max_ongoing_requests + sv.max_queued_requests + 64 if sv.champion_in_router
-               else 4 * sv.max_ongoing_requests)
+    # Its queue gets the same headroom: under a burst the proxy assigns requests more slowly than they come
+    # (its queue-length probes time out when the CPUs are busy), and past a small queue it would answer
+    # the plain-text 503 itself (the integration test's burst met it with a queue of 4).
+    headroom = 64 if sv.champion_in_router else 0
+    ongoing = sv.max_ongoing_requests + sv.max_queued_requests + headroom if sv.champion_in_router else 4 * sv.max_ongoing_requests
     return ModelServer.options(ray_actor_options={"num_cpus": cpus, "runtime_env": {"env_vars": _REPLICA_ENV}},
                                max_ongoing_requests=ongoing,
-                               max_queued_requests=4 * sv.max_queued_requests, **scaling).bind(
+                               max_queued_requests=4 * sv.max_queued_requests + headroom, **scaling).bind(
         config, model_ref, champion, challenger, shadow)
 
 

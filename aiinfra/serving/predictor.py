@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aiinfra.errors import InvalidInput
+from aiinfra.errors import InvalidInput, ServiceUnavailable
 from aiinfra.registry.types import FieldSpec, ModelVersion
 from aiinfra.training.model_dir import load_model_dir
 from aiinfra.training.tabular import postprocess, predict_scores
@@ -72,12 +72,21 @@ def rows_from_frame(frame: pd.DataFrame, fields: Sequence[FieldSpec]) -> list[di
 
 
 class Predictor:
-    def __init__(self, version: ModelVersion, model_dir: str | Path) -> None:
+    """``device``: "cpu", or "cuda" (a model deployment given GPUs; refused where CUDA is not available)."""
+
+    def __init__(self, version: ModelVersion, model_dir: str | Path, device: str = "cpu") -> None:
         if version.signature is None:
             raise InvalidInput(f"{version.ref} has no signature; register it with one to serve it")
         self.version = version
         self.signature = version.signature
         self.spec, self.module, self.preprocessor = load_model_dir(model_dir)
+        if device != "cpu":
+            import torch
+
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise ServiceUnavailable(f"{version.ref} is to be served on {device}, but this process sees no "
+                                         "CUDA device; give the model deployments GPUs or set serve.model_gpus: 0")
+            self.module.to(device)
         self._fields = {f.name: f for f in self.signature.inputs}
 
     def validate(self, instances: object) -> list[Mapping[str, Any]]:

@@ -18,8 +18,8 @@ __all__ = ["LoadedVersions"]
 
 
 class LoadedVersions:
-    def __init__(self, registry: Any, name: str, keep: int = 2) -> None:
-        self.registry, self.name, self.keep = registry, name, keep
+    def __init__(self, registry: Any, name: str, keep: int = 2, device: str = "cpu") -> None:
+        self.registry, self.name, self.keep, self.device = registry, name, keep, device
         self._loaded: OrderedDict[int, Predictor] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -34,7 +34,7 @@ class LoadedVersions:
             if predictor is None:
                 v = self.registry.get(f"{self.name}@{version}")
                 model_dir = self.registry.download(v, tempfile.mkdtemp(prefix=f"aiinfra-{v.name}-{v.version}-"))
-                predictor = Predictor(v, model_dir)
+                predictor = Predictor(v, model_dir, device=self.device)
                 self._loaded[version] = predictor
             self._loaded.move_to_end(version)
             while len(self._loaded) > self.keep:

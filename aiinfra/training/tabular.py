@@ -66,18 +66,23 @@ def to_training_batch(batch: pd.DataFrame, pre: FeaturePipeline, label: str, tas
 
 
 def predict_scores(module: nn.Module, spec: ModelSpec, x: np.ndarray, *, batch_size: int = 65_536) -> np.ndarray:
-    """P(class 1) for binary, class probabilities (n, k) for multiclass, predictions for regression."""
+    """P(class 1) for binary, class probabilities (n, k) for multiclass, predictions for regression.
+
+    Runs on the module's device (a GPU model deployment moves it there); answers come back as numpy.
+    """
     outs = []
     module.eval()
+    device = next(module.parameters(), torch.empty(0)).device
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            out = module(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)))
+            batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)).to(device)
+            out = module(batch)
             if spec.task == "binary":
-                outs.append(torch.sigmoid(out.squeeze(-1)).double().numpy())
+                outs.append(torch.sigmoid(out.squeeze(-1)).double().cpu().numpy())
             elif spec.task == "multiclass":
-                outs.append(torch.softmax(out.double(), dim=-1).numpy())
+                outs.append(torch.softmax(out.double(), dim=-1).cpu().numpy())
             else:
-                outs.append(out.squeeze(-1).double().numpy() * spec.target_std + spec.target_mean)
+                outs.append(out.squeeze(-1).double().cpu().numpy() * spec.target_std + spec.target_mean)
     if not outs:
         return np.zeros((0, spec.output_dim) if spec.task == "multiclass" else (0,))
     return np.concatenate(outs)

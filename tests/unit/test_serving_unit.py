@@ -243,3 +243,43 @@ def test_loaded_versions_load_on_first_use_and_keep_the_two_most_recent(tmp_path
         assert versions.get(3).predict([row]) == first.predict([row])  # same files, same answers
         with pytest.raises(NotFound):
             versions.get(9)
+
+
+def test_model_gpus_go_to_the_model_deployments_and_need_the_champion_out_of_the_router(tmp_path):
+    from aiinfra.config import load_config
+    from aiinfra.serving.app import build_app
+
+    base = load_config(environ={}, home=str(tmp_path))
+    gpu = base.model_copy(update={"serve": base.serve.model_copy(update={"model_gpus": 0.5, "champion_in_router": False})})
+    router = build_app(gpu, "churn@champion")._bound_deployment
+    models = {a._bound_deployment.name: a._bound_deployment for a in router.init_args[2:]}
+    assert {n: d.ray_actor_options["num_gpus"] for n, d in models.items()} == {"champion": 0.5, "challenger": 0.5, "shadow": 0.5}
+    assert "num_gpus" not in router.ray_actor_options  # the router stays on CPU
+    assert models["champion"].ray_actor_options["runtime_env"]["env_vars"]  # the replica flags are kept
+    in_router = base.model_copy(update={"serve": base.serve.model_copy(update={"model_gpus": 1.0})})
+    with pytest.raises(InvalidInput, match="champion_in_router: false"):
+        build_app(in_router, "churn@champion")
+
+
+def test_a_cuda_predictor_without_cuda_says_so(predictor, tmp_path, pre):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: test_a_cuda_predictor_answers_as_the_cpu_one covers it")
+    from aiinfra.errors import ServiceUnavailable
+
+    with pytest.raises(ServiceUnavailable, match="no CUDA device"):
+        Predictor(predictor.version, tmp_path / "m", device="cuda")
+
+
+def test_a_cuda_predictor_answers_as_the_cpu_one(predictor, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    on_gpu = Predictor(predictor.version, tmp_path / "m", device="cuda")
+    assert next(on_gpu.module.parameters()).is_cuda
+    row = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}
+    cpu, gpu = predictor.predict([row] * 3), on_gpu.predict([row] * 3)
+    assert [p["label"] for p in gpu] == [p["label"] for p in cpu]
+    assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(cpu, gpu))
