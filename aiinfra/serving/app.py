@@ -376,13 +376,17 @@ class ModelServer:
             self._sampler.offer_error(version.version)
 
     async def _answer(self, role: str, version: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The role's deployment answers with ``version``; server-side failures count against that version."""
+        """The role's deployment (or, for the champion with champion_in_router, this process) answers with
+        ``version``; server-side failures count against that version."""
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import BackPressureError
 
-        if role == "champion" and self._local is not None:
-            return await self._answer_here(version, rows)
         try:
+            if role == "champion" and self._local is not None:
+                # In this process: a small model's forward pass costs less than the hop to another replica.
+                predictor = (self._local.loaded(version.version)
+                             or await asyncio.to_thread(self._local.get, version.version))
+                return predictor.predict(rows)
             return await self._slots[role].predict.remote(rows, version.version)
         except BackPressureError:
             self._failed(version)
@@ -402,17 +406,6 @@ class ModelServer:
         except RayActorError:
             self._failed(version)
             raise ServiceUnavailable(f"a replica serving {version.ref} went away; retry") from None
-
-    async def _answer_here(self, version: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The champion in this process: one small model's forward pass costs less than a hop to another."""
-        assert self._local is not None
-        try:
-            predictor = self._local.loaded(version.version) or await asyncio.to_thread(self._local.get, version.version)
-            return predictor.predict(rows)
-        except AiInfraError as e:
-            if e.status_code >= 500:
-                self._failed(version)
-            raise
         except Exception:
             self._failed(version)
             raise
@@ -647,8 +640,7 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     name = parse_ref(model_ref).name
     limits: dict[str, Any] = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests}
     if sv.model_gpus > 0:
-        limits["ray_actor_options"] = {"num_cpus": 0.2, "num_gpus": sv.model_gpus,
-                                       "runtime_env": {"env_vars": _REPLICA_ENV}}
+        limits["ray_actor_options"] = {**ModelVersions.ray_actor_options, "num_gpus": sv.model_gpus}
     # The champion's deployment scales with traffic; the challenger and shadow get a share of it, one replica each.
     # With serve.champion_in_router the router answers the champion itself, and its replicas scale instead.
     champion = None if sv.champion_in_router else ModelVersions.options(name="champion", **limits, **scaling).bind(config, name)
@@ -658,13 +650,14 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     # A router that answers the champion does the model's work too: it reserves the model deployment's CPU
     # share, and sheds load itself (a JSON 503 past the model's limits, ModelServer._admitted), so Serve's
     # own limit is set above that, with room for health checks, metadata and feedback.
-    cpus = 0.1 + (0.2 if sv.champion_in_router else 0.0)
+    cpus = ModelServer.ray_actor_options["num_cpus"] + (
+        ModelVersions.ray_actor_options["num_cpus"] if sv.champion_in_router else 0.0)
     # Its queue gets the same headroom: under a burst the proxy assigns requests more slowly than they come
     # (its queue-length probes time out when the CPUs are busy), and past a small queue it would answer
     # the plain-text 503 itself (the integration test's burst met it with a queue of 4).
     headroom = 64 if sv.champion_in_router else 0
     ongoing = sv.max_ongoing_requests + sv.max_queued_requests + headroom if sv.champion_in_router else 4 * sv.max_ongoing_requests
-    return ModelServer.options(ray_actor_options={"num_cpus": cpus, "runtime_env": {"env_vars": _REPLICA_ENV}},
+    return ModelServer.options(ray_actor_options={**ModelServer.ray_actor_options, "num_cpus": cpus},
                                max_ongoing_requests=ongoing,
                                max_queued_requests=4 * sv.max_queued_requests + headroom, **scaling).bind(
         config, model_ref, champion, challenger, shadow)
