@@ -176,9 +176,9 @@ def run_plain_server(home: str, port: int) -> None:
     from fastapi.responses import JSONResponse
 
     from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge
+    from aiinfra.inference.predictor import Predictor
     from aiinfra.platform import open_local
     from aiinfra.serving.auth import TokenStore
-    from aiinfra.serving.predictor import Predictor
     from aiinfra.storage import open_metadata_db
 
     torch.set_num_threads(1)  # as in a Serve replica (Ray sets OMP_NUM_THREADS=1 for fractional CPUs)

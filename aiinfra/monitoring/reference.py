@@ -18,9 +18,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from aiinfra.errors import InvalidInput
+from aiinfra.inference.scores import score_of
 from aiinfra.registry.types import ModelVersion
 
-__all__ = ["Reference", "build_reference", "score_of"]
+__all__ = ["Reference", "build_reference"]
 
 MAX_REFERENCE_ROWS = 5_000
 
@@ -36,17 +37,10 @@ class Reference:
     class_labels: list[Any] | None = None
 
 
-def score_of(prediction: dict[str, Any]) -> float:
-    """The one number per prediction whose distribution prediction drift tracks."""
-    if "probability" in prediction:
-        return float(prediction["probability"])
-    return float(prediction.get("value", 0.0))
-
-
 def build_reference(store: Any, version: ModelVersion, *, seed: int = 0) -> Reference:
     from aiinfra.data.catalog import SAMPLE, DatasetCatalog
+    from aiinfra.inference.predictor import Predictor, rows_from_frame
     from aiinfra.registry.files import fetch_version_files
-    from aiinfra.serving.predictor import Predictor, rows_from_frame
 
     if version.signature is None:
         raise InvalidInput(f"{version.ref} has no signature: there is nothing to monitor its inputs against")

@@ -21,8 +21,8 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
     import ray.data
 
     from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.inference.batch import BatchScorer
     from aiinfra.pipelines.ingest import ingest
-    from aiinfra.serving.batch import BatchScorer
 
     config, store = platform.config, platform.store
     version = platform.registry.get(model_ref)

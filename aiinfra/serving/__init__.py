@@ -1,1 +1,1 @@
-"""Serving: the Predictor (plain, tested without Ray) and the Ray Serve application around it."""
+"""Serving: the Ray Serve application (router and model deployments) over the inference core (aiinfra.inference)."""

@@ -47,8 +47,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiinfra.config import PlatformConfig, format_validation_error, load_config
 from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.registry.types import parse_ref
-from aiinfra.serving.predictor import MAX_INSTANCES
 
 __all__ = ["ModelServer", "app_builder", "build_app"]
 
@@ -226,7 +226,7 @@ class ModelVersions:
     """
 
     def __init__(self, config: PlatformConfig, name: str) -> None:
-        from aiinfra.serving.versions import LoadedVersions
+        from aiinfra.inference.versions import LoadedVersions
 
         self.name = name
         device = "cuda" if config.serve.model_gpus > 0 else "cpu"
@@ -286,9 +286,9 @@ class ModelServer:
     FOLLOW_INTERVAL_S = 2.0
 
     def __init__(self, config: PlatformConfig, model_ref: str, champion: Any, challenger: Any, shadow: Any) -> None:
+        from aiinfra.inference.versions import LoadedVersions
         from aiinfra.serving.auth import TokenStore
         from aiinfra.serving.shadow import ShadowComparer
-        from aiinfra.serving.versions import LoadedVersions
         from aiinfra.storage import open_metadata_db
 
         self.config = config
@@ -354,7 +354,7 @@ class ModelServer:
     def _sample(self, rows: list[dict[str, Any]], predictions: list[dict[str, Any]], request_id: str,
                 version: int) -> None:
         if self._sampler is not None:
-            from aiinfra.monitoring.reference import score_of
+            from aiinfra.inference.scores import score_of
 
             self._sampler.offer(rows, [score_of(p) for p in predictions], request_id,
                                 [p.get("label", p.get("value")) for p in predictions], version)

@@ -181,8 +181,8 @@ def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers
 def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage(platform, customers):
     """Batch (Ray Data, actor pool) and online (the Predictor the Serve deployment runs) agree row by row."""
     from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.inference.predictor import Predictor
     from aiinfra.pipelines.batch_predict import batch_predict
-    from aiinfra.serving.predictor import Predictor
 
     version = platform.registry.get("churn-gated@champion")
     result = batch_predict(platform, version.ref, customers.ref, output="customers_scored")

@@ -14,8 +14,8 @@ from fastapi import Request
 from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, LABEL, NUMERIC, make_customers
 from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
 from aiinfra.errors import InvalidInput, NotFound
+from aiinfra.inference.predictor import Predictor
 from aiinfra.registry.types import ModelVersion
-from aiinfra.serving.predictor import Predictor
 from aiinfra.storage import FileDigest
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.models import build_model
@@ -225,8 +225,8 @@ def test_a_bool_column_is_a_bool_input_end_to_end(tmp_path, with_nulls):
 def test_loaded_versions_load_on_first_use_and_keep_the_two_most_recent(tmp_path, pre, predictor):
     """What both the router (champion_in_router) and a ModelVersions replica hold while aliases move."""
     from aiinfra.config import load_config
+    from aiinfra.inference.versions import LoadedVersions
     from aiinfra.platform import open_local
-    from aiinfra.serving.versions import LoadedVersions
 
     with open_local(load_config(environ={}, home=str(tmp_path / "home"))) as p:
         for _ in range(3):

@@ -18,8 +18,8 @@ from torch import nn
 from aiinfra.data.synthetic import CUSTOMERS_FEATURES, DIGITS_LABEL, LABEL, make_customers, make_digits
 from aiinfra.data.transforms import fit_features, load_feature_spec
 from aiinfra.errors import InvalidInput
+from aiinfra.inference.predictor import Predictor
 from aiinfra.registry.types import ModelVersion
-from aiinfra.serving.predictor import Predictor
 from aiinfra.storage import FileDigest
 from aiinfra.training.checkpoints import (
     TrainingState,

@@ -13,7 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from aiinfra.inference.predictor import Predictor, rows_from_frame
+from aiinfra.registry.files import fetch_version_files
 from aiinfra.registry.types import ModelVersion
+from aiinfra.storage import open_artifact_store
 
 __all__ = ["BatchScorer", "prediction_columns", "score_frame"]
 
@@ -22,10 +25,8 @@ def prediction_columns(task: str) -> list[str]:
     return ["prediction"] if task == "regression" else ["prediction", "probability"]
 
 
-def score_frame(predictor: Any, frame: pd.DataFrame) -> pd.DataFrame:
+def score_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` plus the predictions, the model name and version; the Predictor validates each row."""
-    from aiinfra.serving.predictor import rows_from_frame
-
     rows = rows_from_frame(frame, predictor.signature.inputs)
     answers = predictor.predict(rows)
     out = frame.copy()
@@ -43,10 +44,6 @@ class BatchScorer:
     """A Ray Data ``map_batches`` callable class: one model load per actor, then batches."""
 
     def __init__(self, storage_root: str, version: dict[str, Any]) -> None:
-        from aiinfra.registry.files import fetch_version_files
-        from aiinfra.serving.predictor import Predictor
-        from aiinfra.storage import open_artifact_store
-
         mv = ModelVersion.model_validate(version)
         self._tmp = tempfile.TemporaryDirectory(prefix="aiinfra-batch-")
         local = fetch_version_files(open_artifact_store(storage_root), mv, self._tmp.name)

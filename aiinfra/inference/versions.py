@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from aiinfra.serving.predictor import Predictor
+from aiinfra.inference.predictor import Predictor
 
 __all__ = ["LoadedVersions"]
 

@@ -1,7 +1,7 @@
 """One model version, loaded and ready to answer: validate -> preprocess -> model -> postprocess.
 
-A plain class: the Serve deployment wraps it, batch inference will reuse it, unit tests call it
-directly. Validation is against the version's registered signature and names every bad field.
+A plain class: serving's router and model deployments wrap it, batch inference and the monitor's
+reference reuse it, unit tests call it directly. Validation is against the version's registered signature and names every bad field.
 """
 
 from __future__ import annotations
