@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["ENV", "EnvVar", "PlatformConfig", "ServeSettings", "load_config", "read_yaml", "validate_as"]
+__all__ = ["ENV", "EnvVar", "MonitoringSettings", "PlatformConfig", "ServeSettings", "load_config", "read_yaml", "validate_as"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,12 @@ class ServeSettings(BaseModel):
 
 
 class MonitoringSettings(BaseModel):
-    """How served traffic reaches the drift monitors (``monitor:<model>`` actors)."""
+    """How served traffic reaches the drift monitors (``monitor:<model>`` actors), and how each
+    monitor cuts windows and tests them (``aiinfra.monitoring.core.DriftMonitor`` takes this model).
+
+    A window closes at ``window_rows`` rows or ``window_seconds`` after its first row (None: by
+    count only); one with fewer than ``min_rows`` rows is stored as skipped, not tested.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,9 +106,16 @@ class MonitoringSettings(BaseModel):
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="share of requests sent to the monitor")
     window_rows: int = Field(default=1000, ge=10)
     window_seconds: float | None = Field(default=3600.0, gt=0)
-    min_rows: int = Field(default=100, ge=2)
+    min_rows: int = Field(default=100, ge=2, description="capped to window_rows")
     alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
     correction: Literal["bonferroni", "fdr"] = "bonferroni"
+
+    @model_validator(mode="after")
+    def _cap_min_rows(self) -> MonitoringSettings:
+        # A min_rows above window_rows would skip every full window: small windows are tested whole instead.
+        if self.min_rows > self.window_rows:
+            object.__setattr__(self, "min_rows", self.window_rows)
+        return self
 
 
 class PlatformConfig(BaseModel):

@@ -61,7 +61,7 @@ class MonitorService:
     def _build(self) -> None:
         """Reference, detector and performance baseline from the champion (else the newest version)."""
         from aiinfra.errors import NotFound
-        from aiinfra.monitoring.core import DriftMonitor, MonitorSettings, load_arms
+        from aiinfra.monitoring.core import DriftMonitor, load_arms
         from aiinfra.monitoring.performance import PerformanceTracker
         from aiinfra.monitoring.reference import build_reference
 
@@ -70,11 +70,9 @@ class MonitorService:
         except NotFound:
             version = self._registry.get(self._model)
         reference = build_reference(self._store, version)
-        m = self.config.monitoring
-        settings = MonitorSettings(window_rows=m.window_rows, window_seconds=m.window_seconds,
-                                   min_rows=min(m.min_rows, m.window_rows), alpha=m.alpha, correction=m.correction)
         core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
-                            categorical=reference.categorical, settings=settings, reference_scores=reference.scores)
+                            categorical=reference.categorical, settings=self.config.monitoring,
+                            reference_scores=reference.scores)
         # In memory: predictions waiting for labels, the rolling window and the labelled rows (a restart
         # starts them afresh). Stored: the drift reports, and the canary's arms (at most ARMS_SAVE_S behind).
         performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)

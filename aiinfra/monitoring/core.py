@@ -25,15 +25,16 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
+from aiinfra.config import MonitoringSettings
 from aiinfra.errors import InvalidInput
-from aiinfra.monitoring.detectors import Correction, DriftDetector, DriftResult
+from aiinfra.monitoring.detectors import DriftDetector, DriftResult
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import MetadataDB, Migration
 
-__all__ = ["COMPONENT", "MIGRATIONS", "DriftMonitor", "DriftReport", "MonitorSettings", "ReportStatus", "load_arms",
-           "save_arms"]
+__all__ = ["COMPONENT", "MAX_BUFFER_ROWS", "MIGRATIONS", "DriftMonitor", "DriftReport", "MonitorSettings",
+           "MonitoringSettings", "ReportStatus", "load_arms", "save_arms"]
 
 ReportStatus = Literal["ok", "drift", "skipped"]
 MAX_REPORTS = 1000
@@ -72,29 +73,9 @@ MIGRATIONS = (
 )
 
 
-class MonitorSettings(BaseModel):
-    """How a monitor cuts windows and tests them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    window_rows: int = Field(1000, ge=10)
-    window_seconds: float | None = Field(None, gt=0)
-    min_rows: int = Field(100, ge=2)
-    alpha: float = Field(0.05, gt=0, lt=0.5)
-    correction: Correction = "bonferroni"
-    max_buffer_rows: int = Field(50_000, ge=10)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> MonitorSettings:
-        if self.min_rows > self.window_rows:
-            raise ValueError(
-                f"min_rows {self.min_rows} > window_rows {self.window_rows}: every full window would be skipped"
-            )
-        if self.max_buffer_rows < self.window_rows:
-            raise ValueError(
-                f"max_buffer_rows {self.max_buffer_rows} < window_rows {self.window_rows}: no window could fill"
-            )
-        return self
+# The platform's ``monitoring:`` section is the monitor's settings; the old name stays importable.
+MonitorSettings = MonitoringSettings
+MAX_BUFFER_ROWS = 50_000
 
 
 class DriftReport(BaseModel):
@@ -151,7 +132,9 @@ class DriftMonitor:
         model: the model's registry name (reports are keyed by it).
         reference: rows the model was trained or validated on; see ``DriftDetector``.
         numeric, categorical: the feature columns to test; other columns in served rows are ignored.
-        settings: window sizes and the test's alpha and correction.
+        settings: the platform's ``monitoring:`` section: window sizes and the test's alpha and correction
+            (``enabled`` and ``sample_rate`` concern the replicas, not this class).
+        max_buffer_rows: the most rows one call brings in, the open window included; at least ``window_rows``.
         reference_scores: the model's outputs on reference rows; enables prediction drift.
         clock: seconds since the epoch; injectable for tests.
     """
@@ -164,13 +147,19 @@ class DriftMonitor:
         *,
         numeric: Sequence[str],
         categorical: Sequence[str],
-        settings: MonitorSettings = MonitorSettings(),
+        settings: MonitoringSettings = MonitoringSettings(),
+        max_buffer_rows: int = MAX_BUFFER_ROWS,
         reference_scores: np.ndarray | Sequence[float] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if max_buffer_rows < settings.window_rows:
+            raise InvalidInput(
+                f"max_buffer_rows {max_buffer_rows} < window_rows {settings.window_rows}: no window could fill"
+            )
         self.db = db
         self.model = validate_name("model", model)
         self.settings = settings
+        self.max_buffer_rows = max_buffer_rows
         self._clock = clock
         self._detector = DriftDetector(
             reference,
@@ -223,7 +212,7 @@ class DriftMonitor:
         if expired is not None:
             reports.append(expired)
         self._rows_seen += n
-        keep = min(n, max(self.settings.max_buffer_rows - self._open_rows, 0))
+        keep = min(n, max(self.max_buffer_rows - self._open_rows, 0))
         self._rows_dropped += n - keep
 
         pos = 0

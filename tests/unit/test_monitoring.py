@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from aiinfra.config import MonitoringSettings, PlatformConfig
 from aiinfra.errors import InvalidInput
 from aiinfra.monitoring import (
     DriftDetector,
     DriftMonitor,
-    MonitorSettings,
     detect_drift,
     population_stability_index,
 )
-from aiinfra.monitoring.core import COMPONENT, MIGRATIONS
+from aiinfra.monitoring.core import COMPONENT, MAX_BUFFER_ROWS, MIGRATIONS
 from aiinfra.storage import open_metadata_db
 
 NUMERIC = [f"x{i}" for i in range(5)]
@@ -187,14 +187,15 @@ def records(frame: pd.DataFrame) -> list[dict]:
     return frame.to_dict(orient="records")
 
 
-def monitor(db_url, reference, clock, **settings) -> DriftMonitor:
+def monitor(db_url, reference, clock, max_buffer_rows=MAX_BUFFER_ROWS, **settings) -> DriftMonitor:
     return DriftMonitor(
         open_metadata_db(db_url),
         "churn",
         reference.iloc[:2000],
         numeric=NUMERIC,
         categorical=CATEGORICAL,
-        settings=MonitorSettings(**settings),
+        settings=MonitoringSettings(**settings),
+        max_buffer_rows=max_buffer_rows,
         reference_scores=scores_of(reference.iloc[:2000]),
         clock=clock,
     )
@@ -293,12 +294,22 @@ def test_bad_batches_are_rejected_whole(db_url, reference, clock):
 
 def test_settings_validation():
     with pytest.raises(ValidationError):
-        MonitorSettings(window_rows=5)
+        MonitoringSettings(window_rows=5)
     with pytest.raises(ValidationError):
-        MonitorSettings(alpha=0.6)
+        MonitoringSettings(alpha=0.6)
     with pytest.raises(ValidationError):
-        MonitorSettings(window_seconds=0)
+        MonitoringSettings(window_seconds=0)
     with pytest.raises(ValidationError):
-        MonitorSettings(window_rows=50, min_rows=100)
-    with pytest.raises(ValidationError):
-        MonitorSettings(unknown=1)
+        MonitoringSettings(unknown=1)
+
+
+def test_min_rows_is_capped_to_window_rows():
+    # A min_rows above window_rows would skip every full window; the settings cap it instead.
+    assert MonitoringSettings(window_rows=50, min_rows=100).min_rows == 50
+    assert MonitoringSettings(window_rows=500, min_rows=100).min_rows == 100
+    assert PlatformConfig.model_validate({"monitoring": {"window_rows": 20}}).monitoring.min_rows == 20
+
+
+def test_a_buffer_smaller_than_a_window_is_refused(db_url, reference, clock):
+    with pytest.raises(InvalidInput, match="no window could fill"):
+        monitor(db_url, reference, clock, window_rows=100, max_buffer_rows=50)
