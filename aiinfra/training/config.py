@@ -28,6 +28,7 @@ __all__ = [
     "DataSettings",
     "ModelSettings",
     "SearchDistribution",
+    "Task",
     "TrainConfig",
     "TrainerSettings",
     "TuneSettings",

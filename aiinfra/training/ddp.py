@@ -1,7 +1,8 @@
-"""The per-worker training function for Ray Train's TorchTrainer: DDP over gloo on CPU, NCCL on GPU.
+"""The per-worker DDP epoch loop for Ray Train's TorchTrainer: gloo on CPU, NCCL on GPU.
 
-A plain function of a config dict; ``aiinfra.training.trainer`` wires it to TorchTrainer. Data
-arrives as this worker's shards of the Ray Data datasets "train" and (optionally) "val", with
+A plain function of a ``LoopConfig`` (as the dict Ray Train hands each worker); ``aiinfra.training.ray_train``
+wires it to TorchTrainer. The trainer's settings are the validated ``TrainerSettings``, so their
+defaults live in one place. Data arrives as this worker's shards of the Ray Data datasets "train" and (optionally) "val", with
 columns ``x`` (the preprocessed feature vector) and ``y``.
 
 Every epoch ends with a checkpoint (see ``checkpoints``); after a worker failure Ray Train
@@ -19,12 +20,28 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aiinfra.training.checkpoints import TrainingState, epoch_seed, load_checkpoint, save_checkpoint
+from aiinfra.training.config import Task, TrainerSettings
 from aiinfra.training.models import build_model, seed_everything
 
-__all__ = ["loss_function", "make_optimizer", "train_loop"]
+__all__ = ["LoopConfig", "loss_function", "make_optimizer", "train_loop"]
+
+
+class LoopConfig(BaseModel):
+    """What every worker needs: the model to build, the data's shape and the trainer's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Task
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    input_dim: int = Field(ge=1)
+    output_dim: int = Field(ge=1)
+    has_val: bool
+    trainer: TrainerSettings
 
 
 def loss_function(task: str) -> nn.Module:
@@ -78,22 +95,20 @@ def _cached_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: 
 
 
 def train_loop(config: dict[str, Any]) -> None:
+    """One worker's run; ``config`` is a ``LoopConfig`` as a dict (what Ray Train passes on)."""
     import ray.train
     import ray.train.torch
 
+    run = LoopConfig.model_validate(config)
+    t = run.trainer
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    task = config.get("task", "binary")
-    seed = int(config.get("seed", 0))
-    epochs = int(config.get("epochs", 3))
-    batch_size = int(config.get("batch_size", 256))
-    patience = config.get("patience")
-    min_delta = float(config.get("min_delta", 0.0))
-    use_amp = bool(config.get("use_gpu")) and bool(config.get("bf16", True)) and device.type == "cuda"
+    task, seed, epochs, batch_size = run.task, t.seed, t.epochs, t.batch_size
+    use_amp = t.use_gpu and t.bf16 and device.type == "cuda"
 
     seed_everything(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(config["family"], config["input_dim"], config["output_dim"], config.get("params"))
+    model = build_model(run.family, run.input_dim, run.output_dim, run.params)
     state, best, optimizer_state = TrainingState(seed=seed), None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure, or a resumed run
@@ -103,21 +118,19 @@ def train_loop(config: dict[str, Any]) -> None:
     start_epoch = state.epoch + 1
 
     model = ray.train.torch.prepare_model(model)  # DDP: gradients are averaged across workers in backward()
-    optimizer = make_optimizer(config.get("optimizer", "adam"), model.parameters(), float(config.get("lr", 1e-2)),
-                               float(config.get("weight_decay", 0.0)))
+    optimizer = make_optimizer(t.optimizer, model.parameters(), t.lr, t.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     loss_fn = loss_function(task)
     y_dtype = torch.int64 if task == "multiclass" else torch.float32
     dtypes = {"x": torch.float32, "y": y_dtype}
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if config.get("has_val") else None
+    val_shard = ray.train.get_dataset_shard("val") if run.has_val else None
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     # A shard that fits in memory is read once and kept as tensors: re-streaming it from Ray Data
     # every epoch cost 2 to 3 times the epoch's compute on small tabular data (benchmarks/train.py).
-    cache = bool(config.get("cache_shards", True))
-    train_cache = _load_shard(train_shard, dtypes, device) if cache else None
-    val_cache = _load_shard(val_shard, dtypes, device) if cache and val_shard is not None else None
+    train_cache = _load_shard(train_shard, dtypes, device) if t.cache_shards else None
+    val_cache = _load_shard(val_shard, dtypes, device) if t.cache_shards and val_shard is not None else None
 
     for epoch in range(start_epoch, epochs):
         seed_everything(epoch_seed(seed, rank, epoch))
@@ -125,13 +138,12 @@ def train_loop(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        shuffle = bool(config.get("shuffle", True))
         if train_cache is not None:
-            batches = _cached_batches(*train_cache, batch_size, shuffle, epoch_seed(seed, rank, epoch))
+            batches = _cached_batches(*train_cache, batch_size, t.shuffle, epoch_seed(seed, rank, epoch))
         else:
             local = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": epoch_seed(seed, rank, epoch)}
             batches = train_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device,
-                                                     **(local if shuffle else {}))
+                                                     **(local if t.shuffle else {}))
         for batch in batches:
             optimizer.zero_grad(set_to_none=True)
             n = len(batch["y"])
@@ -157,13 +169,13 @@ def train_loop(config: dict[str, Any]) -> None:
             v_total, v_count = _all_reduce_sum([v_total, float(v_count)], device)
             val_loss = v_total / max(v_count, 1.0)
 
-        improved = state.best_val_loss is None or val_loss < state.best_val_loss - min_delta
+        improved = state.best_val_loss is None or val_loss < state.best_val_loss - t.min_delta
         if improved:
             best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
         else:
             state.bad_epochs += 1
-        stop = patience is not None and state.bad_epochs >= int(patience)
+        stop = t.patience is not None and state.bad_epochs >= t.patience
         state.epoch = epoch
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss,

@@ -20,6 +20,7 @@ import torch
 from aiinfra.data.transforms import FeaturePipeline
 from aiinfra.training.checkpoints import load_checkpoint
 from aiinfra.training.config import TrainConfig
+from aiinfra.training.ddp import LoopConfig, train_loop
 from aiinfra.training.tabular import to_training_batch
 
 __all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_checkpoint_at", "loop_config", "make_datasets"]
@@ -72,16 +73,10 @@ def make_datasets(data: PreparedData, num_workers: int) -> dict[str, Any]:
     return out
 
 
-def loop_config(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
-    t = cfg.trainer
-    return {
-        "task": cfg.task, "family": cfg.model.family, "params": cfg.model.params,
-        "input_dim": data.pre.output_dim, "output_dim": data.output_dim,
-        "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "weight_decay": t.weight_decay,
-        "optimizer": t.optimizer, "seed": t.seed, "patience": t.patience, "min_delta": t.min_delta,
-        "use_gpu": t.use_gpu, "bf16": t.bf16, "shuffle": t.shuffle, "has_val": len(data.val) > 0,
-        "cache_shards": t.cache_shards,
-    }
+def loop_config(cfg: TrainConfig, data: PreparedData) -> LoopConfig:
+    return LoopConfig(task=cfg.task, family=cfg.model.family, params=cfg.model.params,
+                      input_dim=data.pre.output_dim, output_dim=data.output_dim, has_val=len(data.val) > 0,
+                      trainer=cfg.trainer)
 
 
 def _storage_path(storage_root: str) -> str:
@@ -104,15 +99,13 @@ def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Te
 
 def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str | None = None,
         num_workers: int | None = None, callbacks: list[Any] | None = None,
-        overrides: dict[str, Any] | None = None, datasets: dict[str, Any] | None = None) -> FitResult:
+        datasets: dict[str, Any] | None = None) -> FitResult:
     """Train with DDP on ``num_workers`` Ray Train workers (gloo on CPU, NCCL on GPU).
 
     ``run_name`` must be new: Train V2 silently resumes a run whose name exists under the storage path.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from aiinfra.training.loop import train_loop
 
     # Ray Train's controller polls the workers every 2 s by default, and each ray.train.report()
     # waits for that poll: a floor of 2 s per epoch. Propagated to the controller from here.
@@ -123,7 +116,8 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={**loop_config(cfg, data), **(overrides or {})},
+        # A plain dict at Ray Train's boundary; each worker validates it back into a LoopConfig.
+        train_loop_config=loop_config(cfg, data).model_dump(),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 from torch import nn
 
 from aiinfra.data.synthetic import CUSTOMERS_FEATURES, DIGITS_LABEL, LABEL, make_customers, make_digits
@@ -31,6 +32,7 @@ from aiinfra.training.checkpoints import (
 )
 from aiinfra.training.config import (
     SearchDistribution,
+    TrainerSettings,
     TuneSettings,
     check_search_space,
     config_hash,
@@ -38,9 +40,10 @@ from aiinfra.training.config import (
     load_train_config,
     set_path,
 )
-from aiinfra.training.loop import loss_function, make_optimizer
+from aiinfra.training.ddp import LoopConfig, loss_function, make_optimizer
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.models import build_model
+from aiinfra.training.ray_train import PreparedData, loop_config
 from aiinfra.training.tabular import (
     class_labels_for,
     encode_labels,
@@ -550,6 +553,22 @@ def test_loss_function_sums():
     assert math.isclose(float(ce(torch.zeros(3, 5), torch.tensor([0, 1, 4]))), 3 * math.log(5), rel_tol=1e-6)
     mse = loss_function("regression")
     assert isinstance(mse, nn.MSELoss) and float(mse(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))) == 5.0
+
+
+def test_loop_config_carries_the_typed_trainer_settings(customers, customers_pre):
+    cfg = load_train_config(_base(trainer={"lr": 0.02}))
+    data = PreparedData(train=customers, val=customers.head(0), pre=customers_pre, label=LABEL, task="binary",
+                        class_labels=[0, 1])
+    run = loop_config(cfg, data)
+    assert (run.input_dim, run.output_dim, run.has_val, run.family) == (customers_pre.output_dim, 1, False, "tabular_mlp")
+    # Through Ray Train's dict boundary and back, unchanged: TrainerSettings' defaults are the only ones.
+    back = LoopConfig.model_validate(run.model_dump())
+    assert back == run and back.trainer == cfg.trainer
+    assert (back.trainer.lr, back.trainer.epochs) == (0.02, TrainerSettings().epochs)
+    with pytest.raises(ValidationError):
+        LoopConfig.model_validate({**run.model_dump(), "epochs": 3})  # a trainer field belongs under trainer
+    with pytest.raises(ValidationError):
+        LoopConfig.model_validate({**run.model_dump(), "trainer": {"epochs": 0}})
 
 
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
