@@ -12,87 +12,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from aiinfra.cluster_access import (
+    cluster_state_file,
+    running_cluster,
+    use_cluster_auth,
+)
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import ServiceUnavailable
 
 __all__ = ["cluster_status", "down", "running_cluster", "up"]
 
 SERVICES = ("registry", "feature_store")
-
-
-def _state_file(config: PlatformConfig) -> Path:
-    return config.home / "cluster.json"
-
-
-def use_cluster_auth(config: PlatformConfig) -> None:
-    """A cluster that wants Ray's token from its clients: say so to this process's Ray.
-
-    Effective only before Ray is imported (Ray reads the setting at import). A cluster `up` started
-    records its mode; a local one started by ``ray.init()`` or ``ray start`` uses a token exactly
-    when ``~/.ray/auth_token`` exists (RAY_NOTES.md), so a client does the same."""
-    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
-        # Ray read its mode when it was imported: changing it now would make this process disagree
-        # with a cluster it starts (the GCS would want a token the driver does not send).
-        return
-    state = _state_file(config)
-    if state.exists():
-        try:
-            if json.loads(state.read_text()).get("auth_mode") == "token":
-                os.environ["RAY_AUTH_MODE"] = "token"
-                return
-        except (OSError, ValueError):
-            pass
-    if (Path.home() / ".ray" / "auth_token").exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def clear_stale_cluster_pointer(temp_dir: str | Path = "/tmp/ray") -> bool:
-    """Forget Ray's "current cluster" when that cluster is gone; True if the pointer was removed.
-
-    ``ray start`` records its GCS address in ``/tmp/ray/ray_current_cluster``, and code that asks for
-    the "auto" address reads it: Ray Train V2's placement-group cleaner does, through the State API,
-    even inside a different, healthy cluster. A pointer to a dead cluster there makes it fail, and a
-    stopped Tune trial's CPUs are then never freed (the next trial waits forever). Only a pointer to
-    an address that accepts no connection is removed.
-    """
-    pointer = Path(temp_dir) / "ray_current_cluster"
-    try:
-        address = pointer.read_text().strip().splitlines()[0]
-        host, _, port = address.rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return False
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        pointer.unlink()
-        return True
-    except OSError:
-        return False
-
-
-def running_cluster(config: PlatformConfig) -> str | None:
-    """The address of the cluster to use: RAY_ADDRESS, else a Ray head running on this machine."""
-    if config.ray_address:
-        return config.ray_address
-    from ray._private.services import find_gcs_addresses  # private: Ray is pinned exactly
-
-    # A GCS process that is shutting down still shows in the process list: only one that
-    # accepts connections counts, or a driver would join a dying cluster and wait forever.
-    for address in sorted(find_gcs_addresses()):
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=1.0):
-                return address
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None,
@@ -132,7 +68,7 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
 
     if started:
         config.home.mkdir(parents=True, exist_ok=True)
-        _state_file(config).write_text(json.dumps({"address": address, "port": port, "auth_mode": "token",
+        cluster_state_file(config).write_text(json.dumps({"address": address, "port": port, "auth_mode": "token",
                                                    "session_dir": None, "started_by_up": True}))
     cfg = config.model_copy(update={"ray_address": address})
     platform = connect(cfg)
@@ -157,7 +93,7 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
     }
     if started:
         config.home.mkdir(parents=True, exist_ok=True)
-        _state_file(config).write_text(json.dumps(info, indent=2))
+        cluster_state_file(config).write_text(json.dumps(info, indent=2))
     return info
 
 
@@ -186,7 +122,7 @@ def down(config: PlatformConfig, *, out: Any = sys.stdout, timeout_s: float = 20
     """Stop the cluster ``up`` started; returns whether there was one. Nothing else is touched."""
     import psutil
 
-    state = _state_file(config)
+    state = cluster_state_file(config)
     if not state.exists():
         print("no cluster started by `aiinfra up` here; nothing to stop", file=out)
         return False
@@ -222,7 +158,7 @@ def cluster_status(config: PlatformConfig) -> dict[str, Any]:
     """Services, Serve applications with their replicas and the models they serve, and the URLs."""
     use_cluster_auth(config)
     address = running_cluster(config)
-    state = _state_file(config)
+    state = cluster_state_file(config)
     info = json.loads(state.read_text()) if state.exists() else {}
     if address is None:
         return {"running": False, "address": None, "services": {}, "serve": {}}
@@ -282,7 +218,7 @@ def submit_job(config: PlatformConfig, entrypoint: str, *, working_dir: str | Pa
 
     use_cluster_auth(config)
     address = config.ray_address if (config.ray_address or "").startswith("http") else None
-    state = _state_file(config)
+    state = cluster_state_file(config)
     if address is None and state.exists():
         address = json.loads(state.read_text()).get("dashboard_url")
     if address is None:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiinfra.config import PlatformConfig, load_config
+from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.client import FeatureStoreClient
+from aiinfra.registry.actor import REGISTRY
 from aiinfra.registry.client import RegistryClient
-from aiinfra.service import ActorBackend, LocalBackend
+from aiinfra.service import LocalBackend, start_actor
 from aiinfra.storage import ArtifactStore, open_artifact_store, open_metadata_db
 
 __all__ = ["Platform", "connect", "open_local"]
@@ -54,7 +56,7 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
             a missing service is an error naming it.
         ray_init_kwargs: passed to ``ray.init`` when this call starts Ray.
     """
-    from aiinfra.cluster import use_cluster_auth
+    from aiinfra.cluster_access import use_cluster_auth
 
     config = config or load_config()
     use_cluster_auth(config)
@@ -63,7 +65,7 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
     started = False
     initialized_here = False
     if not ray.is_initialized():
-        from aiinfra.cluster import running_cluster
+        from aiinfra.cluster_access import running_cluster
 
         # Join RAY_ADDRESS or a head that is running on this machine, else start a local one.
         # ("local", not None: with None, Ray would also try the last cluster it remembers in
@@ -72,7 +74,7 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         if address == "local":
             import os
 
-            from aiinfra.cluster import clear_stale_cluster_pointer
+            from aiinfra.cluster_access import clear_stale_cluster_pointer
 
             clear_stale_cluster_pointer()
             if config.serve.haproxy:  # read by Serve's controller, which inherits this environment
@@ -87,23 +89,6 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         started = address == "local"
     store = open_artifact_store(config.storage_root)
 
-    from aiinfra.features.actor import get_feature_store_actor
-    from aiinfra.registry.actor import get_registry_actor
-
-    def service_handle(name: str, get_actor: Any) -> Any:
-        def handle() -> Any:
-            try:
-                return get_actor(config, create=start_services)
-            except ValueError:
-                from aiinfra.errors import ServiceUnavailable
-
-                raise ServiceUnavailable(
-                    f"the platform service {name!r} is not running in namespace {config.namespace!r} of this "
-                    "Ray cluster; start it with `aiinfra up` or aiinfra.connect(start_services=True)"
-                ) from None
-
-        return handle
-
     if start_services and config.metadata_url.startswith("sqlite:"):
         # The embedded default's first start: an admin token for the HTTP API, in $AIINFRA_HOME/api_token.
         from aiinfra.serving.auth import TokenStore, ensure_admin_token
@@ -114,12 +99,13 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         finally:
             db.close()
 
+    if start_services:  # up front, so `aiinfra status` and the dashboard show them from the start
+        start_actor(REGISTRY, config)
+        start_actor(FEATURE_STORE, config)
     platform = Platform(
         config=config,
-        registry=RegistryClient(ActorBackend(service_handle("registry", get_registry_actor), service="registry"), store),
-        features=FeatureStoreClient(
-            ActorBackend(service_handle("feature_store", get_feature_store_actor), service="feature_store"), store
-        ),
+        registry=RegistryClient.on_cluster(config, create=start_services, store=store),
+        features=FeatureStoreClient.on_cluster(config, create=start_services, store=store),
         store=store,
         started_ray=started,
     )

@@ -1,18 +1,48 @@
-"""How clients reach a platform service: its Ray actor (with retries across restarts) or its plain class in-process.
+"""The one shape every platform service has: a plain core, a typed client over a backend, one actor factory.
 
-Every service client (registry, feature store, ...) takes a ``ServiceBackend``, so the same
-client code runs against the actor on a cluster and against the class in tests and the CLI.
+- The **core** is a plain class (no Ray) built from the ``PlatformConfig`` and its arguments alone, with its
+  clock, stores and collaborators injected (``ModelRegistry``, ``OnlineStore``, ``MonitorService``,
+  ``AutopilotExecutor``). It is what the unit tests build.
+- The **client** (``RegistryClient``, ``MonitorClient``, ...) has the typed methods callers use and reaches the
+  core through a ``ServiceBackend``: ``ActorBackend`` on a cluster, ``LocalBackend`` in the same process.
+- The **factory** below (``start_actor``) makes any core a named detached actor from an ``ActorSpec``. Ray
+  restarts it after a crash (``max_restarts=-1``) by calling the constructor again, so a core keeps nothing
+  that is not in its stores.
+
+All Ray calls to a platform actor go through ``ActorBackend``, and the timeouts and retries for them are
+declared here once (``CALL_TIMEOUT_S``).
+
+Ray is imported inside the functions, not at the top: clients are built by ``aiinfra.connect()``, and Ray
+reads its authentication mode (``RAY_AUTH_MODE``) once, when it is imported. ``connect`` sets that mode for
+the cluster it joins before Ray loads, so importing a client must not load Ray.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiinfra.config import PlatformConfig
 from aiinfra.errors import AiInfraError, ServiceUnavailable
 
-__all__ = ["ActorBackend", "LocalBackend", "ServiceBackend"]
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "ActorBackend",
+    "ActorSpec",
+    "LocalBackend",
+    "ServiceBackend",
+    "actor_backend",
+    "find_actor",
+    "start_actor",
+]
+
+# How long a client waits for a service call, retries across an actor restart included. A call that runs
+# longer (a monitor's rebase rebuilds its reference) still fits: the slowest measured here is a few seconds.
+CALL_TIMEOUT_S = 60.0
 
 
 class ServiceBackend(Protocol):
@@ -29,35 +59,115 @@ class LocalBackend:
         return getattr(self.service, method)(*args, **kwargs)
 
 
+@dataclass(frozen=True)
+class ActorSpec:
+    """How one platform service runs as an actor.
+
+    Args:
+        name: the actor's name in the platform namespace (``registry``, ``monitor:churn``).
+        core: the plain class the actor hosts; ``core(config, *args)`` builds it from its stores.
+        options: further ``.options()`` for this service (say ``max_concurrency`` for one that blocks in a call).
+    """
+
+    name: str
+    core: type
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class _Hosted:
+    """What every hosted core gets besides its own methods."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@functools.cache
+def _actor_class(core: type) -> Any:
+    import ray
+
+    # A subclass named as the core, so the actor's class in the dashboard is the core's own name.
+    return ray.remote(type(core.__name__, (core, _Hosted), {}))
+
+
+def start_actor(spec: ActorSpec, config: PlatformConfig, *args: Any) -> Any:
+    """The service's actor, started first if it is not running (detached, restartable, on no CPU of its own)."""
+    return _actor_class(spec.core).options(
+        name=spec.name,
+        namespace=config.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        # A control-plane actor must never take a CPU that Train, Data or Serve needs.
+        num_cpus=0,
+        max_restarts=-1,
+        # Calls are not retried by Ray: the clients retry (ActorBackend), and mutating calls are idempotent
+        # (an idempotency key, or an operation that sets rather than toggles), so a call that ran before a
+        # crash is not applied twice.
+        max_task_retries=0,
+        **spec.options,
+    ).remote(config, *args)
+
+
+def find_actor(spec: ActorSpec, config: PlatformConfig) -> Any | None:
+    """The service's running actor, or None when it is not running."""
+    import ray
+
+    try:
+        return ray.get_actor(spec.name, namespace=config.namespace)
+    except ValueError:
+        return None
+
+
+def actor_backend(spec: ActorSpec, config: PlatformConfig, *args: Any, create: bool = False,
+                  timeout_s: float = CALL_TIMEOUT_S) -> ActorBackend:
+    """A backend that reaches the service's actor: started on first use when ``create``, else it must be running."""
+
+    def handle() -> Any:
+        if create:
+            return start_actor(spec, config, *args)
+        found = find_actor(spec, config)
+        if found is None:
+            raise ServiceUnavailable(
+                f"the platform service {spec.name!r} is not running in namespace {config.namespace!r} of this "
+                "Ray cluster; start it with `aiinfra up` or aiinfra.connect()"
+            )
+        return found
+
+    return ActorBackend(handle, service=spec.name, timeout_s=timeout_s)
+
+
 class ActorBackend:
     """All Ray calls to a platform actor go through here.
 
-    A call that fails because the actor died (or is restarting) is retried until
-    ``timeout_s`` passes; mutating calls are idempotent (``commit_version`` by its key,
-    ``set_alias`` by its target), so a retry of a call that did run is harmless.
-    Errors the service raised on purpose come back as themselves, not wrapped.
+    The handle is looked up on the first call, not before, so a client can be made before its service
+    starts. A call that fails because the actor died (or is restarting) is retried until ``timeout_s``
+    passes; mutating calls are idempotent (``commit_version`` by its key, ``set_alias`` by its target), so a
+    retry of a call that did run is harmless. Errors the service raised on purpose come back as themselves,
+    not wrapped.
     """
 
-    def __init__(self, get_handle: Callable[[], Any], *, service: str = "registry", timeout_s: float = 60.0) -> None:
+    def __init__(self, get_handle: Callable[[], Any], *, service: str = "registry",
+                 timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._get_handle = get_handle
         self.service = service
-        self._handle = get_handle()
+        self._handle: Any = None
         self.timeout_s = timeout_s
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         deadline = time.monotonic() + self.timeout_s
         delay = 0.05
         while True:
+            if self._handle is None:
+                self._handle = self._get_handle()  # a service that is not running says so (ServiceUnavailable)
             try:
                 return ray.get(getattr(self._handle, method).remote(*args, **kwargs), timeout=self.timeout_s)
             except RayTaskError as e:
                 if isinstance(e.cause, AiInfraError):
                     raise e.cause from None
                 raise
-            except (RayActorError, ray.exceptions.GetTimeoutError) as e:
+            except (RayActorError, GetTimeoutError) as e:
                 if time.monotonic() >= deadline:
                     raise ServiceUnavailable(
                         f"the {self.service} actor did not answer {method} within {self.timeout_s:.0f}s ({type(e).__name__}); "

@@ -246,7 +246,7 @@ def _floor_app():
 def run_serve(home: str, token: str, seconds: float, local: bool = True) -> dict:
     import ray
 
-    from aiinfra.cluster import clear_stale_cluster_pointer
+    from aiinfra.cluster_access import clear_stale_cluster_pointer
 
     haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
     label = ("Serve + HAProxy" if haproxy else "Serve (default proxy)") + ("" if local else ", champion in a deployment")

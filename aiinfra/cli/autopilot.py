@@ -39,7 +39,7 @@ def _autopilot_connect(config: Any) -> None:
         raise ServiceUnavailable("no cluster is running: start one with `aiinfra up` (the autopilot lives on it)")
     import ray
 
-    from aiinfra.cluster import running_cluster
+    from aiinfra.cluster_access import running_cluster
 
     ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
 

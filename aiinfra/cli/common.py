@@ -27,7 +27,7 @@ def when(ts: float) -> str:
 
 
 def cluster_running(config: Any) -> bool:
-    from aiinfra.cluster import running_cluster, use_cluster_auth
+    from aiinfra.cluster_access import running_cluster, use_cluster_auth
 
     use_cluster_auth(config)  # before anything imports Ray
     return running_cluster(config) is not None

@@ -16,7 +16,7 @@ def _monitor_status(args: argparse.Namespace) -> None:
     if common.cluster_running(config):
         import ray
 
-        from aiinfra.cluster import running_cluster
+        from aiinfra.cluster_access import running_cluster
         from aiinfra.monitoring.actor import monitor_actor_name
 
         ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)

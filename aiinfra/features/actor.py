@@ -1,38 +1,42 @@
-"""The online store as the named detached actor ``feature_store`` in namespace ``aiinfra``."""
+"""The online store as the named detached actor ``feature_store`` in namespace ``aiinfra``.
+
+The actor hosts ``FeatureStoreService``: the plain ``OnlineStore`` reloaded from the metadata DB on every
+(re)start. ``aiinfra.service`` makes it an actor.
+"""
 
 from __future__ import annotations
 
-import os
-
-import ray
+from typing import Any
 
 from aiinfra.config import PlatformConfig
 from aiinfra.features.online import OnlineStore
+from aiinfra.service import ActorSpec, find_actor, start_actor
 from aiinfra.storage import open_metadata_db
 
-__all__ = ["FEATURE_STORE_ACTOR", "FeatureStoreService", "get_feature_store_actor"]
+__all__ = ["FEATURE_STORE", "FEATURE_STORE_ACTOR", "FeatureStoreService", "get_feature_store_actor"]
 
 FEATURE_STORE_ACTOR = "feature_store"
 
 
 class FeatureStoreService(OnlineStore):
-    """What runs inside the actor: the online store, reloaded from the metadata DB on every (re)start."""
+    """The online store, opened from the platform config."""
 
     def __init__(self, config: PlatformConfig) -> None:
         super().__init__(open_metadata_db(config.metadata_url))
 
-    def pid(self) -> int:
-        return os.getpid()
+
+FEATURE_STORE = ActorSpec(FEATURE_STORE_ACTOR, FeatureStoreService)
 
 
-def get_feature_store_actor(config: PlatformConfig, *, create: bool = True) -> ray.actor.ActorHandle:
-    if not create:
-        return ray.get_actor(FEATURE_STORE_ACTOR, namespace=config.namespace)
-    return (
-        ray.remote(FeatureStoreService)
-        .options(
-            name=FEATURE_STORE_ACTOR, namespace=config.namespace, lifetime="detached", get_if_exists=True,
-            num_cpus=0, max_restarts=-1, max_task_retries=0,
-        )
-        .remote(config)
-    )
+def get_feature_store_actor(config: PlatformConfig, *, create: bool = True) -> Any:
+    """The running feature store actor, started first when ``create`` is set.
+
+    Raises:
+        ValueError: it is not running and ``create`` is false.
+    """
+    if create:
+        return start_actor(FEATURE_STORE, config)
+    handle = find_actor(FEATURE_STORE, config)
+    if handle is None:
+        raise ValueError(f"no actor {FEATURE_STORE_ACTOR!r} in namespace {config.namespace!r}")
+    return handle

@@ -15,12 +15,14 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from aiinfra.config import PlatformConfig
 from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.errors import ArtifactCorrupted, InvalidInput
+from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.offline import point_in_time_join
 from aiinfra.features.views import FeatureView
-from aiinfra.service import ServiceBackend
-from aiinfra.storage import ArtifactStore, sha256_bytes
+from aiinfra.service import ServiceBackend, actor_backend
+from aiinfra.storage import ArtifactStore, open_artifact_store, sha256_bytes
 
 __all__ = ["FeatureStoreClient", "MaterializeReport"]
 
@@ -51,6 +53,13 @@ class FeatureStoreClient:
         self._backend = backend
         self.store = store
         self.catalog = DatasetCatalog(store)
+
+    @classmethod
+    def on_cluster(cls, config: PlatformConfig, *, create: bool = False,
+                   store: ArtifactStore | None = None) -> FeatureStoreClient:
+        """The client of the ``feature_store`` actor (started on first use when ``create``)."""
+        return cls(actor_backend(FEATURE_STORE, config, create=create),
+                   store if store is not None else open_artifact_store(config.storage_root))
 
     def register_view(self, view: FeatureView | dict[str, Any]) -> FeatureView:
         view = view if isinstance(view, FeatureView) else FeatureView.model_validate(view)

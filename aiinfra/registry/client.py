@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from aiinfra.config import PlatformConfig
+from aiinfra.registry.actor import REGISTRY
 from aiinfra.registry.files import fetch_version_files, stage_model_dir
 from aiinfra.registry.runs import Run
 from aiinfra.registry.types import (
@@ -29,8 +31,8 @@ from aiinfra.registry.types import (
     parse_ref,
     validate_name,
 )
-from aiinfra.service import ActorBackend, LocalBackend, ServiceBackend
-from aiinfra.storage import ArtifactStore
+from aiinfra.service import ActorBackend, LocalBackend, ServiceBackend, actor_backend
+from aiinfra.storage import ArtifactStore, open_artifact_store
 
 __all__ = ["ActorBackend", "LocalBackend", "RegistryClient", "default_principal"]
 
@@ -51,6 +53,13 @@ class RegistryClient:
         self._backend = backend
         self.store = store
         self.who = who or default_principal()
+
+    @classmethod
+    def on_cluster(cls, config: PlatformConfig, *, create: bool = False, store: ArtifactStore | None = None,
+                   who: str | None = None) -> RegistryClient:
+        """The client of the ``registry`` actor (started on first use when ``create``)."""
+        return cls(actor_backend(REGISTRY, config, create=create),
+                   store if store is not None else open_artifact_store(config.storage_root), who=who)
 
     def register(
         self,
@@ -101,8 +110,9 @@ class RegistryClient:
     def list_versions(self, name: str, *, include_archived: bool = True) -> list[ModelVersion]:
         return self._backend.call("list_versions", name, include_archived=include_archived)
 
-    def set_alias(self, name: str, version: int, alias: str) -> ModelVersion:
-        return self._backend.call("set_alias", name, version, alias, who=self.who)
+    def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None) -> ModelVersion:
+        """Point ``alias`` at ``version``; ``share``: the traffic its holder gets (a canary's), read by the router."""
+        return self._backend.call("set_alias", name, version, alias, share=share, who=self.who)
 
     def remove_alias(self, name: str, alias: str) -> None:
         self._backend.call("remove_alias", name, alias, who=self.who)

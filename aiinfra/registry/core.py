@@ -83,6 +83,9 @@ MIGRATIONS = (
     ),
     # v2: audit reads are per model, newest first; without the index they scan the whole log.
     Migration(2, ("CREATE INDEX audit_log_model ON audit_log (model, id)",)),
+    # v3: an alias may carry the traffic share its holder gets (a canary's), so the router learns the share
+    # through the same read as the alias. NULL: the serving config's default.
+    Migration(3, ("ALTER TABLE aliases ADD COLUMN share DOUBLE PRECISION",)),
 )
 
 
@@ -214,27 +217,36 @@ class ModelRegistry:
         self._discard_staging(staged)
         return result
 
-    def set_alias(self, name: str, version: int, alias: str, *, who: str = "unknown") -> ModelVersion:
-        """Point ``alias`` at ``version`` (moving it if it points elsewhere). Last writer wins; all are audited."""
+    def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None,
+                  who: str = "unknown") -> ModelVersion:
+        """Point ``alias`` at ``version`` (moving it if it points elsewhere). Last writer wins; all are audited.
+
+        Args:
+            share: the share of the model's traffic the alias's holder gets (a canary's), read by the router
+                with the alias; None leaves it to the serving config.
+        """
         validate_name("model name", name)
         alias = validate_alias(alias)
         version = self._check_version_number(version)
+        if share is not None and not (isinstance(share, (int, float)) and 0.0 <= float(share) <= 1.0):
+            raise InvalidInput(f"alias share must be a number from 0 to 1, got {share!r}")
         now = self._clock()
         with self.db.transaction() as tx:
             target = self._load_version(tx, name, version)
             if target.status == "archived":
                 raise Conflict(f"{name}@{version} is archived; an alias can only point at an active version")
-            rows = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))
-            before = int(rows[0]["version"]) if rows else None
+            rows = tx.query("SELECT version, share FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+            before = ({"alias": alias, "version": int(rows[0]["version"]),
+                       **({"share": rows[0]["share"]} if rows[0]["share"] is not None else {})} if rows else None)
             tx.execute(
-                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-                (name, alias, version, now),
+                "INSERT INTO aliases (name, alias, version, updated_at, share) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at, "
+                "share = excluded.share",
+                (name, alias, version, now, None if share is None else float(share)),
             )
             self._audit(
-                tx, now, who, name, "set_alias", version,
-                None if before is None else {"alias": alias, "version": before},
-                {"alias": alias, "version": version},
+                tx, now, who, name, "set_alias", version, before,
+                {"alias": alias, "version": version, **({"share": float(share)} if share is not None else {})},
             )
             return self._load_version(tx, name, version)
 
@@ -364,8 +376,9 @@ class ModelRegistry:
             if not q.query("SELECT 1 FROM models WHERE name = ?", (name,)):
                 raise NotFound(f"model {name!r} is not registered")
             raise NotFound(f"model {name!r} has no version {version}")
-        aliases = self._aliases_by_version(q, name).get(version, [])
-        return self._row_to_version(rows[0], aliases)
+        held = q.query("SELECT alias, share FROM aliases WHERE name = ? AND version = ? ORDER BY alias", (name, version))
+        shares = {r["alias"]: float(r["share"]) for r in held if r["share"] is not None}
+        return self._row_to_version(rows[0], [r["alias"] for r in held], shares)
 
     @staticmethod
     def _aliases_by_version(q: MetadataDB | Transaction, name: str) -> dict[int, list[str]]:
@@ -375,7 +388,7 @@ class ModelRegistry:
         return out
 
     @staticmethod
-    def _row_to_version(row: dict[str, Any], aliases: list[str]) -> ModelVersion:
+    def _row_to_version(row: dict[str, Any], aliases: list[str], shares: dict[str, float] | None = None) -> ModelVersion:
         return ModelVersion(
             name=row["name"],
             version=int(row["version"]),
@@ -389,6 +402,7 @@ class ModelRegistry:
             signature=Signature.model_validate_json(row["signature"]) if row["signature"] else None,
             lineage=Lineage.model_validate_json(row["lineage"]),
             aliases=aliases,
+            alias_shares=shares or {},
             idempotency_key=row["idempotency_key"],
         )
 

@@ -146,6 +146,9 @@ class ModelVersion(BaseModel):
     signature: Signature | None = None
     lineage: Lineage = Field(default_factory=Lineage)
     aliases: list[str] = Field(default_factory=list)
+    # The traffic share an alias gives its holder, where one was set with the alias (the autopilot's canary
+    # share on ``challenger``): the router reads it beside the alias itself, so one channel carries both.
+    alias_shares: dict[str, float] = Field(default_factory=dict)
     idempotency_key: str | None = None
 
     @property

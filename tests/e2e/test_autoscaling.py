@@ -111,7 +111,7 @@ def fake_cluster(tmp_path_factory):
         left = [p.pid for p in psutil.process_iter(["cmdline"]) if f"_port={port}" in " ".join(p.info["cmdline"] or [])]
         assert not left, f"processes of the fake cluster still running: {left}"
         # `ray start` named this cluster in Ray's "current cluster" pointer; a stale one breaks later clusters.
-        from aiinfra.cluster import clear_stale_cluster_pointer
+        from aiinfra.cluster_access import clear_stale_cluster_pointer
 
         clear_stale_cluster_pointer()
         pointer = Path("/tmp/ray/ray_current_cluster")

@@ -11,7 +11,7 @@ from aiinfra.platform import connect
 
 @pytest.fixture(scope="session")
 def ray_session():
-    from aiinfra.cluster import clear_stale_cluster_pointer
+    from aiinfra.cluster_access import clear_stale_cluster_pointer
 
     clear_stale_cluster_pointer()  # a dead cluster named there breaks Ray Train's placement-group cleanup
     # address="local": always our own cluster, never a developer's running one.

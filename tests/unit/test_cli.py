@@ -54,7 +54,7 @@ def test_errors_go_to_stderr_with_status(home, capsys):
 def test_a_pointer_to_a_dead_cluster_is_forgotten_and_a_live_one_kept(tmp_path):
     import socket
 
-    from aiinfra.cluster import clear_stale_cluster_pointer
+    from aiinfra.cluster_access import clear_stale_cluster_pointer
 
     pointer = tmp_path / "ray_current_cluster"
     with socket.socket() as s:

@@ -197,3 +197,34 @@ def test_registry_reloads_from_db(config, model_dir):
     second = open_local(config)
     assert second.registry.get("churn@champion").metrics == {"auc": 0.8}
     second.close()
+
+
+def test_an_alias_carries_its_traffic_share_and_a_plain_move_clears_it(registry, model_dir):
+    registry.register("churn", model_dir)
+    registry.register("churn", model_dir)
+    v = registry.set_alias("churn", 2, "challenger", share=0.3)
+    assert v.alias_shares == {"challenger": 0.3}
+    assert registry.get("churn@challenger").alias_shares == {"challenger": 0.3}
+    assert registry.get("churn@2").alias_shares == {"challenger": 0.3}  # the version holds it, whatever the ref
+    assert registry.set_alias("churn", 2, "challenger").alias_shares == {}  # no share: the serving default
+    entry = registry.audit("churn")[-2]
+    assert entry.after == {"alias": "challenger", "version": 2, "share": 0.3}
+    with pytest.raises(InvalidInput, match="share"):
+        registry.set_alias("churn", 2, "challenger", share=1.5)
+
+
+def test_a_database_from_before_alias_shares_is_upgraded_in_place(config, model_dir):
+    from aiinfra.registry.core import COMPONENT, MIGRATIONS
+
+    db = open_metadata_db(config.metadata_url)
+    db.ensure_schema(COMPONENT, MIGRATIONS[:2])  # the schema as version 2 left it, with a row in it
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO models (name, created_at, created_by) VALUES ('old', 1.0, 'me')")
+    p = open_local(config)
+    try:
+        assert [m.name for m in p.registry.list_models()] == ["old"]
+        p.registry.register("old", model_dir)
+        assert p.registry.set_alias("old", 1, "champion").alias_shares == {}
+        assert p.registry.set_alias("old", 1, "challenger", share=0.25).alias_shares == {"challenger": 0.25}
+    finally:
+        p.close()
