@@ -10,9 +10,6 @@ Everything here works on numpy arrays already in memory; no Ray, so it is unit-t
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,36 +19,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from aiinfra.errors import InvalidInput
+# Every metric emitted below has its direction there (the HTML report shows it); a new metric is added there.
+from aiinfra.training.metrics import METRIC_DIRECTION
+from aiinfra.reports.html import Cell, Image, Paragraph, Section, Table, render_page
 
 __all__ = [
-    "METRIC_DIRECTION",
     "EvaluationReport",
     "Task",
     "evaluate_predictions",
-    "higher_is_better",
     "render_html",
 ]
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
-
-# Every metric this module can emit, with the direction that counts as better. The gate reads this to
-# compare candidates whatever the metric; a metric added below must be added here too.
-METRIC_DIRECTION: dict[str, str] = {
-    "accuracy": "max",
-    "precision": "max",
-    "recall": "max",
-    "f1": "max",
-    "roc_auc": "max",
-    "log_loss": "min",
-    "ece": "min",
-    "brier": "min",
-    "f1_macro": "max",
-    "roc_auc_ovr": "max",
-    "rmse": "min",
-    "mae": "min",
-    "r2": "max",
-}
 
 # Probabilities are clipped away from 0 and 1 before log_loss so one confident mistake costs a large but
 # finite amount instead of inf, which JSON cannot carry.
@@ -60,15 +40,6 @@ _SUM_TOLERANCE = 1e-3
 _MAX_ROC_POINTS = 200
 _MAX_SCATTER_POINTS = 500
 _RESIDUAL_BINS = 20
-
-
-def higher_is_better(metric: str) -> bool:
-    """True when a larger value of ``metric`` is better; InvalidInput for a metric this module never emits."""
-    try:
-        return METRIC_DIRECTION[metric] == "max"
-    except KeyError:
-        known = ", ".join(sorted(METRIC_DIRECTION))
-        raise InvalidInput(f"unknown metric {metric!r}; known metrics: {known}") from None
 
 
 class EvaluationReport(BaseModel):
@@ -402,39 +373,28 @@ def evaluate_predictions(
 
 
 # --------------------------------------------------------------------------------------------------- HTML
+# The page goes through aiinfra.reports (templates and one figure helper). Its figures module imports
+# matplotlib, which costs a few hundred ms; the gate and the training workers import this module and never
+# draw, so it is imported where the plots are drawn.
 
 _FIGSIZE = (4.0, 3.0)
 _DPI = 80
 
-_CSS = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { display: inline-block; margin: 0.5em; }
-figcaption { text-align: center; font-size: 0.9em; }
-"""
 
+def _figure() -> tuple[Any, Any]:
+    from aiinfra.reports.figures import new_figure
 
-def _figure() -> Any:
-    # Figure used directly needs no pyplot and no global backend, so rendering is safe in worker threads.
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
+    fig = new_figure(*_FIGSIZE, dpi=_DPI, layout="tight")
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _png(fig: Any, caption: str) -> str:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    cap = html.escape(caption)
-    img = f'<img alt="{cap}" src="data:image/png;base64,{data}">'
-    return f"<figure>{img}<figcaption>{cap}</figcaption></figure>"
+def _image(fig: Any, caption: str) -> Image:
+    from aiinfra.reports.figures import data_uri
+
+    return Image(data_uri(fig), alt=caption, caption=caption)
 
 
-def _plot_confusion(matrix: list[list[int]], labels: list[str]) -> str:
+def _plot_confusion(matrix: list[list[int]], labels: list[str]) -> Image:
     fig, ax = _figure()
     cm = np.asarray(matrix)
     ax.imshow(cm, cmap="Blues")
@@ -450,20 +410,20 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str]) -> str:
             for j in ticks:
                 color = "white" if cm[i, j] > threshold else "black"
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color=color)
-    return _png(fig, "Confusion matrix")
+    return _image(fig, "Confusion matrix")
 
 
-def _plot_roc(roc: Mapping[str, list[float]]) -> str:
+def _plot_roc(roc: Mapping[str, list[float]]) -> Image:
     fig, ax = _figure()
     ax.plot(roc["fpr"], roc["tpr"], label="model")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig, "ROC curve")
+    return _image(fig, "ROC curve")
 
 
-def _plot_calibration(cal: Mapping[str, list[float]], task: str) -> str:
+def _plot_calibration(cal: Mapping[str, list[float]], task: str) -> Image:
     fig, ax = _figure()
     if task == "binary":
         x, y = cal["mean_predicted"], cal["fraction_positive"]
@@ -477,19 +437,19 @@ def _plot_calibration(cal: Mapping[str, list[float]], task: str) -> str:
     ax.set_ylim(0, 1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _png(fig, "Reliability diagram")
+    return _image(fig, "Reliability diagram")
 
 
-def _plot_residuals(hist: Mapping[str, list[float]]) -> str:
+def _plot_residuals(hist: Mapping[str, list[float]]) -> Image:
     fig, ax = _figure()
     edges = np.asarray(hist["edges"])
     ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", edgecolor="white")
     ax.set_xlabel("residual (true - predicted)")
     ax.set_ylabel("rows")
-    return _png(fig, "Residuals")
+    return _image(fig, "Residuals")
 
 
-def _plot_pred_vs_true(points: Mapping[str, list[float]]) -> str:
+def _plot_pred_vs_true(points: Mapping[str, list[float]]) -> Image:
     fig, ax = _figure()
     ax.scatter(points["true"], points["pred"], s=6, alpha=0.6)
     lo = min(min(points["true"]), min(points["pred"]))
@@ -497,10 +457,10 @@ def _plot_pred_vs_true(points: Mapping[str, list[float]]) -> str:
     ax.plot([lo, hi], [lo, hi], linestyle="--", color="grey")
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
-    return _png(fig, "Predicted vs true")
+    return _image(fig, "Predicted vs true")
 
 
-def _plot_history(history: Sequence[Mapping[str, Any]]) -> str | None:
+def _plot_history(history: Sequence[Mapping[str, Any]]) -> Image | None:
     keys = [k for k in ("train_loss", "val_loss") if any(k in row for row in history)]
     if not keys:
         return None
@@ -511,7 +471,7 @@ def _plot_history(history: Sequence[Mapping[str, Any]]) -> str | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    return _png(fig, "Loss curves")
+    return _image(fig, "Loss curves")
 
 
 def _fmt(value: Any) -> str:
@@ -522,19 +482,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = []
-        for cell in row:
-            cls = ' class="num"' if isinstance(cell, (int, float)) and not isinstance(cell, bool) else ""
-            cells.append(f"<td{cls}>{html.escape(_fmt(cell))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    """Numbers (not bools) are right-aligned."""
+    return Table(header, [[Cell(_fmt(cell), isinstance(cell, (int, float)) and not isinstance(cell, bool))
+                           for cell in row] for row in rows])
 
 
-def _slice_table(report: EvaluationReport) -> str:
+def _slice_table(report: EvaluationReport) -> Table:
     names = list(report.metrics)
     rows: list[list[Any]] = []
     for column, groups in report.slices.items():
@@ -543,9 +497,9 @@ def _slice_table(report: EvaluationReport) -> str:
     return _table(["column", "value", "rows", *names], rows)
 
 
-def _plots(report: EvaluationReport, history: Sequence[Mapping[str, Any]] | None) -> list[str]:
+def _plots(report: EvaluationReport, history: Sequence[Mapping[str, Any]] | None) -> list[Image]:
     curves = report.curves
-    plots: list[str] = []
+    plots: list[Image] = []
     if "confusion_matrix" in curves:
         labels = [str(c) for c in report.class_labels] if report.class_labels else [
             str(i) for i in range(len(curves["confusion_matrix"]))
@@ -578,22 +532,15 @@ def render_html(
     ``history`` is the per-epoch list of dicts from training (``epoch``, ``train_loss``, ``val_loss``);
     ``extra`` is shown as a key/value table (run id, dataset version, gate verdict, ...).
     """
-    t = html.escape(title)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{t}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{t}</h1>",
-        f"<p>Task: {html.escape(report.task)}; rows: {report.rows}</p>",
-    ]
+    sections = []
     if extra:
-        parts += ["<h2>Details</h2>", _table(["key", "value"], [[str(k), v] for k, v in extra.items()])]
+        sections.append(Section("Details", [_table(["key", "value"], [[str(k), v] for k, v in extra.items()])]))
     metric_rows = [[name, value, METRIC_DIRECTION.get(name, "")] for name, value in report.metrics.items()]
-    parts += ["<h2>Metrics</h2>", _table(["metric", "value", "better"], metric_rows)]
+    sections.append(Section("Metrics", [_table(["metric", "value", "better"], metric_rows)]))
     if report.slices:
-        parts += ["<h2>Slices</h2>", _slice_table(report)]
+        sections.append(Section("Slices", [_slice_table(report)]))
     plots = _plots(report, history)
     if plots:
-        parts += ["<h2>Plots</h2>", "<div>", *plots, "</div>"]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        sections.append(Section("Plots", plots))
+    return render_page(title=title, stylesheet="evaluation.css",
+                       lead=[Paragraph(f"Task: {report.task}; rows: {report.rows}")], sections=sections)
