@@ -46,12 +46,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import norm
 
-from aiinfra.autopilot.policy import LOWER_IS_BETTER, AutopilotPolicy, load_policy
+from aiinfra.autopilot.policy import AutopilotPolicy, load_policy
 from aiinfra.config import validate_as
 from aiinfra.errors import Conflict, InvalidInput
 from aiinfra.monitoring.core import DriftReport
 from aiinfra.storage import MetadataDB, Migration
 from aiinfra.storage.metadata import Transaction
+from aiinfra.training.metrics import higher_is_better
 
 __all__ = [
     "COMPONENT",
@@ -330,7 +331,8 @@ class Autopilot:
                 return self._none(st, now, f"no {name} and baseline in the snapshot", evidence)
             if labelled < trigger.min_labelled:
                 return self._none(st, now, f"waiting: {labelled} of {trigger.min_labelled} labelled", evidence)
-            drop = metric - baseline if name in LOWER_IS_BETTER else baseline - metric
+            # For an error metric (rmse, log_loss, brier, ...) a rise, not a fall, is the degradation.
+            drop = baseline - metric if higher_is_better(name) else metric - baseline
             evidence["drop"] = drop
             if drop <= trigger.performance_drop:
                 return self._none(

@@ -19,7 +19,6 @@ from aiinfra.errors import InvalidInput
 from aiinfra.registry.types import validate_name
 
 __all__ = [
-    "LOWER_IS_BETTER",
     "AutopilotPolicy",
     "CanaryPolicy",
     "PromotionPolicy",
@@ -28,10 +27,6 @@ __all__ = [
     "TriggerPolicy",
     "load_policy",
 ]
-
-# Metrics where a rise, not a fall, is the degradation (the performance trigger turns them around).
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "log_loss", "loss"})
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

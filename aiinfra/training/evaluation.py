@@ -19,9 +19,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from aiinfra.errors import InvalidInput
-# Every metric emitted below has its direction there (the HTML report shows it); a new metric is added there.
-from aiinfra.training.metrics import METRIC_DIRECTION
 from aiinfra.reports.html import Cell, Image, Paragraph, Section, Table, render_page
+from aiinfra.training.metrics import METRIC_DIRECTION
 
 __all__ = [
     "EvaluationReport",

@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiinfra.errors import InvalidInput
-from aiinfra.training.evaluation import EvaluationReport, higher_is_better
+from aiinfra.training.evaluation import EvaluationReport
+from aiinfra.training.metrics import higher_is_better
 
 __all__ = ["GateConfig", "GateVerdict", "promotion_gate"]
 

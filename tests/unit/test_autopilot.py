@@ -189,6 +189,9 @@ def test_performance_drop_triggers(db, clock):
     rmse = Autopilot(db, policy_dict(model="reg", trigger={"performance_metric": "rmse"}), clock=clock)
     worse = {"labelled": 500, "metrics": {"rmse": 1.2}, "baseline": {"rmse": 1.0}}
     assert rmse.on_performance(worse).action == "retrain"  # for an error metric a rise is the drop
+    brier = Autopilot(db, policy_dict(model="cal", trigger={"performance_metric": "brier"}), clock=clock)
+    worse = {"labelled": 500, "metrics": {"brier": 0.30}, "baseline": {"brier": 0.20}}
+    assert brier.on_performance(worse).action == "retrain"  # brier and ece are error metrics too
 
 
 def test_failed_retrain_aborts_keeps_champion_and_starts_cooldown(ap, window, clock):

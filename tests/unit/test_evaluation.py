@@ -10,12 +10,11 @@ import pytest
 
 from aiinfra.errors import InvalidInput
 from aiinfra.training.evaluation import (
-    METRIC_DIRECTION,
     EvaluationReport,
     evaluate_predictions,
-    higher_is_better,
     render_html,
 )
+from aiinfra.training.metrics import METRIC_DIRECTION
 
 
 def _all_finite(report: EvaluationReport) -> bool:
@@ -195,12 +194,6 @@ def test_invalid_input_names_the_problem(task, y_true, y_score, kwargs, fragment
     with pytest.raises(InvalidInput) as err:
         evaluate_predictions(task, y_true, y_score, **kwargs)
     assert fragment in str(err.value)
-
-
-def test_higher_is_better():
-    assert higher_is_better("roc_auc") and not higher_is_better("log_loss") and not higher_is_better("rmse")
-    with pytest.raises(InvalidInput, match="roc_auc"):
-        higher_is_better("auc_roc")
 
 
 # ------------------------------------------------------------------------------------------ serialisation
