@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from aiinfra.config import load_config
+from aiinfra.demo.run import run_demo
 from aiinfra.errors import AiInfraError
-from aiinfra.pipelines.demo import run_demo
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from aiinfra.config import load_config
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from aiinfra.pipelines.demo import run_demo
+    from aiinfra.demo.run import run_demo
 
     run_demo(load_config(), rows=args.rows, epochs=args.epochs, seed=args.seed, keep_serving=args.keep_serving,
              loop=not args.no_loop)

@@ -1,4 +1,4 @@
-"""The monitoring loop's HTML report, rendered from synthetic data, without Ray."""
+"""The demo loop's HTML report, rendered from synthetic data, without Ray."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from aiinfra.monitoring.loop_report import render_loop_report
+from aiinfra.demo.report import render_loop_report
 
 T0 = 1_700_000_000.0
 IMG = "data:image/png;base64,"

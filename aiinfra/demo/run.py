@@ -142,7 +142,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             "timeline": log.timeline,
         })
         if loop:
-            from aiinfra.pipelines.loop import print_timeline, run_loop
+            from aiinfra.demo.scenario import print_timeline, run_loop
 
             # The retrain job reads the same recipe from a file, on the latest data of the dataset.
             recipe = cfg.model_dump(mode="json", exclude_none=True)

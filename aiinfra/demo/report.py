@@ -1,31 +1,31 @@
-"""One self-contained HTML page that tells the story of the monitoring loop.
+"""The demo's loop report: one self-contained HTML page that tells the story of the monitoring loop.
 
-``render_loop_report`` takes plain, JSON-like data gathered elsewhere (a timeline of what
+``render_loop_report`` takes plain, JSON-like data gathered by the scenario (a timeline of what
 happened, the reference vs production data profile, training curves, evaluations, drift reports
 per window, the canary's counts and decision) and returns an HTML page with the plots embedded
 as base64 PNGs, so the page can be mailed, attached to a run or opened offline.
 
 Every section is optional: a missing or empty key gives a one-line "no data" note, and a section
 that still fails to render says so instead of losing the whole page. Values may be None or NaN.
-No Ray here (import-linter checks it), and matplotlib is used through ``Figure`` objects and the
-Agg canvas only, so rendering touches no pyplot global state (no backend switch, no open figures).
+No Ray here. The page and its figures go through ``aiinfra.reports`` (templates, autoescaped; figures
+off-screen, no pyplot state); the builders below only turn the data into its blocks.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+# matplotlib is imported at the top: this module exists to draw, and only the demo's loop imports it.
 import matplotlib.dates as mdates
 import matplotlib.ticker as mticker
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from aiinfra.reports.figures import data_uri, new_figure
+from aiinfra.reports.html import Block, Cell, Image, Paragraph, Section, Table, note, render_page
 
 __all__ = ["render_loop_report"]
 
@@ -37,24 +37,8 @@ _MAX_PVALUE_LEGEND = 12
 _MIN_PVALUE = 1e-16  # p-values of exactly 0 cannot sit on a log axis; clip them here
 _WILSON_Z = 1.959963984540054  # two-sided 95%
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;max-width:1100px;
- color:#222;padding:0 1em}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:#777;font-style:italic}.meta{color:#666;font-size:.9em}
-img{max-width:100%;display:block;margin:.6em 0}
-.s-ok{color:#2a7d2a}.s-drift{color:#c0392b;font-weight:bold}.s-skipped{color:#777}
-"""
-
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def _num(value: Any) -> float | None:
@@ -68,7 +52,7 @@ def _num(value: Any) -> float | None:
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    """Text for a table cell (not yet escaped): numbers rounded, missing as a dash."""
+    """Text for a table cell: numbers rounded, missing as a dash."""
     if value is None:
         return "—"
     if isinstance(value, (bool, np.bool_)):
@@ -103,36 +87,20 @@ def _plain(text: Any) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] = ()) -> str:
-    """An HTML table; cells are formatted with ``_fmt`` and escaped. ``numeric`` right-aligns columns."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            cls = ' class="n"' if i < len(numeric) and numeric[i] else ""
-            cells.append(f"<td{cls}>{_e(_fmt(cell))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] = ()) -> Table:
+    """Cells formatted with ``_fmt``; ``numeric`` right-aligns columns."""
+    return Table(header, [[Cell(_fmt(cell), i < len(numeric) and numeric[i]) for i, cell in enumerate(row)]
+                          for row in rows])
 
 
 def _new_figure(width: float, height: float) -> Figure:
     # Constrained layout fits labels and outside legends in one pass; bbox_inches="tight" would
     # draw every figure twice, which is most of the render time.
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)  # attaches itself to the figure: savefig then needs no pyplot backend
-    return fig
+    return new_figure(width, height, dpi=100, layout="constrained")
 
 
-def _img(fig: Figure, alt: str) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
+def _img(fig: Figure, alt: str) -> Image:
+    return Image(data_uri(fig), alt)
 
 
 def _draw_markers(axes: Sequence[Any], markers: Sequence[tuple[float, str]]) -> None:
@@ -159,21 +127,21 @@ def _valid_markers(raw: Any) -> list[tuple[float, str]]:
 # --------------------------------------------------------------------------- 7. header
 
 
-def _header(title: str, summary: Any) -> str:
+def _header(summary: Any) -> list[Block]:
     generated = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    parts = [f"<h1>{_e(title)}</h1>", f'<p class="meta">Generated at {_e(generated)}</p>']
+    parts: list[Block] = [Paragraph(f"Generated at {generated}", css="meta")]
     if isinstance(summary, Mapping) and summary:
         parts.append(_table(["", "value"], [(k, v) for k, v in summary.items()]))
-    return "\n".join(parts)
+    return parts
 
 
 # --------------------------------------------------------------------------- 1. timeline
 
 
-def _timeline(events: Any) -> str:
+def _timeline(events: Any) -> list[Block]:
     rows = [e for e in events if isinstance(e, Mapping) and _num(e.get("at")) is not None]
     if not rows:
-        return _note("No timeline events with a valid time.")
+        return [note("No timeline events with a valid time.")]
     rows.sort(key=lambda e: _num(e["at"]))
     t0 = _num(rows[0]["at"])
     table = _table(
@@ -182,10 +150,10 @@ def _timeline(events: Any) -> str:
          for i, e in enumerate(rows)],
         numeric=[True, False, True],
     )
-    return _timeline_plot(rows, t0) + table
+    return [_timeline_plot(rows, t0), table]
 
 
-def _timeline_plot(rows: list[Mapping[str, Any]], t0: float) -> str:
+def _timeline_plot(rows: list[Mapping[str, Any]], t0: float) -> Image:
     # One lane per kind keeps stages, decisions and traffic apart on the same time axis.
     lanes: list[str] = []
     for event in rows:
@@ -238,7 +206,7 @@ def _shares(values: list[Any]) -> dict[str, float]:
     return {str(label): count / len(values) for label, count in zip(labels, counts)}
 
 
-def _profile(profile: Any) -> str:
+def _profile(profile: Any) -> list[Block]:
     features = []
     for name, sides in profile.items():
         sides = sides if isinstance(sides, Mapping) else {}
@@ -249,16 +217,16 @@ def _profile(profile: Any) -> str:
                    for r, v in zip(raw, [reference, production])]
         features.append((str(name), _feature_kind(reference, production), reference, production, missing))
     plotted = [f for f in features if f[1] is not None][:_MAX_PROFILE_PLOTS]
-    parts = [_profile_plot(plotted)] if plotted else [_note("No feature has any values to plot.")]
+    parts: list[Block] = [_profile_plot(plotted)] if plotted else [note("No feature has any values to plot.")]
     if len([f for f in features if f[1] is not None]) > _MAX_PROFILE_PLOTS:
-        parts.append(_note(f"Only the first {_MAX_PROFILE_PLOTS} features are plotted; the table lists all."))
+        parts.append(note(f"Only the first {_MAX_PROFILE_PLOTS} features are plotted; the table lists all."))
     parts.append(_table(
         ["feature", "kind", "reference n", "production n", "missing (ref / prod)", "reference", "production"],
         [(name, kind or "no values", len(ref), len(prod), f"{miss[0]} / {miss[1]}",
           _describe(kind, ref), _describe(kind, prod)) for name, kind, ref, prod, miss in features],
         numeric=[False, False, True, True],
     ))
-    return "".join(parts)
+    return parts
 
 
 def _describe(kind: str | None, values: list[Any]) -> str:
@@ -272,7 +240,7 @@ def _describe(kind: str | None, values: list[Any]) -> str:
     return f"top {top!s} ({share:.0%})"
 
 
-def _profile_plot(features: list[tuple[str, str | None, list[Any], list[Any], list[int]]]) -> str:
+def _profile_plot(features: list[tuple[str, str | None, list[Any], list[Any], list[int]]]) -> Image:
     ncols = min(3, len(features))
     nrows = math.ceil(len(features) / ncols)
     fig = _new_figure(4.2 * ncols, 3.0 * nrows)
@@ -321,7 +289,7 @@ def _category_bars(ax: Any, reference: list[Any], production: list[Any]) -> None
 # --------------------------------------------------------------------------- 3. training curves
 
 
-def _training(runs: Any) -> str:
+def _training(runs: Any) -> list[Block]:
     fig = _new_figure(8, 4)
     ax = fig.add_subplot()
     rows, drawn = [], 0
@@ -339,24 +307,24 @@ def _training(runs: Any) -> str:
         train = [v for v in (_num(e.get("train_loss")) for e in epochs) if v is not None]
         rows.append((label, len(epochs), train[-1] if train else None, min(val) if val else None))
     if not drawn:
-        return _note("No loss values to plot.")
+        return [note("No loss values to plot.")]
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     table = _table(["run", "epochs", "final train loss", "best val loss"], rows, numeric=[False, True, True, True])
-    return _img(fig, "training curves") + table
+    return [_img(fig, "training curves"), table]
 
 
 # --------------------------------------------------------------------------- 4. evaluation
 
 
-def _evaluation(evaluations: Any) -> str:
+def _evaluation(evaluations: Any) -> list[Block]:
     labels = [str(k) for k, v in evaluations.items() if isinstance(v, Mapping)]
     scores = {str(k): v for k, v in evaluations.items() if isinstance(v, Mapping)}
     if not labels:
-        return _note("No evaluation metrics.")
+        return [note("No evaluation metrics.")]
     metrics: list[str] = []
     for label in labels:
         metrics += [str(m) for m in scores[label] if str(m) not in metrics]
@@ -365,11 +333,11 @@ def _evaluation(evaluations: Any) -> str:
     # A bar needs a number for every label, else the groups would not compare like with like.
     common = [m for m in metrics if all(_num(scores[lb].get(m)) is not None for lb in labels)]
     if not common:
-        return table + _note("No metric has a value for every evaluation, so no chart.")
-    return _evaluation_plot(labels, scores, common) + table
+        return [table, note("No metric has a value for every evaluation, so no chart.")]
+    return [_evaluation_plot(labels, scores, common), table]
 
 
-def _evaluation_plot(labels: list[str], scores: Mapping[str, Mapping[str, Any]], metrics: list[str]) -> str:
+def _evaluation_plot(labels: list[str], scores: Mapping[str, Mapping[str, Any]], metrics: list[str]) -> Image:
     fig = _new_figure(max(6, 1.2 * len(metrics) * max(1, len(labels)) / 2), 3.6)
     ax = fig.add_subplot()
     x = np.arange(len(metrics))
@@ -387,10 +355,10 @@ def _evaluation_plot(labels: list[str], scores: Mapping[str, Mapping[str, Any]],
 # --------------------------------------------------------------------------- 5. drift over time
 
 
-def _drift(reports: Any, alpha: Any, markers: Any) -> str:
+def _drift(reports: Any, alpha: Any, markers: Any) -> list[Block]:
     reports = [r for r in reports if isinstance(r, Mapping)]
     if not reports:
-        return _note("No drift reports.")
+        return [note("No drift reports.")]
     # Plot against time when every window has an end time: then the loop's markers line up.
     by_time = all(_num(r.get("window_end")) is not None for r in reports)
     key = (lambda r: _num(r.get("window_end"))) if by_time else (lambda r: _num(r.get("window_id")) or 0.0)
@@ -408,11 +376,11 @@ def _drift(reports: Any, alpha: Any, markers: Any) -> str:
                      result.get("share_drifted"), ", ".join(drifted) if drifted else r.get("reason") or ""))
     table = _table(["window", "end (UTC)", "rows", "status", "share drifted", "drifted features / reason"],
                    rows, numeric=[True, False, True, False, True])
-    return plot + table
+    return [plot, table]
 
 
 def _drift_plot(reports: list[Mapping[str, Any]], xs: list[Any], by_time: bool, alpha: float | None,
-                markers: list[tuple[float, str]]) -> str:
+                markers: list[tuple[float, str]]) -> Image:
     fig = _new_figure(10, 6)
     share_ax, p_ax = fig.subplots(2, 1, sharex=True)
     results = [r.get("result") if isinstance(r.get("result"), Mapping) else {} for r in reports]
@@ -496,13 +464,13 @@ def _arm_stats(arm: Mapping[str, Any]) -> dict[str, Any]:
             "error_rate": error_rate}
 
 
-def _canary(canary: Any) -> str:
+def _canary(canary: Any) -> list[Block]:
     arms = [(name, _arm_stats(canary[name])) for name in ("champion", "challenger")
             if isinstance(canary.get(name), Mapping)]
-    parts = []
+    parts: list[Block] = []
     if arms:
         measured = [(name, s) for name, s in arms if s["accuracy"] is not None]
-        parts.append(_canary_plot(measured) if measured else _note("No labelled requests yet, so no accuracy."))
+        parts.append(_canary_plot(measured) if measured else note("No labelled requests yet, so no accuracy."))
         parts.append(_table(
             ["arm", "version", "requests", "errors", "error rate", "labelled", "correct", "accuracy", "95% CI"],
             [(name, s["version"], s["requests"], s["errors"], s["error_rate"], s["labelled"], s["correct"],
@@ -511,12 +479,12 @@ def _canary(canary: Any) -> str:
             numeric=[False, True, True, True, True, True, True, True],
         ))
     else:
-        parts.append(_note("No champion or challenger counts."))
-    parts.append(_decision(canary.get("decision")))
-    return "".join(parts)
+        parts.append(note("No champion or challenger counts."))
+    parts += _decision(canary.get("decision"))
+    return parts
 
 
-def _canary_plot(arms: list[tuple[str, dict[str, Any]]]) -> str:
+def _canary_plot(arms: list[tuple[str, dict[str, Any]]]) -> Image:
     fig = _new_figure(5, 3.4)
     ax = fig.add_subplot()
     x = np.arange(len(arms))
@@ -532,35 +500,34 @@ def _canary_plot(arms: list[tuple[str, dict[str, Any]]]) -> str:
     return _img(fig, "canary accuracy")
 
 
-def _decision(decision: Any) -> str:
+def _decision(decision: Any) -> list[Block]:
     if not isinstance(decision, Mapping) or not decision:
-        return _note("No decision yet.")
-    parts = [f"<p><b>Decision: {_e(decision.get('action') or '—')}</b> — {_e(decision.get('reason') or '')}</p>"]
+        return [note("No decision yet.")]
+    parts: list[Block] = [Paragraph(f"— {decision.get('reason') or ''}",
+                                    strong=f"Decision: {decision.get('action') or '—'}")]
     evidence = decision.get("evidence")
     if isinstance(evidence, Mapping) and evidence:
         parts.append(_table(["evidence", "value"], list(evidence.items())))
-    return "".join(parts)
+    return parts
 
 
 # --------------------------------------------------------------------------- the page
 
 
-def _section(title: str, value: Any, build: Callable[[Any], str], empty: str) -> str:
+def _section(title: str, value: Any, build: Callable[[Any], list[Block]], empty: str) -> Section:
     """A titled section: a note when there is no data, and a note (not a crash) when rendering fails."""
-    heading = f"<h2>{_e(title)}</h2>"
     if value is None or (isinstance(value, (Sequence, Mapping)) and not isinstance(value, str) and not value):
-        return heading + _note(empty)
+        return Section(title, [note(empty)])
     try:
-        return heading + build(value)
+        return Section(title, build(value))
     except Exception as exc:  # one odd section must not cost the reader the rest of the page
-        return heading + _note(f"Could not render this section: {type(exc).__name__}: {exc}")
+        return Section(title, [note(f"Could not render this section: {type(exc).__name__}: {exc}")])
 
 
 def render_loop_report(data: Mapping[str, Any], *, title: str = "aiinfra: the monitoring loop") -> str:
     """Render ``data`` (see the module docstring and the section builders) as one HTML page."""
     data = data if isinstance(data, Mapping) else {}
     sections = [
-        _header(title, data.get("summary")),
         _section("Timeline", data.get("timeline"), _timeline, "No timeline data."),
         _section("Data profile: reference vs production", data.get("profile"), _profile, "No profile data."),
         _section("Training curves", data.get("runs"), _training, "No training runs."),
@@ -569,9 +536,4 @@ def render_loop_report(data: Mapping[str, Any], *, title: str = "aiinfra: the mo
                  lambda reports: _drift(reports, data.get("alpha"), data.get("markers")), "No drift reports."),
         _section("Canary", data.get("canary"), _canary, "No canary data."),
     ]
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        + "\n".join(sections)
-        + "\n</body></html>\n"
-    )
+    return render_page(title=title, stylesheet="loop.css", lead=_header(data.get("summary")), sections=sections)

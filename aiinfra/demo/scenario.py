@@ -14,21 +14,24 @@ time, canary) under ``$AIINFRA_HOME/reports/``.
 from __future__ import annotations
 
 import json
-import threading
+import sys
 import time
-import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
+from aiinfra.demo.clients import MODEL, BackgroundLoad, ProductionClient
+from aiinfra.demo.report import render_loop_report
+from aiinfra.monitoring.core import read_reports
 from aiinfra.pipelines.progress import StageLog
+from aiinfra.storage import open_metadata_db
+
+# Ray (and the autopilot actor's module, which imports it) is imported inside the functions: the demo
+# imports this module only after connect() has settled Ray's auth mode, and importing it must not start Ray.
 
 __all__ = ["demo_policy", "print_timeline", "run_loop"]
-
-MODEL = "churn"
 
 
 def demo_policy(training_config: str, *, reference_rows: int) -> dict[str, Any]:
@@ -46,90 +49,6 @@ def demo_policy(training_config: str, *, reference_rows: int) -> dict[str, Any]:
     }
 
 
-class _Client:
-    """Production clients: predictions over HTTP, then the true outcomes through /feedback."""
-
-    def __init__(self, base: str, auth: dict[str, str], features: list[str]) -> None:
-        import httpx
-
-        self.base, self.auth, self.features = base, auth, features
-        self.http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16))
-        self.statuses: Counter[int] = Counter()
-        self.versions: Counter[int] = Counter()
-
-    def _predict(self, rows: pd.DataFrame) -> tuple[str, int, list[Any]]:
-        instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-                     for r in rows[self.features].to_dict("records")]
-        rid = uuid.uuid4().hex
-        r = self.http.post(f"{self.base}/predict/{MODEL}", json={"instances": instances},
-                           headers={**self.auth, "X-Request-ID": rid})
-        self.statuses[r.status_code] += 1
-        if r.status_code != 200:
-            return rid, -1, []
-        body = r.json()
-        self.versions[body["version"]] += 1
-        return rid, body["version"], [int(v) for v in rows["churned"]]
-
-    def send(self, frame: pd.DataFrame, rows_per_request: int, *, threads: int = 8) -> int:
-        """Send ``frame`` as requests of ``rows_per_request`` rows, then label every answered request."""
-        chunks = [frame.iloc[i:i + rows_per_request] for i in range(0, len(frame), rows_per_request)]
-        with ThreadPoolExecutor(threads) as pool:
-            answered = [a for a in pool.map(self._predict, chunks) if a[1] >= 0]
-        items = [{"request_id": rid, "labels": labels} for rid, _, labels in answered]
-        for i in range(0, len(items), 1000):
-            r = self.http.post(f"{self.base}/feedback/{MODEL}", json={"items": items[i:i + 1000]}, headers=self.auth)
-            if r.status_code != 200:
-                raise RuntimeError(f"feedback answered {r.status_code}: {r.text[:300]}")
-        return len(answered)
-
-
-class _BackgroundLoad:
-    """One client calling the model without pause: every status and served version is counted."""
-
-    def __init__(self, client: _Client, rows: pd.DataFrame) -> None:
-        self.client, self.rows = client, rows
-        self.statuses: Counter[int] = Counter()
-        self.versions: Counter[int] = Counter()
-        self.last_version: int | None = None
-        self.streak = 0  # consecutive answers from last_version
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import httpx
-
-        i = 0
-        with httpx.Client(timeout=60) as http:
-            while not self._stop.is_set():
-                row = self.rows.iloc[i % len(self.rows)]
-                instance = {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in self.client.features}
-                try:
-                    r = http.post(f"{self.client.base}/predict/{MODEL}", json={"instances": [instance]},
-                                  headers=self.client.auth)
-                    self.statuses[r.status_code] += 1
-                    if r.status_code == 200:
-                        version = r.json()["version"]
-                        self.streak = self.streak + 1 if version == self.last_version else 1
-                        self.last_version = version
-                        self.versions[version] += 1
-                except httpx.HTTPError:
-                    self.statuses[0] += 1  # no answer at all counts as a failure too
-                i += 1
-                time.sleep(0.02)
-
-    def __enter__(self) -> _BackgroundLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    @property
-    def failed(self) -> int:
-        return sum(n for status, n in self.statuses.items() if status != 200)
-
-
 def _status(autopilot: Any) -> dict[str, Any]:
     import ray
 
@@ -142,10 +61,6 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
     import ray
 
     from aiinfra.autopilot.actor import get_autopilot_actor
-    from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
-    from aiinfra.monitoring.core import read_reports
-    from aiinfra.monitoring.loop_report import render_loop_report
-    from aiinfra.storage import open_metadata_db
 
     config = platform.config
     db = open_metadata_db(config.metadata_url)
@@ -169,7 +84,7 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
             else:
                 time.sleep(1.0)
 
-    client = _Client(base, auth, features)
+    client = ProductionClient(base, auth, features)
     world = make_customers(40_000, seed=seed + 1, drifted=True, first_id=50_000_000)
     cursor = {"i": 0}
 
@@ -223,7 +138,7 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
         event(f"canary of version {challenger} starts", "decision")
 
     champion_version = platform.registry.get(f"{MODEL}@champion").version  # the canary's other arm
-    with _BackgroundLoad(client, world.iloc[:2000]) as load:
+    with BackgroundLoad(client, world.iloc[:2000]) as load:
         with log.stage(f"canary: {policy['canary']['share']:.0%} of live traffic to churn@{challenger}"):
             st = wait_for(("watching",), "the canary's end",
                           traffic=lambda: client.send(next_rows(500), rows_per_request=5))
@@ -258,16 +173,14 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
         "drift_onset_to_decision_s": round(onset_to_promotion, 1),
     }
     path, timeline = _write_report(platform, db, summary, events, reference, world.iloc[:cursor["i"] or 2000],
-                                   features, log, render_loop_report)
+                                   features, log)
     summary.update(report_html=str(path), timeline=timeline)
     return summary
 
 
 def _write_report(platform: Any, db: Any, summary: dict[str, Any], events: list[dict[str, Any]],
-                  reference: pd.DataFrame, production: pd.DataFrame, features: list[str], log: StageLog,
-                  render: Any) -> tuple[Path, list[dict[str, Any]]]:
-    from aiinfra.monitoring.core import read_reports
-
+                  reference: pd.DataFrame, production: pd.DataFrame, features: list[str],
+                  log: StageLog) -> tuple[Path, list[dict[str, Any]]]:
     registry = platform.registry
     decisions = summary["decisions"]
     runs, evaluations = [], {}
@@ -308,15 +221,13 @@ def _write_report(platform: Any, db: Any, summary: dict[str, Any], events: list[
     reports = platform.config.reports_dir
     reports.mkdir(parents=True, exist_ok=True)
     path = reports / "loop.html"
-    path.write_text(render(data, title="aiinfra demo: drift -> retrain -> canary -> promote"))
+    path.write_text(render_loop_report(data, title="aiinfra demo: drift -> retrain -> canary -> promote"))
     (reports / "loop.json").write_text(json.dumps({**summary, "timeline": timeline}, indent=2, default=str))
     return path, timeline
 
 
 def print_timeline(timeline: list[dict[str, Any]], out: Any = None) -> None:
     """The loop's timeline: wall time (UTC), seconds since the first event, what happened."""
-    import sys
-
     out = out or sys.stdout
     if not timeline:
         return
