@@ -46,7 +46,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import norm
 
-from aiinfra.autopilot.policy import AutopilotPolicy, load_policy
+from aiinfra.autopilot.policy import AutopilotPolicy, CanaryMetric, load_policy
 from aiinfra.config import validate_as
 from aiinfra.errors import Conflict, InvalidInput
 from aiinfra.monitoring.core import DriftReport
@@ -149,8 +149,12 @@ class ArmStats(BaseModel):
         return self.errors / self.requests if self.requests else 0.0
 
     @property
-    def metric(self) -> float | None:
+    def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
+
+    def counts(self, metric: CanaryMetric) -> tuple[int, int]:
+        """``(k, n)``, the proportion ``metric`` is made of: correct of labelled, or errors of requests."""
+        return (self.correct, self.labelled) if metric == "accuracy" else (self.errors, self.requests)
 
 
 class _State(BaseModel):
@@ -211,20 +215,21 @@ def _number(value: Any) -> float | None:
 
 
 def non_inferiority_test(
-    challenger: ArmStats, champion: ArmStats, *, margin: float, alpha: float
+    challenger: ArmStats, champion: ArmStats, *, margin: float, alpha: float, metric: CanaryMetric = "accuracy"
 ) -> dict[str, Any]:
-    """One-sided two-proportion z-test of H0 "challenger worse than champion by more than ``margin``".
+    """One-sided two-proportion z-test of H0 "challenger worse than champion by more than ``margin``" on ``metric``.
 
-    ``z = (p_chal - p_champ + margin) / se`` with the unpooled standard error; the challenger passes
-    when ``p = 1 - Phi(z) < alpha``. With no variance at all (both arms all right or all wrong) the
-    observed difference decides.
+    ``z = (p_chal - p_champ + margin) / se`` with the unpooled standard error (for ``error_rate``, where
+    higher is worse, the difference is turned around); the challenger passes when ``p = 1 - Phi(z) < alpha``.
+    With no variance at all (both arms all right or all wrong) the observed difference decides.
     """
-    if not challenger.labelled or not champion.labelled:
-        raise InvalidInput("the non-inferiority test needs labelled requests on both arms")
-    p1, n1 = challenger.correct / challenger.labelled, challenger.labelled
-    p2, n2 = champion.correct / champion.labelled, champion.labelled
+    (k1, n1), (k2, n2) = challenger.counts(metric), champion.counts(metric)
+    if not n1 or not n2:
+        what = "labelled requests" if metric == "accuracy" else "requests"
+        raise InvalidInput(f"the non-inferiority test needs {what} on both arms")
+    p1, p2 = k1 / n1, k2 / n2
     se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    diff = p1 - p2 + margin
+    diff = (p1 - p2 if metric == "accuracy" else p2 - p1) + margin
     if se > 0:
         z = diff / se
         p_value = float(norm.sf(z))
@@ -513,20 +518,22 @@ class Autopilot:
                 )
                 return self._end_canary(tx, st, now, "rollback", reason, evidence)
 
-            p_chal, p_champ = chal.metric, champ.metric
+            # The early regression check is on accuracy whatever the promotion metric: errors have their own.
+            p_chal, p_champ = chal.accuracy, champ.accuracy
             if min(chal.labelled, champ.labelled) >= rollback.min_labelled and p_chal is not None and p_champ is not None:
                 evidence.update(p_challenger=p_chal, p_champion=p_champ, max_regression=rollback.max_regression)
                 if p_champ - p_chal > rollback.max_regression:
                     reason = (
-                        f"roll back version {version}: {promotion.metric} {p_chal:.4f} is below the champion's "
+                        f"roll back version {version}: accuracy {p_chal:.4f} is below the champion's "
                         f"{p_champ:.4f} by more than max_regression {rollback.max_regression:g}"
                     )
                     return self._end_canary(tx, st, now, "rollback", reason, evidence)
 
             enough = chal.requests >= canary.min_requests and chal.labelled >= canary.min_labelled
             test: dict[str, Any] | None = None
-            if enough and champ.labelled:
-                test = non_inferiority_test(chal, champ, margin=promotion.margin, alpha=promotion.alpha)
+            if enough and champ.counts(promotion.metric)[1]:
+                test = non_inferiority_test(chal, champ, margin=promotion.margin, alpha=promotion.alpha,
+                                            metric=promotion.metric)
                 evidence["test"] = test
                 if test["passed"]:
                     reason = (
@@ -552,7 +559,8 @@ class Autopilot:
             elif chal.labelled < canary.min_labelled:
                 reason = f"waiting: {chal.labelled} of {canary.min_labelled} labelled"
             elif test is None:
-                reason = "waiting: no labelled champion requests to compare with"
+                what = "labelled champion requests" if promotion.metric == "accuracy" else "champion requests"
+                reason = f"waiting: no {what} to compare with"
             else:
                 reason = f"waiting: non-inferiority not yet shown (p={test['p_value']:.3g} >= {promotion.alpha:g})"
             return self._none(st, now, reason, evidence)

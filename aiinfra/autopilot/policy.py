@@ -20,6 +20,7 @@ from aiinfra.registry.types import validate_name
 
 __all__ = [
     "AutopilotPolicy",
+    "CanaryMetric",
     "CanaryPolicy",
     "PromotionPolicy",
     "RetrainPolicy",
@@ -27,6 +28,11 @@ __all__ = [
     "TriggerPolicy",
     "load_policy",
 ]
+
+# What the canary can compare its arms on: the monitor counts requests, errors, labelled and correct
+# requests per arm, so accuracy (correct / labelled) and error_rate (errors / requests) are all there is.
+CanaryMetric = Literal["accuracy", "error_rate"]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,7 +64,9 @@ class CanaryPolicy(_Section):
 
 
 class PromotionPolicy(_Section):
-    metric: str = Field("accuracy", min_length=1, description="a proportion: correct / labelled per arm")
+    metric: CanaryMetric = Field(
+        "accuracy", description="compared per arm: accuracy (correct / labelled) or error_rate (errors / requests)"
+    )
     test: Literal["non_inferiority"] = "non_inferiority"
     margin: float = Field(0.01, ge=0, lt=1)
     alpha: float = Field(0.05, gt=0, lt=0.5)
@@ -66,7 +74,7 @@ class PromotionPolicy(_Section):
 
 class RollbackPolicy(_Section):
     max_error_rate: float = Field(0.02, ge=0, le=1, description="share of failed requests on the challenger")
-    max_regression: float = Field(0.05, ge=0, le=1, description="challenger's metric below the champion's")
+    max_regression: float = Field(0.05, ge=0, le=1, description="challenger's accuracy below the champion's")
     min_labelled: int = Field(
         50, ge=1, description="labelled requests on each arm before the early regression check applies"
     )

@@ -257,6 +257,33 @@ def test_wait_while_the_canary_has_too_little_evidence(ap, window):
         ap.on_canary_stats(CHAMPION, {"requests": 4, "errors": 0, "labelled": 1})
 
 
+CHALLENGER = arm(1200, 4, 1000, 830)  # accuracy 0.83 against 0.85, errors 0.33 % against 0.2 %
+
+
+def test_on_accuracy_a_less_accurate_challenger_is_not_shown_non_inferior(ap, window):
+    to_canary(ap, window)
+    d = ap.on_canary_stats(CHAMPION, CHALLENGER)
+    assert d.action == "none" and not d.evidence["test"]["passed"]
+
+
+def test_on_error_rate_the_same_challenger_is_compared_on_its_errors(db, window, clock):
+    ap = Autopilot(db, policy_dict(promotion={"metric": "error_rate", "margin": 0.005}), clock=clock)
+    to_canary(ap, window)
+    d = ap.on_canary_stats(CHAMPION, CHALLENGER)
+    test = d.evidence["test"]
+    assert (test["p_challenger"], test["p_champion"]) == (4 / 1200, 6 / 3000)
+    # For an error rate a rise is worse: z = (p_champ - p_chal + margin) / se.
+    se = math.sqrt(4 / 1200 * (1 - 4 / 1200) / 1200 + 0.002 * 0.998 / 3000)
+    assert math.isclose(test["z"], (0.002 - 4 / 1200 + 0.005) / se) and test["passed"]
+    assert d.action == "promote" and "error_rate 0.0033 vs 0.0020" in d.reason
+
+
+def test_the_promotion_metric_is_one_the_arms_can_support():
+    with pytest.raises(InvalidInput) as e:
+        load_policy(policy_dict(promotion={"metric": "roc_auc"}))
+    assert "promotion.metric" in str(e.value) and "'accuracy'" in str(e.value) and "'error_rate'" in str(e.value)
+
+
 def test_roll_back_on_errors(ap, window):
     to_canary(ap, window)
     assert ap.on_canary_stats(CHAMPION, arm(100, 3, 0, 0)).action == "none"  # 3 % but within the budget of 6
