@@ -10,7 +10,6 @@ from __future__ import annotations
 
 __all__ = [
     "AiInfraError",
-    "AlreadyExists",
     "ArtifactCorrupted",
     "Conflict",
     "Forbidden",
@@ -53,11 +52,6 @@ class NotFound(AiInfraError):
 
     status_code = 404
     code = "NOT_FOUND"
-
-
-class AlreadyExists(AiInfraError):
-    status_code = 409
-    code = "ALREADY_EXISTS"
 
 
 class Conflict(AiInfraError):

@@ -35,7 +35,6 @@ passed without that.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -189,7 +188,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
-def _plain(value: Any) -> Any:
+def _json_ready(value: Any) -> Any:
     """JSON-friendly: numpy scalars to Python, containers recursively, NaN/inf as strings."""
     item = getattr(value, "item", None)
     if callable(item) and not isinstance(value, (str, bytes, Mapping, list, tuple)):
@@ -198,9 +197,9 @@ def _plain(value: Any) -> Any:
         except (TypeError, ValueError):
             pass
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_json_ready(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
@@ -573,21 +572,6 @@ class Autopilot:
         evidence["cooldown_until"] = new.cooldown_until
         return self._commit(tx, new, now, action, reason, evidence)
 
-    def canary_share(self, request_id: str) -> bool:
-        """Whether this request goes to the challenger: only during a canary, by a stable hash of its id.
-
-        SHA-256 of ``<model>:<request_id>`` mapped to [0, 1) against ``canary.share``, so a retried
-        request lands on the same arm, in this process or any other.
-        """
-        rows = self.db.query("SELECT state FROM autopilot_state WHERE model = ?", (self.model,))
-        if not rows or rows[0]["state"] != "canary":
-            return False
-        return self._bucket(request_id) < self.policy.canary.share
-
-    def _bucket(self, request_id: str) -> float:
-        digest = hashlib.sha256(f"{self.model}:{request_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
     # -- reading --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The model's current state, as stored, plus whether it is in cooldown and retrains in the last 24 h."""
@@ -657,7 +641,7 @@ class Autopilot:
         self._save(tx, new, now)
         top = tx.query("SELECT MAX(seq) AS top FROM autopilot_decisions WHERE model = ?", (self.model,))
         seq = int(top[0]["top"] or 0) + 1
-        evidence = _plain(evidence)
+        evidence = _json_ready(evidence)
         tx.execute(
             "INSERT INTO autopilot_decisions (model, seq, at, action, state, reason, evidence) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -667,7 +651,7 @@ class Autopilot:
                         at=now, seq=seq)
 
     def _none(self, st: _State, now: float, reason: str, evidence: dict[str, Any] | None = None) -> Decision:
-        return Decision(action="none", reason=reason, evidence=_plain(evidence or {}), model=self.model,
+        return Decision(action="none", reason=reason, evidence=_json_ready(evidence or {}), model=self.model,
                         state=st.state, at=now)
 
     def _decision(self, row: Mapping[str, Any]) -> Decision:

@@ -147,21 +147,21 @@ def _metrics(values: Mapping[str, Any] | None, skip: tuple[str, ...] = ()) -> di
     return out
 
 
-def _plain(value: Any) -> Any:
+def _json_ready(value: Any) -> Any:
     """Make a value JSON-friendly: numpy scalars to Python, containers recursively, NaN/inf as strings."""
     value = _scalar(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [_plain(v) for v in items]
+        return [_json_ready(v) for v in items]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
 def _json(value: Any) -> str:
-    return json.dumps(_plain(value), sort_keys=True, default=str)
+    return json.dumps(_json_ready(value), sort_keys=True, default=str)
 
 
 def _optional_seconds(name: str, value: Any) -> float | None:

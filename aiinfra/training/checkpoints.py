@@ -49,7 +49,7 @@ class TrainingState:
         }
 
 
-def _plain(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _unwrapped_cpu_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # DDP wraps the module as "module.": store the plain module's names.
     return {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in state_dict.items()}
 
@@ -81,9 +81,9 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, best: dict[st
                     optimizer: torch.optim.Optimizer, state: TrainingState) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = _plain(model.state_dict())
+    weights = _unwrapped_cpu_tensors(model.state_dict())
     save_file(weights, str(directory / MODEL))
-    save_file(_plain(best) if best is not None else weights, str(directory / BEST))
+    save_file(_unwrapped_cpu_tensors(best) if best is not None else weights, str(directory / BEST))
     tensors, meta = optimizer_to_flat(optimizer.state_dict())
     save_file(tensors, str(directory / OPTIMIZER))
     (directory / STATE).write_text(json.dumps({**state.to_json(), "optimizer": meta}))

@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 
-def _plain(value: Any) -> Any:
+def _python_scalar(value: Any) -> Any:
+    """numpy's 1 and Python's 1 as one label: numpy scalars become the Python value, others pass unchanged."""
     return value.item() if hasattr(value, "item") else value
 
 
@@ -37,7 +38,7 @@ def class_labels_for(task: str, y: pd.Series) -> list[Any]:
     """The sorted distinct labels of a classification target (index i is class i)."""
     if task == "regression":
         return []
-    values = sorted({_plain(v) for v in y.dropna().unique()}, key=lambda v: (str(type(v)), v))
+    values = sorted({_python_scalar(v) for v in y.dropna().unique()}, key=lambda v: (str(type(v)), v))
     if task == "binary" and len(values) != 2:
         raise InvalidInput(f"a binary task needs exactly 2 label values, the training rows have {len(values)}: {values[:10]}")
     if task == "multiclass" and len(values) < 2:
@@ -54,7 +55,7 @@ def encode_labels(task: str, y: pd.Series, class_labels: Sequence[Any], target_m
         return ((y.to_numpy(dtype=np.float64) - target_mean) / target_std).astype(np.float32)
     index = {v: i for i, v in enumerate(class_labels)}
     try:
-        codes = np.fromiter((index[_plain(v)] for v in y), dtype=np.int64, count=len(y))
+        codes = np.fromiter((index[_python_scalar(v)] for v in y), dtype=np.int64, count=len(y))
     except KeyError as e:
         raise InvalidInput(f"label value {e.args[0]!r} was not seen in training (classes: {list(class_labels)})") from None
     return codes if task == "multiclass" else codes.astype(np.float32)

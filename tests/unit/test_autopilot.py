@@ -214,7 +214,6 @@ def test_failed_retrain_aborts_keeps_champion_and_starts_cooldown(ap, window, cl
     assert [x.action for x in ap.decisions()] == ["abort", "retrain"]
     with pytest.raises(Conflict, match="not retraining"):
         ap.retrain_finished(True, 3)
-    assert ap.canary_share("r1") is False
 
 
 def test_a_retrain_without_a_challenger_aborts(ap, window):
@@ -308,17 +307,6 @@ def test_roll_back_on_timeout(ap, window, clock):
     d = ap.on_canary_stats(CHAMPION, arm(100, 0, 60, 51))
     assert d.action == "rollback" and "max_duration_s 3600 passed" in d.reason and "too little traffic" in d.reason
     assert ap.state()["cooldown_until"] == clock.now + 600
-
-
-def test_canary_share_splits_by_a_stable_hash(db, ap, window, clock):
-    ids = [f"req-{i}" for i in range(1000)]
-    assert not any(ap.canary_share(r) for r in ids)  # only during a canary
-    to_canary(ap, window)
-    chosen = [ap.canary_share(r) for r in ids]
-    assert abs(sum(chosen) / len(ids) - 0.1) <= 0.05
-    assert [ap.canary_share(r) for r in ids] == chosen  # a retried request lands on the same arm
-    other = Autopilot(db, policy_dict(), clock=clock)
-    assert [other.canary_share(r) for r in ids] == chosen
 
 
 def test_state_survives_a_new_autopilot_mid_canary(db, ap, window, clock):

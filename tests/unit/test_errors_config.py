@@ -13,7 +13,6 @@ from aiinfra.config import PlatformConfig, load_config
     [
         (errors.InvalidInput, 422),
         (errors.NotFound, 404),
-        (errors.AlreadyExists, 409),
         (errors.Conflict, 409),
         (errors.Unauthorized, 401),
         (errors.Forbidden, 403),
