@@ -162,12 +162,12 @@ def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatc
     from fastapi.testclient import TestClient
 
     import aiinfra.serving.metrics as metrics
-    from aiinfra.serving.app import _Measure
+    from aiinfra.serving.http import Measure
 
     seen = []
     monkeypatch.setattr(metrics, "record_request", lambda **kw: seen.append(kw))
     app = FastAPI()
-    app.add_middleware(_Measure)
+    app.add_middleware(Measure)
 
     @app.post("/predict/{name}")
     def predict(name: str, request: Request):  # Request from the module: FastAPI resolves the annotation there
