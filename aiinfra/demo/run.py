@@ -30,21 +30,13 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
     import httpx
 
     from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.data.spec import ValidationSpec
-    from aiinfra.data.synthetic import (
-        CATEGORICAL,
-        CUSTOMERS_FEATURES,
-        CUSTOMERS_SPEC,
-        LABEL,
-        NUMERIC,
-        make_customers,
-    )
+    from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
+    from aiinfra.demo.configs import training_config, validation_spec
     from aiinfra.pipelines.ingest import ingest
     from aiinfra.pipelines.train import run_training
     from aiinfra.platform import connect
     from aiinfra.serving.app import build_app
     from aiinfra.serving.auth import read_token_file
-    from aiinfra.training.config import load_train_config
 
     config = config or load_config()
     # start, ingest, the pipeline's 5 stages, serve, predict; then the monitoring loop's 5
@@ -66,7 +58,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
                 with open(path, "a") as f:  # what real exports contain: a few broken rows
                     f.write("100,2026-03-01T00:00:00,not-a-number,50.0,1,basic,north,0\n")
                     f.write("101,2026-03-01T00:00:00,12.0,50.0,1,platinum,north,0\n")
-                result = ingest(config, DATASET_NAME, str(path), spec=ValidationSpec.model_validate(CUSTOMERS_SPEC))
+                result = ingest(config, DATASET_NAME, str(path), spec=validation_spec())
             dataset = result.version
             dataset_version = dataset.ref
             log.note(f"{dataset.ref}: {dataset.row_count:,} rows kept, {dataset.quarantined_count} quarantined "
@@ -76,23 +68,8 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
 
         # The training pipeline, as `aiinfra train jobs/configs/churn.yaml` runs it: point-in-time
         # features -> split -> fit transforms -> DDP training -> evaluation -> gate -> register -> alias.
-        cfg = load_train_config({
-            "name": MODEL_NAME, "task": "binary",
-            "data": {
-                "dataset": dataset_version, "label": LABEL, "features": CUSTOMERS_FEATURES,
-                # Labels are known an hour after the profile snapshot; each label row gets the
-                # profile as of its label time, never a later one.
-                "feature_view": {"name": FEATURE_VIEW, "entity": "customer_id", "timestamp": "event_ts",
-                                 "features": NUMERIC + CATEGORICAL, "source": DATASET_NAME},
-                "label_delay_s": 3600, "slices": ["plan", "region"],
-            },
-            "model": {"family": "tabular_mlp", "params": {"hidden": [32, 16]}},
-            "trainer": {"num_workers": 2, "epochs": epochs, "batch_size": 256, "lr": 0.01, "seed": seed, "patience": 3},
-            # The retrain's held-out rows are its newest production rows, a few hundred: per-slice ROC-AUC
-            # on so few is noisy, so only slices of 100 rows or more are compared, with 0.15 of slack; the
-            # canary on live labelled traffic is the stronger check.
-            "gate": {"metric": "roc_auc", "max_slice_regression": 0.15, "min_slice_rows": 100},
-        })
+        # (jobs/configs/churn.yaml, on the version just ingested; see aiinfra.demo.configs for the demo's gate)
+        cfg = training_config(dataset_version, epochs=epochs, seed=seed)
         trained = run_training(platform, cfg, log=log)
         metrics = trained.metrics
         alias = trained.alias
