@@ -7,6 +7,7 @@ from typing import Any
 
 from aiinfra.cli.common import open_platform, print_json, stage_log, when
 from aiinfra.config import load_config
+from aiinfra.provenance import describe_change
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -20,6 +21,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     else:
         print(f"{result['model']} rebuilt as run {result['run_id']} (original run {result['original_run_id']})")
         print(f"  config hash {'matches' if result['config_hash'] == result['original_config_hash'] else 'DIFFERS'}")
+        _print_environment(result)
         for name, m in result["metrics"].items():
             diff = "-" if m["difference"] is None else f"{m['difference']:+.4f}"
             reproduced = "-" if m["reproduced"] is None else f"{m['reproduced']:.4f}"
@@ -27,6 +29,19 @@ def _reproduce(args: argparse.Namespace) -> int:
         verdict = "within" if result["within_tolerance"] else "OUTSIDE"
         print(f"  largest difference {result['max_abs_difference']}: {verdict} the tolerance {result['tolerance']}")
     return 0 if result["within_tolerance"] else 1
+
+
+def _print_environment(result: dict[str, Any]) -> None:
+    """Told, never fatal: a new numpy may explain a metric that moved, but does not make it wrong."""
+    changes = result["environment"]["changes"]
+    if changes is None:
+        print(f"  environment not recorded with {result['model']} (registered before environments were)")
+    elif not changes:
+        print("  environment matches the recorded one")
+    else:
+        print(f"  environment DIFFERS from the recorded one in {len(changes)} place(s):")
+        for change in changes:
+            print(f"    {describe_change(change)}")
 
 
 def _runs_ls(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.pipelines.progress import StageLog
+from aiinfra.provenance import code_version, environment, environment_changes
 from aiinfra.training.config import TrainConfig, config_hash
 from aiinfra.training.ray_train import PreparedData
 
@@ -175,7 +176,6 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
     """
     import time
 
-    from aiinfra.provenance import code_version
     from aiinfra.training.model_dir import ModelSpec, save_model_dir
 
     t_start = time.perf_counter()
@@ -192,10 +192,12 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                  f"holdout {len(holdout):,} rows; {data.pre.output_dim} model inputs"
                  + (f"; classes {data.class_labels}" if data.class_labels else ""))
     code = code_version()
+    env = environment()
+    code_record = {"version": code, "dirty": code.endswith("-dirty"), "environment": env}
     registry.start_run(
         experiment=cfg.experiment_name, kind="tune" if kind == "train" and cfg.tune else kind, run_id=run_id, params=resolved.model_dump(mode="json"),
         config_hash=config_hash(resolved), seed=cfg.trainer.seed, dataset_versions=dataset_versions,
-        code_version={"version": code, "dirty": code.endswith("-dirty")}, parent_run_id=parent_run_id,
+        code_version=code_record, parent_run_id=parent_run_id,
     )
     trials: list[dict[str, Any]] = []
     try:
@@ -211,7 +213,7 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                                        params=_json_safe(t.overrides), seed=cfg.trainer.seed, started_at=t.started_at,
                                        dataset_versions=dataset_versions, parent_run_id=run_id,
                                        config_hash=config_hash(_with_overrides(resolved, t.overrides)),
-                                       code_version={"version": code, "dirty": code.endswith("-dirty")})
+                                       code_version=code_record)
                     registry.log_epochs(trial_run, _json_safe(t.history))
                     registry.finish_run(trial_run, status=t.status, metrics=_json_safe(t.metrics), error=t.error,
                                         ended_at=None if t.started_at is None else t.started_at + t.wall_s,
@@ -266,7 +268,7 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                                   reports=reports, trials=trials, holdout_sample=holdout.head(20).copy())
         if cfg.register_model:
             with log.stage("register with lineage and alias"):
-                _register(platform, cfg, outcome, model_dir, data, verdict, code, log, set_alias=set_alias,
+                _register(platform, cfg, outcome, model_dir, data, verdict, code, env, log, set_alias=set_alias,
                           extra_lineage=lineage)
         registry.finish_run(run_id, status="finished", metrics=report.metrics,
                             artifacts={**reports, **({"model": outcome.model} if outcome.model else {})},
@@ -328,7 +330,7 @@ def _write_reports(platform: Any, run_id: str, model_dir: Path, report: Any, his
 
 
 def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_dir: Path, data: PreparedData,
-              verdict: Any, code: str, log: StageLog, *, set_alias: bool = True,
+              verdict: Any, code: str, env: dict[str, Any], log: StageLog, *, set_alias: bool = True,
               extra_lineage: dict[str, Any] | None = None) -> None:
     from aiinfra.training.tabular import signature_for
 
@@ -336,7 +338,7 @@ def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_d
     lineage = {
         "dataset_version": outcome.dataset_versions[0], "dataset_versions": outcome.dataset_versions,
         "run_id": outcome.run_id, "code_version": code, "config_hash": config_hash(outcome.config),
-        "seed": cfg.trainer.seed, "feature_view": cfg.data.feature_view_name,
+        "seed": cfg.trainer.seed, "feature_view": cfg.data.feature_view_name, "environment": env,
         "gate": None if verdict is None else {"passed": verdict.passed, "reason": verdict.reason},
         **(extra_lineage or {}),
     }
@@ -368,7 +370,8 @@ def reproduce(platform: Any, ref: str, *, tolerance: float = 0.02, log: StageLog
     """Train ``ref`` again from its registered recipe and data; compare the metrics.
 
     On CPU with the same seed and data, DDP's data sharding is the only source of difference,
-    so metrics should agree within ``tolerance`` (absolute).
+    so metrics should agree within ``tolerance`` (absolute). The result's ``environment`` says how
+    this environment differs from the recorded one (``changes`` is None when none was recorded).
     """
     from aiinfra.training.config import load_train_config
 
@@ -395,10 +398,13 @@ def reproduce(platform: Any, ref: str, *, tolerance: float = 0.02, log: StageLog
         comparison[name] = {"registered": registered, "reproduced": again,
                             "difference": None if again is None else again - registered}
     diffs = [abs(c["difference"]) for c in comparison.values() if c["difference"] is not None]
+    recorded_env, current_env = version.lineage.environment, environment()
     return {
         "model": version.ref, "run_id": outcome.run_id, "original_run_id": version.lineage.run_id,
         "config_hash": config_hash(cfg.model_copy(update={"register_model": True})),
         "original_config_hash": (version.lineage.model_extra or {}).get("config_hash"),
         "metrics": comparison, "max_abs_difference": max(diffs) if diffs else None, "tolerance": tolerance,
         "within_tolerance": bool(diffs) and max(diffs) <= tolerance,
+        "environment": {"recorded": recorded_env, "current": current_env,
+                        "changes": None if recorded_env is None else environment_changes(recorded_env, current_env)},
     }

@@ -129,6 +129,8 @@ class Lineage(BaseModel):
     run_id: str | None = None
     code_version: str | None = None
     parent_version: int | None = None
+    # aiinfra.provenance.environment() where it was trained; None for versions registered before it was.
+    environment: dict[str, Any] | None = None
 
 
 class ModelVersion(BaseModel):
