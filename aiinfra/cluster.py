@@ -26,7 +26,7 @@ from aiinfra.cluster_access import (
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import ServiceUnavailable
 
-__all__ = ["cluster_status", "down", "running_cluster", "up"]
+__all__ = ["cluster_status", "down", "up"]
 
 SERVICES = ("registry", "feature_store")
 
@@ -205,47 +205,3 @@ def cluster_status(config: PlatformConfig) -> dict[str, Any]:
         "services": services,
         "serve": apps,
     }
-
-
-def submit_job(config: PlatformConfig, entrypoint: str, *, working_dir: str | Path = ".", name: str = "job",
-               out: Any = sys.stdout, follow: bool = True) -> tuple[str, str]:
-    """Submit ``entrypoint`` to the running cluster as a Ray job and stream its logs; (job id, final status).
-
-    The cluster is the one `aiinfra up` started here, or ``RAY_ADDRESS`` when it is a dashboard
-    URL (``http://HEAD:8265``), as for ``ray job submit``.
-    """
-    import uuid
-
-    use_cluster_auth(config)
-    address = config.ray_address if (config.ray_address or "").startswith("http") else None
-    state = cluster_state_file(config)
-    if address is None and state.exists():
-        address = json.loads(state.read_text()).get("dashboard_url")
-    if address is None:
-        raise ServiceUnavailable("no cluster to submit to: start one with `aiinfra up`, or set "
-                                 "RAY_ADDRESS=http://HEAD:8265 to the cluster's dashboard")
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    env_vars = {k: v for k, v in os.environ.items() if k in ("AIINFRA_HOME", "AIINFRA_CONFIG", "AIINFRA_STORAGE_ROOT",
-                                                            "AIINFRA_METADATA_URL")}
-    job_id = client.submit_job(entrypoint=entrypoint, submission_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                               runtime_env={"working_dir": str(working_dir), "env_vars": env_vars})
-    print(f"submitted {job_id} to {address}; logs follow (Ctrl-C stops following, not the job)", file=out, flush=True)
-    if not follow:
-        return job_id, str(client.get_job_status(job_id))
-    shown = 0
-    try:
-        while True:
-            status = client.get_job_status(job_id)
-            logs = client.get_job_logs(job_id)
-            if len(logs) > shown:
-                out.write(logs[shown:])
-                out.flush()
-                shown = len(logs)
-            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-                return job_id, str(status.value if hasattr(status, "value") else status)
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; the job goes on: `ray job logs {job_id}`", file=out, flush=True)
-        return job_id, "RUNNING"

@@ -1,7 +1,8 @@
 """PlatformConfig: one pydantic model, passed explicitly to whatever needs it.
 
 Read order (later wins): built-in defaults, the YAML file named by ``AIINFRA_CONFIG``,
-environment overrides. Defaults need no file at all: storage and the SQLite metadata DB
+environment overrides, and in a Ray job that aiinfra submitted, the submitter's config
+(``AIINFRA_SUBMITTED_CONFIG``). Defaults need no file at all: storage and the SQLite metadata DB
 live under ``AIINFRA_HOME`` (``./.aiinfra``).
 
 Environment variables are declared once below and read at call time, never at import,
@@ -10,6 +11,7 @@ so tests and Ray workers see the environment they actually run in.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +42,9 @@ class EnvVar:
 class _Env:
     HOME = EnvVar("AIINFRA_HOME", "storage root of the embedded default", "./.aiinfra")
     CONFIG = EnvVar("AIINFRA_CONFIG", "path of a PlatformConfig YAML file")
+    # Set by aiinfra.jobs.submit in a job's runtime_env: the submitter's whole validated config, so the job
+    # runs with exactly the settings its submitter had, config file and environment included.
+    SUBMITTED_CONFIG = EnvVar("AIINFRA_SUBMITTED_CONFIG", "a PlatformConfig as JSON, shipped with a Ray job")
     STORAGE_ROOT = EnvVar("AIINFRA_STORAGE_ROOT", "artifact storage URI (local path, s3://, gs://)")
     METADATA_URL = EnvVar("AIINFRA_METADATA_URL", "metadata DB URL (sqlite:///..., postgresql://...)")
     RAY_ADDRESS = EnvVar("RAY_ADDRESS", "join this Ray cluster instead of starting a local one")
@@ -187,6 +192,15 @@ def load_config(
     port = (os.environ if environ is None else environ).get(ENV.SERVE_PORT.name)
     if port:
         data["serve"] = {**data.get("serve", {}), "port": port}
+    submitted = ENV.SUBMITTED_CONFIG.get(environ)
+    if submitted:  # a job's config is its submitter's (fields left out of it, credentials, come from here)
+        try:
+            shipped = json.loads(submitted)
+        except ValueError as e:
+            raise InvalidInput(f"{ENV.SUBMITTED_CONFIG.name} is not valid JSON: {e}") from None
+        if not isinstance(shipped, dict):
+            raise InvalidInput(f"{ENV.SUBMITTED_CONFIG.name} must hold a JSON object")
+        data.update(shipped)
     data.update({k: v for k, v in overrides.items() if v is not None})
 
     return validate_as(PlatformConfig, data, "platform config")

@@ -1,4 +1,4 @@
-"""``python -m aiinfra.cli``: how the autopilot submits a retrain (aiinfra/autopilot/actor.py)."""
+"""``python -m aiinfra.cli``: how the autopilot submits a retrain (aiinfra/autopilot/executor.py)."""
 
 import sys
 

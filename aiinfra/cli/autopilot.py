@@ -27,8 +27,8 @@ def _retrain(args: argparse.Namespace) -> None:
         result = run_retrain(platform, args.model, args.config, recent_rows=args.recent_rows,
                              reference_rows=args.reference_rows, result_key=args.result_key, log=stage_log())
     if args.json:
-        return print_json(result)
-    print(result["challenger"] or f"{result['model']} (refused by the gate: not a challenger)")
+        return print_json(result.model_dump(mode="json"))
+    print(result.challenger or f"{result.model} (refused by the gate: not a challenger)")
 
 
 def _autopilot_connect(config: Any) -> None:
@@ -52,11 +52,10 @@ def _autopilot_start(args: argparse.Namespace) -> None:
     _autopilot_connect(config)
     import ray
 
-    from aiinfra.autopilot.actor import get_autopilot_actor
+    from aiinfra.autopilot.client import AutopilotClient
 
     try:
-        actor = get_autopilot_actor(config, poll_interval_s=args.poll_interval)
-        state = ray.get(actor.watch.remote(policy.model_dump(mode="json")), timeout=60)
+        state = AutopilotClient.on_cluster(config, create=True, poll_interval_s=args.poll_interval).watch(policy)
     finally:
         ray.shutdown()
     print(f"autopilot drives {policy.model} by {args.policy} (state {state['state']}); "
@@ -68,14 +67,13 @@ def _autopilot_status(args: argparse.Namespace) -> None:
     _autopilot_connect(config)
     import ray
 
-    from aiinfra.autopilot.actor import get_autopilot_actor
+    from aiinfra.autopilot.client import AutopilotClient
 
     try:
-        try:
-            actor = get_autopilot_actor(config, create=False)
-        except ValueError:
-            raise NotFound("no autopilot is running: start it with `aiinfra autopilot start POLICY.yaml`") from None
-        status = ray.get(actor.status.remote(args.name, args.limit), timeout=60)
+        autopilot = AutopilotClient.if_running(config)
+        if autopilot is None:
+            raise NotFound("no autopilot is running: start it with `aiinfra autopilot start POLICY.yaml`")
+        status = autopilot.status(args.name, args.limit)
     finally:
         ray.shutdown()
     if args.json:
@@ -102,13 +100,11 @@ def _autopilot_stop(args: argparse.Namespace) -> None:
     _autopilot_connect(config)
     import ray
 
-    from aiinfra.autopilot.actor import get_autopilot_actor
+    from aiinfra.autopilot.client import AutopilotClient
 
     try:
-        actor = get_autopilot_actor(config, create=False)
-        removed = ray.get(actor.unwatch.remote(args.name), timeout=60)
-    except ValueError:
-        removed = False
+        autopilot = AutopilotClient.if_running(config)
+        removed = autopilot is not None and autopilot.unwatch(args.name)
     finally:
         ray.shutdown()
     print(f"the autopilot no longer drives {args.name}" if removed else f"the autopilot was not driving {args.name}",

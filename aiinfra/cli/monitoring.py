@@ -17,14 +17,12 @@ def _monitor_status(args: argparse.Namespace) -> None:
         import ray
 
         from aiinfra.cluster_access import running_cluster
-        from aiinfra.monitoring.actor import monitor_actor_name
+        from aiinfra.monitoring.client import MonitorClient
 
         ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
         try:
-            handle = ray.get_actor(monitor_actor_name(args.name), namespace=config.namespace)
-            status = ray.get(handle.status.remote(args.limit), timeout=30)
-        except ValueError:
-            status = None  # no monitor running: read what is stored
+            monitor = MonitorClient.if_running(config, args.name)
+            status = monitor.status(args.limit) if monitor is not None else None  # None: read what is stored
         finally:
             ray.shutdown()
     if status is None:

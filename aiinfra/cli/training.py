@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace) -> int | None:
     config = load_config()
     cfg = load_train_config(args.config)  # every invalid field, before Ray starts or a job is sent
     if args.submit:
-        from aiinfra.cluster import submit_job
+        from aiinfra import jobs
 
         path = Path(args.config).resolve()
         try:
@@ -26,8 +26,10 @@ def _train(args: argparse.Namespace) -> int | None:
         except ValueError:
             raise InvalidInput(f"{args.config} is outside this directory, which is what the job uploads; "
                                "run from a directory that contains the config") from None
-        job_id, status = submit_job(config, f"python jobs/train.py {rel}", working_dir=".", name=f"train-{cfg.name}",
-                                    out=sys.stderr)
+        job_id = jobs.submit(config, f"python jobs/train.py {rel}", working_dir=".", name=f"train-{cfg.name}")
+        print(f"submitted {job_id} to {jobs.job_server(config)}; logs follow (Ctrl-C stops following, not the job)",
+              file=sys.stderr, flush=True)
+        status = jobs.follow(config, job_id, out=sys.stderr)
         print(f"job {job_id}: {status}", file=sys.stderr)
         if args.json:
             print_json({"job_id": job_id, "status": status})

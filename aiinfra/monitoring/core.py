@@ -327,6 +327,11 @@ class DriftMonitor:
         )
         return [DriftReport.model_validate_json(r["report"]) for r in rows]
 
+    @property
+    def features(self) -> dict[str, list[str]]:
+        """The inputs this monitor tests, by kind."""
+        return {"numeric": list(self._detector.numeric), "categorical": list(self._detector.categorical)}
+
     def stats(self) -> dict[str, Any]:
         """Counters of this instance (since it started); ``last_status`` also reads stored reports.
 

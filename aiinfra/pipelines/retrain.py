@@ -17,7 +17,6 @@ verdict) is written to ``result_key`` in the artifact store, where the autopilot
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aiinfra.autopilot.retrain_result import RetrainResult, write_retrain_result
+from aiinfra.data.catalog import DatasetCatalog
+from aiinfra.data.spec import ValidationSpec
 from aiinfra.errors import InvalidInput
+from aiinfra.monitoring.client import MonitorClient
+from aiinfra.pipelines.ingest import ingest
 from aiinfra.pipelines.progress import StageLog
+from aiinfra.pipelines.train import run_training
+from aiinfra.training.config import load_train_config
 
 __all__ = ["production_frame", "run_retrain"]
 
@@ -72,21 +78,12 @@ def production_frame(rows: list[dict[str, Any]], base: pd.DataFrame, *, label: s
 
 def run_retrain(platform: Any, model: str, training_config: str | Path, *, recent_rows: int = 5000,
                 reference_rows: int | None = None, result_key: str | None = None,
-                log: StageLog | None = None) -> dict[str, Any]:
+                log: StageLog | None = None) -> RetrainResult:
     """Retrain ``model`` on recent labelled production rows plus its reference data; register, do not alias.
 
     Raises:
         InvalidInput: the config trains another model, or production rows do not fit its dataset.
     """
-    import ray
-
-    from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.data.spec import ValidationSpec
-    from aiinfra.monitoring.actor import monitor_actor_name
-    from aiinfra.pipelines.ingest import ingest
-    from aiinfra.pipelines.train import run_training
-    from aiinfra.training.config import load_train_config
-
     config = platform.config
     log = log or StageLog(total=7)
     cfg = load_train_config(training_config)
@@ -96,11 +93,9 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
     base_version = catalog.get(cfg.data.dataset)
 
     with log.stage(f"collect labelled production rows of {model} and the reference rows of {base_version.ref}"):
-        try:
-            monitor = ray.get_actor(monitor_actor_name(model), namespace=config.namespace)
-            rows = ray.get(monitor.labelled_rows.remote(recent_rows), timeout=120) if recent_rows else []
-        except ValueError:
-            rows = []
+        monitor = MonitorClient.if_running(config, model)
+        rows = monitor.labelled_rows(recent_rows) if monitor is not None and recent_rows else []
+        if monitor is None:
             log.note(f"no monitor is running for {model}: no production rows to add")
         base = catalog.load(base_version).to_pandas()
         fv = cfg.data.feature_view
@@ -130,13 +125,13 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
     outcome = run_training(platform, cfg, log=log, set_alias=False,
                            lineage={"retrain": {"production_rows": len(rows), "reference_rows": len(reference)}})
     passed = bool(outcome.verdict and outcome.verdict.get("passed"))
-    out = {
-        "model": outcome.model, "version": int(outcome.model.split("@")[1]) if outcome.model else None,
-        "challenger": outcome.model if passed else None, "gate": outcome.verdict, "metrics": outcome.metrics,
-        "run_id": outcome.run_id, "dataset_version": dataset_ref, "production_rows": len(rows),
-        "reference_rows": len(reference), "seconds": round(outcome.seconds, 2),
-    }
+    out = RetrainResult(
+        model=outcome.model, version=int(outcome.model.split("@")[1]) if outcome.model else None,
+        challenger=outcome.model if passed else None, gate=outcome.verdict, metrics=outcome.metrics,
+        run_id=outcome.run_id, dataset_version=dataset_ref, production_rows=len(rows),
+        reference_rows=len(reference), seconds=round(outcome.seconds, 2),
+    )
     if result_key:
-        platform.store.write_bytes(result_key, json.dumps(out, default=str).encode())
+        write_retrain_result(platform.store, result_key, out)
     return out
 

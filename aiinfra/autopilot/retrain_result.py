@@ -1,0 +1,50 @@
+"""What a retrain job reports back to the autopilot: one typed record, at one key.
+
+The job (``aiinfra retrain``, ``jobs/retrain.py``) writes it to the artifact store when it ends; the
+autopilot reads it once the job has succeeded. Both build the key with ``retrain_result_key``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from aiinfra.storage import ArtifactStore
+
+__all__ = ["RetrainResult", "read_retrain_result", "retrain_result_key", "write_retrain_result"]
+
+
+class RetrainResult(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # a newer job may report more
+
+    model: str | None  # NAME@VERSION registered, None when training registered nothing
+    version: int | None
+    challenger: str | None  # the registered version when the gate passed it, else None
+    gate: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    run_id: str | None = None
+    dataset_version: str | None = None
+    production_rows: int = 0
+    reference_rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def refusal(self) -> str:
+        """Why there is no challenger, in words."""
+        return f"gate refused {self.model}: {(self.gate or {}).get('reason')}"
+
+
+def retrain_result_key(model: str, job_id: str) -> str:
+    return f"autopilot/{model}/{job_id}.json"
+
+
+def write_retrain_result(store: ArtifactStore, key: str, result: RetrainResult) -> None:
+    store.write_bytes(key, result.model_dump_json().encode())
+
+
+def read_retrain_result(store: ArtifactStore, key: str) -> RetrainResult | None:
+    """The stored record, or None when the job wrote none."""
+    if not store.exists(key):
+        return None
+    return RetrainResult.model_validate_json(store.read_bytes(key))

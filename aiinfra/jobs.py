@@ -1,0 +1,138 @@
+"""One way to run a platform pipeline as a Ray job: ``submit``, used by the CLI (``aiinfra train --submit``)
+and by the autopilot (its retrains).
+
+The job gets the submitter's whole validated ``PlatformConfig`` (``AIINFRA_SUBMITTED_CONFIG`` in its
+runtime_env), so a setting from a config file reaches it as surely as one from the environment.
+Credentials are not shipped: a metadata URL or storage root with a password in it is left out, and the
+job reads it from its nodes' own environment.
+
+The job server is found the same way for every caller: an explicit address, ``RAY_ADDRESS`` when it is
+a dashboard URL, the dashboard this driver's cluster advertises (inside a cluster: an actor or a job), or
+the one `aiinfra up` recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiinfra.cluster_access import cluster_state_file, use_cluster_auth
+from aiinfra.config import ENV, PlatformConfig
+from aiinfra.errors import ServiceUnavailable
+
+__all__ = ["JobState", "follow", "job_server", "job_state", "shippable_config", "submit"]
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    status: str  # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _has_credentials(uri: str | None) -> bool:
+    if not uri or "://" not in uri:
+        return False
+    parts = urlsplit(uri)
+    return parts.password is not None or "secret" in (parts.query or "").lower()
+
+
+def shippable_config(config: PlatformConfig) -> dict[str, Any]:
+    """The config as the job gets it: everything but credentials (those come from the job's nodes)."""
+    data = config.model_dump(mode="json")
+    for field in ("metadata_url", "storage_root"):
+        if _has_credentials(data.get(field)):
+            data.pop(field)
+    return data
+
+
+def job_server(config: PlatformConfig, address: str | None = None) -> str:
+    """The URL of the cluster's job server (its dashboard).
+
+    Raises:
+        ServiceUnavailable: no cluster with a dashboard is known; the message says what to start or set.
+    """
+    if address:
+        return address
+    if (config.ray_address or "").startswith("http"):
+        return config.ray_address
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            from ray._private.services import get_webui_url_from_internal_kv  # private: Ray is pinned exactly
+
+            url = get_webui_url_from_internal_kv()
+            if url:
+                return url if url.startswith("http") else f"http://{url}"
+            raise ServiceUnavailable("this cluster has no dashboard, so no job server to submit to; "
+                                     "start Ray with the dashboard (aiinfra up does)")
+    state = cluster_state_file(config)
+    if state.exists():
+        url = json.loads(state.read_text()).get("dashboard_url")
+        if url:
+            return url
+    raise ServiceUnavailable("no cluster to submit to: start one with `aiinfra up`, or set "
+                             "RAY_ADDRESS=http://HEAD:8265 to the cluster's dashboard")
+
+
+def _client(config: PlatformConfig, address: str | None) -> Any:
+    use_cluster_auth(config)  # before Ray is imported here (the job client needs the cluster's token)
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(job_server(config, address))
+
+
+def submit(config: PlatformConfig, entrypoint: str, *, name: str, working_dir: str | Path | None = None,
+           submission_id: str | None = None, metadata: dict[str, str] | None = None,
+           address: str | None = None) -> str:
+    """Submit ``entrypoint`` as a Ray job carrying ``config``; its submission id (``name-<8 hex>`` by default)."""
+    runtime_env: dict[str, Any] = {"env_vars": {ENV.SUBMITTED_CONFIG.name: json.dumps(shippable_config(config))}}
+    if working_dir is not None:
+        runtime_env["working_dir"] = str(working_dir)
+    return _client(config, address).submit_job(
+        entrypoint=entrypoint, submission_id=submission_id or f"{name}-{uuid.uuid4().hex[:8]}",
+        runtime_env=runtime_env, metadata=metadata or {})
+
+
+def job_state(config: PlatformConfig, job_id: str, *, address: str | None = None) -> JobState:
+    info = _client(config, address).get_job_info(job_id)
+    return JobState(job_id, str(getattr(info.status, "value", info.status)), info.message or "")
+
+
+def job_logs(config: PlatformConfig, job_id: str, *, address: str | None = None) -> str:
+    return _client(config, address).get_job_logs(job_id)
+
+
+def follow(config: PlatformConfig, job_id: str, *, out: Any = sys.stdout, address: str | None = None,
+           poll_s: float = 1.0) -> str:
+    """Stream the job's logs to ``out`` until it ends; its final status (``RUNNING`` if the user stops following)."""
+    client = _client(config, address)
+    shown = 0
+    try:
+        while True:
+            info = client.get_job_info(job_id)
+            status = str(getattr(info.status, "value", info.status))
+            logs = client.get_job_logs(job_id)
+            if len(logs) > shown:
+                out.write(logs[shown:])
+                out.flush()
+                shown = len(logs)
+            if status in TERMINAL:
+                return status
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on: `ray job logs {job_id}`", file=out, flush=True)
+        return "RUNNING"

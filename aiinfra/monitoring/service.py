@@ -1,0 +1,207 @@
+"""The drift monitor of one served model as a service: what the ``monitor:<model>`` actor hosts.
+
+A plain class (no Ray): the reference is built from the version the model's ``champion`` alias names
+(else its newest version) when the service starts, so a restarted actor rebuilds it; drift reports
+are stored in the metadata DB before they are returned. A ticker thread closes time windows when
+traffic stops. Metrics go to an injected sink (``MonitorMetrics``): Ray's metrics in the actor, none
+in tests.
+
+For the autopilot it also keeps per-version canary arms (stored, at most ``ARMS_SAVE_S`` behind, so a
+restart mid-canary resumes counting), the labelled production rows a retrain learns from, and
+``rebase``: after a promotion the new champion's training data becomes the reference, so the drift it
+was trained on stops counting as drift.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from aiinfra.config import PlatformConfig
+from aiinfra.errors import NotFound
+from aiinfra.monitoring.core import DriftMonitor, DriftReport, load_arms, save_arms
+from aiinfra.monitoring.performance import PerformanceTracker
+from aiinfra.monitoring.reference import build_reference
+from aiinfra.registry.core import ModelRegistry
+from aiinfra.storage import ArtifactStore, MetadataDB, open_artifact_store, open_metadata_db
+
+__all__ = ["MonitorMetrics", "MonitorService", "NoMetrics", "monitor_actor_name"]
+
+
+def monitor_actor_name(model: str) -> str:
+    return f"monitor:{model}"
+
+
+class MonitorMetrics(Protocol):
+    """Where a monitor's figures go (Prometheus through Ray's metrics, in the actor)."""
+
+    def windows(self, model: str, reports: Sequence[DriftReport]) -> None: ...
+
+    def rows(self, model: str, n: int) -> None: ...
+
+    def performance(self, model: str, metrics: dict[str, float]) -> None: ...
+
+
+class NoMetrics:
+    def windows(self, model: str, reports: Sequence[DriftReport]) -> None:
+        pass
+
+    def rows(self, model: str, n: int) -> None:
+        pass
+
+    def performance(self, model: str, metrics: dict[str, float]) -> None:
+        pass
+
+
+class MonitorService:
+    """Args:
+    config: the platform config (stores, ``monitoring:`` settings).
+    model: the served model's registry name.
+    metrics: the metrics sink; none by default.
+    db, store: the metadata DB and artifact store; opened from ``config`` when not given.
+    clock: monotonic seconds, for the arms' save throttle.
+    ticker: start the thread that closes time windows (tests call ``tick`` themselves).
+    """
+
+    ARMS_SAVE_S = 1.0
+
+    def __init__(self, config: PlatformConfig, model: str, *, metrics: MonitorMetrics | None = None,
+                 db: MetadataDB | None = None, store: ArtifactStore | None = None,
+                 clock: Callable[[], float] = time.monotonic, ticker: bool = True) -> None:
+        self.config = config
+        self._model = model
+        self._store = store if store is not None else open_artifact_store(config.storage_root)
+        self._db = db if db is not None else open_metadata_db(config.metadata_url)
+        self._registry = ModelRegistry(self._db, self._store)  # reads only: the registry actor stays the one writer
+        self._metrics: MonitorMetrics = metrics or NoMetrics()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._arms_saved: tuple[float, Any] = (float("-inf"), None)  # when, and what
+        self.performance: PerformanceTracker | None = None
+        self._build()
+        self._stop = threading.Event()
+        window_s = config.monitoring.window_seconds
+        if ticker and window_s:
+            threading.Thread(target=self._ticker, args=(min(window_s / 4, 30.0),), daemon=True,
+                             name=f"monitor-ticker-{model}").start()
+
+    def _build(self) -> None:
+        """Reference, detector and performance baseline from the champion (else the newest version)."""
+        try:
+            version = self._registry.get(f"{self._model}@champion")
+        except NotFound:
+            version = self._registry.get(self._model)
+        reference = build_reference(self._store, version)
+        core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
+                            categorical=reference.categorical, settings=self.config.monitoring,
+                            reference_scores=reference.scores)
+        # In memory: predictions waiting for labels, the rolling window and the labelled rows (a restart
+        # starts them afresh). Stored: the drift reports, and the canary's arms (at most ARMS_SAVE_S behind).
+        performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
+        if self.performance is not None:  # a rebase
+            performance.carry_over(self.performance)
+        else:
+            stored = load_arms(self._db, self._model)
+            if stored is not None:
+                performance.restore_arms(stored)
+        self.version, self.core, self.performance = version, core, performance
+        self.reference_dataset = reference.dataset_version
+
+    def _save_arms(self, force: bool = False) -> None:
+        """Store the arms when they changed, at most once per ARMS_SAVE_S (under the lock)."""
+        stats = self.performance.arm_stats()
+        at, saved = self._arms_saved
+        now = self._clock()
+        if stats != saved and (force or now - at >= self.ARMS_SAVE_S):
+            save_arms(self._db, self._model, stats)
+            self._arms_saved = (now, stats)
+
+    def _ticker(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.tick()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the API ---------------------------------------------------------------------------------
+    def rebase(self) -> dict[str, Any]:
+        """Take the current champion as the reference (after a promotion); the open window is dropped."""
+        with self._lock:
+            self._build()
+        return {"version": self.version.ref, "reference": self.reference_dataset}
+
+    def tick(self) -> dict[str, Any] | None:
+        """Close the open window if its time is up; the report, if one closed."""
+        with self._lock:
+            report = self.core.tick()
+        if report is None:
+            return None
+        self._metrics.windows(self._model, [report])
+        return report.model_dump(mode="json")
+
+    def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
+                request_ids: list[str] | None = None, labels: list[Any] | None = None,
+                versions: list[int | None] | None = None, errors: dict[int, int] | None = None) -> list[dict[str, Any]]:
+        """Rows served (with scores, request ids, predicted labels and the version that answered each),
+        and failed requests per version; returns the windows this closed, as stored."""
+        with self._lock:
+            reports = self.core.observe(rows, scores) if rows else []
+            if request_ids is not None and scores is not None:
+                self.performance.record(request_ids, scores, labels, versions=versions, rows=rows)
+            if errors:
+                self.performance.record_errors(errors)
+            self._save_arms()
+        self._metrics.rows(self._model, len(rows))
+        self._metrics.windows(self._model, reports)
+        return [r.model_dump(mode="json") for r in reports]
+
+    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ground truth for served requests; unknown request ids are counted and ignored."""
+        with self._lock:
+            counts = self.performance.feedback(items)
+            snap = self.performance.snapshot()
+            self._save_arms()
+        self._metrics.performance(self._model, snap["metrics"])
+        return {**counts, "performance": snap}
+
+    def arm_stats(self) -> dict[str, Any]:
+        """Requests, errors, labelled and correct rows per served version since ``reset_arms``."""
+        with self._lock:
+            self._save_arms(force=True)  # what the autopilot decides on is what a restart resumes from
+            return self.performance.arm_stats()
+
+    def reset_arms(self) -> dict[str, Any]:
+        with self._lock:
+            self.performance.reset_arms()
+            self._save_arms(force=True)
+            return self.performance.arm_stats()
+
+    def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The most recent labelled production rows: features, label, served_at, version."""
+        with self._lock:
+            return self.performance.labelled_rows(limit)
+
+    def performance_snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"version": self.version.version, **self.performance.snapshot()}
+
+    def flush(self) -> dict[str, Any] | None:
+        """Close the open window now, whatever its size; the report, if there were rows."""
+        with self._lock:
+            report = self.core.flush()
+        if report is None:
+            return None
+        self._metrics.windows(self._model, [report])
+        return report.model_dump(mode="json")
+
+    def status(self, limit: int = 10) -> dict[str, Any]:
+        with self._lock:
+            stats = self.core.stats()
+            reports = self.core.reports(limit=limit)
+        return {"model": self.core.model, "version": self.version.ref, "reference": self.reference_dataset,
+                "features": self.core.features,
+                "settings": self.core.settings.model_dump(), "stats": stats,
+                "performance": self.performance.snapshot(),
+                "reports": [r.model_dump(mode="json") for r in reports]}

@@ -1,0 +1,229 @@
+"""The autopilot's executor with fake ports: what each decision does to aliases, monitors and jobs.
+
+No Ray: the registry is the plain class, the monitors and the job server are fakes, the clock is fake.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aiinfra.autopilot.executor import AutopilotExecutor
+from aiinfra.autopilot.retrain_result import RetrainResult, retrain_result_key, write_retrain_result
+from aiinfra.jobs import JobState
+from aiinfra.monitoring.core import MIGRATIONS as MONITORING_MIGRATIONS
+from aiinfra.monitoring.core import DriftReport, DriftResult
+from aiinfra.platform import open_local
+
+MODEL = "churn"
+POLICY = {
+    "model": MODEL,
+    "trigger": {"drift_features_min": 2, "consecutive_windows": 2, "min_labelled": 100, "performance_drop": None},
+    "cooldown_s": 600,
+    "max_retrains_per_day": 2,
+    "retrain": {"training_config": "jobs/configs/churn.yaml"},
+    "canary": {"share": 0.25, "min_requests": 100, "min_labelled": 100, "max_duration_s": 3600},
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time() + 100.0  # ahead of the wall clock the stored policy's time comes from
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeMonitors:
+    def __init__(self) -> None:
+        self.arms: dict[str, dict[str, int]] = {}
+        self.calls: list[str] = []
+
+    def performance_snapshot(self, model: str):
+        return None
+
+    def arm_stats(self, model: str):
+        return {"arms": self.arms}
+
+    def reset_arms(self, model: str) -> None:
+        self.calls.append("reset_arms")
+        self.arms = {}
+
+    def rebase(self, model: str) -> None:
+        self.calls.append("rebase")
+
+
+class FakeJobs:
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, str]] = []
+        self.states: dict[str, JobState] = {}
+
+    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str]) -> str:
+        self.submitted.append((submission_id, entrypoint))
+        self.states[submission_id] = JobState(submission_id, "RUNNING")
+        return submission_id
+
+    def state(self, job_id: str) -> JobState:
+        return self.states[job_id]
+
+    def logs(self, job_id: str) -> str:
+        return "Traceback ...\nValueError: the data went away"
+
+
+@pytest.fixture
+def world(config, tmp_path):
+    p = open_local(config)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "weights.safetensors").write_bytes(b"x" * 64)
+    for _ in range(2):
+        p.registry.register(MODEL, model_dir)
+    p.registry.set_alias(MODEL, 1, "champion")
+    db = p.registry._backend.service.db
+    db.ensure_schema("monitoring", MONITORING_MIGRATIONS)
+    clock, monitors, jobs = Clock(), FakeMonitors(), FakeJobs()
+
+    def executor() -> AutopilotExecutor:  # a new one over the same stores: what a restarted actor is
+        return AutopilotExecutor(db, p.store, registry=p.registry, monitors=monitors, jobs=jobs, clock=clock,
+                                 python="python")
+
+    yield p, db, clock, monitors, jobs, executor
+    p.close()
+
+
+def _drift_window(db, window_id: int, at: float) -> None:
+    result = DriftResult(features=[], drifted_features=["a", "b"], share_drifted=1.0, prediction=None, drift=True,
+                         alpha=0.05, correction="bonferroni")
+    report = DriftReport(model=MODEL, window_id=window_id, created_at=at, window_start=at - 1, window_end=at,
+                         rows=1000, status="drift", reason="test", result=result)
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO drift_reports (model, window_id, created_at, window_start, window_end, rows, status, "
+                   "report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (MODEL, window_id, at, at - 1, at, 1000, report.status, report.model_dump_json()))
+
+
+def _to_canary(world) -> tuple[AutopilotExecutor, str]:
+    p, db, clock, monitors, jobs, executor = world
+    ex = executor()
+    ex.watch(POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    actions = [d["action"] for d in ex.tick()]
+    assert actions == ["none", "retrain"] or actions == ["retrain"]
+    (job_id, entrypoint), = jobs.submitted
+    assert retrain_result_key(MODEL, job_id) in entrypoint and "--config jobs/configs/churn.yaml" in entrypoint
+    assert ex.tick() == []  # the job still runs
+    write_retrain_result(p.store, retrain_result_key(MODEL, job_id),
+                         RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2"))
+    jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
+    assert [d["action"] for d in ex.tick()] == ["start_canary"]
+    return ex, job_id
+
+
+def test_a_retrain_that_succeeds_starts_a_canary_with_the_policys_share_on_the_alias(world):
+    p, _, _, monitors, _, _ = world
+    _to_canary(world)
+    challenger = p.registry.get(f"{MODEL}@challenger")
+    assert challenger.version == 2 and challenger.alias_shares == {"challenger": 0.25}
+    assert monitors.calls == ["reset_arms"]
+
+
+def test_a_canary_that_holds_up_is_promoted_and_the_monitor_rebased(world):
+    p, _, clock, monitors, _, _ = world
+    ex, _ = _to_canary(world)
+    monitors.arms = {"1": {"requests": 900, "errors": 0, "labelled": 900, "correct": 800},
+                     "2": {"requests": 300, "errors": 0, "labelled": 300, "correct": 285}}
+    clock.now += 60
+    assert [d["action"] for d in ex.tick()] == ["promote"]
+    assert p.registry.get(f"{MODEL}@champion").version == 2
+    assert "challenger" not in p.registry.get(f"{MODEL}@2").aliases
+    assert monitors.calls[-1] == "rebase"
+
+
+def test_a_failing_challenger_is_rolled_back_and_the_champion_keeps_serving(world):
+    p, _, clock, monitors, _, _ = world
+    ex, _ = _to_canary(world)
+    monitors.arms = {"1": {"requests": 900, "errors": 0, "labelled": 900, "correct": 800},
+                     "2": {"requests": 300, "errors": 30, "labelled": 300, "correct": 200}}
+    clock.now += 60
+    assert [d["action"] for d in ex.tick()] == ["rollback"]
+    assert p.registry.get(f"{MODEL}@champion").version == 1
+    assert p.registry.get(f"{MODEL}@1").aliases == ["champion"]
+    assert p.registry.get(f"{MODEL}@2").aliases == []
+
+
+def test_a_failed_job_aborts_the_cycle_with_its_log_in_the_reason(world):
+    p, db, clock, _, jobs, executor = world
+    ex = executor()
+    ex.watch(POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    ex.tick()
+    (job_id, _), = jobs.submitted
+    jobs.states[job_id] = JobState(job_id, "FAILED", "exit code 1")
+    (decision,) = ex.tick()
+    assert decision["action"] == "abort" and "the data went away" in decision["reason"]
+    assert ex.status(MODEL)["models"][MODEL]["state"]["state"] == "watching"
+    assert "challenger" not in [a for v in p.registry.list_versions(MODEL) for a in v.aliases]
+
+
+def test_a_job_that_succeeds_without_a_result_aborts(world):
+    _, db, clock, _, jobs, executor = world
+    ex = executor()
+    ex.watch(POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    ex.tick()
+    (job_id, _), = jobs.submitted
+    jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
+    (decision,) = ex.tick()
+    assert decision["action"] == "abort" and "wrote no result" in decision["reason"]
+
+
+def test_a_gate_refusal_aborts_and_names_the_reason(world):
+    p, db, clock, _, jobs, executor = world
+    ex = executor()
+    ex.watch(POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    ex.tick()
+    (job_id, _), = jobs.submitted
+    write_retrain_result(p.store, retrain_result_key(MODEL, job_id),
+                         RetrainResult(model=f"{MODEL}@2", version=2, challenger=None,
+                                       gate={"passed": False, "reason": "accuracy 0.61 < champion 0.80"}))
+    jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
+    (decision,) = ex.tick()
+    assert decision["action"] == "abort" and "champion kept" in decision["reason"]
+    assert "accuracy 0.61 < champion 0.80" in decision["evidence"]["error"]
+
+
+def test_a_restart_right_after_deciding_to_promote_finishes_the_promotion(world):
+    p, _, clock, monitors, _, executor = world
+    ex, _ = _to_canary(world)
+    monitors.arms = {"1": {"requests": 900, "errors": 0, "labelled": 900, "correct": 800},
+                     "2": {"requests": 300, "errors": 0, "labelled": 300, "correct": 285}}
+    clock.now += 60
+    # The decision is committed, then the process dies before it moves any alias.
+    pilot = ex._pilots[MODEL]
+    decision = pilot.on_canary_stats(monitors.arms["1"], monitors.arms["2"])
+    assert decision.action == "promote"
+    assert p.registry.get(f"{MODEL}@champion").version == 1
+    restarted = executor()
+    restarted.tick()  # reconciles first: repeats the promotion once
+    assert p.registry.get(f"{MODEL}@champion").version == 2
+    assert p.registry.get(f"{MODEL}@2").aliases == ["champion"]
+    assert monitors.calls[-1] == "rebase"
+
+
+def test_a_restart_mid_canary_restores_the_challenger_alias(world):
+    p, _, _, _, _, executor = world
+    _to_canary(world)
+    p.registry.remove_alias(MODEL, "challenger")  # say the alias write was lost with the process
+    restarted = executor()
+    restarted.tick()
+    assert p.registry.get(f"{MODEL}@challenger").alias_shares == {"challenger": 0.25}
