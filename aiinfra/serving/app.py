@@ -32,7 +32,6 @@ import asyncio
 import threading
 from typing import Any
 
-import ray
 from fastapi import Request
 from pydantic import BaseModel
 from ray import serve
@@ -41,6 +40,7 @@ from aiinfra.config import PlatformConfig, load_config
 from aiinfra.errors import InvalidInput
 from aiinfra.features.client import FeatureStoreClient
 from aiinfra.inference.versions import LoadedVersions
+from aiinfra.monitoring.client import MonitorClient
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import parse_ref
 from aiinfra.serving.auth import TokenStore
@@ -48,50 +48,9 @@ from aiinfra.serving.deployments import REPLICA_ENV, DeploymentHandles, ModelVer
 from aiinfra.serving.http import FeedbackItem, FeedbackRequest, PredictRequest, api, json_body, parse_body
 from aiinfra.serving.oip import decode_infer_request, encode_infer_response, tensor_metadata
 from aiinfra.serving.router import Router
-from aiinfra.storage import MetadataDB, open_metadata_db
+from aiinfra.storage import open_metadata_db
 
 __all__ = ["ModelServer", "ModelVersions", "app_builder", "build_app"]
-
-
-# -- what the router is given that is not serving's own -------------------------------------------------
-
-class _MonitorActor:
-    """The model's ``monitor:<model>`` actor (started on first use), as the router's ``Monitor``."""
-
-    def __init__(self, config: PlatformConfig, model: str) -> None:
-        self.config, self.model = config, model
-        self._handle: Any = None
-
-    def observe(self, rows: list[dict[str, Any]], scores: list[float], request_ids: list[str], labels: list[Any],
-                versions: list[int | None], errors: dict[int, int]) -> None:
-        from aiinfra.monitoring.actor import get_monitor_actor
-
-        try:
-            if self._handle is None:
-                self._handle = get_monitor_actor(self.config, self.model)
-            ray.get(self._handle.observe.remote(rows, scores, request_ids, labels, versions, errors), timeout=60)
-        except Exception:
-            self._handle = None  # looked up again next time: the actor may have been replaced
-            raise
-
-    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        from aiinfra.monitoring.actor import get_monitor_actor
-
-        return ray.get(get_monitor_actor(self.config, self.model).feedback.remote(items), timeout=60)
-
-
-def _autopilot_canary_share(db: MetadataDB, model: str, default: float) -> Any:
-    """The challenger's share while the autopilot runs a canary of ``model`` and its alias carries no share."""
-
-    def share() -> float:
-        # Here, not at the top: serving does not depend on the autopilot, this bridge aside, until the
-        # autopilot gives the share with the alias (ModelVersion.alias_shares, which the router reads first).
-        from aiinfra.autopilot.core import live_canary
-
-        canary = live_canary(db, model)
-        return canary["share"] if canary else default
-
-    return share
 
 
 # -- the ingress -----------------------------------------------------------------------------------------
@@ -118,8 +77,8 @@ class ModelServer:
             models=DeploymentHandles(config, {"champion": champion, "challenger": challenger, "shadow": shadow}),
             # serve.champion_in_router: the champion answers here, in this process (no hop to a deployment).
             local=LoadedVersions(registry, name) if champion is None else None,
-            features=FeatureStoreClient.on_cluster(config), monitor=_MonitorActor(config, name),
-            canary_share=_autopilot_canary_share(self._db, name, config.serve.canary_share),
+            # The monitor starts on the first rows sampled to it.
+            features=FeatureStoreClient.on_cluster(config), monitor=MonitorClient.for_model(config, name),
         )
         self._stop = threading.Event()
         if self.router.follows:
