@@ -61,7 +61,6 @@ __all__ = [
     "Autopilot",
     "Decision",
     "StateName",
-    "live_canary",
     "load_policies",
     "non_inferiority_test",
     "save_policy",
@@ -667,7 +666,7 @@ class Autopilot:
         return f"canary of version {st.challenger_version} in progress"
 
 
-# -- shared with the actor and the router -------------------------------------------------------
+# -- stored policies, shared with the executor ------------------------------------------------------
 def save_policy(db: MetadataDB, policy: AutopilotPolicy) -> None:
     """Store the policy the autopilot drives ``policy.model`` by (replacing the previous one)."""
     db.ensure_schema(COMPONENT, MIGRATIONS)
@@ -692,21 +691,3 @@ def load_policies(db: MetadataDB) -> list[AutopilotPolicy]:
     db.ensure_schema(COMPONENT, MIGRATIONS)
     rows = db.query("SELECT policy FROM autopilot_policies ORDER BY model")
     return [AutopilotPolicy.model_validate_json(r["policy"]) for r in rows]
-
-
-def live_canary(db: MetadataDB, model: str) -> dict[str, Any] | None:
-    """``{"version", "share"}`` while the autopilot runs a canary of ``model``, else None.
-
-    The router reads this to send the policy's share of traffic to the challenger; a missing
-    table (no autopilot ever ran) is simply no canary.
-    """
-    try:
-        rows = db.query("SELECT state, data FROM autopilot_state WHERE model = ?", (model,))
-    except Exception:  # noqa: BLE001 - the table exists only once an autopilot has started
-        return None
-    if not rows or rows[0]["state"] != "canary":
-        return None
-    st = _State.model_validate_json(rows[0]["data"])
-    if st.challenger_version is None or st.canary_share is None:
-        return None
-    return {"version": st.challenger_version, "share": st.canary_share}

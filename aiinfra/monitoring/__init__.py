@@ -1,11 +1,12 @@
 """Drift monitoring: is what a model serves still like what it was trained on?
 
 ``detectors`` holds the statistics (alibi-detect's tests plus PSI), ``core`` the monitor that
-collects served rows into windows, tests each one and stores a ``DriftReport`` per window.
-No Ray here, and nothing imports alibi-detect until a detector is built.
+collects served rows into windows, tests each one and stores a ``DriftReport`` per window,
+``service`` the whole per-model monitor the ``monitor:<model>`` actor hosts, ``client`` its typed
+client. Nothing imports alibi-detect until a detector is built; only ``metrics`` imports Ray.
 """
 
-from aiinfra.monitoring.core import DriftMonitor, DriftReport, MonitorSettings
+from aiinfra.monitoring.core import DriftMonitor, DriftReport
 from aiinfra.monitoring.detectors import (
     DriftDetector,
     DriftResult,
@@ -20,7 +21,6 @@ __all__ = [
     "DriftReport",
     "DriftResult",
     "FeatureDrift",
-    "MonitorSettings",
     "detect_drift",
     "population_stability_index",
 ]

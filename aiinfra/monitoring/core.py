@@ -33,7 +33,7 @@ from aiinfra.monitoring.detectors import DriftDetector, DriftResult
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import MetadataDB, Migration
 
-__all__ = ["COMPONENT", "MAX_BUFFER_ROWS", "MIGRATIONS", "DriftMonitor", "DriftReport", "MonitorSettings",
+__all__ = ["COMPONENT", "MAX_BUFFER_ROWS", "MIGRATIONS", "DriftMonitor", "DriftReport",
            "MonitoringSettings", "ReportStatus", "load_arms", "save_arms"]
 
 ReportStatus = Literal["ok", "drift", "skipped"]
@@ -73,8 +73,6 @@ MIGRATIONS = (
 )
 
 
-# The platform's ``monitoring:`` section is the monitor's settings; the old name stays importable.
-MonitorSettings = MonitoringSettings
 MAX_BUFFER_ROWS = 50_000
 
 

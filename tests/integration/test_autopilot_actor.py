@@ -13,7 +13,8 @@ import pytest
 import ray
 
 from aiinfra.autopilot.actor import get_autopilot_actor
-from aiinfra.monitoring.core import DriftMonitor, MonitorSettings
+from aiinfra.config import MonitoringSettings
+from aiinfra.monitoring.core import DriftMonitor
 from aiinfra.storage import open_metadata_db
 
 MODEL = "apfail"
@@ -25,7 +26,7 @@ def _drift_windows(config, windows: int) -> None:
     reference = pd.DataFrame({"x1": rng.normal(0, 1, 500), "x2": rng.normal(0, 1, 500)})
     db = open_metadata_db(config.metadata_url)
     monitor = DriftMonitor(db, MODEL, reference, numeric=["x1", "x2"], categorical=[],
-                           settings=MonitorSettings(window_rows=200, min_rows=100))
+                           settings=MonitoringSettings(window_rows=200, min_rows=100))
     shifted = pd.DataFrame({"x1": rng.normal(2, 1, 200 * windows), "x2": rng.normal(2, 1, 200 * windows)})
     reports = monitor.observe(shifted.to_dict("records"))
     assert [r.status for r in reports] == ["drift"] * windows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from aiinfra.autopilot.core import Autopilot, live_canary, load_policies, remove_policy, save_policy
+from aiinfra.autopilot.core import Autopilot, load_policies, remove_policy, save_policy
 from aiinfra.autopilot.policy import load_policy
 from aiinfra.errors import InvalidInput
 from aiinfra.pipelines.retrain import production_frame
@@ -50,17 +50,16 @@ def test_policies_are_stored_replaced_and_removed(tmp_path):
     assert remove_policy(db, "churn") and load_policies(db) == [] and not remove_policy(db, "churn")
 
 
-def test_the_router_sees_the_policys_share_only_while_a_canary_runs(tmp_path):
+def test_the_state_names_the_policys_share_only_while_a_canary_runs(tmp_path):
     db = open_metadata_db(f"sqlite:///{tmp_path / 'meta.db'}")
-    assert live_canary(db, "churn") is None  # no autopilot tables yet: no canary, no error
     pilot = Autopilot(db, POLICY)
-    assert live_canary(db, "churn") is None
+    assert pilot.state()["canary_share"] is None
     pilot.on_drift_report({"model": "churn", "window_id": 1, "status": "drift", "drifted_features": ["a"]})
     pilot.on_drift_report({"model": "churn", "window_id": 2, "status": "drift", "drifted_features": ["a"]})
     assert pilot.state()["state"] == "retraining"
     pilot.retrain_submitted("job-1")
     pilot.retrain_finished(True, 7)
-    assert live_canary(db, "churn") == {"version": 7, "share": 0.25}
+    assert (pilot.state()["challenger_version"], pilot.state()["canary_share"]) == (7, 0.25)
     pilot.on_canary_stats({"requests": 50, "errors": 0, "labelled": 50, "correct": 40},
                           {"requests": 10, "errors": 5, "labelled": 10, "correct": 8})  # error budget blown
-    assert pilot.decisions(1)[0].action == "rollback" and live_canary(db, "churn") is None
+    assert pilot.decisions(1)[0].action == "rollback" and pilot.state()["canary_share"] is None
