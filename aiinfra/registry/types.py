@@ -129,6 +129,8 @@ class Lineage(BaseModel):
     run_id: str | None = None
     code_version: str | None = None
     parent_version: int | None = None
+    # The feature view the model's inputs came from: serving looks entity ids up in it.
+    feature_view: str | None = None
     # aiinfra.provenance.environment() where it was trained; None for versions registered before it was.
     environment: dict[str, Any] | None = None
 

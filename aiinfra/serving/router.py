@@ -216,11 +216,11 @@ class Router:
     @property
     def feature_view(self) -> str | None:
         """The view the served version was trained from: where features for `entity_ids` come from."""
-        return (self.primary.lineage.model_extra or {}).get("feature_view")
+        return self.primary.lineage.feature_view
 
     def features_for(self, version: ModelVersion, entity_ids: Sequence[Any]) -> Rows:
         """One online-store call for all the entities; each must have current features."""
-        view = (version.lineage.model_extra or {}).get("feature_view")
+        view = version.lineage.feature_view
         if view is None:
             raise InvalidInput(f"{version.ref} was not trained from a feature view, so it cannot look up entity_ids; "
                                "send instances")

@@ -13,18 +13,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aiinfra.data.synthetic import CUSTOMERS_FEATURES, CUSTOMERS_SPEC, LABEL, make_customers
+from aiinfra.data.spec import load_spec
+from aiinfra.data.synthetic import LABEL, make_customers
 from aiinfra.data.transforms import fit_features, load_feature_spec
+from aiinfra.demo.configs import example_config
 from aiinfra.training.config import TrainConfig
 from aiinfra.training.ray_train import PreparedData, fit
 
 pytestmark = pytest.mark.timeout(600)
 
+FEATURES = load_feature_spec(example_config("customers_features.yaml"))
+
 
 def _config(**trainer) -> TrainConfig:
     return TrainConfig.model_validate({
         "name": "ddp-test", "task": "binary",
-        "data": {"dataset": "customers", "label": LABEL, "features": CUSTOMERS_FEATURES},
+        "data": {"dataset": "customers", "label": LABEL, "features": FEATURES},
         "model": {"family": "tabular_mlp", "params": {"hidden": [8]}},
         "trainer": {"seed": 3, "patience": None, **trainer},
     })
@@ -32,7 +36,7 @@ def _config(**trainer) -> TrainConfig:
 
 def _prepared(rows: int, *, val: int = 0) -> PreparedData:
     df = make_customers(rows + val, seed=5)
-    pre = fit_features(df, load_feature_spec(CUSTOMERS_FEATURES))
+    pre = fit_features(df, FEATURES)
     return PreparedData(train=df.iloc[:rows].reset_index(drop=True), val=df.iloc[rows:].reset_index(drop=True), pre=pre,
                         label=LABEL, task="binary", class_labels=[0, 1])
 
@@ -96,21 +100,20 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platf
 
 @pytest.fixture(scope="module")
 def customers(platform, platform_config):
-    from aiinfra.data.spec import ValidationSpec
     from aiinfra.pipelines.ingest import ingest
 
     tmp = Path(platform_config.home) / "raw"
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "customers-train.csv"
     make_customers(3000, seed=11).to_csv(path, index=False)
-    return ingest(platform_config, "customers", str(path), spec=ValidationSpec.model_validate(CUSTOMERS_SPEC)).version
+    return ingest(platform_config, "customers", str(path), spec=load_spec(example_config("customers_spec.yaml"))).version
 
 
 def _pipeline_config(name: str, **extra) -> dict:
     return {
         "name": name, "task": "binary",
         "data": {
-            "dataset": "customers", "label": LABEL, "features": CUSTOMERS_FEATURES, "label_delay_s": 3600,
+            "dataset": "customers", "label": LABEL, "features": FEATURES, "label_delay_s": 3600,
             "feature_view": {"name": "customer_profile", "entity": "customer_id", "timestamp": "event_ts",
                              "features": ["tenure_months", "monthly_charges", "support_calls", "plan", "region"],
                              "source": "customers"},
@@ -148,7 +151,7 @@ def test_tune_with_asha_stops_a_trial_early_and_the_pipeline_registers_full_line
     version = platform.registry.get(outcome.model)
     assert version.lineage.run_id == outcome.run_id
     assert version.lineage.dataset_version == customers.ref
-    assert (version.lineage.model_extra or {})["feature_view"] == "customer_profile"
+    assert version.lineage.feature_view == "customer_profile"
     assert version.metrics["roc_auc"] > 0.6 and "ece" in version.metrics
     assert outcome.alias == "champion"  # the first model of its name
     assert {TRAINING_CONFIG, "evaluation.json", "evaluation.html"} <= set(version.files)

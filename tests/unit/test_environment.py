@@ -96,8 +96,9 @@ def _version(**lineage) -> ModelVersion:
     })
 
 
-def test_old_lineages_load_without_an_environment():
-    old = _version(dataset_version="customers@1", run_id="run-1", config_hash="c")
+def test_old_lineages_load_with_their_feature_view_typed_and_no_environment():
+    old = _version(dataset_version="customers@1", run_id="run-1", feature_view="customer_profile", config_hash="c")
+    assert old.lineage.feature_view == "customer_profile"
     assert old.lineage.environment is None
     assert (old.lineage.model_extra or {}) == {"config_hash": "c"}  # later stages' keys are still kept
     assert _version().lineage == Lineage()
