@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +58,21 @@ def serving_demo(home: Path, args: list[str], *, timeout_s: float) -> Iterator[d
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+class DemoOnDemand:
+    """A module's serving demo, started on first use and again if a test stopped it (Ctrl-C), in a fresh home:
+    each test passes alone and in any order. Only one runs at a time; ``close`` stops the last."""
+
+    def __init__(self, make_home: Any, args: list[str], *, timeout_s: float) -> None:
+        self._make_home, self._args, self._timeout_s = make_home, args, timeout_s
+        self._stack = ExitStack()
+        self._running: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self._running is None or self._running["proc"].poll() is not None:
+            self._running = self._stack.enter_context(serving_demo(self._make_home(), self._args, timeout_s=self._timeout_s))
+        return self._running
+
+    def close(self) -> None:
+        self._stack.close()

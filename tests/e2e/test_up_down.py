@@ -47,19 +47,65 @@ def wait_for(client: JobSubmissionClient, job_id: str, timeout_s: float = 240) -
     raise AssertionError(f"job {job_id} did not finish in {timeout_s}s")
 
 
+class UpCluster:
+    """The cluster `aiinfra up` starts for this module, started again if a test stopped it (`down`), so each
+    test passes alone and in any order; the module's end stops it."""
+
+    def __init__(self, home: Path) -> None:
+        gcs, self.dashboard_port, serve_port = _free_port(), _free_port(), _free_port()
+        self.gcs_port = gcs
+        self.home = home
+        self.env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(serve_port)}
+        self.env.pop("RAY_ADDRESS", None)
+        self.first_up: str | None = None
+
+    def ensure(self) -> dict:
+        if not (self.home / "cluster.json").exists():
+            if self.first_up is None:
+                none = aiinfra(self.env, "down")
+                assert none.returncode == 0 and "nothing to stop" in none.stdout  # no cluster: no error
+            started = aiinfra(self.env, "up", "--port", str(self.gcs_port), "--dashboard-port", str(self.dashboard_port))
+            assert started.returncode == 0, started.stderr[-3000:]
+            self.first_up = self.first_up or started.stdout
+        info = json.loads((self.home / "cluster.json").read_text())
+        return {"env": self.env, "home": self.home, "info": info, "dashboard": f"http://127.0.0.1:{self.dashboard_port}",
+                "up": self.first_up}
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    home = tmp_path_factory.mktemp("up-home")
-    gcs, dashboard, serve_port = _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(serve_port)}
-    env.pop("RAY_ADDRESS", None)
-    none = aiinfra(env, "down")
-    assert none.returncode == 0 and "nothing to stop" in none.stdout  # no cluster: no error
-    started = aiinfra(env, "up", "--port", str(gcs), "--dashboard-port", str(dashboard))
-    assert started.returncode == 0, started.stderr[-3000:]
-    info = json.loads((home / "cluster.json").read_text())
-    yield {"env": env, "home": home, "info": info, "dashboard": f"http://127.0.0.1:{dashboard}", "up": started.stdout}
-    aiinfra(env, "down")
+def up_cluster(tmp_path_factory):
+    cluster = UpCluster(tmp_path_factory.mktemp("up-home"))
+    yield cluster
+    aiinfra(cluster.env, "down")
+
+
+@pytest.fixture
+def cluster(up_cluster):
+    return up_cluster.ensure()
+
+
+@pytest.fixture(scope="module")
+def customers(up_cluster, tmp_path_factory):
+    """`customers` ingested by a job through `ray job submit`'s client: (client, job id, version)."""
+    c = up_cluster.ensure()
+    csv = tmp_path_factory.mktemp("data") / "customers.csv"
+    make_customers(2_000, seed=4).to_csv(csv, index=False)
+    client = JobSubmissionClient(c["dashboard"])
+    ok = client.submit_job(
+        entrypoint=f"python jobs/ingest.py customers {csv} --spec jobs/configs/customers_spec.yaml",
+        runtime_env={"working_dir": str(ROOT), "env_vars": {"AIINFRA_HOME": str(c["home"])}},
+        submission_id=f"ingest-{os.getpid()}-{time.time_ns()}",
+    )
+    assert wait_for(client, ok) == JobStatus.SUCCEEDED, client.get_job_logs(ok)[-3000:]
+    return client, ok, client.get_job_logs(ok).strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(up_cluster, customers):
+    """`aiinfra train CONFIG --submit` on the cluster: the finished process."""
+    c = up_cluster.ensure()
+    return subprocess.run([str(BIN / "aiinfra"), "train", "tests/e2e/configs/churn_small.yaml", "--submit"],
+                          cwd=ROOT, env=c["env"], capture_output=True, text=True, timeout=420)
 
 
 def test_up_prints_where_everything_is_and_reuses_a_running_cluster(cluster):
@@ -75,17 +121,9 @@ def test_up_prints_where_everything_is_and_reuses_a_running_cluster(cluster):
     assert st["services"]["registry"]["alive"] and st["services"]["feature_store"]["alive"]
 
 
-def test_jobs_run_on_the_cluster_and_failures_say_why(cluster, tmp_path):
-    csv = tmp_path / "customers.csv"
-    make_customers(2_000, seed=4).to_csv(csv, index=False)
-    client = JobSubmissionClient(cluster["dashboard"])
+def test_jobs_run_on_the_cluster_and_failures_say_why(cluster, customers, tmp_path):
+    client, _, version = customers
     runtime_env = {"working_dir": str(ROOT), "env_vars": {"AIINFRA_HOME": str(cluster["home"])}}
-    ok = client.submit_job(
-        entrypoint=f"python jobs/ingest.py customers {csv} --spec jobs/configs/customers_spec.yaml",
-        runtime_env=runtime_env, submission_id=f"ingest-{os.getpid()}-{time.time_ns()}",
-    )
-    assert wait_for(client, ok) == JobStatus.SUCCEEDED, client.get_job_logs(ok)[-3000:]
-    version = client.get_job_logs(ok).strip().splitlines()[-1]
     listed = aiinfra(cluster["env"], "data", "show", f"customers@{version}", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["row_count"] == 2_000
 
@@ -97,11 +135,10 @@ def test_jobs_run_on_the_cluster_and_failures_say_why(cluster, tmp_path):
     assert "no such file" in client.get_job_logs(bad)
 
 
-def test_training_job_is_submitted_streams_its_logs_and_registers_a_model(cluster):
+def test_training_job_is_submitted_streams_its_logs_and_registers_a_model(cluster, trained):
     """`aiinfra train CONFIG --submit`: jobs/train.py runs on the cluster (this checkout is its working
     directory), finds the platform services by name, and registers with lineage to its run."""
-    submitted = subprocess.run([str(BIN / "aiinfra"), "train", "tests/e2e/configs/churn_small.yaml", "--submit"],
-                               cwd=ROOT, env=cluster["env"], capture_output=True, text=True, timeout=420)
+    submitted = trained
     assert submitted.returncode == 0, submitted.stderr[-4000:]
     assert "SUCCEEDED" in submitted.stderr and "[5/5] register with lineage and alias" in submitted.stderr
     version = json.loads(aiinfra(cluster["env"], "models", "show", "churn-job@champion", "--json").stdout)
@@ -115,9 +152,11 @@ def test_training_job_is_submitted_streams_its_logs_and_registers_a_model(cluste
     assert refused.returncode == 2 and "outside this directory" in refused.stderr
 
 
-def test_serve_deploy_puts_a_registered_model_on_http_and_status_shows_it(cluster):
+def test_serve_deploy_puts_a_registered_model_on_http_and_status_shows_it(cluster, trained):
     """`aiinfra serve deploy NAME@ALIAS` on the `up` cluster; the API token `up` made answers."""
     import httpx
+
+    assert trained.returncode == 0, trained.stderr[-3000:]
 
     deployed = aiinfra(cluster["env"], "serve", "deploy", "churn-job@champion", "--json")
     assert deployed.returncode == 0, deployed.stderr[-3000:]
