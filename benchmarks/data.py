@@ -31,13 +31,15 @@ def main() -> None:
     import ray
 
     from aiinfra.config import load_config
-    from aiinfra.data.spec import ValidationSpec
-    from aiinfra.data.synthetic import CUSTOMERS_SPEC, make_customers
+    from aiinfra.data.spec import load_spec
+    from aiinfra.data.synthetic import make_customers
     from aiinfra.data.validation import validate_batch
+    from aiinfra.demo.configs import example_config
     from aiinfra.pipelines.ingest import BATCH_ROWS, ingest, process_batch
 
     work = Path(tempfile.mkdtemp(prefix="aiinfra-bench-data-"))
-    spec = ValidationSpec.model_validate({**CUSTOMERS_SPEC, "key": []})  # uniqueness is a separate pass; see notes
+    # The example spec without its key: uniqueness is a separate pass; see notes.
+    spec = load_spec(example_config("customers_spec.yaml")).model_copy(update={"key": []})
     print(f"generating {args.rows:,} rows ...", flush=True)
     src = work / "in"
     src.mkdir()

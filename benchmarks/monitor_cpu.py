@@ -58,14 +58,10 @@ def main() -> None:
     from ray import serve
     from ray.util.state import list_actors
 
-    from aiinfra.data.spec import ValidationSpec
-    from aiinfra.data.synthetic import (
-        CATEGORICAL,
-        CUSTOMERS_FEATURES,
-        CUSTOMERS_SPEC,
-        NUMERIC,
-        make_customers,
-    )
+    from aiinfra.data.spec import load_spec
+    from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
+    from aiinfra.data.transforms import load_feature_spec
+    from aiinfra.demo.configs import example_config
     from aiinfra.monitoring.actor import get_monitor_actor
     from aiinfra.pipelines.ingest import ingest
     from aiinfra.pipelines.train import run_training
@@ -78,10 +74,11 @@ def main() -> None:
         data = make_customers(4000)
         path = Path(home) / "customers.csv"
         data.to_csv(path, index=False)
-        ingest(config, "customers", str(path), spec=ValidationSpec.model_validate(CUSTOMERS_SPEC))
+        ingest(config, "customers", str(path), spec=load_spec(example_config("customers_spec.yaml")))
+        features = load_feature_spec(example_config("customers_features.yaml"))
         cfg = load_train_config({
             "name": "churn", "task": "binary",
-            "data": {"dataset": "customers", "label": "churned", "features": CUSTOMERS_FEATURES},
+            "data": {"dataset": "customers", "label": "churned", "features": features},
             "model": {"family": "tabular_mlp", "params": {"hidden": [32, 16]}},
             "trainer": {"num_workers": 1, "epochs": 2, "batch_size": 256},
             "gate": {"metric": "roc_auc"},

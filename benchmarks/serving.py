@@ -69,8 +69,9 @@ def prepare(home: Path) -> str:
     import numpy as np
     import torch
 
-    from aiinfra.data.synthetic import CUSTOMERS_FEATURES, LABEL, make_customers
+    from aiinfra.data.synthetic import LABEL, make_customers
     from aiinfra.data.transforms import fit_features, load_feature_spec
+    from aiinfra.demo.configs import example_config
     from aiinfra.platform import open_local
     from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
@@ -79,7 +80,7 @@ def prepare(home: Path) -> str:
     from aiinfra.training.tabular import signature_for
 
     df = make_customers(5_000, seed=7)
-    pre = fit_features(df, load_feature_spec(CUSTOMERS_FEATURES))
+    pre = fit_features(df, load_feature_spec(example_config("customers_features.yaml")))
     x = torch.from_numpy(pre.transform(df))
     y = torch.from_numpy(df[LABEL].to_numpy(np.float32)).reshape(-1, 1)
     torch.manual_seed(7)

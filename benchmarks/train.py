@@ -95,14 +95,16 @@ def main() -> None:
 
     import ray
 
-    from aiinfra.data.synthetic import CUSTOMERS_FEATURES, LABEL, make_customers
+    from aiinfra.data.synthetic import LABEL, make_customers
     from aiinfra.data.transforms import fit_features, load_feature_spec
+    from aiinfra.demo.configs import example_config
     from aiinfra.training.config import TrainConfig
     from aiinfra.training.ray_train import PreparedData, fit
     from aiinfra.training.search import search
 
     df = make_customers(args.rows, seed=0)
-    pre = fit_features(df, load_feature_spec(CUSTOMERS_FEATURES))
+    features = load_feature_spec(example_config("customers_features.yaml"))
+    pre = fit_features(df, features)
     x, y = pre.transform(df).astype(np.float32), df[LABEL].to_numpy(dtype=np.float32)
     print(f"{args.rows:,} rows x {x.shape[1]} inputs, MLP {HIDDEN}, batch {args.batch} per worker, {args.epochs} epochs, "
           "2 gloo workers", flush=True)
@@ -114,7 +116,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="aiinfra-bench-train-")
     ray.init(address="local", num_cpus=2, log_to_driver=False)  # the dashboard: Train V2 frees placement groups through it
     cfg = TrainConfig.model_validate({
-        "name": "bench", "data": {"dataset": "bench", "label": LABEL, "features": CUSTOMERS_FEATURES},
+        "name": "bench", "data": {"dataset": "bench", "label": LABEL, "features": features},
         "model": {"family": "tabular_mlp", "params": {"hidden": HIDDEN}},
         "trainer": {"num_workers": 2, "cpus_per_worker": 1.0, "epochs": args.epochs, "batch_size": args.batch,
                     "lr": 0.01, "patience": None, "seed": 0},

@@ -55,17 +55,16 @@ def _data_example(args: argparse.Namespace) -> None:
     import tempfile
     from pathlib import Path
 
-    import yaml
+    from aiinfra.data.synthetic import EXAMPLES
+    from aiinfra.demo.configs import example_config
 
-    from aiinfra.data.synthetic import CUSTOMERS_SPEC, EXAMPLES
-
+    # The demo's validation rules come with its data: jobs/configs/customers_spec.yaml, the file a user
+    # would pass to `aiinfra data ingest --spec`. Looked up first, so a missing file fails before any work.
+    spec = str(example_config("customers_spec.yaml")) if args.name == "customers" else None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.name}.csv"
         EXAMPLES[args.name]().to_csv(path, index=False)
-        args.uri, args.spec = str(path), None
-        if args.name == "customers":  # the demo's validation rules come with it
-            args.spec = str(Path(tmp) / "spec.yaml")
-            Path(args.spec).write_text(yaml.safe_dump(CUSTOMERS_SPEC))
+        args.uri, args.spec = str(path), spec
         _data_ingest(args)
 
 

@@ -10,45 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = [
-    "CATEGORICAL", "CUSTOMERS_FEATURES", "CUSTOMERS_SPEC", "DRIFTED_COEFFICIENTS", "LABEL", "NUMERIC",
-    "TRUE_COEFFICIENTS", "make_customers",
-]
+__all__ = ["CATEGORICAL", "DRIFTED_COEFFICIENTS", "LABEL", "NUMERIC", "TRUE_COEFFICIENTS", "make_customers"]
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls"]
 CATEGORICAL = ["plan", "region"]
 LABEL = "churned"
 PLANS = ["basic", "standard", "premium"]
 REGIONS = ["north", "south", "east", "west"]
-
-# The validation spec the demo ingests this data with; jobs/configs/customers_spec.yaml is the
-# same spec as a file (a unit test keeps the two equal).
-CUSTOMERS_SPEC = {
-    "columns": {
-        "customer_id": {"type": "int64", "min": 0},
-        "event_ts": {"type": "timestamp"},
-        "tenure_months": {"type": "float64", "min": 0, "max": 600},
-        "monthly_charges": {"type": "float64", "min": 0, "max": 10000},
-        "support_calls": {"type": "int64", "min": 0},
-        "plan": {"type": "string", "allowed": PLANS},
-        "region": {"type": "string", "allowed": REGIONS},
-        "churned": {"type": "int64", "allowed": [0, 1]},
-    },
-    "key": ["customer_id"],
-    "min_rows": 100,
-    "max_bad_fraction": 0.02,
-}
-
-# The features the demo model sees; jobs/configs/customers_features.yaml is the same as a file.
-CUSTOMERS_FEATURES = {
-    "features": [
-        {"column": "tenure_months", "steps": [{"op": "clip", "min": 0, "max": 600}, {"op": "standardize"}]},
-        {"column": "monthly_charges", "steps": [{"op": "impute", "strategy": "median"}, {"op": "standardize"}]},
-        {"column": "support_calls", "steps": [{"op": "clip", "min": 0, "max": 20}, {"op": "standardize"}]},
-        {"column": "plan", "steps": [{"op": "one_hot"}]},
-        {"column": "region", "steps": [{"op": "one_hot"}]},
-    ]
-}
 
 # Log-odds of churn: short tenure, high charges, many support calls and the basic plan raise it.
 TRUE_COEFFICIENTS = {

@@ -32,16 +32,18 @@ pytestmark = pytest.mark.timeout(900)
 WORKLOAD = """
 import json, os, sys
 import ray
-from aiinfra.data.synthetic import CUSTOMERS_FEATURES, LABEL, make_customers
+from aiinfra.data.synthetic import LABEL, make_customers
 from aiinfra.data.transforms import fit_features, load_feature_spec
+from aiinfra.demo.configs import example_config
 from aiinfra.training.config import TrainConfig
 from aiinfra.training.ray_train import PreparedData, fit
 
 ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
 df = make_customers(4000, seed=3)
-pre = fit_features(df, load_feature_spec(CUSTOMERS_FEATURES))
+features = load_feature_spec(example_config("customers_features.yaml"))
+pre = fit_features(df, features)
 cfg = TrainConfig.model_validate({
-    "name": "autoscale", "data": {"dataset": "x", "label": LABEL, "features": CUSTOMERS_FEATURES},
+    "name": "autoscale", "data": {"dataset": "x", "label": LABEL, "features": features},
     "model": {"family": "tabular_mlp", "params": {"hidden": [16]}},
     "trainer": {"num_workers": 2, "cpus_per_worker": 1, "epochs": 40, "batch_size": 16, "patience": None,
                 "max_failures": 3},

@@ -43,16 +43,17 @@ def _model_dir(path: Path):
     import numpy as np
     import torch
 
-    from aiinfra.data.synthetic import CUSTOMERS_FEATURES, make_customers
+    from aiinfra.data.synthetic import make_customers
     from aiinfra.data.transforms import fit_features, load_feature_spec
+    from aiinfra.demo.configs import example_config
     from aiinfra.training.model_dir import ModelSpec, save_model_dir
     from aiinfra.training.models import build_model
     from aiinfra.training.tabular import signature_for
 
     df = make_customers(600, seed=2)
     df["autopay"] = np.random.default_rng(2).random(len(df)) < 0.4
-    spec = {"features": [*CUSTOMERS_FEATURES["features"],
-                         {"column": "autopay", "steps": [{"op": "clip", "min": 0, "max": 1}]}]}
+    spec = load_feature_spec(example_config("customers_features.yaml")).model_dump(mode="json")
+    spec["features"].append({"column": "autopay", "steps": [{"op": "clip", "min": 0, "max": 1}]})
     pre = fit_features(df, load_feature_spec(spec))
     torch.manual_seed(0)
     mspec = ModelSpec(family="tabular_mlp", params={"hidden": [8]}, input_dim=pre.output_dim, output_dim=1)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, NUMERIC, make_customers
+from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
 from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
+from aiinfra.demo.configs import example_config
 
 
 def test_ray_data_batches_equal_request_rows(ray_session):
     df = make_customers(3_000, seed=11)
     df.loc[:20, "monthly_charges"] = np.nan  # imputed on both paths
-    pipe = fit_features(df, load_feature_spec(CUSTOMERS_FEATURES))
+    pipe = fit_features(df, load_feature_spec(example_config("customers_features.yaml")))
     restored = FeaturePipeline.from_json(pipe.to_json())  # what serving loads
 
     def to_features(batch):

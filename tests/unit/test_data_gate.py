@@ -131,20 +131,3 @@ def test_catalog_refs(tmp_path):
         parse_dataset_ref("customers@NOT-HEX")
     with pytest.raises(InvalidInput):
         parse_dataset_ref("../x@abcd")
-
-
-def test_example_spec_file_matches_the_demo_spec():
-    from pathlib import Path
-
-    from aiinfra.data.synthetic import CUSTOMERS_SPEC
-
-    path = Path(__file__).resolve().parents[2] / "jobs/configs/customers_spec.yaml"
-    assert load_spec(path) == ValidationSpec.model_validate(CUSTOMERS_SPEC)
-
-
-def test_demo_data_passes_its_own_spec():
-    from aiinfra.data.synthetic import CUSTOMERS_SPEC, make_customers
-
-    table = pa.Table.from_pandas(make_customers(3_000, seed=5), preserve_index=False)
-    r = validate_batch(table, ValidationSpec.model_validate(CUSTOMERS_SPEC))
-    assert r.bad.num_rows == 0 and r.good.num_rows == 3_000

@@ -11,8 +11,9 @@ import torch
 import yaml
 from fastapi import Request
 
-from aiinfra.data.synthetic import CATEGORICAL, CUSTOMERS_FEATURES, LABEL, NUMERIC, make_customers
+from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
 from aiinfra.data.transforms import FeaturePipeline, fit_features, load_feature_spec
+from aiinfra.demo.configs import example_config
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.inference.predictor import Predictor
 from aiinfra.registry.types import ModelVersion
@@ -31,7 +32,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def pre(data):
-    return fit_features(data, load_feature_spec(CUSTOMERS_FEATURES))
+    return fit_features(data, load_feature_spec(example_config("customers_features.yaml")))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from aiinfra.data.synthetic import CUSTOMERS_FEATURES, DIGITS_LABEL, LABEL, make_customers, make_digits
+from aiinfra.data.synthetic import DIGITS_LABEL, LABEL, make_customers, make_digits
 from aiinfra.data.transforms import fit_features, load_feature_spec
 from aiinfra.errors import InvalidInput
 from aiinfra.inference.predictor import Predictor
@@ -57,11 +57,12 @@ CONFIGS = ROOT / "jobs" / "configs"
 
 
 def _base(**overrides):
-    """A small valid config as a dict (features inline)."""
+    """A small valid config as a dict (features inline: the example file's)."""
+    features = yaml.safe_load((CONFIGS / "customers_features.yaml").read_text())
     raw = {
         "name": "churn",
         "task": "binary",
-        "data": {"dataset": "customers", "label": LABEL, "features": copy.deepcopy(CUSTOMERS_FEATURES)},
+        "data": {"dataset": "customers", "label": LABEL, "features": features},
         "model": {"family": "tabular_mlp", "params": {"hidden": [8]}},
         "trainer": {"epochs": 2, "lr": 0.01},
     }
@@ -94,7 +95,7 @@ def customers():
 
 @pytest.fixture(scope="module")
 def customers_pre(customers):
-    return fit_features(customers, load_feature_spec(CUSTOMERS_FEATURES))
+    return fit_features(customers, load_feature_spec(CONFIGS / "customers_features.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,6 @@ def test_churn_yaml_reads_features_relative_to_the_config_file(tmp_path, monkeyp
     monkeypatch.chdir(elsewhere)  # the relative features path must not depend on the working directory
     cfg = load_train_config(CONFIGS / "churn.yaml")
     assert cfg.data.features == load_feature_spec(CONFIGS / "customers_features.yaml")
-    assert cfg.data.features == load_feature_spec(CUSTOMERS_FEATURES)
     assert cfg.data.feature_view_name == "customer_profile"
     assert cfg.experiment_name == "churn"
     assert cfg.trainer.epochs == 8 and cfg.data.slices == ["plan", "region"]
@@ -132,7 +132,7 @@ def test_churn_yaml_reads_features_relative_to_the_config_file(tmp_path, monkeyp
 
 
 def test_dict_config_resolves_features_path_against_cwd(tmp_path, monkeypatch):
-    (tmp_path / "f.yaml").write_text(yaml.safe_dump(CUSTOMERS_FEATURES))
+    shutil.copy(CONFIGS / "customers_features.yaml", tmp_path / "f.yaml")
     monkeypatch.chdir(tmp_path)
     raw = _base()
     raw["data"]["features"] = "f.yaml"

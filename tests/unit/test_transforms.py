@@ -97,15 +97,6 @@ def test_fit_and_transform_name_missing_columns(data):
         pipe.transform(data.drop(columns=["plan"]))
 
 
-def test_example_file_matches_the_demo_features():
-    from pathlib import Path
-
-    from aiinfra.data.synthetic import CUSTOMERS_FEATURES
-
-    path = Path(__file__).resolve().parents[2] / "jobs/configs/customers_features.yaml"
-    assert load_feature_spec(path) == load_feature_spec(CUSTOMERS_FEATURES)
-
-
 def test_pandas_nullable_columns_and_refusals_go_the_slow_path_with_the_same_answers(data):
     """Arrow-backed and nullable columns (Ray Data hands these over) hold pd.NA, which numpy cannot
     convert: they take pd.to_numeric's path and must give what plain columns give."""
