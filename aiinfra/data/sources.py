@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -62,6 +63,4 @@ def resolve_source(uri: str) -> Source:
 
 
 def _abs(path: str) -> str:
-    import os
-
     return os.path.abspath(os.path.expanduser(path))

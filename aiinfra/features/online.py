@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pandas as pd
+
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.features.views import FeatureView
 from aiinfra.storage import MetadataDB, Migration
@@ -158,8 +160,6 @@ class OnlineStore:
 
 
 def _to_epoch(value: Any, view: str, i: int) -> float:
-    import pandas as pd
-
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from aiinfra.errors import InvalidInput, ServiceUnavailable
 from aiinfra.registry.types import FieldSpec, ModelVersion
@@ -81,8 +82,6 @@ class Predictor:
         self.signature = version.signature
         self.spec, self.module, self.preprocessor = load_model_dir(model_dir)
         if device != "cpu":
-            import torch
-
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise ServiceUnavailable(f"{version.ref} is to be served on {device}, but this process sees no "
                                          "CUDA device; give the model deployments GPUs or set serve.model_gpus: 0")
