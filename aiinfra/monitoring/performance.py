@@ -210,6 +210,8 @@ class PerformanceTracker:
             if self.task == "binary":
                 metrics["accuracy"] = float(np.mean((scores >= 0.5) == (truth == 1)))
                 if len(set(truth.tolist())) == 2:
+                    # Here, not at the top: sklearn (and scipy) is heavy, and the monitor's clients import this
+                    # module through monitoring.actor; only a labelled binary window needs it.
                     from sklearn.metrics import roc_auc_score
 
                     metrics["roc_auc"] = float(roc_auc_score(truth, scores))

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from aiinfra.data.catalog import SAMPLE, DatasetCatalog
 from aiinfra.errors import InvalidInput
 from aiinfra.inference.scores import score_of
+from aiinfra.registry.files import fetch_version_files
 from aiinfra.registry.types import ModelVersion
 
 __all__ = ["Reference", "build_reference"]
@@ -38,9 +40,9 @@ class Reference:
 
 
 def build_reference(store: Any, version: ModelVersion, *, seed: int = 0) -> Reference:
-    from aiinfra.data.catalog import SAMPLE, DatasetCatalog
+    # Here, not at the top: the predictor loads torch, and the monitor's clients (serving, the autopilot,
+    # `aiinfra monitor`) import this module through monitoring.actor without needing it.
     from aiinfra.inference.predictor import Predictor, rows_from_frame
-    from aiinfra.registry.files import fetch_version_files
 
     if version.signature is None:
         raise InvalidInput(f"{version.ref} has no signature: there is nothing to monitor its inputs against")
