@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aiinfra.config import read_yaml, validate_as
@@ -23,6 +24,7 @@ from aiinfra.errors import InvalidInput
 from aiinfra.features.views import FeatureView
 from aiinfra.registry.types import validate_name
 from aiinfra.training.gate import GateConfig
+from aiinfra.training.models import build_model
 
 __all__ = [
     "DataSettings",
@@ -217,10 +219,6 @@ def _probe_input_dim(params: dict[str, Any]) -> int:
 
 
 def _check_model(family: str, params: dict[str, Any]) -> str | None:
-    import torch
-
-    from aiinfra.training.models import build_model
-
     try:
         # On the meta device: shapes and checks only, no memory for the weights, however large.
         with torch.device("meta"):

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -67,8 +68,6 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> to
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -96,6 +95,8 @@ def _cached_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: 
 
 def train_loop(config: dict[str, Any]) -> None:
     """One worker's run; ``config`` is a ``LoopConfig`` as a dict (what Ray Train passes on)."""
+    # Ray here, not at the top: the CLI imports pipelines.train (-> ray_train -> this module) before
+    # connect() sets RAY_AUTH_MODE, which Ray reads once, when imported.
     import ray.train
     import ray.train.torch
 

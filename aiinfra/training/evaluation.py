@@ -188,6 +188,7 @@ def _ece(confidence: np.ndarray, hit: np.ndarray, n_bins: int) -> float:
 
 
 def _binary_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, float]:
+    # sklearn inside: ~0.5 s to import; every config read (training.config -> gate -> here) would pay it.
     from sklearn.metrics import (
         accuracy_score,
         brier_score_loss,
@@ -220,6 +221,7 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, floa
 
 
 def _multiclass_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, float]:
+    # sklearn inside: ~0.5 s to import; every config read (training.config -> gate -> here) would pay it.
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     k = p.shape[1]
@@ -240,6 +242,7 @@ def _multiclass_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, 
 
 
 def _regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    # sklearn inside: ~0.5 s to import; every config read (training.config -> gate -> here) would pay it.
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     m: dict[str, float] = {}
@@ -276,6 +279,7 @@ def _calibration_curve(confidence: np.ndarray, hit: np.ndarray, n_bins: int, key
 
 
 def _classification_curves(task: str, y: np.ndarray, p: np.ndarray, k: int, n_bins: int) -> dict[str, Any]:
+    # sklearn inside: ~0.5 s to import; every config read (training.config -> gate -> here) would pay it.
     from sklearn.metrics import confusion_matrix, roc_curve
 
     curves: dict[str, Any] = {}
@@ -381,6 +385,7 @@ _DPI = 80
 
 
 def _figure() -> tuple[Any, Any]:
+    # matplotlib inside: see the note above on the figures module.
     from aiinfra.reports.figures import new_figure
 
     fig = new_figure(*_FIGSIZE, dpi=_DPI, layout="tight")
@@ -388,6 +393,7 @@ def _figure() -> tuple[Any, Any]:
 
 
 def _image(fig: Any, caption: str) -> Image:
+    # matplotlib inside: see the note above on the figures module.
     from aiinfra.reports.figures import data_uri
 
     return Image(data_uri(fig), alt=caption, caption=caption)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import random
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,10 +37,6 @@ def build_model(family: str, input_dim: int, output_dim: int, params: dict[str, 
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

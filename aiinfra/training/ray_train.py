@@ -8,6 +8,8 @@ worker failure still reports every epoch once.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs
 import torch
 
 from aiinfra.data.transforms import FeaturePipeline
@@ -24,6 +27,9 @@ from aiinfra.training.ddp import LoopConfig, train_loop
 from aiinfra.training.tabular import to_training_batch
 
 __all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_checkpoint_at", "loop_config", "make_datasets"]
+
+# Ray is imported inside the functions: the CLI imports pipelines.train, which imports this module, before
+# connect() sets RAY_AUTH_MODE, and Ray reads that once, when it is imported.
 
 
 @dataclass
@@ -57,6 +63,7 @@ class FitResult:
 
 
 def make_datasets(data: PreparedData, num_workers: int) -> dict[str, Any]:
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     import ray.data
 
     kwargs = {"pre": data.pre, "label": data.label, "task": data.task, "class_labels": data.class_labels,
@@ -85,12 +92,11 @@ def _storage_path(storage_root: str) -> str:
 
 def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """(best weights, history) from a checkpoint directory under the storage root (local or s3/gs)."""
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     import ray.train
 
     fs = None
     if "://" in storage_root and not storage_root.startswith("file://"):
-        import pyarrow.fs
-
         fs, _ = pyarrow.fs.FileSystem.from_uri(storage_root)
     with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
         _, best, _, state = load_checkpoint(d)
@@ -104,6 +110,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
 
     ``run_name`` must be new: Train V2 silently resumes a run whose name exists under the storage path.
     """
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -148,9 +155,6 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
 def fit_keeping_sigint(trainer: Any) -> Any:
     """Ray Train installs its own SIGINT handler and leaves it behind after ``fit``; a later
     Ctrl-C would then be swallowed. Put the caller's handler back."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return trainer.fit()
     previous = signal.getsignal(signal.SIGINT)

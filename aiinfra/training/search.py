@@ -21,6 +21,9 @@ from aiinfra.training.ray_train import PreparedData, fit, load_checkpoint_at, ma
 
 __all__ = ["SearchResult", "TrialRecord", "apply_overrides", "search"]
 
+# Ray (Tune) is imported inside the functions: the CLI imports pipelines.train, which imports this module,
+# before connect() sets RAY_AUTH_MODE, and Ray reads that once, when it is imported.
+
 # Tune's own bookkeeping in a result dict: not metrics worth recording.
 _BOOKKEEPING = {"checkpoint_path", "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
                 "time_since_restore", "iterations_since_restore", "training_iteration", "date", "done", "trial_id",
@@ -53,6 +56,7 @@ class SearchResult:
 
 
 def to_tune(dist: SearchDistribution) -> Any:
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray import tune
 
     value = getattr(dist, dist.kind)
@@ -76,6 +80,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 def _trial(overrides: dict[str, Any], *, cfg_json: dict[str, Any], data: PreparedData, datasets: dict[str, Any],
            storage_root: str, parent: str) -> None:
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -87,6 +92,7 @@ def _trial(overrides: dict[str, Any], *, cfg_json: dict[str, Any], data: Prepare
 
 
 def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str, progress: Any = None) -> SearchResult:
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray import tune
     from ray.tune import RunConfig as TuneRunConfig
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
