@@ -11,18 +11,19 @@ import time
 import uuid
 from typing import Any
 
+from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.errors import InvalidInput
+from aiinfra.inference.batch import BatchScorer
+from aiinfra.pipelines.ingest import ingest
 
 __all__ = ["batch_predict"]
 
 
 def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: str | None = None,
                   pool_size: int = 1, batch_size: int = 4096, who: str = "unknown") -> dict[str, Any]:
+    # Ray inside: `aiinfra predict` imports this module before connect() sets RAY_AUTH_MODE, which Ray
+    # reads once, when it is imported.
     import ray.data
-
-    from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.inference.batch import BatchScorer
-    from aiinfra.pipelines.ingest import ingest
 
     config, store = platform.config, platform.store
     version = platform.registry.get(model_ref)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from aiinfra.config import PlatformConfig
@@ -37,6 +38,9 @@ __all__ = ["IngestResult", "ingest"]
 
 BATCH_ROWS = 65_536
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Invalid)\w*: ")
+
+# Ray (Data) is imported inside the functions: the CLI (`aiinfra data ingest`) and the demo import this
+# module before connect() sets RAY_AUTH_MODE, and Ray reads that once, when it is imported.
 
 
 @dataclass
@@ -141,7 +145,7 @@ def _as_text(table: pa.Table) -> pa.Table:
 
 
 def _read(source: Source, spec: ValidationSpec | None):
-    import pyarrow.csv as pacsv
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     import ray.data
 
     if source.format == "csv":
@@ -193,6 +197,7 @@ def _run_pass(source: Source, spec: ValidationSpec | None, config: PlatformConfi
 
 
 def _duplicate_keys(store: ArtifactStore, staging: str, files: list[str], key: list[str]) -> set[tuple[Any, ...]]:
+    # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     import ray.data
 
     if not files:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aiinfra.data.catalog import DatasetCatalog
+from aiinfra.data.transforms import fit_features
 from aiinfra.errors import InvalidInput, NotFound
+from aiinfra.features.offline import point_in_time_join
+from aiinfra.features.views import FeatureView
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.provenance import code_version, environment, environment_changes
-from aiinfra.training.config import TrainConfig, config_hash
-from aiinfra.training.ray_train import PreparedData
+from aiinfra.training.config import TrainConfig, config_hash, load_train_config
+from aiinfra.training.evaluation import evaluate_predictions, render_html
+from aiinfra.training.gate import promotion_gate
+from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
+from aiinfra.training.ray_train import PreparedData, fit
+from aiinfra.training.search import apply_overrides, search
+from aiinfra.training.tabular import class_labels_for, encode_labels, predict_scores, signature_for
 
 __all__ = ["TRAINING_CONFIG", "TrainingOutcome", "prepare_data", "reproduce", "run_training"]
 
@@ -70,10 +80,6 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None
 
 def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset: str, pinned: dict[str, str]) -> pd.DataFrame:
     """Point-in-time features for each labelled row, as of the time its label became known."""
-    from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.features.offline import point_in_time_join
-    from aiinfra.features.views import FeatureView
-
     spec = cfg.data.feature_view
     fv = platform.features.register_view(spec) if isinstance(spec, FeatureView) else platform.features.get_view(spec)
     _require_columns(frame, [fv.entity, fv.timestamp, cfg.data.label], f"dataset {dataset}")
@@ -92,10 +98,6 @@ def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset
 
 def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.DataFrame, TrainConfig, list[str]]:
     """(training data, holdout rows, the config with every dataset version pinned, those versions)."""
-    from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.data.transforms import fit_features
-    from aiinfra.training.tabular import class_labels_for
-
     catalog = DatasetCatalog(platform.store)
     d = cfg.data
     version = catalog.get(d.dataset)
@@ -149,10 +151,6 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
 # -- evaluation ---------------------------------------------------------------------------------
 def evaluate_model(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -> Any:
     """The evaluation report of a saved model on ``holdout``, per slice as configured."""
-    from aiinfra.training.evaluation import evaluate_predictions
-    from aiinfra.training.model_dir import load_model_dir
-    from aiinfra.training.tabular import encode_labels, predict_scores
-
     spec, module, pre = load_model_dir(model_dir)
     scores = predict_scores(module, spec, pre.transform(holdout))
     y = encode_labels(spec.task, holdout[cfg.data.label], spec.class_labels)
@@ -174,10 +172,6 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
     ``set_alias=False`` registers a version that passed the gate without aliasing it (the autopilot
     starts its canary itself); ``lineage`` adds entries to the registered version's lineage.
     """
-    import time
-
-    from aiinfra.training.model_dir import ModelSpec, save_model_dir
-
     t_start = time.perf_counter()
     log = log or StageLog(total=0)
     if not log.total:  # a log of its own; a caller's (the demo's) already counts these stages
@@ -204,8 +198,6 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
         if cfg.tune is not None:
             with log.stage(f"search {len(cfg.tune.search_space)} hyperparameter(s) with Ray Tune "
                            f"({cfg.tune.num_samples} trials, {cfg.tune.scheduler}, {cfg.tune.max_concurrent_trials} at a time)"):
-                from aiinfra.training.search import search
-
                 found = search(resolved, data, storage_root=storage_root, run_name=run_id)
                 for t in found.trials:
                     trial_run = f"{run_id}-{t.trial_id}"
@@ -233,8 +225,6 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
             t = cfg.trainer
             with log.stage(f"train {cfg.model.family} with Ray Train (DDP, {t.num_workers} worker(s), "
                            f"{'NCCL on GPU' if t.use_gpu else 'gloo on CPU'})"):
-                from aiinfra.training.ray_train import fit
-
                 fitted = fit(resolved, data, storage_root=storage_root, run_name=run_id)
                 final_cfg, best_state, history = resolved, fitted.best_state, fitted.history
                 cpu_s, gpu_s = fitted.cpu_seconds, fitted.gpu_seconds
@@ -286,8 +276,6 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
 
 def _with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """The trial's config, for its hash; the searched config if the values no longer validate."""
-    from aiinfra.training.search import apply_overrides
-
     try:
         return apply_overrides(cfg, overrides)
     except InvalidInput:
@@ -295,8 +283,6 @@ def _with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def _gate(platform: Any, cfg: TrainConfig, report: Any, holdout: pd.DataFrame, workdir: Path) -> Any:
-    from aiinfra.training.gate import promotion_gate
-
     try:
         champion = platform.registry.get(f"{cfg.name}@champion")
     except NotFound:
@@ -314,8 +300,6 @@ def _gate(platform: Any, cfg: TrainConfig, report: Any, holdout: pd.DataFrame, w
 
 def _write_reports(platform: Any, run_id: str, model_dir: Path, report: Any, history: list[dict[str, Any]],
                    verdict: Any, cfg: TrainConfig, dataset_versions: list[str]) -> dict[str, str]:
-    from aiinfra.training.evaluation import render_html
-
     (model_dir / EVALUATION).write_text(report.model_dump_json(indent=2))
     extra = {"run": run_id, "model": cfg.name, "family": cfg.model.family, "datasets": ", ".join(dataset_versions)}
     if verdict is not None:
@@ -332,8 +316,6 @@ def _write_reports(platform: Any, run_id: str, model_dir: Path, report: Any, his
 def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_dir: Path, data: PreparedData,
               verdict: Any, code: str, env: dict[str, Any], log: StageLog, *, set_alias: bool = True,
               extra_lineage: dict[str, Any] | None = None) -> None:
-    from aiinfra.training.tabular import signature_for
-
     registry = platform.registry
     lineage = {
         "dataset_version": outcome.dataset_versions[0], "dataset_versions": outcome.dataset_versions,
@@ -373,8 +355,6 @@ def reproduce(platform: Any, ref: str, *, tolerance: float = 0.02, log: StageLog
     so metrics should agree within ``tolerance`` (absolute). The result's ``environment`` says how
     this environment differs from the recorded one (``changes`` is None when none was recorded).
     """
-    from aiinfra.training.config import load_train_config
-
     registry = platform.registry
     version = registry.get(ref)
     with tempfile.TemporaryDirectory() as tmp:
