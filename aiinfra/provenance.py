@@ -26,7 +26,7 @@ LOCK_KEY = "lock_sha256"
 # and scipy, under scikit-learn and alibi-detect. The lock's hash covers every other package.
 PACKAGES = (
     "ray", "torch", "alibi-detect", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", "fastapi",
-    "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2",
+    "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2", "sqlalchemy", "psycopg",
 )
 
 
