@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from aiinfra.cluster_access import (
     cluster_state_file,
     running_cluster,
@@ -61,9 +63,13 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
             raise ServiceUnavailable(f"`ray start --head` failed (exit {done.returncode}):\n{tail}")
         address = f"127.0.0.1:{port}"
 
+    # Ray here, not at the top: the CLI imports this module at startup, and Ray reads RAY_AUTH_MODE (set
+    # just above) once, when it is imported.
     import ray
     from ray import serve
 
+    # Here, not at the top: the platform loads the stores (pyarrow, pandas), and the CLI imports this
+    # module at startup for `status` and `down`, which do not need them.
     from aiinfra.platform import connect
 
     if started:
@@ -98,8 +104,6 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
 
 
 def _cluster_processes(session_dir: str, port: int) -> list[Any]:
-    import psutil
-
     marker, address = Path(session_dir).name, f":{port}"
     roots = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
@@ -120,8 +124,6 @@ def _cluster_processes(session_dir: str, port: int) -> list[Any]:
 
 def down(config: PlatformConfig, *, out: Any = sys.stdout, timeout_s: float = 20.0) -> bool:
     """Stop the cluster ``up`` started; returns whether there was one. Nothing else is touched."""
-    import psutil
-
     state = cluster_state_file(config)
     if not state.exists():
         print("no cluster started by `aiinfra up` here; nothing to stop", file=out)
@@ -162,6 +164,7 @@ def cluster_status(config: PlatformConfig) -> dict[str, Any]:
     info = json.loads(state.read_text()) if state.exists() else {}
     if address is None:
         return {"running": False, "address": None, "services": {}, "serve": {}}
+    # Ray here, after use_cluster_auth: Ray reads RAY_AUTH_MODE once, when it is imported.
     import ray
     from ray import serve
 

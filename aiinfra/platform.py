@@ -8,15 +8,20 @@ handle to them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiinfra.cluster_access import clear_stale_cluster_pointer, running_cluster, use_cluster_auth
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.client import FeatureStoreClient
+from aiinfra.features.online import OnlineStore
 from aiinfra.registry.actor import REGISTRY
 from aiinfra.registry.client import RegistryClient
+from aiinfra.registry.core import ModelRegistry
 from aiinfra.service import LocalBackend, start_actor
+from aiinfra.serving.auth import TokenStore, ensure_admin_token
 from aiinfra.storage import ArtifactStore, open_artifact_store, open_metadata_db
 
 __all__ = ["Platform", "connect", "open_local"]
@@ -56,26 +61,19 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
             a missing service is an error naming it.
         ray_init_kwargs: passed to ``ray.init`` when this call starts Ray.
     """
-    from aiinfra.cluster_access import use_cluster_auth
-
     config = config or load_config()
     use_cluster_auth(config)
+    # Ray here, after use_cluster_auth: Ray reads RAY_AUTH_MODE once, when it is imported.
     import ray
 
     started = False
     initialized_here = False
     if not ray.is_initialized():
-        from aiinfra.cluster_access import running_cluster
-
         # Join RAY_ADDRESS or a head that is running on this machine, else start a local one.
         # ("local", not None: with None, Ray would also try the last cluster it remembers in
         # /tmp/ray/ray_current_cluster, which may be long dead.)
         address = running_cluster(config) or "local"
         if address == "local":
-            import os
-
-            from aiinfra.cluster_access import clear_stale_cluster_pointer
-
             clear_stale_cluster_pointer()
             if config.serve.haproxy:  # read by Serve's controller, which inherits this environment
                 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
@@ -91,8 +89,6 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
 
     if start_services and config.metadata_url.startswith("sqlite:"):
         # The embedded default's first start: an admin token for the HTTP API, in $AIINFRA_HOME/api_token.
-        from aiinfra.serving.auth import TokenStore, ensure_admin_token
-
         db = open_metadata_db(config.metadata_url)
         try:
             ensure_admin_token(TokenStore(db), config.token_file)
@@ -122,9 +118,6 @@ def open_local(config: PlatformConfig | None = None) -> Platform:
     and writes go straight to the metadata DB, whose transactions keep them safe against
     other processes doing the same.
     """
-    from aiinfra.features.online import OnlineStore
-    from aiinfra.registry.core import ModelRegistry
-
     config = config or load_config()
     store = open_artifact_store(config.storage_root)
     db = open_metadata_db(config.metadata_url)
