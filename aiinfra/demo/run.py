@@ -15,8 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from aiinfra.config import ENV, PlatformConfig, load_config
+from aiinfra.data.catalog import DatasetCatalog
+from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
+from aiinfra.demo.configs import training_config, validation_spec
+from aiinfra.demo.scenario import print_timeline, run_loop
+from aiinfra.pipelines.ingest import ingest
 from aiinfra.pipelines.progress import StageLog
+from aiinfra.pipelines.train import run_training
+from aiinfra.platform import connect
+from aiinfra.serving.auth import read_token_file
 
 __all__ = ["run_demo"]
 
@@ -27,17 +37,6 @@ FEATURE_VIEW = "customer_profile"
 
 def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs: int = 5, seed: int = 0,
              keep_serving: bool = False, loop: bool = True) -> dict[str, Any]:
-    import httpx
-
-    from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
-    from aiinfra.demo.configs import training_config, validation_spec
-    from aiinfra.pipelines.ingest import ingest
-    from aiinfra.pipelines.train import run_training
-    from aiinfra.platform import connect
-    from aiinfra.serving.app import build_app
-    from aiinfra.serving.auth import read_token_file
-
     config = config or load_config()
     # start, ingest, the pipeline's 5 stages, serve, predict; then the monitoring loop's 5
     log = StageLog(total=14 if loop else 9)
@@ -46,7 +45,10 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
 
     with log.stage("start the platform (Ray, registry)"):
         platform = connect(config)  # first: it settles Ray's auth mode before Ray is imported
+        # Ray (and the Serve app, which imports it) only now: Ray reads RAY_AUTH_MODE once, when imported.
         from ray import serve
+
+        from aiinfra.serving.app import build_app
 
         log.note(f"Ray {'started here' if platform.started_ray else 'joined'}; registry actor 'registry' in namespace {config.namespace!r}")
     try:
@@ -119,8 +121,6 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             "timeline": log.timeline,
         })
         if loop:
-            from aiinfra.demo.scenario import print_timeline, run_loop
-
             # The retrain job reads the same recipe from a file, on the latest data of the dataset.
             recipe = cfg.model_dump(mode="json", exclude_none=True)
             recipe["data"]["dataset"] = DATASET_NAME

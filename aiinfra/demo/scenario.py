@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from aiinfra.autopilot.actor import get_autopilot_actor
 from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
 from aiinfra.demo.clients import MODEL, BackgroundLoad, ProductionClient
 from aiinfra.demo.report import render_loop_report
@@ -28,8 +29,8 @@ from aiinfra.monitoring.core import read_reports
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.storage import open_metadata_db
 
-# Ray (and the autopilot actor's module, which imports it) is imported inside the functions: the demo
-# imports this module only after connect() has settled Ray's auth mode, and importing it must not start Ray.
+# Ray is imported inside the functions: the CLI imports demo.run, which imports this module, before
+# connect() sets RAY_AUTH_MODE, and Ray reads that once, when it is imported.
 
 __all__ = ["demo_policy", "print_timeline", "run_loop"]
 
@@ -50,7 +51,7 @@ def demo_policy(training_config: str, *, reference_rows: int) -> dict[str, Any]:
 
 
 def _status(autopilot: Any) -> dict[str, Any]:
-    import ray
+    import ray  # inside: see the note at the top (RAY_AUTH_MODE)
 
     return ray.get(autopilot.status.remote(MODEL, 50), timeout=60)["models"][MODEL]
 
@@ -58,9 +59,7 @@ def _status(autopilot: Any) -> dict[str, Any]:
 def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.DataFrame, training_config: str,
              log: StageLog, seed: int = 0, timeout_s: float = 900.0) -> dict[str, Any]:
     """The loop on a serving champion; returns its summary (and writes the HTML report)."""
-    import ray
-
-    from aiinfra.autopilot.actor import get_autopilot_actor
+    import ray  # inside: see the note at the top (RAY_AUTH_MODE)
 
     config = platform.config
     db = open_metadata_db(config.metadata_url)
