@@ -16,14 +16,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["ENV", "EnvVar", "MonitoringSettings", "PlatformConfig", "ServeSettings", "load_config", "read_yaml", "validate_as"]
+__all__ = [
+    "ENV", "EnvVar", "MetadataSettings", "MonitoringSettings", "PlatformConfig", "PostgresMetadata", "SQLiteMetadata",
+    "ServeSettings", "load_config", "read_yaml", "validate_as",
+]
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,45 @@ class MonitoringSettings(BaseModel):
         return self
 
 
+class SQLiteMetadata(BaseModel):
+    """The embedded default: one SQLite file (``$AIINFRA_HOME/metadata.db``). One node only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["sqlite"] = "sqlite"
+    path: Path | None = None  # default: metadata.db in the home directory
+
+
+class PostgresMetadata(BaseModel):
+    """A Postgres database: what any cluster of more than one node needs.
+
+    Put the password in the environment (``AIINFRA_METADATA_URL``, from a secret), not in a committed file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["postgresql"] = "postgresql"
+    url: str = Field(repr=False, description="postgresql://USER:PASSWORD@HOST:PORT/DB")
+
+    @model_validator(mode="after")
+    def _is_postgres(self) -> PostgresMetadata:
+        if self.url.split("://", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError("url must be a postgresql:// URL, e.g. postgresql://USER:PASSWORD@HOST:5432/DB")
+        return self
+
+
+MetadataSettings = Annotated[SQLiteMetadata | PostgresMetadata, Field(discriminator="type")]
+
+
+def _metadata_from_url(url: str) -> SQLiteMetadata | PostgresMetadata:
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme == "sqlite":
+        return SQLiteMetadata(path=Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresMetadata(url=url)
+    raise ValueError("metadata_url must be sqlite:////ABSOLUTE/PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DB")
+
+
 class PlatformConfig(BaseModel):
     """Where the platform keeps its state and how it reaches Ray.
 
@@ -134,7 +176,10 @@ class PlatformConfig(BaseModel):
 
     home: Path = Path("./.aiinfra")
     storage_root: str | None = None
-    metadata_url: str | None = None
+    # The metadata DB, typed (``metadata: {type: postgresql, url: ...}``), or as one URL (``metadata_url``,
+    # ``AIINFRA_METADATA_URL``), which wins where both are given. After validation both say the same.
+    metadata: MetadataSettings | None = None
+    metadata_url: str | None = Field(default=None, repr=False)
     ray_address: str | None = None
     namespace: str = "aiinfra"
     serve: ServeSettings = ServeSettings()
@@ -148,8 +193,17 @@ class PlatformConfig(BaseModel):
             object.__setattr__(self, "storage_root", str(home))
         elif "://" not in self.storage_root:
             object.__setattr__(self, "storage_root", str(Path(self.storage_root).expanduser().resolve()))
-        if self.metadata_url is None:
-            object.__setattr__(self, "metadata_url", f"sqlite:///{home / 'metadata.db'}")
+        metadata = (_metadata_from_url(self.metadata_url) if self.metadata_url
+                    else self.metadata if self.metadata is not None else SQLiteMetadata())
+        if isinstance(metadata, SQLiteMetadata):
+            path = metadata.path.expanduser() if metadata.path is not None else home / "metadata.db"
+            path = path if path.is_absolute() else (home / path if self.metadata_url is None else path.resolve())
+            metadata = SQLiteMetadata(path=path.resolve())
+            url = f"sqlite:///{metadata.path}"
+        else:
+            url = metadata.url
+        object.__setattr__(self, "metadata", metadata)
+        object.__setattr__(self, "metadata_url", url)
         return self
 
     @property

@@ -20,11 +20,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiinfra.cluster_access import cluster_state_file, use_cluster_auth
 from aiinfra.config import ENV, PlatformConfig
 from aiinfra.errors import ServiceUnavailable
+from aiinfra.redaction import has_credentials
 
 __all__ = ["JobState", "follow", "job_server", "job_state", "shippable_config", "submit"]
 
@@ -42,19 +42,14 @@ class JobState:
         return self.status in TERMINAL
 
 
-def _has_credentials(uri: str | None) -> bool:
-    if not uri or "://" not in uri:
-        return False
-    parts = urlsplit(uri)
-    return parts.password is not None or "secret" in (parts.query or "").lower()
-
-
 def shippable_config(config: PlatformConfig) -> dict[str, Any]:
     """The config as the job gets it: everything but credentials (those come from the job's nodes)."""
     data = config.model_dump(mode="json")
     for field in ("metadata_url", "storage_root"):
-        if _has_credentials(data.get(field)):
+        if has_credentials(data.get(field)):
             data.pop(field)
+    if "metadata_url" not in data:
+        data.pop("metadata", None)  # the typed form holds the same URL
     return data
 
 

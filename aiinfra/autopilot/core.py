@@ -80,13 +80,13 @@ MIGRATIONS = (
             """CREATE TABLE autopilot_state (
                 model TEXT PRIMARY KEY,
                 state TEXT NOT NULL,
-                updated_at REAL NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
                 data TEXT NOT NULL
             )""",
             """CREATE TABLE autopilot_decisions (
                 model TEXT NOT NULL,
                 seq INTEGER NOT NULL,
-                at REAL NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
                 action TEXT NOT NULL,
                 state TEXT NOT NULL,
                 reason TEXT NOT NULL,
@@ -101,7 +101,7 @@ MIGRATIONS = (
         (
             """CREATE TABLE autopilot_policies (
                 model TEXT PRIMARY KEY,
-                updated_at REAL NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
                 policy TEXT NOT NULL
             )""",
         ),

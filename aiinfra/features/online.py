@@ -30,13 +30,13 @@ MIGRATIONS = (
             """CREATE TABLE feature_views (
                 name TEXT PRIMARY KEY,
                 definition TEXT NOT NULL,
-                materialized_until REAL,
-                updated_at REAL NOT NULL
+                materialized_until DOUBLE PRECISION,
+                updated_at DOUBLE PRECISION NOT NULL
             )""",
             """CREATE TABLE online_features (
                 view TEXT NOT NULL REFERENCES feature_views(name),
                 entity TEXT NOT NULL,
-                event_ts REAL NOT NULL,
+                event_ts DOUBLE PRECISION NOT NULL,
                 feature_values TEXT NOT NULL,
                 PRIMARY KEY (view, entity)
             )""",

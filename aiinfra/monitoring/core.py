@@ -48,9 +48,9 @@ MIGRATIONS = (
             """CREATE TABLE drift_reports (
                 model TEXT NOT NULL,
                 window_id INTEGER NOT NULL,
-                created_at REAL NOT NULL,
-                window_start REAL NOT NULL,
-                window_end REAL NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                window_start DOUBLE PRECISION NOT NULL,
+                window_end DOUBLE PRECISION NOT NULL,
                 rows INTEGER NOT NULL,
                 status TEXT NOT NULL,
                 report TEXT NOT NULL,
@@ -64,9 +64,9 @@ MIGRATIONS = (
         (
             """CREATE TABLE monitor_arms (
                 model TEXT PRIMARY KEY,
-                since REAL NOT NULL,
+                since DOUBLE PRECISION NOT NULL,
                 arms TEXT NOT NULL,
-                updated_at REAL NOT NULL
+                updated_at DOUBLE PRECISION NOT NULL
             )""",
         ),
     ),

@@ -43,14 +43,14 @@ MIGRATIONS = (
         (
             """CREATE TABLE models (
                 name TEXT PRIMARY KEY,
-                created_at REAL NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
                 created_by TEXT NOT NULL
             )""",
             """CREATE TABLE model_versions (
                 name TEXT NOT NULL REFERENCES models(name),
                 version INTEGER NOT NULL,
                 status TEXT NOT NULL,
-                created_at REAL NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
                 created_by TEXT NOT NULL,
                 artifact_uri TEXT NOT NULL,
                 files TEXT NOT NULL,
@@ -66,12 +66,12 @@ MIGRATIONS = (
                 name TEXT NOT NULL REFERENCES models(name),
                 alias TEXT NOT NULL,
                 version INTEGER NOT NULL,
-                updated_at REAL NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (name, alias)
             )""",
             """CREATE TABLE audit_log (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                ts REAL NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
                 who TEXT NOT NULL,
                 model TEXT NOT NULL,
                 action TEXT NOT NULL,

@@ -37,9 +37,9 @@ MIGRATIONS = (
         id TEXT PRIMARY KEY,
         secret_sha256 TEXT NOT NULL,
         role TEXT NOT NULL,
-        created_at REAL NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
         created_by TEXT NOT NULL,
-        revoked_at REAL
+        revoked_at DOUBLE PRECISION
     )""",)),
 )
 # What each route family needs; admin is allowed everywhere.
