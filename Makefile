@@ -20,7 +20,7 @@ PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 LOCK_TOOLS := $(VENV)/lock-tools
 
-.PHONY: demo test unit integration e2e lint bench clean install lock
+.PHONY: demo test unit integration e2e lint bench clean install lock postgres
 
 install: $(STAMP)
 
@@ -49,8 +49,18 @@ lock:
 demo: $(STAMP)
 	$(BIN)/aiinfra demo
 
+# The tests start their own PostgreSQL server on loopback (tests/pg_server.py: a temp data dir, a free
+# port, run as the `postgres` account when we are root); they need only Debian's server binaries, which
+# this installs when no initdb is found (PG_BIN, /usr/lib/postgresql/*/bin, then PATH, as the tests look).
+# Debian's package may also create and start its own `main` cluster on 5432; the tests do not use it.
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+postgres:
+	@test -x "$$PG_BIN/initdb" || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { echo ">> installing Debian's postgresql (the tests' own server)"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
+
 # Everything: unit (no Ray), integration (one shared Ray), end to end (the CLI and HTTP as a user sees them).
-test: $(STAMP)
+test: $(STAMP) postgres
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/python -m pytest tests/integration -q
@@ -60,7 +70,7 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: $(STAMP)
+integration: $(STAMP) postgres
 	$(BIN)/python -m pytest tests/integration -q
 
 e2e: $(STAMP)

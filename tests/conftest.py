@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
+from pg_server import PostgresNotFound, PostgresServer
 
 from aiinfra.config import PlatformConfig, load_config
 
@@ -37,3 +39,26 @@ def s3_server():
     finally:
         server.stop()
         mp.undo()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for the whole session (tests/pg_server.py), stopped at the end.
+
+    Never skipped: without the binaries the tests that need it fail, saying how to install them.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresNotFound as err:
+        pytest.fail(str(err), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    """The URL of a fresh database of its own for this test, owned by `aiinfra`, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
