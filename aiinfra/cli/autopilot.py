@@ -8,11 +8,13 @@ from typing import Any
 
 from aiinfra.cli import common  # cluster_running looked up at call time: the tests replace it
 from aiinfra.cli.common import print_json, stage_log, when
+from aiinfra.cluster_access import running_cluster
 from aiinfra.config import load_config
-from aiinfra.errors import InvalidInput, NotFound
+from aiinfra.errors import InvalidInput, NotFound, ServiceUnavailable
 
 
 def _retrain(args: argparse.Namespace) -> None:
+    # Inside: torch, scipy and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.pipelines.retrain import run_retrain
     from aiinfra.platform import connect
     from aiinfra.training.config import load_train_config
@@ -33,25 +35,25 @@ def _retrain(args: argparse.Namespace) -> None:
 
 def _autopilot_connect(config: Any) -> None:
     """Join the running cluster (the autopilot lives there). Call before anything imports Ray."""
-    from aiinfra.errors import ServiceUnavailable
-
     if not common.cluster_running(config):  # settles Ray's auth mode first
         raise ServiceUnavailable("no cluster is running: start one with `aiinfra up` (the autopilot lives on it)")
+    # Ray inside, after cluster_running() set RAY_AUTH_MODE: Ray reads it once, when imported.
     import ray
-
-    from aiinfra.cluster_access import running_cluster
 
     ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
 
 
 def _autopilot_start(args: argparse.Namespace) -> None:
+    # Inside: scipy and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.autopilot.policy import load_policy
 
     config = load_config()
     policy = load_policy(args.policy)  # every invalid field, before anything starts
     _autopilot_connect(config)
+    # Ray inside, after cluster_running() set RAY_AUTH_MODE: Ray reads it once, when imported.
     import ray
 
+    # Inside: scipy and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.autopilot.client import AutopilotClient
 
     try:
@@ -65,8 +67,10 @@ def _autopilot_start(args: argparse.Namespace) -> None:
 def _autopilot_status(args: argparse.Namespace) -> None:
     config = load_config()
     _autopilot_connect(config)
+    # Ray inside, after cluster_running() set RAY_AUTH_MODE: Ray reads it once, when imported.
     import ray
 
+    # Inside: scipy and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.autopilot.client import AutopilotClient
 
     try:
@@ -98,8 +102,10 @@ def _autopilot_status(args: argparse.Namespace) -> None:
 def _autopilot_stop(args: argparse.Namespace) -> None:
     config = load_config()
     _autopilot_connect(config)
+    # Ray inside, after cluster_running() set RAY_AUTH_MODE: Ray reads it once, when imported.
     import ray
 
+    # Inside: scipy and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.autopilot.client import AutopilotClient
 
     try:

@@ -6,12 +6,11 @@ import argparse
 import sys
 
 from aiinfra.cli.common import print_json
+from aiinfra.cluster import cluster_status, down, up
 from aiinfra.config import load_config
 
 
 def _up(args: argparse.Namespace) -> None:
-    from aiinfra.cluster import up
-
     info = up(load_config(), port=args.port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
     print(f"Ray cluster   {info['address']}{'' if info['started_by_up'] else ' (already running; reused)'}")
     print(f"dashboard     {info['dashboard_url']}")
@@ -21,14 +20,10 @@ def _up(args: argparse.Namespace) -> None:
 
 
 def _down(args: argparse.Namespace) -> None:
-    from aiinfra.cluster import down
-
     down(load_config())
 
 
 def _status(args: argparse.Namespace) -> None:
-    from aiinfra.cluster import cluster_status
-
     st = cluster_status(load_config())
     if args.json:
         return print_json(st)
@@ -40,6 +35,8 @@ def _status(args: argparse.Namespace) -> None:
         print(f"dashboard     {st['dashboard_url']}")
     print(f"serve (HTTP)  {st['serve_url']}")
     print(f"API token     {st['token_file']}")
+    print(f"metadata      {st['metadata_url']}")
+    print(f"storage       {st['storage_root']}")
     for name, s in st["services"].items():
         print(f"service       {name:<14} {'alive (pid ' + str(s['pid']) + ')' if s['alive'] else 'NOT RUNNING'}")
     for app, a in st["serve"].items():
@@ -50,6 +47,7 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _token_create(args: argparse.Namespace) -> None:
+    # Inside: these load pyarrow and numpy; `aiinfra --help` must not pay for them.
     from aiinfra.registry.client import default_principal
     from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
@@ -64,11 +62,11 @@ def _token_create(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    up = sub.add_parser("up", help="start a local Ray head (dashboard, token auth) with the platform services and Serve")
-    up.add_argument("--port", type=int, default=6379)
-    up.add_argument("--dashboard-port", type=int, default=8265)
-    up.add_argument("--num-cpus", type=int, default=None)
-    up.set_defaults(func=_up)
+    up_cmd = sub.add_parser("up", help="start a local Ray head (dashboard, token auth) with the platform services and Serve")
+    up_cmd.add_argument("--port", type=int, default=6379)
+    up_cmd.add_argument("--dashboard-port", type=int, default=8265)
+    up_cmd.add_argument("--num-cpus", type=int, default=None)
+    up_cmd.set_defaults(func=_up)
     sub.add_parser("down", help="stop the cluster `aiinfra up` started (and nothing else)").set_defaults(func=_down)
     status = sub.add_parser("status", help="services, Serve apps with replicas and models, URLs")
     status.add_argument("--json", action="store_true")

@@ -7,10 +7,13 @@ import sys
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
+from aiinfra.cluster_access import running_cluster, use_cluster_auth
+from aiinfra.pipelines.progress import StageLog
+
 
 def print_json(value: Any) -> None:
-    from pydantic import BaseModel
-
     def default(o: Any) -> Any:
         if isinstance(o, BaseModel):
             return o.model_dump(mode="json")
@@ -27,8 +30,6 @@ def when(ts: float) -> str:
 
 
 def cluster_running(config: Any) -> bool:
-    from aiinfra.cluster_access import running_cluster, use_cluster_auth
-
     use_cluster_auth(config)  # before anything imports Ray
     return running_cluster(config) is not None
 
@@ -39,6 +40,7 @@ def open_platform(config: Any) -> Any:
     With no cluster there is no registry actor to go around, and starting Ray (5 to 10 s)
     for a listing would be a poor trade; the metadata DB's transactions keep direct access safe.
     """
+    # Inside: the platform loads the stores (pyarrow, pandas); `aiinfra --help` must not pay for them.
     from aiinfra.platform import connect, open_local
 
     if cluster_running(config):
@@ -47,6 +49,4 @@ def open_platform(config: Any) -> Any:
 
 
 def stage_log() -> Any:
-    from aiinfra.pipelines.progress import StageLog
-
     return StageLog(total=0, out=sys.stderr)  # the pipeline sets how many stages it runs

@@ -8,6 +8,7 @@ from aiinfra.config import load_config
 
 
 def _demo(args: argparse.Namespace) -> None:
+    # Inside: the demo loads torch, pandas and matplotlib; `aiinfra --help` must not pay for them.
     from aiinfra.demo.run import run_demo
 
     run_demo(load_config(), rows=args.rows, epochs=args.epochs, seed=args.seed, keep_serving=args.keep_serving,

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiinfra.cli import common  # cluster_running looked up at call time: the tests replace it
 from aiinfra.cli.common import print_json, when
+from aiinfra.cluster_access import running_cluster
 from aiinfra.config import load_config
 
 
@@ -14,9 +15,10 @@ def _monitor_status(args: argparse.Namespace) -> None:
     config = load_config()
     status: dict[str, Any] | None = None
     if common.cluster_running(config):
+        # Ray inside, after cluster_running() set RAY_AUTH_MODE: Ray reads it once, when imported.
         import ray
 
-        from aiinfra.cluster_access import running_cluster
+        # Inside: the monitor's modules load pandas and pyarrow; `aiinfra --help` must not pay for them.
         from aiinfra.monitoring.client import MonitorClient
 
         ray.init(address=running_cluster(config), namespace=config.namespace, log_to_driver=False)
@@ -26,6 +28,7 @@ def _monitor_status(args: argparse.Namespace) -> None:
         finally:
             ray.shutdown()
     if status is None:
+        # Inside: pandas and pyarrow; `aiinfra --help` must not pay for them.
         from aiinfra.monitoring.core import read_reports
         from aiinfra.storage import open_metadata_db
 

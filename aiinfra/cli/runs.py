@@ -11,6 +11,7 @@ from aiinfra.provenance import describe_change
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    # Inside: torch and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.pipelines.train import reproduce
     from aiinfra.platform import connect
 

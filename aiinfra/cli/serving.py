@@ -7,16 +7,17 @@ import sys
 
 from aiinfra.cli import common  # cluster_running looked up at call time: the tests replace it
 from aiinfra.cli.common import print_json
+from aiinfra.cluster import cluster_status
 from aiinfra.config import load_config
-from aiinfra.errors import InvalidInput
+from aiinfra.errors import InvalidInput, ServiceUnavailable
 
 
 def _serve_deploy(args: argparse.Namespace) -> None:
-    from aiinfra.errors import ServiceUnavailable
-
     config = load_config()
     if not common.cluster_running(config):
         raise ServiceUnavailable("no Ray cluster is running here: start one with `aiinfra up` (or set RAY_ADDRESS)")
+    # Ray (and the Serve app, which imports it) inside, after cluster_running() set RAY_AUTH_MODE: Ray
+    # reads it once, when imported. The platform too: it loads pyarrow and pandas, which `aiinfra --help` must not.
     from ray import serve
 
     from aiinfra.platform import connect
@@ -39,8 +40,6 @@ def _serve_deploy(args: argparse.Namespace) -> None:
 
 
 def _serve_status(args: argparse.Namespace) -> None:
-    from aiinfra.cluster import cluster_status
-
     st = cluster_status(load_config())
     apps = st.get("serve", {})
     if args.json:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from aiinfra import jobs
 from aiinfra.cli.common import print_json, stage_log
 from aiinfra.config import load_config
 from aiinfra.errors import InvalidInput
 
 
 def _train(args: argparse.Namespace) -> int | None:
-    from pathlib import Path
-
+    # Inside: the training config loads torch; `aiinfra --help` must not pay for it.
     from aiinfra.training.config import load_train_config
 
     config = load_config()
     cfg = load_train_config(args.config)  # every invalid field, before Ray starts or a job is sent
     if args.submit:
-        from aiinfra import jobs
-
         path = Path(args.config).resolve()
         try:
             rel = path.relative_to(Path.cwd().resolve())
@@ -34,6 +33,7 @@ def _train(args: argparse.Namespace) -> int | None:
         if args.json:
             print_json({"job_id": job_id, "status": status})
         return 0 if status == "SUCCEEDED" else 1
+    # Inside: torch and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.pipelines.train import run_training
     from aiinfra.platform import connect
 
@@ -48,6 +48,7 @@ def _train(args: argparse.Namespace) -> int | None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    # Inside: torch and pandas; `aiinfra --help` must not pay for them.
     from aiinfra.pipelines.batch_predict import batch_predict
     from aiinfra.platform import connect
     from aiinfra.registry.client import default_principal
