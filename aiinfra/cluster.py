@@ -27,6 +27,7 @@ from aiinfra.cluster_access import (
 )
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import ServiceUnavailable
+from aiinfra.redaction import redact_uri
 
 __all__ = ["cluster_status", "down", "up"]
 
@@ -162,8 +163,10 @@ def cluster_status(config: PlatformConfig) -> dict[str, Any]:
     address = running_cluster(config)
     state = cluster_state_file(config)
     info = json.loads(state.read_text()) if state.exists() else {}
+    # Which shared state this cluster uses, without credentials: on several nodes, the first thing to check.
+    stores = {"metadata_url": redact_uri(config.metadata_url), "storage_root": redact_uri(config.storage_root)}
     if address is None:
-        return {"running": False, "address": None, "services": {}, "serve": {}}
+        return {"running": False, "address": None, "services": {}, "serve": {}, **stores}
     # Ray here, after use_cluster_auth: Ray reads RAY_AUTH_MODE once, when it is imported.
     import ray
     from ray import serve
@@ -198,13 +201,15 @@ def cluster_status(config: PlatformConfig) -> dict[str, Any]:
     finally:
         if owns_ray:
             ray.shutdown()
-    return {
+    dashboard = info.get("dashboard_url")
+    return {  # shown by `aiinfra status`: addresses without any credentials (RAY_ADDRESS may carry some)
         "running": True,
-        "address": address,
+        "address": redact_uri(address),
         "started_by_up": bool(info),
-        "dashboard_url": info.get("dashboard_url"),
+        "dashboard_url": dashboard and redact_uri(dashboard),
         "serve_url": f"http://{config.serve.host}:{config.serve.port}",
         "token_file": str(config.token_file),
+        **stores,
         "services": services,
         "serve": apps,
     }

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 from aiinfra.cli import autopilot, cluster, data, demo, models, monitoring, runs, serving, training
 from aiinfra.cli.common import open_platform
+from aiinfra.config import ENV
 from aiinfra.errors import AiInfraError
+from aiinfra.redaction import redact_text
 
 __all__ = ["build_parser", "main", "open_platform"]
 
@@ -34,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except AiInfraError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        # A message may quote a driver's or pyarrow's text: no URI credentials, nor the configured ones, in it.
+        print(f"error: {redact_text(e.message, [ENV.METADATA_URL.get(), ENV.STORAGE_ROOT.get()])}", file=sys.stderr)
         return 2 if 400 <= e.status_code < 500 else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiinfra.cli.common import print_json, when
 from aiinfra.config import load_config
+from aiinfra.redaction import redact_uri
 
 
 def _catalog(config: Any) -> Any:
@@ -34,7 +35,7 @@ def _data_ingest(args: argparse.Namespace) -> None:
             last[0] = now
             print(f"  {stats.rows_in:,} rows read, {stats.kept:,} kept, {stats.quarantined:,} quarantined", file=sys.stderr, flush=True)
 
-    print(f"ingesting {args.uri} as {args.name} ...", file=sys.stderr, flush=True)
+    print(f"ingesting {redact_uri(args.uri)} as {args.name} ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     with connect(config):
         result = ingest(config, args.name, args.uri, spec=spec, who=default_principal(), progress=progress)

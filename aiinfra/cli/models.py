@@ -8,6 +8,7 @@ from typing import Any
 
 from aiinfra.cli.common import open_platform, print_json, when
 from aiinfra.config import load_config
+from aiinfra.redaction import redact_text, redact_uri
 
 
 def _models_ls(args: argparse.Namespace) -> None:
@@ -45,7 +46,7 @@ def _models_show(args: argparse.Namespace) -> None:
 def _print_version(v: Any) -> None:
     print(f"{v.ref}  ({v.status}; aliases: {', '.join(v.aliases) or 'none'})")
     print(f"  created     {when(v.created_at)} by {v.created_by}")
-    print(f"  artifacts   {v.artifact_uri}")
+    print(f"  artifacts   {redact_uri(v.artifact_uri)}")
     for rel, d in sorted(v.files.items()):
         print(f"    {rel:<28} {d.size:>10} B  sha256 {d.sha256[:16]}...")
     if v.metrics:
@@ -53,7 +54,7 @@ def _print_version(v: Any) -> None:
     if v.params:
         print("  params      " + json.dumps(v.params, sort_keys=True))
     lineage = {k: val for k, val in v.lineage.model_dump().items() if val is not None}
-    print("  lineage     " + (", ".join(f"{k}={val}" for k, val in lineage.items()) or "none recorded"))
+    print("  lineage     " + (redact_text(", ".join(f"{k}={val}" for k, val in lineage.items())) or "none recorded"))
     if v.signature:
         ins = ", ".join(f"{f.name}:{f.dtype}" for f in v.signature.inputs)
         outs = ", ".join(f"{f.name}:{f.dtype}" for f in v.signature.outputs)

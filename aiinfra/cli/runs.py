@@ -8,6 +8,7 @@ from typing import Any
 from aiinfra.cli.common import open_platform, print_json, stage_log, when
 from aiinfra.config import load_config
 from aiinfra.provenance import describe_change
+from aiinfra.redaction import redact_text, redact_uri
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -78,9 +79,9 @@ def _runs_show(args: argparse.Namespace) -> None:
     if r.metrics:
         print("  metrics     " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.metrics.items())))
     for name, uri in r.artifacts.items():
-        print(f"  artifact    {name}: {uri}")
+        print(f"  artifact    {name}: {redact_uri(uri)}")
     if r.error:
-        print(f"  error       {r.error}")
+        print(f"  error       {redact_text(r.error)}")
     if r.epochs:
         keys = [k for k in ("train_loss", "val_loss", "epoch_time_s") if any(k in e.metrics for e in r.epochs)]
         print("  epochs      " + "  ".join(f"{k:>12}" for k in ["step", *keys]))

@@ -16,10 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from aiinfra.data.profile import DatasetProfile, profile_diff
 from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
+from aiinfra.redaction import redact_uri
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import ArtifactStore, FileDigest, sha256_bytes
 
@@ -52,6 +53,12 @@ class DatasetVersion(BaseModel):
     lineage: dict[str, Any] = Field(default_factory=dict)
 
     model_config = {"populate_by_name": True}
+
+    @field_validator("source_uri")
+    @classmethod
+    def _without_credentials(cls, uri: str) -> str:
+        # A manifest is read by anyone who can list the lake: a password or a signed query never lands in one.
+        return redact_uri(uri)
 
     @property
     def ref(self) -> str:

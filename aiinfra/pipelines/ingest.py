@@ -31,6 +31,7 @@ from aiinfra.data.spec import ValidationSpec
 from aiinfra.data.validation import REASON_COLUMN, SOURCE_COLUMN, validate_batch
 from aiinfra.data.versioning import ContentDigest, content_digest, row_hashes, schema_fingerprint, version_id
 from aiinfra.errors import AiInfraError, InvalidInput
+from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import ArtifactStore, open_artifact_store
 
@@ -171,7 +172,7 @@ def _explain(e: BaseException, uri: str) -> AiInfraError:
     lines = [ln.strip() for ln in str(e).splitlines()]
     errors = [ln for ln in lines if _ERROR_LINE.match(ln) and not ln.startswith(("ray.", "UserCodeException"))]
     detail = errors[-1] if errors else next((ln for ln in lines if ln), type(e).__name__)
-    return InvalidInput(f"cannot ingest {uri}: {detail}")
+    return InvalidInput(f"cannot ingest {redact_uri(uri)}: {redact_text(detail, [uri])}")
 
 
 def _run_pass(source: Source, spec: ValidationSpec | None, config: PlatformConfig, staging: str,
@@ -230,7 +231,7 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
                 store.delete_dir(staging)
                 staging = f"staging/ingest-{uuid.uuid4().hex}"
                 stats = _run_pass(source, spec, config, staging, dups, progress)
-        _check(stats, spec, uri)
+        _check(stats, spec, redact_uri(uri))
         assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
         vid = version_id(stats.schema, stats.digest)
         if catalog.exists(name, vid):
@@ -240,7 +241,7 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
         if stats.profile.sample is not None:
             _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
         manifest = DatasetVersion(
-            name=name, version=vid, created_at=0.0, created_by=who, source_uri=source.uri.split("?", 1)[0],
+            name=name, version=vid, created_at=0.0, created_by=who, source_uri=redact_uri(source.uri.split("?", 1)[0]),
             source_format=source.format, parent_version=parent[-1].version if parent else None,
             spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
             schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],

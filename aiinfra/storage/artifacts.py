@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from aiinfra.errors import ArtifactCorrupted, InvalidInput, NotFound
+from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.storage.hashing import CHUNK_SIZE, HashingReader, iter_chunks
 
 __all__ = ["ArtifactStore", "FileDigest", "open_artifact_store"]
@@ -219,10 +220,12 @@ def open_artifact_store(uri: str) -> ArtifactStore:
         return LocalArtifactStore(uri[len("file://") :])
     scheme = uri.split("://", 1)[0]
     if scheme not in ("s3", "gs", "gcs"):
-        raise InvalidInput(f"unsupported storage URI {uri!r}: use a local path, s3://, gs:// or file://")
+        raise InvalidInput(f"unsupported storage URI {redact_uri(uri)!r}: use a local path, s3://, gs:// or file://")
     try:
         fs, root = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as e:
-        raise InvalidInput(f"cannot open storage root {uri!r}: {e}") from None
-    public_uri = uri.split("?", 1)[0]
+        raise InvalidInput(f"cannot open storage root {redact_uri(uri)!r}: {redact_text(str(e), [uri])}") from None
+    # The store's URI is what registry rows, run records and messages show: no query (pyarrow's
+    # options, credentials among them) and no password.
+    public_uri = redact_uri(uri.split("?", 1)[0])
     return ArtifactStore(fs, root, public_uri)
