@@ -20,7 +20,7 @@ PIP_VERSION := 26.3
 PIP_TOOLS_VERSION := 7.6.2
 LOCK_TOOLS := $(VENV)/lock-tools
 
-.PHONY: demo test unit integration e2e lint bench clean install lock postgres
+.PHONY: demo test unit integration e2e lint bench clean install lock store-postgres postgres
 
 install: $(STAMP)
 
@@ -60,15 +60,21 @@ postgres:
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
 # Everything: unit (no Ray), integration (one shared Ray), end to end (the CLI and HTTP as a user sees them).
+# The store suite (-m store) runs a second time on a Postgres server the tests start themselves.
 test: $(STAMP) postgres
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/unit -q
+	AIINFRA_TEST_METADATA=postgresql $(BIN)/python -m pytest tests/unit -q -m store
 	$(BIN)/python -m pytest tests/integration -q
 	$(BIN)/python -m pytest tests/e2e -q
 
 # The fast loop: seconds, no Ray.
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
+
+# The store suite on Postgres only (registry, runs, online features, monitors, autopilot, tokens).
+store-postgres: $(STAMP) postgres
+	AIINFRA_TEST_METADATA=postgresql $(BIN)/python -m pytest tests/unit -q -m store
 
 integration: $(STAMP) postgres
 	$(BIN)/python -m pytest tests/integration -q

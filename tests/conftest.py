@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from pg_server import PostgresNotFound, PostgresServer
@@ -9,10 +11,56 @@ from pg_server import PostgresNotFound, PostgresServer
 from aiinfra.config import PlatformConfig, load_config
 
 
+def metadata_backend() -> str:
+    """Which metadata DB the store suite runs on: ``sqlite`` (default) or ``postgresql`` (AIINFRA_TEST_METADATA),
+    where a project-started Postgres (tests/pg_server.py) holds a fresh database per test."""
+    backend = os.environ.get("AIINFRA_TEST_METADATA", "sqlite")
+    if backend not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"AIINFRA_TEST_METADATA must be sqlite or postgresql, got {backend!r}")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def _postgres_admin(postgres):
+    """One connection for making and dropping the store suite's per-test schemas (milliseconds, not a database each)."""
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        yield conn
+
+
 @pytest.fixture
-def config(tmp_path) -> PlatformConfig:
-    """A platform config whose storage and metadata DB live in this test's own directory."""
-    return load_config(environ={}, home=str(tmp_path / "home"))
+def postgres_schema_url(postgres, _postgres_admin) -> Iterator[str]:
+    """The URL of an empty schema of this test's own in the session's Postgres (its search_path), dropped after."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    _postgres_admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{postgres.url}?options=-csearch_path%3D{schema}"
+    _postgres_admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def metadata_url(request, tmp_path) -> str:
+    """A metadata DB of this test's own, on the backend the run is for (``metadata_backend``)."""
+    if metadata_backend() == "postgresql":
+        return request.getfixturevalue("postgres_schema_url")
+    return f"sqlite:///{tmp_path}/m.db"
+
+
+@pytest.fixture
+def config(request, tmp_path) -> PlatformConfig:
+    """A platform config whose storage (and, on SQLite, metadata DB) live in this test's own directory."""
+    environ = ({"AIINFRA_METADATA_URL": request.getfixturevalue("postgres_schema_url")}
+               if metadata_backend() == "postgresql" else {})
+    return load_config(environ=environ, home=str(tmp_path / "home"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """On Postgres, tests of SQLite's own behaviour (its file, its pragmas) are not part of the run."""
+    if metadata_backend() == "postgresql":
+        kept = [i for i in items if i.get_closest_marker("sqlite_only") is None]
+        if len(kept) != len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+            items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,14 @@ from aiinfra.serving.auth import TokenStore, ensure_admin_token, read_token_file
 from aiinfra.serving.oip import decode_infer_request, encode_infer_response
 from aiinfra.storage import open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 
 @pytest.fixture
-def tokens(tmp_path):
+def tokens(metadata_url):
     clock = {"now": 1000.0}
-    return TokenStore(open_metadata_db(f"sqlite:///{tmp_path}/m.db"), clock=lambda: clock["now"]), clock
+    return TokenStore(open_metadata_db(metadata_url), clock=lambda: clock["now"]), clock
 
 
 def test_tokens_are_hashed_at_rest_and_roles_enforced(tokens, tmp_path):

@@ -14,6 +14,9 @@ from aiinfra.errors import Conflict, InvalidInput
 from aiinfra.monitoring import DriftReport, DriftResult
 from aiinfra.storage import open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -48,8 +51,8 @@ def clock():
 
 
 @pytest.fixture
-def db(tmp_path):
-    db = open_metadata_db(f"sqlite:///{tmp_path}/m.db")
+def db(metadata_url):
+    db = open_metadata_db(metadata_url)
     yield db
     db.close()
 

@@ -16,6 +16,9 @@ from aiinfra.monitoring.core import MIGRATIONS as MONITORING_MIGRATIONS
 from aiinfra.monitoring.core import DriftReport, DriftResult
 from aiinfra.platform import open_local
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 MODEL = "churn"
 POLICY = {
     "model": MODEL,

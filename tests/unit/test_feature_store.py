@@ -11,6 +11,9 @@ from aiinfra.features.online import OnlineStore
 from aiinfra.features.views import FeatureView, load_feature_views, parse_duration
 from aiinfra.storage import open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 VIEW = FeatureView.model_validate({
     "name": "usage", "entity": "customer_id", "timestamp": "event_ts", "features": ["calls", "spend"],
     "ttl": "2d", "source": "usage_events",
@@ -71,11 +74,11 @@ def test_point_in_time_without_ttl_and_bad_frames():
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(metadata_url):
     clock = {"now": ts("2026-01-03 00:00", ).tz_localize("UTC").timestamp()}
-    s = OnlineStore(open_metadata_db(f"sqlite:///{tmp_path}/m.db"), clock=lambda: clock["now"])
+    s = OnlineStore(open_metadata_db(metadata_url), clock=lambda: clock["now"])
     s.register_view(VIEW)
-    return s, clock, tmp_path
+    return s, clock, metadata_url
 
 
 def test_online_latest_value_wins_whatever_the_push_order(store):
@@ -99,10 +102,10 @@ def test_online_unknown_and_expired_are_nulls_flagged(store):
 
 
 def test_online_store_reloads_everything_acknowledged(store):
-    s, clock, tmp_path = store
+    s, clock, metadata_url = store
     s.push("usage", [{"customer_id": i, "event_ts": "2026-01-02", "calls": i, "spend": 1.0} for i in range(100)],
            materialized_until=123.0)
-    again = OnlineStore(open_metadata_db(f"sqlite:///{tmp_path}/m.db"), clock=lambda: clock["now"])
+    again = OnlineStore(open_metadata_db(metadata_url), clock=lambda: clock["now"])
     assert again.entity_count("usage") == 100 and again.materialized_until("usage") == 123.0
     assert again.get_online_features("usage", [42])[0]["features"]["calls"] == 42
 

@@ -22,6 +22,9 @@ from aiinfra.monitoring import (
 from aiinfra.monitoring.core import COMPONENT, MAX_BUFFER_ROWS, MIGRATIONS
 from aiinfra.storage import open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 NUMERIC = [f"x{i}" for i in range(5)]
 CATEGORICAL = ["c1", "c2"]
 C1 = ["a", "b", "c"]
@@ -179,8 +182,8 @@ def clock():
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path}/m.db"
+def db_url(metadata_url):
+    return metadata_url
 
 
 def records(frame: pd.DataFrame) -> list[dict]:

@@ -6,6 +6,9 @@ import pytest
 
 from aiinfra.monitoring.performance import PerformanceTracker
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 
 def test_labels_join_by_request_id_and_rolling_metrics_compare_with_the_baseline():
     t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8, "roc_auc": 0.9})
@@ -84,12 +87,12 @@ def test_a_retried_label_after_a_late_join_is_accepted_not_counted_twice():
     assert t.snapshot()["labelled"] == 1
 
 
-def test_arms_are_stored_and_a_new_tracker_resumes_counting_from_them(tmp_path):
+def test_arms_are_stored_and_a_new_tracker_resumes_counting_from_them(metadata_url):
     """What a restarted monitor does mid-canary: load the stored arms and keep counting on top."""
     from aiinfra.monitoring.core import load_arms, save_arms
     from aiinfra.storage import open_metadata_db
 
-    db = open_metadata_db(f"sqlite:///{tmp_path}/m.db")
+    db = open_metadata_db(metadata_url)
     try:
         assert load_arms(db, "churn") is None
         t = PerformanceTracker("binary", [0, 1], {})

@@ -12,6 +12,9 @@ from aiinfra.registry.core import ModelRegistry
 from aiinfra.registry.files import stage_model_dir
 from aiinfra.storage import open_artifact_store, open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 SIGNATURE = {
     "inputs": [{"name": "age", "dtype": "float32"}, {"name": "plan", "dtype": "string", "categories": ["a", "b"]}],
     "outputs": [{"name": "probability", "dtype": "float32"}],
@@ -186,6 +189,41 @@ def test_concurrent_alias_moves_last_wins_and_both_audited(config, model_dir):
         assert cur.before == {"alias": "champion", "version": prev.after["version"]}
     for c in [setup, *clients]:
         c.close()
+
+
+def test_concurrent_registrations_get_gap_free_unique_versions(config, model_dir):
+    """Writers on separate connections (as on separate nodes) registering one model at once: versions 1..n,
+    none twice, none skipped (on Postgres the write transactions queue on an advisory lock)."""
+    clients = [open_local(config) for _ in range(4)]
+    barrier = threading.Barrier(len(clients))
+    per_writer = 8
+    got: list[int] = []
+
+    def writer(client):
+        barrier.wait()
+        for _ in range(per_writer):
+            got.append(client.registry.register("churn", model_dir).version)
+
+    threads = [threading.Thread(target=writer, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = len(clients) * per_writer
+    assert sorted(got) == list(range(1, n + 1))
+    assert [v.version for v in clients[0].registry.list_versions("churn")] == list(range(1, n + 1))
+    for c in clients:
+        c.close()
+
+
+def test_timestamps_keep_sub_second_precision(registry, model_dir):
+    """Stored as double precision: a 4-byte REAL would round today's epoch seconds to minutes."""
+    import time
+
+    before = time.time()
+    v = registry.register("churn", model_dir)
+    assert abs(v.created_at - before) < 5 and v.created_at != round(v.created_at, -2)
+    assert registry.get("churn@1").created_at == v.created_at
 
 
 def test_registry_reloads_from_db(config, model_dir):

@@ -11,6 +11,9 @@ from aiinfra.errors import InvalidInput
 from aiinfra.pipelines.retrain import production_frame
 from aiinfra.storage import open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 BASE = pd.DataFrame({
     "customer_id": pd.Series([100, 250], dtype="int64"),
     "event_ts": pd.to_datetime(["2026-01-01", "2026-02-01"]),
@@ -41,8 +44,8 @@ POLICY = {"model": "churn", "retrain": {"training_config": "/configs/churn.yaml"
           "canary": {"share": 0.25, "min_requests": 10, "min_labelled": 10}}
 
 
-def test_policies_are_stored_replaced_and_removed(tmp_path):
-    db = open_metadata_db(f"sqlite:///{tmp_path / 'meta.db'}")
+def test_policies_are_stored_replaced_and_removed(metadata_url):
+    db = open_metadata_db(metadata_url)
     save_policy(db, load_policy(POLICY))
     save_policy(db, load_policy({**POLICY, "cooldown_s": 5}))
     [stored] = load_policies(db)
@@ -50,8 +53,8 @@ def test_policies_are_stored_replaced_and_removed(tmp_path):
     assert remove_policy(db, "churn") and load_policies(db) == [] and not remove_policy(db, "churn")
 
 
-def test_the_state_names_the_policys_share_only_while_a_canary_runs(tmp_path):
-    db = open_metadata_db(f"sqlite:///{tmp_path / 'meta.db'}")
+def test_the_state_names_the_policys_share_only_while_a_canary_runs(metadata_url):
+    db = open_metadata_db(metadata_url)
     pilot = Autopilot(db, POLICY)
     assert pilot.state()["canary_share"] is None
     pilot.on_drift_report({"model": "churn", "window_id": 1, "status": "drift", "drifted_features": ["a"]})

@@ -117,8 +117,8 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def tokens(tmp_path):
-    return TokenStore(open_metadata_db(f"sqlite:///{tmp_path}/m.db"))
+def tokens(metadata_url):
+    return TokenStore(open_metadata_db(metadata_url))
 
 
 def make_router(config, tokens, registry=None, *, models=None, local=None, monitor=None, features=None,

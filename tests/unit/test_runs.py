@@ -11,6 +11,9 @@ from aiinfra.registry.files import stage_model_dir
 from aiinfra.registry.runs import COMPONENT, RunStore
 from aiinfra.storage import open_artifact_store, open_metadata_db
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 
 class FakeClock:
     def __init__(self, now: float = 1000.0) -> None:
@@ -30,8 +33,8 @@ def clock():
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path}/m.db"
+def db_url(metadata_url):
+    return metadata_url
 
 
 @pytest.fixture

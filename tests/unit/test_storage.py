@@ -8,6 +8,9 @@ from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
 from aiinfra.storage import FileDigest, Migration, open_artifact_store, open_metadata_db, sha256_bytes
 from aiinfra.storage.artifacts import LocalArtifactStore
 
+# The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
+pytestmark = pytest.mark.store
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -96,10 +99,11 @@ def test_s3_store_round_trip_and_integrity(s3_root, tmp_path):
 
 
 # -- metadata DB ------------------------------------------------------------------------
-V1 = Migration(1, ("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",))
+V1 = Migration(1, ("CREATE TABLE things (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL)",))
 V2 = Migration(2, ("ALTER TABLE things ADD COLUMN colour TEXT NOT NULL DEFAULT 'blue'",))
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_is_durable_mode(tmp_path):
     db = open_metadata_db(f"sqlite:///{tmp_path}/m.db")
     assert db.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
@@ -107,8 +111,8 @@ def test_sqlite_is_durable_mode(tmp_path):
     assert db.integrity_check() == "ok"
 
 
-def test_schema_upgrades_itself_and_keeps_data(tmp_path):
-    url = f"sqlite:///{tmp_path}/m.db"
+def test_schema_upgrades_itself_and_keeps_data(metadata_url):
+    url = metadata_url
     db = open_metadata_db(url)
     assert db.ensure_schema("things", [V1]) == 1
     with db.transaction() as tx:
@@ -124,8 +128,8 @@ def test_schema_upgrades_itself_and_keeps_data(tmp_path):
         db.ensure_schema("things", [V1])
 
 
-def test_transaction_rolls_back_on_error(tmp_path):
-    db = open_metadata_db(f"sqlite:///{tmp_path}/m.db")
+def test_transaction_rolls_back_on_error(metadata_url):
+    db = open_metadata_db(metadata_url)
     db.ensure_schema("things", [V1])
     with pytest.raises(RuntimeError):
         with db.transaction() as tx:
@@ -135,5 +139,5 @@ def test_transaction_rolls_back_on_error(tmp_path):
 
 
 def test_unsupported_db_url():
-    with pytest.raises(InvalidInput, match="sqlite://"):
+    with pytest.raises(InvalidInput, match="sqlite:// and postgresql://"):
         open_metadata_db("mysql://x/y")
