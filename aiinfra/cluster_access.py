@@ -11,9 +11,12 @@ import socket
 import sys
 from pathlib import Path
 
-from aiinfra.config import PlatformConfig
+from aiinfra.config import PlatformConfig, local_state_problem
+from aiinfra.errors import InvalidInput
 
-__all__ = ["clear_stale_cluster_pointer", "cluster_state_file", "running_cluster", "use_cluster_auth"]
+__all__ = [
+    "clear_stale_cluster_pointer", "cluster_state_file", "require_shared_state", "running_cluster", "use_cluster_auth",
+]
 
 
 def cluster_state_file(config: PlatformConfig) -> Path:
@@ -83,3 +86,22 @@ def running_cluster(config: PlatformConfig) -> str | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def require_shared_state(config: PlatformConfig) -> None:
+    """Refuse to run the platform on a cluster of several nodes whose state is on one node's disk.
+
+    Called where state is opened on a cluster: ``connect()``, every platform actor's start (restarts
+    included: a restart may land on another node), and the Serve application's build.
+
+    Raises:
+        InvalidInput: the message says what to configure (``metadata.type: postgresql``, ``storage_root: s3://``).
+    """
+    import ray  # here: this module is imported before connect() sets Ray's auth mode
+
+    if not ray.is_initialized():
+        return
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problem = local_state_problem(config, nodes)
+    if problem is not None:
+        raise InvalidInput(problem)

@@ -25,7 +25,7 @@ from aiinfra.errors import InvalidInput
 
 __all__ = [
     "ENV", "EnvVar", "MetadataSettings", "MonitoringSettings", "PlatformConfig", "PostgresMetadata", "SQLiteMetadata",
-    "ServeSettings", "load_config", "read_yaml", "validate_as",
+    "ServeSettings", "load_config", "local_state_problem", "read_yaml", "validate_as",
 ]
 
 
@@ -53,6 +53,8 @@ class _Env:
     RAY_ADDRESS = EnvVar("RAY_ADDRESS", "join this Ray cluster instead of starting a local one")
     API_TOKEN = EnvVar("AIINFRA_API_TOKEN", "bearer token a client sends to the HTTP API")
     SERVE_PORT = EnvVar("AIINFRA_SERVE_PORT", "HTTP port of Ray Serve")
+    SHARED_LOCAL_STATE = EnvVar("AIINFRA_SHARED_LOCAL_STATE",
+                                "1: every node mounts the same AIINFRA_HOME (one machine, NFS), so local state is shared")
 
 
 ENV = _Env()
@@ -181,6 +183,10 @@ class PlatformConfig(BaseModel):
     metadata: MetadataSettings | None = None
     metadata_url: str | None = Field(default=None, repr=False)
     ray_address: str | None = None
+    # A cluster of more than one node refuses local state (a SQLite file, a local storage root): each node
+    # would see its own, empty copy. True says every node mounts the same file system there (one machine
+    # running several Ray nodes, or an NFS home), so local state is shared after all.
+    shared_local_state: bool = False
     namespace: str = "aiinfra"
     serve: ServeSettings = ServeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
@@ -215,6 +221,28 @@ class PlatformConfig(BaseModel):
         return self.home / "api_token"
 
 
+def local_state_problem(config: PlatformConfig, nodes: int) -> str | None:
+    """Why ``config`` cannot serve a cluster of ``nodes`` nodes (None when it can): node-local state.
+
+    A SQLite file or a local storage root is on one node's disk; on a cluster of several machines every
+    other node would open a new, empty copy without saying so.
+    """
+    if nodes <= 1 or config.shared_local_state:
+        return None
+    local = []
+    if config.metadata_url.startswith("sqlite:"):
+        local.append(f"its metadata DB is a SQLite file ({config.metadata_url}): configure "
+                     "`metadata: {type: postgresql, url: ...}` or AIINFRA_METADATA_URL=postgresql://...")
+    if "://" not in config.storage_root or config.storage_root.startswith("file://"):
+        local.append(f"its storage root is a local path ({config.storage_root}): configure `storage_root: s3://BUCKET/PREFIX`"
+                     " (or gs://), or AIINFRA_STORAGE_ROOT")
+    if not local:
+        return None
+    return (f"this Ray cluster has {nodes} nodes, but the platform's state is on one node's disk: "
+            + "; and ".join(local) + ". If every node mounts the same file system there, set "
+            "shared_local_state: true (AIINFRA_SHARED_LOCAL_STATE=1)")
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -236,6 +264,7 @@ def load_config(
         "storage_root": ENV.STORAGE_ROOT,
         "metadata_url": ENV.METADATA_URL,
         "ray_address": ENV.RAY_ADDRESS,
+        "shared_local_state": ENV.SHARED_LOCAL_STATE,
     }
     for field, var in env_fields.items():
         raw = (os.environ if environ is None else environ).get(var.name)

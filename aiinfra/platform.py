@@ -12,7 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiinfra.cluster_access import clear_stale_cluster_pointer, running_cluster, use_cluster_auth
+from aiinfra.cluster_access import (
+    clear_stale_cluster_pointer,
+    require_shared_state,
+    running_cluster,
+    use_cluster_auth,
+)
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.client import FeatureStoreClient
@@ -85,6 +90,7 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
         )
         initialized_here = True
         started = address == "local"
+    require_shared_state(config)  # several nodes on one node's state: refuse, saying what to configure
     store = open_artifact_store(config.storage_root)
 
     if start_services and config.metadata_url.startswith("sqlite:"):

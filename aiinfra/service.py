@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiinfra.cluster_access import require_shared_state
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import AiInfraError, ServiceUnavailable
 
@@ -85,12 +86,21 @@ class _Hosted:
 def _actor_class(core: type) -> Any:
     import ray
 
+    def __init__(self: Any, config: PlatformConfig, *args: Any, **kwargs: Any) -> None:
+        require_shared_state(config)  # on every (re)start: a restart may land on a node the cluster has grown by
+        core.__init__(self, config, *args, **kwargs)
+
     # A subclass named as the core, so the actor's class in the dashboard is the core's own name.
-    return ray.remote(type(core.__name__, (core, _Hosted), {}))
+    return ray.remote(type(core.__name__, (core, _Hosted), {"__init__": __init__}))
 
 
 def start_actor(spec: ActorSpec, config: PlatformConfig, *args: Any) -> Any:
-    """The service's actor, started first if it is not running (detached, restartable, on no CPU of its own)."""
+    """The service's actor, started first if it is not running (detached, restartable, on no CPU of its own).
+
+    Raises:
+        InvalidInput: the cluster has several nodes and the config's state is on one node's disk.
+    """
+    require_shared_state(config)
     return _actor_class(spec.core).options(
         name=spec.name,
         namespace=config.namespace,

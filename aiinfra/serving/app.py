@@ -36,6 +36,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from ray import serve
 
+from aiinfra.cluster_access import require_shared_state
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.errors import InvalidInput
 from aiinfra.features.client import FeatureStoreClient
@@ -69,7 +70,9 @@ class ModelServer:
 
     def __init__(self, config: PlatformConfig, model_ref: str, champion: Any, challenger: Any, shadow: Any) -> None:
         self.config = config
-        registry = RegistryClient.on_cluster(config)
+        require_shared_state(config)  # a replica on one node must not serve from another node's local state
+        # create=True: a RayService's router may start before anything made the registry actor.
+        registry = RegistryClient.on_cluster(config, create=True)
         name = parse_ref(model_ref).name
         self._db = open_metadata_db(config.metadata_url)
         self.router = Router(
@@ -78,7 +81,7 @@ class ModelServer:
             # serve.champion_in_router: the champion answers here, in this process (no hop to a deployment).
             local=LoadedVersions(registry, name) if champion is None else None,
             # The monitor starts on the first rows sampled to it.
-            features=FeatureStoreClient.on_cluster(config), monitor=MonitorClient.for_model(config, name),
+            features=FeatureStoreClient.on_cluster(config, create=True), monitor=MonitorClient.for_model(config, name),
         )
         self._stop = threading.Event()
         if self.router.follows:
@@ -181,6 +184,7 @@ class ModelServer:
 
 def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     parse_ref(model_ref)  # a bad reference fails here, not inside a replica
+    require_shared_state(config)  # and a cluster of several nodes on one node's state, too
     sv = config.serve
     if sv.max_replicas < sv.min_replicas:
         raise InvalidInput(f"serve.max_replicas ({sv.max_replicas}) is below serve.min_replicas ({sv.min_replicas})")

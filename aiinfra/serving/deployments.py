@@ -45,7 +45,7 @@ class ModelVersions:
     def __init__(self, config: PlatformConfig, name: str) -> None:
         self.name = name
         device = "cuda" if config.serve.model_gpus > 0 else "cpu"
-        self._versions = LoadedVersions(RegistryClient.on_cluster(config), name, device=device)
+        self._versions = LoadedVersions(RegistryClient.on_cluster(config, create=True), name, device=device)
 
     async def warm(self, version: int) -> int:
         """Load ``version`` now, before any request needs it."""

@@ -11,7 +11,9 @@ import pytest
 import ray
 from ray_helpers import actor_pid
 
+from aiinfra.config import load_config
 from aiinfra.errors import ArtifactCorrupted, InvalidInput, NotFound, ServiceUnavailable
+from aiinfra.features.actor import get_feature_store_actor
 from aiinfra.platform import connect
 from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
 
@@ -65,13 +67,34 @@ def test_errors_cross_the_actor_boundary_as_themselves(platform, model_dir, plat
         platform.registry.download(f"{name}@1", model_dir.parent / "dl")
 
 
-def test_acknowledged_writes_survive_sigkill_at_random_points(platform, platform_config, tmp_path):
-    """200 writes; before about one in ten, a timer SIGKILLs the registry actor's process a random
-    few milliseconds later, so kills land inside staging, the commit's copy, or the SQLite commit.
+@pytest.fixture
+def postgres_platform(ray_session, postgres_url, tmp_path):
+    """The platform on a Postgres metadata DB, its actors in a namespace of their own (the session's stay)."""
+    config = load_config(environ={"AIINFRA_METADATA_URL": postgres_url}, home=str(tmp_path / "pg-home"),
+                         namespace=f"aiinfra-pg-{uuid.uuid4().hex[:6]}")
+    p = connect(config)
+    yield p, config
+    ray.kill(get_registry_actor(config, create=False), no_restart=True)
+    ray.kill(get_feature_store_actor(config, create=False), no_restart=True)
+    p.close()
 
-    Acknowledged must be a subset of stored; no version is duplicated; SQLite stays intact.
-    (Each kill costs about 2 s here: that is how long Ray takes to notice the death.)
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request):
+    """The session's platform (SQLite), or one on a project-started Postgres."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("platform"), request.getfixturevalue("platform_config")
+    return request.getfixturevalue("postgres_platform")
+
+
+def test_acknowledged_writes_survive_sigkill_at_random_points(backend, tmp_path):
+    """200 writes; before about one in ten, a timer SIGKILLs the registry actor's process a random
+    few milliseconds later, so kills land inside staging, the commit's copy, or the DB's commit.
+
+    Acknowledged must be a subset of stored; no version is duplicated; the DB stays intact. Run on
+    SQLite and on Postgres. (Each kill costs about 2 s here: that is how long Ray takes to notice the death.)
     """
+    platform, platform_config = backend
     name = unique("kill")
     handle = get_registry_actor(platform_config)
     rng = random.Random(1234)
@@ -114,8 +137,9 @@ def test_acknowledged_writes_survive_sigkill_at_random_points(platform, platform
     assert len(seen) == len(set(seen)), "a retried write created a duplicate version"
     assert len(acked) + unacked == 200 and len(stored) >= len(acked)
     assert platform.registry.get(f"{name}@champion").version == aliases_acked[-1]
-    with sqlite3.connect(platform_config.home / "metadata.db") as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if platform_config.metadata_url.startswith("sqlite:"):
+        with sqlite3.connect(platform_config.home / "metadata.db") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     for v in stored:
         platform.registry.download(v, tmp_path / "verify" / str(v.version))
     print(f"{kills} kills, {len(acked)} acknowledged, {unacked} unacknowledged, {len(stored)} stored")
