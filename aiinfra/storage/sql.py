@@ -34,21 +34,14 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from aiinfra.errors import Conflict, InvalidInput, ServiceUnavailable
+from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.storage.metadata import MetadataDB, Row, Transaction
 
-__all__ = ["SqlMetadataDB", "open_postgres", "open_sqlite", "safe_url"]
+__all__ = ["SqlMetadataDB", "open_postgres", "open_sqlite"]
 
 # Any fixed 64-bit number: the key of the advisory lock every write transaction on Postgres holds.
 _WRITE_LOCK_KEY = 0x61_69_69_6E_66_72_61  # "aiinfra"
 _AUTOINCREMENT = re.compile(r"INTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT", re.IGNORECASE)
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password hidden (``postgresql://user:***@host/db``), for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can parse: show nothing of it that could be a secret
-        return url.split("@")[-1] if "@" in url else url
 
 
 def _driver_sql(sql: str) -> str:
@@ -71,7 +64,7 @@ class SqlMetadataDB(MetadataDB):
     """The metadata DB at ``url`` (``sqlite:////abs/path.db`` or ``postgresql://user:pass@host:port/db``)."""
 
     def __init__(self, url: str, engine: Engine, *, dialect: str) -> None:
-        self.url = url
+        self.url = redact_uri(url)  # what messages and callers see; the engine alone holds the password
         self.dialect = dialect
         self._engine = engine
         self._translate = _driver_sql if dialect == "postgresql" else (lambda sql: sql)
@@ -124,8 +117,9 @@ class SqlMetadataDB(MetadataDB):
 
     def _unavailable(self, e: DBAPIError) -> str:
         reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+        reason = redact_text(reason, [self._engine.url.password] if self._engine.url.password else [])
         if self.dialect == "postgresql":
-            return (f"the metadata DB {safe_url(self.url)} is not available ({reason}); retry shortly, and check "
+            return (f"the metadata DB {self.url} is not available ({reason}); retry shortly, and check "
                     "that the server runs and accepts connections from this node")
         return f"the metadata DB {self.url} is busy or unreadable ({reason}); retry shortly"
 
@@ -171,9 +165,9 @@ def open_postgres(url: str) -> SqlMetadataDB:
     try:
         parsed: URL = make_url(url)
     except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError: say what is expected
-        raise InvalidInput(f"invalid Postgres URL {safe_url(url)!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB") from None
+        raise InvalidInput(f"invalid Postgres URL {redact_uri(url)!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB") from None
     if parsed.get_backend_name() != "postgresql":
-        raise InvalidInput(f"invalid Postgres URL {safe_url(url)!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB")
+        raise InvalidInput(f"invalid Postgres URL {redact_uri(url)!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB")
     engine = create_engine(
         parsed.set(drivername="postgresql+psycopg"),
         # A connection a restarted server dropped is found before use and replaced, not handed to a caller.
