@@ -50,6 +50,8 @@ class _Env:
     SUBMITTED_CONFIG = EnvVar("AIINFRA_SUBMITTED_CONFIG", "a PlatformConfig as JSON, shipped with a Ray job")
     STORAGE_ROOT = EnvVar("AIINFRA_STORAGE_ROOT", "artifact storage URI (local path, s3://, gs://)")
     METADATA_URL = EnvVar("AIINFRA_METADATA_URL", "metadata DB URL (sqlite:///..., postgresql://...)")
+    METADATA_URL_FILE = EnvVar("AIINFRA_METADATA_URL_FILE",
+                               "a file holding the metadata DB URL (a mounted secret); read when AIINFRA_METADATA_URL is unset")
     RAY_ADDRESS = EnvVar("RAY_ADDRESS", "join this Ray cluster instead of starting a local one")
     API_TOKEN = EnvVar("AIINFRA_API_TOKEN", "bearer token a client sends to the HTTP API")
     SERVE_PORT = EnvVar("AIINFRA_SERVE_PORT", "HTTP port of Ray Serve")
@@ -177,7 +179,7 @@ class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     home: Path = Path("./.aiinfra")
-    storage_root: str | None = None
+    storage_root: str | None = Field(default=None, repr=False)  # may carry credentials: kept out of the repr
     # The metadata DB, typed (``metadata: {type: postgresql, url: ...}``), or as one URL (``metadata_url``,
     # ``AIINFRA_METADATA_URL``), which wins where both are given. After validation both say the same.
     metadata: MetadataSettings | None = None
@@ -270,6 +272,9 @@ def load_config(
         raw = (os.environ if environ is None else environ).get(var.name)
         if raw:
             data[field] = raw
+    url_file = ENV.METADATA_URL_FILE.get(environ)
+    if url_file and "metadata_url" not in data:
+        data["metadata_url"] = _read_secret_file(url_file, ENV.METADATA_URL_FILE.name)
     if "home" not in data:
         data["home"] = ENV.HOME.get(environ)
     port = (os.environ if environ is None else environ).get(ENV.SERVE_PORT.name)
@@ -287,6 +292,17 @@ def load_config(
     data.update({k: v for k, v in overrides.items() if v is not None})
 
     return validate_as(PlatformConfig, data, "platform config")
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    """The one line a mounted secret file holds (its contents never appear in an error)."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {what} {path}: {e.strerror}") from None
+    if not value:
+        raise InvalidInput(f"{what} {path} is empty; it should hold the metadata DB URL")
+    return value
 
 
 def read_yaml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:

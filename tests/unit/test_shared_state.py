@@ -32,3 +32,26 @@ def test_half_shared_state_names_only_what_is_local(tmp_path):
 def test_a_shared_file_system_is_the_users_to_declare(tmp_path):
     config = load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_SHARED_LOCAL_STATE": "1"})
     assert config.shared_local_state and local_state_problem(config, nodes=4) is None
+
+
+def test_the_metadata_url_may_come_from_a_mounted_secret_file(tmp_path):
+    secret = tmp_path / "metadata-url"
+    secret.write_text("postgresql://u:hunter2@db:5432/aiinfra\n")
+    config = load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_METADATA_URL_FILE": str(secret)})
+    assert config.metadata_url == "postgresql://u:hunter2@db:5432/aiinfra" and "hunter2" not in repr(config)
+    # the variable itself still wins, as the environment does over files everywhere else
+    config = load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_METADATA_URL_FILE": str(secret),
+                                  "AIINFRA_METADATA_URL": "postgresql://v:w@other/db"})
+    assert config.metadata_url == "postgresql://v:w@other/db"
+
+
+def test_a_missing_or_empty_secret_file_names_the_file_not_its_contents(tmp_path):
+    import pytest
+
+    from aiinfra.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="AIINFRA_METADATA_URL_FILE .*nope"):
+        load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_METADATA_URL_FILE": str(tmp_path / "nope")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(InvalidInput, match="is empty"):
+        load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_METADATA_URL_FILE": str(tmp_path / "empty")})
