@@ -45,7 +45,7 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
     )
     try:
         scored.write_parquet(store.path(staging), filesystem=store.fs)
-        result = ingest(config, output, store.uri_for(staging), who=who, lineage={
+        result = ingest(config, output, store.openable_uri_for(staging), who=who, lineage={
             "model": version.ref, "model_version": version.version, "input_dataset": dataset.ref,
             "run_id": version.lineage.run_id,
         })

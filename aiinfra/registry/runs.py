@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiinfra.errors import Conflict, InvalidInput, NotFound
+from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import MetadataDB, Migration
 from aiinfra.storage.metadata import Transaction
@@ -329,7 +330,8 @@ class RunStore:
             raise InvalidInput(f"a run finishes as one of {terminal}, got {status!r}")
         if artifacts is not None and not isinstance(artifacts, Mapping):
             raise InvalidInput(f"artifacts must be a mapping of name to URI, got {type(artifacts).__name__}")
-        artifacts_ = {str(k): str(v) for k, v in (artifacts or {}).items()}
+        # A run's error text and artifact URIs are stored and shown: no credential in either.
+        artifacts_ = {str(k): redact_uri(str(v)) for k, v in (artifacts or {}).items()}
         metrics_ = _metrics(metrics)
         cpu = _optional_seconds("cpu_seconds", cpu_seconds)
         gpu = _optional_seconds("gpu_seconds", gpu_seconds)
@@ -346,7 +348,7 @@ class RunStore:
                 """UPDATE runs SET status = ?, ended_at = ?, metrics = ?, artifacts = ?, cpu_seconds = ?,
                     gpu_seconds = ?, error = ? WHERE run_id = ?""",
                 (status, now, _json(metrics_), _json(artifacts_), cpu, gpu,
-                 None if error is None else str(error), run_id),
+                 None if error is None else redact_text(str(error)), run_id),
             )
             return self._load(tx, run_id, epochs=True)
 

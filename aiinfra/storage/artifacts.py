@@ -57,10 +57,11 @@ def _check_key(key: str) -> str:
 class ArtifactStore:
     """Files under one root of a pyarrow filesystem. Subclassed only for local durability."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, uri: str) -> None:
+    def __init__(self, fs: pafs.FileSystem, root: str, uri: str, *, open_uri: str | None = None) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
-        self.uri = uri
+        self.uri = uri  # shown and stored: no query, no password
+        self._open_uri = open_uri or uri  # the root as given (options, endpoint): for reopening, never shown
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -71,6 +72,11 @@ class ArtifactStore:
 
     def uri_for(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{_check_key(key)}"
+
+    def openable_uri_for(self, key: str) -> str:
+        """The URI another reader opens ``key`` by: the root as given, options included (not for display)."""
+        base, sep, query = self._open_uri.partition("?")
+        return f"{base.rstrip('/')}/{_check_key(key)}{sep}{query}"
 
     # -- writes ------------------------------------------------------------------------
     def write_file(self, key: str, src: str | os.PathLike[str]) -> FileDigest:
@@ -228,4 +234,4 @@ def open_artifact_store(uri: str) -> ArtifactStore:
     # The store's URI is what registry rows, run records and messages show: no query (pyarrow's
     # options, credentials among them) and no password.
     public_uri = redact_uri(uri.split("?", 1)[0])
-    return ArtifactStore(fs, root, public_uri)
+    return ArtifactStore(fs, root, public_uri, open_uri=uri)

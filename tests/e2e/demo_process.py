@@ -30,8 +30,10 @@ def serving_demo(home: Path, args: list[str], *, timeout_s: float) -> Iterator[d
     port = free_port()
     env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(port)}
     env.pop("RAY_ADDRESS", None)
+    # A session of its own: if the demo does not stop by itself, its whole process group (the embedded Ray,
+    # Serve's HAProxy) is killed, so nothing it started outlives the test and holds a port the next one needs.
     proc = subprocess.Popen([str(BIN / "aiinfra"), "demo", *args, "--keep-serving"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     ready = threading.Event()
 
@@ -45,7 +47,7 @@ def serving_demo(home: Path, args: list[str], *, timeout_s: float) -> Iterator[d
 
     threading.Thread(target=pump, daemon=True).start()
     if not ready.wait(timeout=timeout_s) or proc.poll() is not None:
-        proc.kill()
+        _kill_group(proc)
         pytest.fail("the demo did not come up:\n" + "".join(lines[-80:]))
     token = (home / "api_token").read_text().strip()
     try:
@@ -57,7 +59,16 @@ def serving_demo(home: Path, args: list[str], *, timeout_s: float) -> Iterator[d
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+        _kill_group(proc)  # whatever of its group is left (nothing, when it stopped cleanly)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=30)
 
 
 class DemoOnDemand:

@@ -281,3 +281,12 @@ def test_shares_one_db_with_the_model_registry(config, tmp_path):
         assert db.integrity_check() == "ok"
     finally:
         db.close()
+
+
+def test_a_runs_error_and_artifacts_are_stored_without_credentials(runs):
+    run = runs.start_run(experiment="leaky")
+    done = runs.finish_run(run.run_id, status="failed", artifacts={"model": "s3://u:hunter2@lake/m"},
+                           error="could not reach postgresql://aiinfra:hunter2@db:5432/aiinfra: refused")
+    stored = runs.get_run(run.run_id)
+    assert "hunter2" not in done.error and "hunter2" not in stored.error and "db:5432" in stored.error
+    assert "hunter2" not in stored.artifacts["model"]

@@ -141,3 +141,10 @@ def test_transaction_rolls_back_on_error(metadata_url):
 def test_unsupported_db_url():
     with pytest.raises(InvalidInput, match="sqlite:// and postgresql://"):
         open_metadata_db("mysql://x/y")
+
+
+def test_an_s3_root_is_shown_without_its_options_and_reopened_with_them():
+    store = open_artifact_store("s3://lake/aiinfra?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1")
+    assert store.uri_for("staging/x") == "s3://lake/aiinfra/staging/x"  # what rows and messages show
+    assert store.openable_uri_for("staging/x") == (
+        "s3://lake/aiinfra/staging/x?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1")
