@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from aiinfra.errors import InvalidInput
 
 __all__ = [
-    "ENV", "EnvVar", "MetadataSettings", "MonitoringSettings", "PlatformConfig", "PostgresMetadata", "SQLiteMetadata",
+    "ENV", "EnvVar", "JobSettings", "MetadataSettings", "MonitoringSettings", "PlatformConfig", "PostgresMetadata", "SQLiteMetadata",
     "ServeSettings", "load_config", "local_state_problem", "read_yaml", "validate_as",
 ]
 
@@ -102,6 +102,22 @@ class ServeSettings(BaseModel):
     # GPUs per replica of each model deployment (champion, challenger, shadow); above 0 their models run on
     # CUDA. The router has no GPU, so this needs champion_in_router: false.
     model_gpus: float = Field(default=0.0, ge=0.0)
+
+
+class JobSettings(BaseModel):
+    """What the drivers of the Ray jobs aiinfra submits (train --submit, the autopilot's retrains) ask for.
+
+    A job's driver runs where its entrypoint resources fit; with none it may land on the head node, and
+    every job's driver with it. On a cluster whose head runs no work (clusters/), ask for a little CPU or
+    a custom resource the worker nodes advertise, so drivers spread over the workers. The embedded default
+    asks for nothing: on a 2-CPU machine a driver's CPU would be one the training workers lack.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entrypoint_num_cpus: float = Field(default=0.0, ge=0.0)
+    entrypoint_memory_bytes: int = Field(default=0, ge=0)
+    entrypoint_resources: dict[str, float] = Field(default_factory=dict)
 
 
 class MonitoringSettings(BaseModel):
@@ -192,6 +208,7 @@ class PlatformConfig(BaseModel):
     namespace: str = "aiinfra"
     serve: ServeSettings = ServeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    jobs: JobSettings = JobSettings()
 
     @model_validator(mode="after")
     def _resolve(self) -> PlatformConfig:

@@ -26,7 +26,7 @@ from aiinfra.config import ENV, PlatformConfig
 from aiinfra.errors import ServiceUnavailable
 from aiinfra.redaction import has_credentials
 
-__all__ = ["JobState", "follow", "job_server", "job_state", "shippable_config", "submit"]
+__all__ = ["JobState", "entrypoint_options", "follow", "job_server", "job_state", "shippable_config", "submit"]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -99,7 +99,20 @@ def submit(config: PlatformConfig, entrypoint: str, *, name: str, working_dir: s
         runtime_env["working_dir"] = str(working_dir)
     return _client(config, address).submit_job(
         entrypoint=entrypoint, submission_id=submission_id or f"{name}-{uuid.uuid4().hex[:8]}",
-        runtime_env=runtime_env, metadata=metadata or {})
+        runtime_env=runtime_env, metadata=metadata or {}, **entrypoint_options(config))
+
+
+def entrypoint_options(config: PlatformConfig) -> dict[str, Any]:
+    """The driver's resources (``jobs:`` in the config), as JobSubmissionClient.submit_job takes them."""
+    j = config.jobs
+    options: dict[str, Any] = {}
+    if j.entrypoint_num_cpus:
+        options["entrypoint_num_cpus"] = j.entrypoint_num_cpus
+    if j.entrypoint_memory_bytes:
+        options["entrypoint_memory"] = j.entrypoint_memory_bytes
+    if j.entrypoint_resources:
+        options["entrypoint_resources"] = dict(j.entrypoint_resources)
+    return options
 
 
 def job_state(config: PlatformConfig, job_id: str, *, address: str | None = None) -> JobState:

@@ -46,3 +46,16 @@ def test_the_job_server_is_the_dashboard_url_given_or_the_one_up_recorded(tmp_pa
         job_server(config)
     (tmp_path / "cluster.json").write_text(json.dumps({"dashboard_url": "http://127.0.0.1:8265"}))
     assert job_server(config) == "http://127.0.0.1:8265"
+
+
+def test_drivers_ask_for_the_configured_entrypoint_resources(tmp_path):
+    from aiinfra.jobs import entrypoint_options
+
+    assert entrypoint_options(load_config(environ={"AIINFRA_HOME": str(tmp_path)})) == {}  # the embedded default
+    f = tmp_path / "platform.yaml"
+    f.write_text("jobs: {entrypoint_num_cpus: 0.5, entrypoint_resources: {aiinfra_driver: 1}}\n")
+    config = load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_CONFIG": str(f)})
+    assert entrypoint_options(config) == {"entrypoint_num_cpus": 0.5, "entrypoint_resources": {"aiinfra_driver": 1.0}}
+    f.write_text("jobs: {entrypoint_cpus: 1}\n")
+    with pytest.raises(InvalidInput, match="jobs.entrypoint_cpus"):
+        load_config(environ={"AIINFRA_HOME": str(tmp_path), "AIINFRA_CONFIG": str(f)})
