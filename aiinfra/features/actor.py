@@ -22,7 +22,7 @@ class FeatureStoreService(OnlineStore):
     """The online store, opened from the platform config."""
 
     def __init__(self, config: PlatformConfig) -> None:
-        super().__init__(open_metadata_db(config.metadata_url))
+        super().__init__(open_metadata_db(config.metadata_url, create=False))
 
 
 FEATURE_STORE = ActorSpec(FEATURE_STORE_ACTOR, FeatureStoreService)

@@ -73,7 +73,7 @@ class MonitorService:
         self.config = config
         self._model = model
         self._store = store if store is not None else open_artifact_store(config.storage_root)
-        self._db = db if db is not None else open_metadata_db(config.metadata_url)
+        self._db = db if db is not None else open_metadata_db(config.metadata_url, create=False)
         self._registry = ModelRegistry(self._db, self._store)  # reads only: the registry actor stays the one writer
         self._metrics: MonitorMetrics = metrics or NoMetrics()
         self._clock = clock

@@ -23,7 +23,7 @@ class RegistryService(ModelRegistry):
     """The registry, opened from the platform config."""
 
     def __init__(self, config: PlatformConfig) -> None:
-        super().__init__(open_metadata_db(config.metadata_url), open_artifact_store(config.storage_root))
+        super().__init__(open_metadata_db(config.metadata_url, create=False), open_artifact_store(config.storage_root))
 
 
 REGISTRY = ActorSpec(REGISTRY_ACTOR, RegistryService)

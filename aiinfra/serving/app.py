@@ -74,7 +74,7 @@ class ModelServer:
         # create=True: a RayService's router may start before anything made the registry actor.
         registry = RegistryClient.on_cluster(config, create=True)
         name = parse_ref(model_ref).name
-        self._db = open_metadata_db(config.metadata_url)
+        self._db = open_metadata_db(config.metadata_url, create=False)
         self.router = Router(
             config, model_ref, registry=registry, tokens=TokenStore(self._db),
             models=DeploymentHandles(config, {"champion": champion, "challenger": challenger, "shadow": shadow}),

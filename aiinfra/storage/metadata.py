@@ -108,15 +108,21 @@ class MetadataDB(ABC):
         return self.schema_version(component)
 
 
-def _backends() -> dict[str, Callable[[str], MetadataDB]]:
+def _backends() -> dict[str, Callable[..., MetadataDB]]:
     # Scheme -> constructor. Imported here, not at the top: the backend module builds on the classes above.
     from aiinfra.storage.sql import open_postgres, open_sqlite
 
     return {"sqlite": open_sqlite, "postgresql": open_postgres, "postgres": open_postgres}
 
 
-def open_metadata_db(url: str) -> MetadataDB:
-    """The metadata DB at ``url``: ``sqlite:////abs/path.db`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB``."""
+def open_metadata_db(url: str, *, create: bool = True) -> MetadataDB:
+    """The metadata DB at ``url``: ``sqlite:////abs/path.db`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB``.
+
+    Args:
+        create: make a SQLite file that does not exist yet. Only what sets the platform up does
+            (``connect()``, the CLI on this machine); a service that expects the platform's DB passes
+            False, so on a node that does not have it, it refuses instead of starting on an empty one.
+    """
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     backends = _backends()
     try:
@@ -124,4 +130,4 @@ def open_metadata_db(url: str) -> MetadataDB:
     except KeyError:
         raise InvalidInput(f"unsupported metadata DB URL scheme {scheme!r}; this aiinfra supports sqlite:// and "
                            "postgresql://") from None
-    return factory(url)
+    return factory(url, create=create)

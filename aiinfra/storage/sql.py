@@ -145,18 +145,34 @@ def _sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-def open_sqlite(url: str) -> SqlMetadataDB:
+def open_sqlite(url: str, *, create: bool = True) -> SqlMetadataDB:
+    """Raises:
+        InvalidInput: not a SQLite URL.
+        ServiceUnavailable: ``create`` is False and there is no database file there.
+    """
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     if not path:
         raise InvalidInput(f"invalid SQLite URL {url!r}: expected sqlite:////absolute/path.db")
     # As in SQLAlchemy: sqlite:///rel.db is relative to the working directory, sqlite:////abs.db absolute.
     resolved = Path(path).resolve()
+    if not create and not resolved.exists():
+        raise ServiceUnavailable(
+            f"no metadata DB at {resolved} on this node: the platform keeps its state elsewhere. A cluster of "
+            "several machines needs shared state: configure `metadata: {type: postgresql, url: ...}` "
+            "(AIINFRA_METADATA_URL=postgresql://...) and `storage_root: s3://...`; on one machine, start the "
+            "platform first (aiinfra up, or aiinfra.connect())"
+        )
     resolved.parent.mkdir(parents=True, exist_ok=True)
-    return SqlMetadataDB(f"sqlite:///{resolved}", _sqlite_engine(resolved), dialect="sqlite")
+    db = SqlMetadataDB(f"sqlite:///{resolved}", _sqlite_engine(resolved), dialect="sqlite")
+    db.query("SELECT 1")  # opens (and so makes) the file now, not at the first real call
+    return db
 
 
-def open_postgres(url: str) -> SqlMetadataDB:
+def open_postgres(url: str, *, create: bool = True) -> SqlMetadataDB:
     """A pool of connections to the Postgres at ``url``; a server that cannot be reached fails here, clearly.
+
+    The database itself is the operator's (``create`` concerns SQLite files only); the tables are made by
+    each component's migrations.
 
     Raises:
         InvalidInput: the URL is not a Postgres URL.

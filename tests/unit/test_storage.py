@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -148,3 +149,17 @@ def test_an_s3_root_is_shown_without_its_options_and_reopened_with_them():
     assert store.uri_for("staging/x") == "s3://lake/aiinfra/staging/x"  # what rows and messages show
     assert store.openable_uri_for("staging/x") == (
         "s3://lake/aiinfra/staging/x?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1")
+
+
+@pytest.mark.sqlite_only
+def test_a_service_that_expects_the_db_refuses_to_start_on_an_empty_one(tmp_path):
+    """A node without the platform's SQLite file (another machine's disk) gets a 503 saying what to configure."""
+    from aiinfra.errors import ServiceUnavailable
+
+    url = f"sqlite:///{tmp_path}/elsewhere/metadata.db"
+    with pytest.raises(ServiceUnavailable, match=re.escape("metadata: {type: postgresql")) as err:
+        open_metadata_db(url, create=False)
+    assert "no metadata DB at" in str(err.value)
+    assert not (tmp_path / "elsewhere" / "metadata.db").exists()  # nothing created on the way
+    open_metadata_db(url).close()  # what sets the platform up creates it
+    open_metadata_db(url, create=False).close()  # and then every service finds it
