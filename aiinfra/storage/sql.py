@@ -81,6 +81,11 @@ class SqlMetadataDB(MetadataDB):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._errors(), self._engine.connect() as conn:
+            if self.dialect == "postgresql":
+                # One statement is its own transaction either way: autocommit spares the BEGIN and the
+                # ROLLBACK on return to the pool, two of a read's four round trips (BENCHMARKS.md). The
+                # pool puts the server's default isolation level back before the connection's next use.
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             return [dict(r) for r in conn.exec_driver_sql(self._translate(sql), tuple(params)).mappings()]
 
     def schema_version(self, component: str) -> int:
