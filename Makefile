@@ -89,6 +89,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/registry.py
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/metadata_backends.py
 	$(BIN)/python benchmarks/data.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/drift.py
