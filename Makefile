@@ -86,7 +86,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check aiinfra jobs tests benchmarks
 	$(BIN)/lint-imports
 
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python benchmarks/registry.py
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/metadata_backends.py
