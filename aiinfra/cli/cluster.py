@@ -1,13 +1,17 @@
-"""The local Ray cluster (``up``, ``down``, ``status``) and API tokens (``token create``)."""
+"""The local Ray cluster (``up``, ``down``, ``status``) and API tokens (``token create|list|revoke``)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Any
 
-from aiinfra.cli.common import print_json
+from aiinfra.cli.common import print_json, when
 from aiinfra.cluster import cluster_status, down, up
 from aiinfra.config import load_config
+from aiinfra.errors import InvalidInput
+from aiinfra.serving.roles import ROLES
 
 
 def _up(args: argparse.Namespace) -> None:
@@ -46,19 +50,66 @@ def _status(args: argparse.Namespace) -> None:
         print(f"serve app     {app:<14} {a['status']:<10} serving {what}; replicas {replicas}")
 
 
-def _token_create(args: argparse.Namespace) -> None:
+def _tokens() -> Any:
+    """The token store on this machine's metadata DB: tokens live there whether or not a cluster runs."""
     # Inside: these load pyarrow and numpy; `aiinfra --help` must not pay for them.
-    from aiinfra.registry.client import default_principal
     from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
 
-    db = open_metadata_db(load_config().metadata_url)
+    # No background writer: the CLI checks no token, so it has no last use to record.
+    return TokenStore(open_metadata_db(load_config().metadata_url), background=False)
+
+
+def _token_create(args: argparse.Namespace) -> None:
+    from aiinfra.features.views import parse_duration  # inside: as _tokens
+    from aiinfra.registry.client import default_principal
+
     try:
-        token = TokenStore(db).create(args.role, who=default_principal())
+        expires_in_s = parse_duration(args.expires) if args.expires is not None else None
+    except ValueError as e:
+        raise InvalidInput(f"--expires: {e}") from None
+    tokens = _tokens()
+    try:
+        made = tokens.issue(args.role, who=default_principal(), model=args.model, expires_in_s=expires_in_s)
     finally:
-        db.close()
-    print(f"created a {args.role!r} token; it is shown once, keep it secret:", file=sys.stderr)
-    print(token)
+        tokens.db.close()
+    if args.json:
+        return print_json(dataclasses.asdict(made))
+    scope = f" for model {made.model!r}" if made.model else ""
+    until = f", expiring {when(made.expires_at)}" if made.expires_at is not None else ""
+    print(f"created a {made.role!r} token {made.id}{scope}{until}; it is shown once, keep it secret:", file=sys.stderr)
+    print(made.token)
+
+
+def _token_list(args: argparse.Namespace) -> None:
+    tokens = _tokens()
+    try:
+        rows = tokens.list()  # never the secret nor its hash
+    finally:
+        tokens.db.close()
+    if args.json:
+        return print_json(rows)
+    if not rows:
+        print("no API tokens yet; `aiinfra token create --role predict` makes one")
+        return
+
+    def at(ts: Any) -> str:
+        return when(ts) if ts is not None else "-"
+
+    print(f"{'ID':<8}  {'ROLE':<8}  {'MODEL':<16}  {'CREATED':<19}  {'EXPIRES':<19}  {'LAST USED':<19}  REVOKED")
+    for r in rows:
+        print(f"{r['id']:<8}  {r['role']:<8}  {r['model'] or '(any)':<16}  {at(r['created_at']):<19}  "
+              f"{at(r['expires_at']):<19}  {at(r['last_used_at']):<19}  {at(r['revoked_at'])}")
+
+
+def _token_revoke(args: argparse.Namespace) -> None:
+    tokens = _tokens()
+    try:
+        tokens.revoke(args.id)
+    finally:
+        tokens.db.close()
+    # Running servers reread their tokens every few seconds (TokenStore.refresh_s).
+    print(f"revoked token {args.id}; servers refuse it within seconds")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -73,6 +124,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(func=_status)
 
     token = sub.add_parser("token", help="API tokens for the HTTP endpoints").add_subparsers(dest="token_command", required=True)
-    tcreate = token.add_parser("create", help="print a new bearer token (stored hashed)")
-    tcreate.add_argument("--role", default="predict", choices=["admin", "predict", "feedback"])
+    tcreate = token.add_parser("create", help="print a new bearer token (stored hashed; shown once)")
+    tcreate.add_argument("--role", default="predict", choices=ROLES)
+    tcreate.add_argument("--model", default=None, help="the one model the token may act on (default: any)")
+    tcreate.add_argument("--expires", default=None, metavar="DURATION",
+                         help="lifetime, e.g. 30d, 12h, 90m, 45s (default: never expires)")
+    tcreate.add_argument("--json", action="store_true", help="print {id, token, role, model, expires_at}")
     tcreate.set_defaults(func=_token_create)
+    tlist = token.add_parser("list", help="tokens: id, role, model scope, created, expires, last used, revoked (never secrets)")
+    tlist.add_argument("--json", action="store_true")
+    tlist.set_defaults(func=_token_list)
+    trevoke = token.add_parser("revoke", help="refuse a token from now on (running servers within seconds)")
+    trevoke.add_argument("id", help="the token's id (the part after aii_, as `token list` shows it)")
+    trevoke.set_defaults(func=_token_revoke)

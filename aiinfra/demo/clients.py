@@ -26,8 +26,12 @@ MODEL = "churn"
 class ProductionClient:
     """Production clients: predictions over HTTP, then the true outcomes through /feedback."""
 
-    def __init__(self, base: str, auth: dict[str, str], features: list[str]) -> None:
+    def __init__(self, base: str, auth: dict[str, str], features: list[str], *,
+                 feedback_auth: dict[str, str] | None = None) -> None:
+        """``auth`` calls the model; ``feedback_auth`` (default: ``auth``) posts the labels, which a predict
+        token may not."""
         self.base, self.auth, self.features = base, auth, features
+        self.feedback_auth = feedback_auth or auth
         self.http = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16))
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[int] = Counter()
@@ -52,7 +56,8 @@ class ProductionClient:
             answered = [a for a in pool.map(self._predict, chunks) if a[1] >= 0]
         items = [{"request_id": rid, "labels": labels} for rid, _, labels in answered]
         for i in range(0, len(items), 1000):
-            r = self.http.post(f"{self.base}/feedback/{MODEL}", json={"items": items[i:i + 1000]}, headers=self.auth)
+            r = self.http.post(f"{self.base}/feedback/{MODEL}", json={"items": items[i:i + 1000]},
+                               headers=self.feedback_auth)
             if r.status_code != 200:
                 raise RuntimeError(f"feedback answered {r.status_code}: {r.text[:300]}")
         return len(answered)

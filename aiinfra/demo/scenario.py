@@ -27,6 +27,7 @@ from aiinfra.demo.clients import MODEL, BackgroundLoad, ProductionClient
 from aiinfra.demo.report import render_loop_report
 from aiinfra.monitoring.core import read_reports
 from aiinfra.pipelines.progress import StageLog
+from aiinfra.serving.auth import TokenStore
 from aiinfra.storage import open_metadata_db
 
 # Ray is imported inside the functions: the CLI imports demo.run, which imports this module, before
@@ -83,7 +84,12 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
             else:
                 time.sleep(1.0)
 
-    client = ProductionClient(base, auth, features)
+    # The labels come with a token of their own: `auth` may be a predict token, and a predict token may
+    # not label. Scoped to the demo's model and expiring once the loop's deadline has passed; revoked
+    # when the loop ends.
+    tokens = TokenStore(db, background=False)  # it checks no token: nothing to record as used
+    labeller = tokens.issue("labeller", who="aiinfra demo", model=MODEL, expires_in_s=timeout_s + 600)
+    client = ProductionClient(base, auth, features, feedback_auth={"Authorization": f"Bearer {labeller.token}"})
     world = make_customers(40_000, seed=seed + 1, drifted=True, first_id=50_000_000)
     cursor = {"i": 0}
 
@@ -174,6 +180,7 @@ def run_loop(platform: Any, *, base: str, auth: dict[str, str], reference: pd.Da
     path, timeline = _write_report(platform, db, summary, events, reference, world.iloc[:cursor["i"] or 2000],
                                    features, log)
     summary.update(report_html=str(path), timeline=timeline)
+    tokens.revoke(labeller.id)
     return summary
 
 

@@ -142,8 +142,9 @@ class Router:
     # -- who may ask, and what is admitted ---------------------------------------------------------------
 
     def authorize(self, authorization: str | None, action: str) -> None:
-        """The bearer token in ``authorization`` may ``action`` (else Unauthorized / Forbidden)."""
-        self._tokens.verify(authorization).require(action)
+        """The bearer token in ``authorization`` may ``action`` on this router's model (else Unauthorized /
+        Forbidden: a token scoped to another model is refused here)."""
+        self._tokens.verify(authorization).require(action, model=self.name)
 
     def check_name(self, name: str) -> None:
         if name != self.name:

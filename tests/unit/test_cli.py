@@ -85,3 +85,51 @@ def test_retrain_refuses_a_config_of_another_model_before_ray_starts(home, tmp_p
                       "[{column: x, steps: [{op: standardize}]}]}}\nmodel: {family: tabular_mlp}\n")
     assert cli.main(["retrain", "churn", "--config", str(config)]) == 2
     assert "trains 'other', not 'churn'" in capsys.readouterr().err
+
+
+def test_token_lifecycle_on_the_local_db(home, capsys):
+    from aiinfra.config import load_config
+    from aiinfra.serving.auth import TokenStore
+    from aiinfra.storage import open_metadata_db
+
+    assert cli.main(["token", "create", "--role", "labeller", "--model", "churn", "--expires", "30d", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert set(made) == {"id", "token", "role", "model", "expires_at"}
+    assert (made["role"], made["model"]) == ("labeller", "churn") and made["token"].startswith(f"aii_{made['id']}_")
+    assert cli.main(["token", "create", "--role", "predict", "--expires", "12h"]) == 0
+    out = capsys.readouterr()
+    plain = out.out.strip()  # stdout is the token alone, so `$(aiinfra token create)` works
+    assert plain.startswith("aii_") and "shown once" in out.err and "expiring" in out.err
+
+    store = TokenStore(open_metadata_db(load_config().metadata_url), background=False)
+    p = store.verify(f"Bearer {made['token']}")
+    assert (p.role, p.model) == ("labeller", "churn")
+
+    assert cli.main(["token", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    row = next(r for r in listed if r["id"] == made["id"])
+    assert row["expires_at"] == made["expires_at"] and abs(row["expires_at"] - row["created_at"] - 30 * 86400) < 1e-3
+    assert row["last_used_at"] is None and row["revoked_at"] is None and len(listed) >= 2
+    assert cli.main(["token", "list"]) == 0
+    table = capsys.readouterr().out
+    for secret in (made["token"], plain, made["token"].split("_", 2)[2]):
+        assert secret not in table and secret not in json.dumps(listed)
+    assert "labeller" in table and "churn" in table and "LAST USED" in table
+
+    assert cli.main(["token", "revoke", made["id"]]) == 0
+    assert made["id"] in capsys.readouterr().out
+    revoked = next(r for r in store.list() if r["id"] == made["id"])
+    assert revoked["revoked_at"] is not None
+    assert cli.main(["token", "revoke", made["id"]]) == 2
+    assert "no active token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--expires", "soon"], "not a duration"),
+    (["--expires", "0s"], "positive"),
+    (["--model", "a/b"], "path separators"),
+])
+def test_token_create_refuses_bad_options(home, capsys, argv, needle):
+    assert cli.main(["token", "create", *argv]) == 2
+    err = capsys.readouterr()
+    assert needle in err.err and err.out == ""
