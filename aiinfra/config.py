@@ -102,6 +102,8 @@ class ServeSettings(BaseModel):
     # GPUs per replica of each model deployment (champion, challenger, shadow); above 0 their models run on
     # CUDA. The router has no GPU, so this needs champion_in_router: false.
     model_gpus: float = Field(default=0.0, ge=0.0)
+    # FastAPI's docs routes (/docs, /redoc, /openapi.json): off by default, as they answer without a token.
+    docs: bool = False
 
 
 class JobSettings(BaseModel):

@@ -33,12 +33,14 @@ import threading
 from typing import Any
 
 from fastapi import Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from ray import serve
 
 from aiinfra.cluster_access import require_shared_state
 from aiinfra.config import PlatformConfig, load_config
-from aiinfra.errors import InvalidInput
+from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.features.client import FeatureStoreClient
 from aiinfra.inference.versions import LoadedVersions
 from aiinfra.monitoring.client import MonitorClient
@@ -100,11 +102,40 @@ class ModelServer:
         """What this application serves (for `aiinfra status`; not an HTTP route)."""
         return self.router.served()
 
-    async def _parsed(self, model: type[BaseModel], what: str, name: str, request: Request, *, action: str) -> Any:
-        """The caller may ``action`` on this model, and the JSON body is a valid ``model`` (else 4xx)."""
+    def _served(self, name: str, request: Request, *, action: str) -> None:
+        """The caller may ``action`` and this app serves ``name`` (else 401/403, then 404).
+
+        The token first: a caller without one learns nothing of which models are served, and only a name
+        found served here tags the request's metrics (``Measure``), so made-up names make no series.
+        """
         self.router.authorize(request.headers.get("authorization"), action)
         self.router.check_name(name)
+        request.state.model = name
+
+    async def _parsed(self, model: type[BaseModel], what: str, name: str, request: Request, *, action: str) -> Any:
+        """The caller may ``action`` on this model, and the JSON body is a valid ``model`` (else 4xx)."""
+        self._served(name, request, action=action)
         return parse_body(model, what, await json_body(request, self.config.serve.max_body_bytes))
+
+    def _docs(self) -> None:
+        """The docs routes answer only where ``serve.docs`` is set; else as any path without a route (404)."""
+        if not self.config.serve.docs:
+            raise NotFound("Not Found")
+
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(self) -> dict[str, Any]:
+        self._docs()
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    def docs(self, request: Request) -> HTMLResponse:
+        self._docs()
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json", title=api.title)
+
+    @api.get("/redoc", include_in_schema=False)
+    def redoc(self, request: Request) -> HTMLResponse:
+        self._docs()
+        return get_redoc_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json", title=api.title)
 
     @api.get("/v2/health/live")
     def live(self) -> dict[str, bool]:
@@ -117,8 +148,7 @@ class ModelServer:
     @api.get("/v2/models/{name}")
     def metadata(self, name: str, request: Request) -> dict[str, Any]:
         router = self.router
-        router.authorize(request.headers.get("authorization"), "predict")
-        router.check_name(name)
+        self._served(name, request, action="predict")
         version = router.primary
         sig = version.signature
         return {
@@ -130,16 +160,15 @@ class ModelServer:
         }
 
     @api.get("/v2/models/{name}/ready")
-    def model_ready(self, name: str) -> dict[str, Any]:
-        self.router.check_name(name)
+    def model_ready(self, name: str, request: Request) -> dict[str, Any]:
+        self._served(name, request, action="predict")  # as the metadata: it says which names are served
         return {"name": name, "ready": True}
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict[str, Any]:
         router = self.router
         with router.admitted():
-            router.authorize(request.headers.get("authorization"), "predict")
-            router.check_name(name)
+            self._served(name, request, action="predict")
             # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
             body = await json_body(request, self.config.serve.max_body_bytes)
             rows, request_id, wanted = decode_infer_request(body, router.primary.signature)

@@ -25,9 +25,11 @@ from aiinfra.inference.predictor import MAX_INSTANCES
 
 __all__ = ["FeedbackItem", "FeedbackRequest", "Measure", "PredictRequest", "api", "json_body", "parse_body"]
 
-api = FastAPI(title="aiinfra inference", version="0.1.0")
+# No docs routes of FastAPI's own: /docs, /redoc and /openapi.json describe every route to anyone who asks, so
+# the ingress (app.py) serves them itself, only where the config says `serve.docs: true`.
+api = FastAPI(title="aiinfra inference", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 # What may tag a metric: a name a model can have (Ray encodes tags as ASCII; anything else is one tag).
 _MODEL_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -84,10 +86,12 @@ class Measure:
             if route and not route.startswith("/v2/health"):
                 from aiinfra.serving.metrics import record_request
 
-                name = str(scope.get("path_params", {}).get("name", ""))
                 state = scope.get("state") or {}  # what the routes put on request.state
+                # The path's name only once a route found it served (after the token was checked): a
+                # made-up name, sent with or without a token, would otherwise make a metric series of its own.
+                name = str(state.get("model", ""))
                 record_request(
-                    model=name if status[0] != 404 and _MODEL_TAG.fullmatch(name) else "(unknown)",
+                    model=name if _MODEL_TAG.fullmatch(name) else "(unknown)",
                     version=str(state.get("version", "")), route=route, status=status[0],
                     latency_ms=(time.perf_counter() - start) * 1000, rows=int(state.get("rows", 0)),
                 )
@@ -133,10 +137,13 @@ async def json_body(request: Request, max_bytes: int) -> Any:
         if len(raw) > max_bytes:
             raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
     try:
-        body = json.loads(raw)
+        # Decoded here, strictly, in the encoding json.loads would detect (UTF-8, -16 or -32): json.loads itself
+        # decodes with "surrogatepass", which lets a lone surrogate through in any of them.
+        text = raw.decode(json.detect_encoding(raw))
+        body = json.loads(text)
         # A JSON escape can make a lone UTF-16 surrogate (\\ud800), which no UTF-8 text can carry: refused here,
         # before it reaches an error message or a model deployment (whose worker cannot even serialize it).
-        if _SURROGATE_ESCAPE.search(raw):
+        if _SURROGATE_ESCAPE.search(text):
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         return body
     except UnicodeEncodeError:
@@ -146,6 +153,8 @@ async def json_body(request: Request, max_bytes: int) -> Any:
         raise InvalidInput(f"request body is not valid JSON: {e}") from None
     except RecursionError:
         raise InvalidInput("request body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # Python's limit on the digits of an int it converts from text (4,300 by default)
+        raise InvalidInput(f"request body holds a number too long to read: {e}") from None
 
 
 def parse_body(model: type[BaseModel], what: str, body: Any) -> Any:

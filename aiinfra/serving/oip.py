@@ -11,9 +11,14 @@ import math
 from typing import Any
 
 from aiinfra.errors import InvalidInput
+from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.registry.types import FieldSpec, Signature
 
-__all__ = ["DATATYPES", "decode_infer_request", "encode_infer_response", "tensor_metadata"]
+__all__ = ["DATATYPES", "MAX_ID_CHARS", "decode_infer_request", "encode_infer_response", "tensor_metadata"]
+
+# The body's `id` is the request id: held with the rows the monitor samples and echoed in the answer, so
+# it is capped as the X-Request-ID header is.
+MAX_ID_CHARS = 200
 
 DATATYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL",
              "string": "BYTES", "timestamp": "BYTES"}
@@ -63,6 +68,9 @@ def decode_infer_request(body: Any, signature: Signature) -> tuple[list[dict[str
             raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers")
         if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise InvalidInput(f"input {name!r}: shape {shape} is not [N] or [N, 1]; each input is one value per row")
+        if math.prod(shape) > MAX_INSTANCES:  # refused before its data is walked
+            raise InvalidInput(f"input {name!r}: at most {MAX_INSTANCES} rows per request, shape {shape} holds "
+                               f"{math.prod(shape)}")
         flat = _flatten(data, name)
         if math.prod(shape) != len(flat):
             raise InvalidInput(f"input {name!r}: shape {shape} holds {math.prod(shape)} values but data has {len(flat)}")
@@ -85,6 +93,8 @@ def decode_infer_request(body: Any, signature: Signature) -> tuple[list[dict[str
             raise InvalidInput(f"unknown output(s) {bad}; this model gives {sorted(known)}")
     request_id = body.get("id")
     if request_id is not None:
+        if len(str(request_id)) > MAX_ID_CHARS:
+            raise InvalidInput(f"'id' must be at most {MAX_ID_CHARS} characters")
         try:
             str(request_id).encode("utf-8")  # it is echoed in the answer
         except UnicodeEncodeError:

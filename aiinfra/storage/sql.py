@@ -22,6 +22,7 @@ constraint is a ``Conflict``.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -167,7 +168,11 @@ def open_sqlite(url: str, *, create: bool = True) -> SqlMetadataDB:
             "(AIINFRA_METADATA_URL=postgresql://...) and `storage_root: s3://...`; on one machine, start the "
             "platform first (aiinfra up, or aiinfra.connect())"
         )
-    resolved.parent.mkdir(parents=True, exist_ok=True)
+    # The platform's state (token hashes, the registry) is its owner's only: the directory (AIINFRA_HOME by
+    # default) made 700, the file made 600 before SQLite opens it (its journal and WAL files copy that mode).
+    resolved.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not resolved.exists():
+        os.close(os.open(resolved, os.O_WRONLY | os.O_CREAT, 0o600))
     db = SqlMetadataDB(f"sqlite:///{resolved}", _sqlite_engine(resolved), dialect="sqlite")
     db.query("SELECT 1")  # opens (and so makes) the file now, not at the first real call
     return db

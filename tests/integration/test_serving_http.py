@@ -86,7 +86,9 @@ def served(platform, platform_config, tmp_path_factory):
         "serve": platform_config.serve.model_copy(update={"port": port, "champion_in_router": False}),
         "monitoring": platform_config.monitoring.model_copy(update={"enabled": False}),
     })
-    tight = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1})})
+    # The back-pressure app also has FastAPI's docs routes on (serve.docs); the main app keeps the default, off.
+    tight = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                                                                         "docs": True})})
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
     ref = f"{MODEL}@{version.version}"
     try:
@@ -112,10 +114,13 @@ def _assert_error_json(r: httpx.Response | object, what: object) -> None:
 # -- a. the OpenAPI document, fuzzed ------------------------------------------------------------------
 
 def test_openapi_fuzz_gives_no_5xx_and_json_errors(served):
-    """Every operation of the live app's /openapi.json, with a valid token and without, twice: path values
-    from all of Unicode, then ASCII only (most Unicode names hit the known non-ASCII 500 before anything else)."""
+    """Every operation of the app's OpenAPI document (built in-process: the live app serves none by default),
+    against the live app, with a valid token and without, twice: path values from all of Unicode, then ASCII
+    only (most Unicode names hit the known non-ASCII 500 before anything else)."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
+
+    from aiinfra.serving.app import api  # the ingress's routes are on it once app.py is imported
 
     seen: list[tuple[str, int]] = []
 
@@ -133,7 +138,7 @@ def test_openapi_fuzz_gives_no_5xx_and_json_errors(served):
 
     with httpx.Client(base_url=served["base"], timeout=30) as client:
         for codec in ("utf-8", "ascii"):
-            schema = schemathesis.openapi.from_url(f"{served['base']}/openapi.json")
+            schema = schemathesis.openapi.from_dict(api.openapi())
             schema.config.generation.update(codec=codec)
             operations = [r.ok() for r in schema.get_all_operations()]
             labels = {op.label for op in operations}
@@ -144,7 +149,7 @@ def test_openapi_fuzz_gives_no_5xx_and_json_errors(served):
                     fuzz(client, op, headers)()
     assert len(seen) > 80, len(seen)
     codes = {code for label, code in seen if "health" not in label}
-    assert codes == {401, 404}, seen  # every made-up name: no token 401 (or 404 on the open /ready), else 404
+    assert codes == {401, 404}, seen  # every made-up name: no token 401, else 404
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/no/such/route"), ("GET", "/predict/httpcheck"),
@@ -250,6 +255,22 @@ BAD_BODIES = [
     ("infer-unknown-output", INFER, _infer(GOOD_TENSORS, outputs=[{"name": "logits"}]), 422, "logits"),
     ("surrogate-extra-top-level", PREDICT, b'{"instances": [], "\\ud800": 1}', 422, "surrogate"),
     ("infer-too-large", INFER, _infer([_t("plan", "BYTES", ["x" * 1000] * 1100)]), 413, "limit"),
+    # issue 13: the OIP id capped as X-Request-ID is; too many rows refused from the shape, before the data is
+    # read (the data here does not even match it); integers past Python's 4,300-digit limit; lone surrogates
+    # in a UTF-16 or UTF-32 body, escaped or raw.
+    ("infer-id-too-long", INFER, _infer(GOOD_TENSORS, id="r" * 201), 422, "at most 200 characters"),
+    ("infer-too-many-rows", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0], [10_001]))), 422,
+     "at most 10000 rows"),
+    ("infer-too-many-rows-2d", INFER, _infer(_swap("tenure_months", _t("tenure_months", "FP32", [2.0], [10**40, 1]))), 422,
+     "at most 10000 rows"),
+    ("huge-int-predict", PREDICT, _row(support_calls=7).replace(b'"support_calls": 7', b'"support_calls": 1' + b"0" * 5000),
+     422, "too long"),
+    ("huge-int-infer-id", INFER, _infer(GOOD_TENSORS, id=7).replace(b'"id": 7', b'"id": 1' + b"0" * 5000), 422, "too long"),
+    ("utf16-surrogate-escape", PREDICT, '{"instances": [], "\\ud800": 1}'.encode("utf-16"), 422, "surrogate"),
+    ("utf32-surrogate-escape", INFER, '{"inputs": [], "\\udfff": 1}'.encode("utf-32"), 422, "surrogate"),
+    ("utf16-surrogate-raw", PREDICT, '{"instances": [{"plan": "\ud800"}]}'.encode("utf-16-le", "surrogatepass"), 422, "JSON"),
+    ("utf32-surrogate-raw", INFER, json.dumps({"inputs": GOOD_TENSORS, "id": "\ud800"}, ensure_ascii=False).encode("utf-32", "surrogatepass"), 422, "JSON"),
+    ("utf8-surrogate-raw", INFER, '{"inputs": [], "id": "\ud800"}'.encode("utf-8", "surrogatepass"), 422, "JSON"),
 ]
 
 
@@ -353,6 +374,89 @@ def test_fuzzed_instance_values_get_200_or_a_json_422(served):
 
         check()
     assert 422 in statuses
+
+
+# -- issue 13: what an unauthenticated caller learns, docs routes, metric tags ---------------------------
+
+def test_a_utf16_body_is_still_answered(served):
+    r = httpx.post(served["base"] + PREDICT, content=json.dumps({"instances": [ROW]}).encode("utf-16"),
+                   headers=served["auth"], timeout=30)
+    assert r.status_code == 200, r.text[:300]
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", f"/v2/models/{MODEL}/ready"), ("GET", "/v2/models/nope/ready"), ("GET", "/v2/models/nope"),
+    ("POST", "/v2/models/nope/infer"), ("POST", "/predict/nope"), ("POST", "/feedback/nope"),
+])
+def test_without_a_token_no_model_is_named_or_confirmed(served, method, path):
+    """/ready needs a token as the metadata does, and an unknown name is a 401 before it is a 404: a caller
+    without a token cannot tell a served name from a made-up one, nor read the served name in a 404."""
+    r = httpx.request(method, served["base"] + path, content=b"{}" if method == "POST" else None, timeout=30)
+    assert r.status_code == 401, r.text[:300]
+    _assert_error_json(r, path)
+    assert MODEL not in r.text and "nope" not in r.text, r.text[:300]
+
+
+def test_model_ready_answers_a_token_holder(served):
+    ok = httpx.get(f"{served['base']}/v2/models/{MODEL}/ready", headers=served["auth"], timeout=30)
+    assert ok.status_code == 200 and ok.json() == {"name": MODEL, "ready": True}, ok.text[:300]
+    nope = httpx.get(f"{served['base']}/v2/models/nope/ready", headers=served["auth"], timeout=30)
+    assert nope.status_code == 404
+    _assert_error_json(nope, "ready")
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_docs_routes_are_off_unless_configured(served, path):
+    """The main app has the default (serve.docs off): as any path without a route. The back-pressure app
+    has them on: the same document the app builds in-process, and the pages pointing at it under its prefix."""
+    from aiinfra.serving.app import api
+
+    off = httpx.get(served["base"] + path, timeout=30)
+    assert off.status_code == 404, off.text[:300]
+    _assert_error_json(off, path)
+    on = httpx.get(served["base"] + BP + path, timeout=30)
+    assert on.status_code == 200, on.text[:300]
+    if path == "/openapi.json":
+        assert on.json() == json.loads(json.dumps(api.openapi()))
+    else:
+        assert f"{BP}/openapi.json" in on.text
+
+
+def _scrape_metrics(done, timeout_s: float) -> str:
+    """Everything on the cluster's Prometheus endpoints (Ray lists them in a file), once ``done(text)`` holds."""
+    discovery = Path("/tmp/ray/prom_metrics_service_discovery.json")  # Ray writes its scrape targets here
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        targets = [t for group in json.loads(discovery.read_text()) for t in group["targets"]] if discovery.exists() else []
+        text = ""
+        for target in targets:
+            try:
+                text += httpx.get(f"http://{target}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+        if done(text):
+            break
+        time.sleep(2)
+    return text
+
+
+def test_metrics_tag_only_a_name_found_served(served):
+    """A made-up name, with a token (404) or without (401), is tagged `(unknown)`: no series of its own."""
+    import uuid
+
+    made_up = f"zz{uuid.uuid4().hex}"
+    assert httpx.post(f"{served['base']}/predict/{made_up}", content=_row(), timeout=30).status_code == 401
+    assert httpx.post(f"{served['base']}/predict/{made_up}", content=_row(), headers=served["auth"], timeout=30).status_code == 404
+    assert httpx.get(f"{served['base']}/v2/models/{made_up}/ready", timeout=30).status_code == 401
+
+    def unknown_401(text: str) -> bool:
+        return any(line.startswith("ray_aiinfra_request_errors") and 'model="(unknown)"' in line and 'status="401"' in line
+                   and 'route="/predict/{name}"' in line for line in text.splitlines())
+
+    text = _scrape_metrics(unknown_401, timeout_s=90)
+    assert unknown_401(text), text[-2000:]
+    assert made_up not in text
 
 
 # -- b. back-pressure ---------------------------------------------------------------------------------

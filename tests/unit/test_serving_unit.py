@@ -172,6 +172,8 @@ def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatc
 
     @app.post("/predict/{name}")
     def predict(name: str, request: Request):  # Request from the module: FastAPI resolves the annotation there
+        if name != "unserved":  # as the routes do once the name is found served (ModelServer._served)
+            request.state.model = name
         request.state.version, request.state.rows = 3, 2
         return {"ok": True}
 
@@ -183,8 +185,10 @@ def test_the_metrics_middleware_records_route_status_version_and_rows(monkeypatc
     assert client.post("/predict/churn").status_code == 200
     assert client.get("/v2/health/live").status_code == 200  # health checks are not counted
     assert client.post("/predict/caf\u00e9").status_code == 200  # a name no metric tag may hold
+    assert client.post("/predict/unserved").status_code == 200  # a name no route found served: not a tag
     assert [(s["model"], s["version"], s["route"], s["status"], s["rows"]) for s in seen] == [
-        ("churn", "3", "/predict/{name}", 200, 2), ("(unknown)", "3", "/predict/{name}", 200, 2)]
+        ("churn", "3", "/predict/{name}", 200, 2), ("(unknown)", "3", "/predict/{name}", 200, 2),
+        ("(unknown)", "3", "/predict/{name}", 200, 2)]
     assert all(s["latency_ms"] >= 0 for s in seen)
 
 
