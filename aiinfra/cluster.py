@@ -74,7 +74,7 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
     from aiinfra.platform import connect
 
     if started:
-        config.home.mkdir(parents=True, exist_ok=True)
+        config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         cluster_state_file(config).write_text(json.dumps({"address": address, "port": port, "auth_mode": "token",
                                                    "session_dir": None, "started_by_up": True}))
     cfg = config.model_copy(update={"ray_address": address})
@@ -99,7 +99,7 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
         "auth_mode": "token",
     }
     if started:
-        config.home.mkdir(parents=True, exist_ok=True)
+        config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         cluster_state_file(config).write_text(json.dumps(info, indent=2))
     return info
 
