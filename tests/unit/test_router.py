@@ -150,6 +150,15 @@ def test_auth_is_401_without_a_valid_token_and_403_without_the_role(config, toke
     router.check_name("churn")
 
 
+def test_a_token_scoped_to_another_model_is_refused_here(config, tokens):
+    router = make_router(config, tokens)
+    with pytest.raises(Forbidden, match="scoped to model 'fraud'"):
+        router.authorize(f"Bearer {tokens.create('predict', model='fraud')}", "predict")
+    router.authorize(f"Bearer {tokens.create('predict', model='churn')}", "predict")
+    with pytest.raises(Forbidden, match="may not feedback"):
+        router.authorize(f"Bearer {tokens.create('predict', model='churn')}", "feedback")  # predicting is not labelling
+
+
 def test_the_request_id_is_the_clients_or_a_new_one(config, tokens):
     router = make_router(config, tokens)
     assert router.request_id("  r-1 ") == "r-1"
