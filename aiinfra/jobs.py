@@ -43,8 +43,12 @@ class JobState:
 
 
 def shippable_config(config: PlatformConfig) -> dict[str, Any]:
-    """The config as the job gets it: everything but credentials (those come from the job's nodes)."""
+    """The config as the job gets it: everything but credentials (those come from the job's nodes) and the
+    submitter's Ray address (the job joins the cluster it runs in: Ray gives its driver RAY_ADDRESS)."""
     data = config.model_dump(mode="json")
+    # The submitter's address may be the dashboard's URL (what `train --submit` is pointed at) or one only the
+    # submitter can reach (a port-forward); inside the job, ray.init() on it would fail.
+    data.pop("ray_address", None)
     for field in ("metadata_url", "storage_root"):
         if has_credentials(data.get(field)):
             data.pop(field)

@@ -270,7 +270,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
             pass
         raise
     outcome.seconds = time.perf_counter() - t_start
-    print(f"run {run_id} finished in {outcome.seconds:.1f}s; report: {reports.get('report_html')}", flush=True)
+    # With the stages (the CLI's go to stderr: `aiinfra train --json` keeps stdout for its one JSON document).
+    print(f"run {run_id} finished in {outcome.seconds:.1f}s; report: {reports.get('report_html')}", file=log.out, flush=True)
     return outcome
 
 

@@ -26,7 +26,8 @@ from aiinfra.training.config import TrainConfig
 from aiinfra.training.ddp import LoopConfig, train_loop
 from aiinfra.training.tabular import to_training_batch
 
-__all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_checkpoint_at", "loop_config", "make_datasets"]
+__all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_checkpoint_at", "loop_config", "make_datasets",
+           "storage_path"]
 
 # Ray is imported inside the functions: the CLI imports pipelines.train, which imports this module, before
 # connect() sets RAY_AUTH_MODE, and Ray reads that once, when it is imported.
@@ -86,8 +87,12 @@ def loop_config(cfg: TrainConfig, data: PreparedData) -> LoopConfig:
                       trainer=cfg.trainer)
 
 
-def _storage_path(storage_root: str) -> str:
-    return f"{storage_root.rstrip('/')}/checkpoints"
+def storage_path(storage_root: str, leaf: str) -> str:
+    """``leaf`` under the storage root, as Ray Train and Tune get it: a root's query (``s3://b/p?endpoint_override=
+    ...&region=...``) stays at the end, where pyarrow reads it; appended after it, the leaf would become part
+    of the last option (region ``us-east-1/checkpoints``) and the files would land beside ``leaf``."""
+    base, sep, query = storage_root.partition("?")
+    return f"{base.rstrip('/')}/{leaf}{sep}{query}"
 
 
 def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -128,7 +133,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=_storage_path(storage_root),
+            storage_path=storage_path(storage_root, "checkpoints"),
             failure_config=FailureConfig(max_failures=t.max_failures),
             # The latest checkpoint carries the best weights too, so two suffice (one being written).
             checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -17,7 +17,7 @@ import torch
 
 from aiinfra.config import validate_as
 from aiinfra.training.config import SearchDistribution, TrainConfig, set_path
-from aiinfra.training.ray_train import PreparedData, fit, load_checkpoint_at, make_datasets
+from aiinfra.training.ray_train import PreparedData, fit, load_checkpoint_at, make_datasets, storage_path
 
 __all__ = ["SearchResult", "TrialRecord", "apply_overrides", "search"]
 
@@ -116,7 +116,7 @@ def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name:
         param_space={path: to_tune(dist) for path, dist in ts.search_space.items()},
         tune_config=tune.TuneConfig(metric=ts.metric, mode=ts.mode, scheduler=scheduler, num_samples=ts.num_samples,
                                     max_concurrent_trials=ts.max_concurrent_trials, time_budget_s=ts.time_budget_s),
-        run_config=TuneRunConfig(name=run_name, storage_path=f"{storage_root.rstrip('/')}/tune", verbose=0),
+        run_config=TuneRunConfig(name=run_name, storage_path=storage_path(storage_root, "tune"), verbose=0),
     )
     t0 = time.perf_counter()
     grid = tuner.fit()

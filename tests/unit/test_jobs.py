@@ -31,6 +31,15 @@ def test_credentials_are_not_shipped_and_come_from_the_jobs_own_environment(tmp_
     assert job.metadata_url == url
 
 
+def test_the_submitters_ray_address_is_not_shipped_the_job_joins_its_own_cluster(tmp_path):
+    # A submitter pointed at the dashboard (RAY_ADDRESS=http://HEAD:8265); the job's driver gets the GCS address.
+    submitter = load_config(environ={"AIINFRA_HOME": str(tmp_path), "RAY_ADDRESS": "http://127.0.0.1:8265"})
+    shipped = shippable_config(submitter)
+    assert "ray_address" not in shipped
+    job = load_config(environ={ENV.SUBMITTED_CONFIG.name: json.dumps(shipped), "RAY_ADDRESS": "10.0.0.1:6379"})
+    assert job.ray_address == "10.0.0.1:6379"
+
+
 def test_a_malformed_shipped_config_is_refused_by_name():
     with pytest.raises(InvalidInput, match="AIINFRA_SUBMITTED_CONFIG is not valid JSON"):
         load_config(environ={ENV.SUBMITTED_CONFIG.name: "{nope"})

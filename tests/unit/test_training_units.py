@@ -43,7 +43,7 @@ from aiinfra.training.config import (
 from aiinfra.training.ddp import LoopConfig, loss_function, make_optimizer
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.models import build_model
-from aiinfra.training.ray_train import PreparedData, loop_config
+from aiinfra.training.ray_train import PreparedData, loop_config, storage_path
 from aiinfra.training.tabular import (
     class_labels_for,
     encode_labels,
@@ -608,3 +608,9 @@ def test_predictor_serves_a_multiclass_cnn(tmp_path, digits, digits_pre):
     bad["px_5"] = "dark"
     msg = _error(predictor.predict, [bad])
     assert "instances[0].px_3: missing" in msg and "instances[0].px_5" in msg
+
+
+def test_train_and_tune_storage_paths_keep_the_roots_query_at_the_end():
+    assert storage_path("/data/home/", "checkpoints") == "/data/home/checkpoints"
+    assert (storage_path("s3://lake/p?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1", "tune")
+            == "s3://lake/p/tune?endpoint_override=127.0.0.1:9000&scheme=http&region=us-east-1")
