@@ -1,4 +1,4 @@
-"""The ``aiinfra`` command line (contract in DESIGN.md).
+"""The ``aiinfra`` command line (its verbs are a contract: README.md lists them).
 
 Listing and showing commands take ``--json`` and then print one JSON document on stdout and
 nothing else there. Errors go to stderr as ``error: <message>``; the exit status is 2 for a

@@ -3,7 +3,7 @@
 A version lives in the lake under ``datasets/<name>/<version>/``: Parquet parts, the
 profile's reference sample (``_sample.parquet``) and ``_manifest.json``, written last.
 A version exists exactly when its manifest does, so a failed or interrupted ingest is never
-visible, and the catalog needs no database: the data pipeline stays stateless (DESIGN.md).
+visible, and the catalog needs no database: the data pipeline stays stateless.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class ModelRegistry:
         self.store = store
         self._clock = clock
         db.ensure_schema(COMPONENT, MIGRATIONS)
-        # The registry owns experiment runs too (DESIGN.md): versions name the run that made them.
+        # The registry owns experiment runs too: versions name the run that made them.
         self.runs = RunStore(db, clock)
 
     # -- experiment runs (one writer: this class) -----------------------------------------

@@ -18,7 +18,7 @@ deployment answers with exactly the version the router chose: when an alias move
 the new version loaded in its deployment (``warm``) before it sends a request there, and requests
 in flight finish on the version they started with.
 
-Routes follow the HTTP contract in DESIGN.md: Open Inference Protocol v2 health and model
+Routes follow the HTTP contract (README.md, "The HTTP API"): Open Inference Protocol v2 health and model
 metadata, and ``POST /predict/{name}``. Every error is JSON, ``{"error": message}``, with the
 status of its AiInfraError (``http.py``); a client's mistake is never a 500, and overload is a 503 at once.
 

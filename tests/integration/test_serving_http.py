@@ -5,7 +5,7 @@ tabular model (untrained, seeded: these tests check the HTTP contract, not accur
 Serve apps on a free port: the model as `build_app` makes it, and the same model with tiny
 back-pressure limits under `/bp`. Both are deleted and Serve is shut down at the end.
 
-The contract (DESIGN.md, HTTP): errors are JSON `{"error": message}`; 401/403 auth, 404 unknown model,
+The contract (README.md, the HTTP API): errors are JSON `{"error": message}`; 401/403 auth, 404 unknown model,
 413 body too large, 422 invalid input, 503 overloaded; never a 500 for bad input.
 """
 
