@@ -129,8 +129,11 @@ def test_tune_with_asha_stops_a_trial_early_and_the_pipeline_registers_full_line
     from aiinfra.pipelines.train import TRAINING_CONFIG, run_training
     from aiinfra.training.config import load_train_config
 
+    # The hopeless learning rate comes third: two good trials have reached ASHA's rungs by the time it does, so
+    # it is measured against them and stopped. (Listed first, it could reach each rung before anything to be
+    # compared with, and finish: whether it was stopped then hung on which trial's epoch ended first.)
     cfg = load_train_config(_pipeline_config("churn-tuned", tune={
-        "search_space": {"trainer.lr": {"grid": [1e-5, 0.05, 0.02, 0.01]}},
+        "search_space": {"trainer.lr": {"grid": [0.05, 0.02, 1e-5, 0.01]}},
         "num_samples": 1, "max_concurrent_trials": 2, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2,
     }))
     outcome = run_training(platform, cfg)
