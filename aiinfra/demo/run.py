@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,29 @@ __all__ = ["run_demo"]
 MODEL_NAME = "churn"
 DATASET_NAME = "customers"
 FEATURE_VIEW = "customer_profile"
+
+
+SERVE_SHUTDOWN_S = 30.0
+
+
+def _shutdown_serve(serve: Any) -> None:
+    """Serve's own shutdown, waited for at most SERVE_SHUTDOWN_S: stopping the embedded Ray after it ends
+    every replica and proxy anyway, so a slow or stuck shutdown must not keep Ctrl-C from stopping the demo."""
+
+    def shutdown() -> None:
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            pass
+
+    t0 = time.monotonic()
+    worker = threading.Thread(target=shutdown, name="serve-shutdown", daemon=True)
+    worker.start()
+    worker.join(SERVE_SHUTDOWN_S)
+    if worker.is_alive():
+        print(f"Serve did not shut down within {SERVE_SHUTDOWN_S:.0f}s; stopping the embedded Ray anyway", flush=True)
+    else:
+        print(f"Serve shut down in {time.monotonic() - t0:.1f}s", flush=True)
 
 
 def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs: int = 5, seed: int = 0,
@@ -148,10 +172,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
                 print("stopping", flush=True)
     finally:
         if platform.started_ray:
-            try:
-                serve.shutdown()
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
+            _shutdown_serve(serve)
             platform.close()
             print("shut down: Serve and the embedded Ray are stopped", flush=True)
         else:

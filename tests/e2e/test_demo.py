@@ -348,7 +348,11 @@ def test_feedback_joins_labels_to_served_requests(demo):
 def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
     proc = demo["proc"]
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=90) == 0, "".join(demo["lines"][-30:])
+    try:
+        code = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the demo did not stop within 90 s of Ctrl-C; its last lines:\n" + "".join(demo["lines"][-30:]))
+    assert code == 0, "".join(demo["lines"][-30:])
     assert "shut down" in "".join(demo["lines"])
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{demo['base']}/v2/health/live", timeout=2)
