@@ -164,10 +164,16 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             def stop(signum: int, frame: Any) -> None:
                 raise KeyboardInterrupt
 
+            # Ctrl-C must reach this loop whatever ran before: put Python's own SIGINT handler back (a
+            # library may have replaced it), unblock both signals here, and sleep in short steps, so that a
+            # signal the kernel handed to another thread is still acted on within a second (CI saw a demo
+            # that never printed "stopping" after SIGINT while sleeping an hour at a time).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, stop)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 while True:
-                    time.sleep(3600)
+                    time.sleep(1.0)
             except KeyboardInterrupt:
                 print("stopping", flush=True)
     finally:
