@@ -38,6 +38,7 @@ __all__ = [
     "ServiceBackend",
     "actor_backend",
     "find_actor",
+    "get_actor",
     "start_actor",
 ]
 
@@ -125,6 +126,20 @@ def find_actor(spec: ActorSpec, config: PlatformConfig) -> Any | None:
         return ray.get_actor(spec.name, namespace=config.namespace)
     except ValueError:
         return None
+
+
+def get_actor(spec: ActorSpec, config: PlatformConfig, *args: Any, create: bool = True) -> Any:
+    """The service's actor: started first when ``create``, else the running one.
+
+    Raises:
+        ValueError: it is not running and ``create`` is false.
+    """
+    if create:
+        return start_actor(spec, config, *args)
+    handle = find_actor(spec, config)
+    if handle is None:
+        raise ValueError(f"no actor {spec.name!r} in namespace {config.namespace!r}")
+    return handle
 
 
 def actor_backend(spec: ActorSpec, config: PlatformConfig, *args: Any, create: bool = False,

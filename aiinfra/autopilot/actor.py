@@ -13,7 +13,7 @@ from aiinfra.autopilot.executor import AutopilotExecutor
 from aiinfra.autopilot.ports import ClusterJobs, ClusterMonitors
 from aiinfra.config import PlatformConfig
 from aiinfra.registry.client import RegistryClient
-from aiinfra.service import ActorSpec, find_actor, start_actor
+from aiinfra.service import ActorSpec, get_actor
 from aiinfra.storage import open_artifact_store, open_metadata_db
 
 __all__ = ["AUTOPILOT", "AUTOPILOT_ACTOR", "AutopilotActor", "get_autopilot_actor"]
@@ -36,14 +36,5 @@ AUTOPILOT = ActorSpec(AUTOPILOT_ACTOR, AutopilotActor, {"max_concurrency": 8})
 
 
 def get_autopilot_actor(config: PlatformConfig, *, create: bool = True, poll_interval_s: float = 5.0) -> Any:
-    """The ``autopilot`` actor (started, detached and restartable, when ``create`` and missing).
-
-    Raises:
-        ValueError: not running and ``create`` is False.
-    """
-    if create:
-        return start_actor(AUTOPILOT, config, poll_interval_s)
-    handle = find_actor(AUTOPILOT, config)
-    if handle is None:
-        raise ValueError(f"no actor {AUTOPILOT_ACTOR!r} in namespace {config.namespace!r}")
-    return handle
+    """The ``autopilot`` actor, started first when ``create`` is set (ValueError when missing and not ``create``)."""
+    return get_actor(AUTOPILOT, config, poll_interval_s, create=create)

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiinfra.config import PlatformConfig
 from aiinfra.features.online import OnlineStore
-from aiinfra.service import ActorSpec, find_actor, start_actor
+from aiinfra.service import ActorSpec, get_actor
 from aiinfra.storage import open_metadata_db
 
 __all__ = ["FEATURE_STORE", "FEATURE_STORE_ACTOR", "FeatureStoreService", "get_feature_store_actor"]
@@ -29,14 +29,5 @@ FEATURE_STORE = ActorSpec(FEATURE_STORE_ACTOR, FeatureStoreService)
 
 
 def get_feature_store_actor(config: PlatformConfig, *, create: bool = True) -> Any:
-    """The running feature store actor, started first when ``create`` is set.
-
-    Raises:
-        ValueError: it is not running and ``create`` is false.
-    """
-    if create:
-        return start_actor(FEATURE_STORE, config)
-    handle = find_actor(FEATURE_STORE, config)
-    if handle is None:
-        raise ValueError(f"no actor {FEATURE_STORE_ACTOR!r} in namespace {config.namespace!r}")
-    return handle
+    """The running actor, started first when ``create`` is set (ValueError when missing and not ``create``)."""
+    return get_actor(FEATURE_STORE, config, create=create)

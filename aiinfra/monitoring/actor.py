@@ -11,7 +11,7 @@ from typing import Any
 
 from aiinfra.config import PlatformConfig
 from aiinfra.monitoring.service import MonitorService, monitor_actor_name
-from aiinfra.service import ActorSpec, find_actor, start_actor
+from aiinfra.service import ActorSpec, get_actor
 
 __all__ = ["MonitorActor", "get_monitor_actor", "monitor_actor_name", "monitor_spec"]
 
@@ -32,15 +32,5 @@ def monitor_spec(model: str) -> ActorSpec:
 
 
 def get_monitor_actor(config: PlatformConfig, model: str, *, create: bool = True) -> Any:
-    """The model's monitor actor, started first when ``create`` is set.
-
-    Raises:
-        ValueError: it is not running and ``create`` is false.
-    """
-    spec = monitor_spec(model)
-    if create:
-        return start_actor(spec, config, model)
-    handle = find_actor(spec, config)
-    if handle is None:
-        raise ValueError(f"no actor {spec.name!r} in namespace {config.namespace!r}")
-    return handle
+    """The model's monitor actor, started first when ``create`` is set (ValueError when missing and not ``create``)."""
+    return get_actor(monitor_spec(model), config, model, create=create)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiinfra.config import PlatformConfig
 from aiinfra.registry.core import ModelRegistry
-from aiinfra.service import ActorSpec, find_actor, start_actor
+from aiinfra.service import ActorSpec, get_actor
 from aiinfra.storage import open_artifact_store, open_metadata_db
 
 __all__ = ["REGISTRY", "REGISTRY_ACTOR", "RegistryService", "get_registry_actor"]
@@ -30,14 +30,5 @@ REGISTRY = ActorSpec(REGISTRY_ACTOR, RegistryService)
 
 
 def get_registry_actor(config: PlatformConfig, *, create: bool = True) -> Any:
-    """The running registry actor, started first when ``create`` is set.
-
-    Raises:
-        ValueError: it is not running and ``create`` is false.
-    """
-    if create:
-        return start_actor(REGISTRY, config)
-    handle = find_actor(REGISTRY, config)
-    if handle is None:
-        raise ValueError(f"no actor {REGISTRY_ACTOR!r} in namespace {config.namespace!r}")
-    return handle
+    """The running actor, started first when ``create`` is set (ValueError when missing and not ``create``)."""
+    return get_actor(REGISTRY, config, create=create)

@@ -5,7 +5,7 @@ a crash of the process or the machine); Postgres is for any cluster of more than
 are ``SqlMetadataDB`` (``sql.py``, on SQLAlchemy Core); callers never see which one they have.
 
 SQL passed in uses ``?`` placeholders and the portable subset of SQL that SQLite and
-Postgres share; the backend translates placeholders and the few DDL spellings that differ.
+Postgres share; the backend translates the ``?`` parameter markers and the few DDL spellings that differ.
 
 Each component (registry, feature store, monitors, ...) owns its tables and their schema,
 versioned independently: ``ensure_schema(component, migrations)`` applies, in one
