@@ -139,6 +139,12 @@ class MonitoringSettings(BaseModel):
     min_rows: int = Field(default=100, ge=2, description="capped to window_rows")
     alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
     correction: Literal["bonferroni", "fdr"] = "bonferroni"
+    # Where the per-feature statistics come from. "scipy" (the default) is licence-clean; "alibi" runs them
+    # through alibi-detect, which is under the Business Source License 1.1 since 0.11.5 (free for
+    # non-production use only): opt in only with a licence from Seldon, and `pip install 'aiinfra[alibi]'`.
+    detector: Literal["scipy", "alibi"] = "scipy"
+    # The multivariate test (MMD on all inputs together) besides the per-feature ones.
+    multivariate: bool = True
 
     @model_validator(mode="after")
     def _cap_min_rows(self) -> MonitoringSettings:

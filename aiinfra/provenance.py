@@ -23,7 +23,7 @@ LOCK_FILE = "requirements.lock"
 LOCK_KEY = "lock_sha256"
 
 # aiinfra's runtime dependencies (tests/unit/test_environment.py keeps this in step with pyproject.toml)
-# and scipy, under scikit-learn and alibi-detect. The lock's hash covers every other package.
+# and alibi-detect, the opt-in drift backend (recorded when installed). The lock's hash covers every other package.
 PACKAGES = (
     "ray", "torch", "alibi-detect", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", "fastapi",
     "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2", "sqlalchemy", "psycopg",

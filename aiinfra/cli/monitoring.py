@@ -48,14 +48,34 @@ def _monitor_status(args: argparse.Namespace) -> None:
               f"({len(status['features']['numeric'])} numeric, {len(status['features']['categorical'])} categorical inputs)")
         print(f"  rows received {st['rows_seen']:,} (dropped {st['rows_dropped']:,}); open window {st['open_window_rows']:,} "
               f"of {status['settings']['window_rows']:,}; windows closed {st['windows_closed']} (skipped {st['windows_skipped']})")
+        detector = status.get("detector") or {}
+        joint = " + MMD on all inputs" if detector.get("multivariate") else ""
+        print(f"  detector: {detector.get('backend', '?')} (KS / chi-squared per input{joint})")
+        if detector.get("licence"):
+            print(f"  licence: {detector['licence']}")
+        for note in detector.get("notes") or []:
+            print(f"  note: {note}")
+        estimation = status.get("estimation") or {}
+        if estimation.get("available"):
+            flag = "" if estimation["reliable"] else f" -- UNRELIABLE: {estimation['problem']}"
+            print(f"  performance before labels (CBPE): calibration error {estimation['calibration_error']:.3f} "
+                  f"on the reference{flag}")
+            error = estimation.get("error") or {}
+            if error.get("mae") is not None:
+                print(f"  estimation error: mean |estimated - realised| {error['metric']} {error['mae']:.3f} "
+                      f"over {error['windows']} window(s) with labels")
+        else:
+            print(f"  performance before labels: not estimated ({estimation.get('problem') or 'no estimator'})")
     else:
         print(f"no monitor is running for {args.name}; stored windows:")
     if not status["reports"]:
         print("  no windows yet: a window closes after window_rows served rows or window_seconds")
     for r in status["reports"]:
         drifted = (r.get("result") or {}).get("drifted_features") or []
+        accuracy = ((r.get("estimate") or {}).get("metrics") or {}).get("accuracy")
+        estimate = f"  est. accuracy {accuracy['value']:.3f} [{accuracy['low']:.3f}, {accuracy['high']:.3f}]" if accuracy else ""
         print(f"  window {r['window_id']:>4}  {when(r['window_end'])}  {r['rows']:>6} rows  {r['status']:<7}  "
-              f"{', '.join(drifted) if drifted else r['reason']}")
+              f"{', '.join(drifted) if drifted else r['reason']}{estimate}")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -30,11 +30,13 @@ from pydantic import BaseModel, ConfigDict
 from aiinfra.config import MonitoringSettings
 from aiinfra.errors import InvalidInput
 from aiinfra.monitoring.detectors import DriftDetector, DriftResult
+from aiinfra.monitoring.estimation import PerformanceEstimate, PerformanceEstimator
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import MetadataDB, Migration
 
-__all__ = ["COMPONENT", "MAX_BUFFER_ROWS", "MIGRATIONS", "DriftMonitor", "DriftReport",
-           "MonitoringSettings", "ReportStatus", "load_arms", "save_arms"]
+__all__ = ["COMPONENT", "MAX_BUFFER_ROWS", "MIGRATIONS", "DriftMonitor", "DriftReport", "EstimateCheck",
+           "MonitoringSettings", "ReportStatus", "estimation_error", "load_arms", "read_estimates", "record_realised",
+           "save_arms"]
 
 ReportStatus = Literal["ok", "drift", "skipped"]
 MAX_REPORTS = 1000
@@ -70,6 +72,23 @@ MIGRATIONS = (
             )""",
         ),
     ),
+    # Each window's performance estimate (CBPE) beside what its labels showed once they arrived.
+    Migration(
+        3,
+        (
+            """CREATE TABLE performance_estimates (
+                model TEXT NOT NULL,
+                window_id INTEGER NOT NULL,
+                window_start DOUBLE PRECISION NOT NULL,
+                window_end DOUBLE PRECISION NOT NULL,
+                estimate TEXT NOT NULL,
+                labelled INTEGER NOT NULL,
+                realised TEXT,
+                updated_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (model, window_id)
+            )""",
+        ),
+    ),
 )
 
 
@@ -94,6 +113,8 @@ class DriftReport(BaseModel):
     status: ReportStatus
     reason: str
     result: DriftResult | None = None
+    # The window's estimated performance from the model's scores alone (CBPE), before any label.
+    estimate: PerformanceEstimate | None = None
 
 
 def _frame(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -113,6 +134,8 @@ def _verdict(result: DriftResult) -> tuple[ReportStatus, str]:
         parts.append(
             f"features drifted ({result.correction}, alpha {result.alpha:g}): {', '.join(result.drifted_features)}"
         )
+    if result.multivariate is not None and result.multivariate.drifted and not result.drifted_features:
+        parts.append(f"inputs drifted jointly (MMD p={result.multivariate.p_value:.2g})")
     if result.prediction is not None and result.prediction.drifted:
         parts.append(f"prediction drifted (KS p={result.prediction.p_value:.2g})")
     if parts:
@@ -134,6 +157,7 @@ class DriftMonitor:
             (``enabled`` and ``sample_rate`` concern the replicas, not this class).
         max_buffer_rows: the most rows one call brings in, the open window included; at least ``window_rows``.
         reference_scores: the model's outputs on reference rows; enables prediction drift.
+        estimator: estimates each window's performance from its scores (CBPE), stored with its report.
         clock: seconds since the epoch; injectable for tests.
     """
 
@@ -148,6 +172,7 @@ class DriftMonitor:
         settings: MonitoringSettings = MonitoringSettings(),
         max_buffer_rows: int = MAX_BUFFER_ROWS,
         reference_scores: np.ndarray | Sequence[float] | None = None,
+        estimator: PerformanceEstimator | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_buffer_rows < settings.window_rows:
@@ -166,8 +191,11 @@ class DriftMonitor:
             alpha=settings.alpha,
             correction=settings.correction,
             reference_scores=reference_scores,
+            backend=settings.detector,
+            multivariate=settings.multivariate,
         )
         self._has_scores = reference_scores is not None
+        self.estimator = estimator if estimator is not None and estimator.available else None
         db.ensure_schema(COMPONENT, MIGRATIONS)
 
         self._chunks: list[pd.DataFrame] = []
@@ -184,12 +212,14 @@ class DriftMonitor:
 
     # -- intake ---------------------------------------------------------------------------
     def observe(
-        self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, scores: Sequence[float] | None = None
+        self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, scores: Sequence[float] | None = None,
+        *, at: float | None = None,
     ) -> list[DriftReport]:
         """Add served rows (and the model's scores on them) to the open window.
 
         Returns the reports of the windows this call closed, each already stored: an expired
-        time window first, then one per ``window_rows`` rows filled.
+        time window first, then one per ``window_rows`` rows filled. ``at``: the rows' arrival time
+        (default: now), which the window's span records.
 
         Raises:
             InvalidInput: the batch lacks a feature column, or ``scores`` has another length
@@ -204,7 +234,7 @@ class DriftMonitor:
                 raise InvalidInput(f"rows for model {self.model!r} lack the feature columns {missing}")
             frame = frame.loc[:, self._detector.columns].reset_index(drop=True)
 
-        now = self._clock()
+        now = self._clock() if at is None else at
         reports = []
         expired = self._expired(now)
         if expired is not None:
@@ -262,6 +292,7 @@ class DriftMonitor:
         scores = np.concatenate(self._score_chunks)
         rows = len(window)
         result: DriftResult | None = None
+        estimate: PerformanceEstimate | None = None
         if rows < self.settings.min_rows:
             status: ReportStatus = "skipped"
             reason = f"{rows} rows < min_rows {self.settings.min_rows}"
@@ -276,6 +307,8 @@ class DriftMonitor:
                 status, reason = "skipped", f"not tested: {e}"
             else:
                 status, reason = _verdict(result)
+            if self.estimator is not None and window_scores is not None:
+                estimate = self.estimator.estimate(window_scores)
 
         created_at = self._clock()
         with self.db.transaction() as tx:
@@ -293,6 +326,7 @@ class DriftMonitor:
                 status=status,
                 reason=reason,
                 result=result,
+                estimate=estimate,
             )
             tx.execute(
                 "INSERT INTO drift_reports (model, window_id, created_at, window_start, window_end, rows, status, report)"
@@ -308,6 +342,13 @@ class DriftMonitor:
                     report.model_dump_json(),
                 ),
             )
+            if estimate is not None:
+                tx.execute(
+                    "INSERT INTO performance_estimates (model, window_id, window_start, window_end, estimate, labelled,"
+                    " realised, updated_at) VALUES (?, ?, ?, ?, ?, 0, NULL, ?)",
+                    (self.model, window_id, report.window_start, report.window_end, estimate.model_dump_json(),
+                     created_at),
+                )
         self._chunks, self._score_chunks, self._open_rows = [], [], 0
         self._windows_closed += 1
         self._windows_skipped += status == "skipped"
@@ -329,6 +370,13 @@ class DriftMonitor:
     def features(self) -> dict[str, list[str]]:
         """The inputs this monitor tests, by kind."""
         return {"numeric": list(self._detector.numeric), "categorical": list(self._detector.categorical)}
+
+    @property
+    def detector(self) -> dict[str, Any]:
+        """Which statistics this monitor runs: the backend, its licence when a user must know it, and what it leaves out."""
+        d = self._detector
+        return {"backend": d.backend, "licence": d.licence, "multivariate": self.settings.multivariate,
+                "notes": list(d.notes)}
 
     def stats(self) -> dict[str, Any]:
         """Counters of this instance (since it started); ``last_status`` also reads stored reports.
@@ -379,3 +427,49 @@ def load_arms(db: MetadataDB, model: str) -> dict[str, Any] | None:
     db.ensure_schema(COMPONENT, MIGRATIONS)
     rows = db.query("SELECT since, arms FROM monitor_arms WHERE model = ?", (model,))
     return {"since": float(rows[0]["since"]), "arms": json.loads(rows[0]["arms"])} if rows else None
+
+
+class EstimateCheck(BaseModel):
+    """A window's estimate beside what its labels showed: ``error`` is |estimated - realised| per metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_id: int
+    window_start: float
+    window_end: float
+    rows: int
+    estimate: PerformanceEstimate
+    labelled: int
+    realised: dict[str, float] | None
+    error: dict[str, float]
+
+
+def read_estimates(db: MetadataDB, model: str, limit: int = 20) -> list[EstimateCheck]:
+    """A model's latest window estimates with their realised metrics so far, newest first."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    rows = db.query(
+        "SELECT window_id, window_start, window_end, estimate, labelled, realised FROM performance_estimates "
+        "WHERE model = ? ORDER BY window_id DESC LIMIT ?", (model, limit))
+    out = []
+    for r in rows:
+        estimate = PerformanceEstimate.model_validate_json(r["estimate"])
+        realised = json.loads(r["realised"]) if r["realised"] else None
+        error = {k: abs(estimate.metrics[k].value - v) for k, v in (realised or {}).items() if k in estimate.metrics}
+        out.append(EstimateCheck(window_id=int(r["window_id"]), window_start=float(r["window_start"]),
+                                 window_end=float(r["window_end"]), rows=estimate.rows, estimate=estimate,
+                                 labelled=int(r["labelled"]), realised=realised, error=error))
+    return out
+
+
+def record_realised(db: MetadataDB, model: str, window_id: int, labelled: int, realised: Mapping[str, float]) -> None:
+    """Store what a window's labels show so far (replacing what was stored)."""
+    with db.transaction() as tx:
+        tx.execute("UPDATE performance_estimates SET labelled = ?, realised = ?, updated_at = ? "
+                   "WHERE model = ? AND window_id = ?",
+                   (int(labelled), json.dumps(dict(realised), sort_keys=True), time.time(), model, int(window_id)))
+
+
+def estimation_error(checks: Sequence[EstimateCheck], metric: str = "accuracy", *, min_coverage: float = 0.5) -> dict[str, Any]:
+    """Mean absolute error of the estimates of ``metric`` over windows at least ``min_coverage`` labelled."""
+    errors = [c.error[metric] for c in checks if metric in c.error and c.labelled >= min_coverage * c.rows]
+    return {"metric": metric, "windows": len(errors), "mae": float(np.mean(errors)) if errors else None}

@@ -1,14 +1,15 @@
 """Feature and prediction drift between a reference sample and a window of served rows.
 
-The statistical tests are alibi-detect's: ``TabularDrift`` runs a two-sample Kolmogorov-Smirnov test
-per numeric feature and a chi-squared test on the category counts per categorical feature, and
-applies the multiple-testing correction (Bonferroni or Benjamini-Hochberg FDR) across features.
-This module prepares the data for it (column order, integer-encoded categories, missing values)
-and adds the population stability index (PSI) per feature as an effect size: a p-value says a
-difference is real, PSI says whether it is large.
-
-``import alibi_detect`` takes seconds (it imports transformers), so it happens inside
-``DriftDetector.__init__``, never when this module is imported.
+Per feature: a two-sample Kolmogorov-Smirnov test per numeric input and a chi-squared test on the
+category counts per categorical one, with the multiple-testing correction (Bonferroni or
+Benjamini-Hochberg FDR) across features; the statistics come from a backend
+(``aiinfra.monitoring.statistics``: scipy by default, alibi-detect opt-in). Jointly: a maximum mean
+discrepancy test on all inputs together (``aiinfra.monitoring.multivariate``), which sees changes in
+how the inputs move together that no per-feature test sees. This module prepares the data for them
+(column order, integer-encoded categories, missing values) and adds effect sizes per feature: a
+p-value says a difference is real, an effect size says whether it is large. PSI (the industry's rule
+of thumb), the Jensen-Shannon distance of the binned shares (0 to 1), and for numeric inputs the
+Wasserstein distance in units of the reference's standard deviation.
 
 No Ray here: ``monitoring.core.DriftMonitor`` owns one ``DriftDetector`` per model.
 """
@@ -24,18 +25,20 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from aiinfra.errors import InvalidInput
+from aiinfra.monitoring.multivariate import MMDTest, MultivariateDrift
+from aiinfra.monitoring.statistics import Backend, Correction, make_tests
 
 __all__ = [
     "MISSING",
+    "Backend",
     "Correction",
     "DriftDetector",
     "DriftResult",
     "FeatureDrift",
+    "MultivariateDrift",
     "detect_drift",
     "population_stability_index",
 ]
-
-Correction = Literal["bonferroni", "fdr"]
 
 MISSING = "__missing__"  # the category a missing categorical value (None, NaN) is counted as
 PREDICTION = "prediction"  # FeatureDrift.feature of the model-output test
@@ -43,7 +46,11 @@ _PSI_EPS = 1e-4  # floor of a bin's share, so an empty bin gives a large but fin
 
 
 class FeatureDrift(BaseModel):
-    """One feature's test. ``drifted`` is after the multiple-testing correction across features."""
+    """One feature's test. ``drifted`` is after the multiple-testing correction across features.
+
+    Effect sizes: ``psi``; ``js``, the Jensen-Shannon distance (base 2, 0 to 1) of the binned shares;
+    ``wasserstein`` (numeric only), the earth mover's distance in reference standard deviations.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +61,8 @@ class FeatureDrift(BaseModel):
     p_value: float
     drifted: bool
     psi: float | None
+    js: float | None = None
+    wasserstein: float | None = None
     n_reference: int
     n_window: int
 
@@ -61,8 +70,9 @@ class FeatureDrift(BaseModel):
 class DriftResult(BaseModel):
     """The verdict on one window.
 
-    ``drift`` is the feature verdict only (any feature drifted after the correction); prediction
-    drift is a separate, uncorrected test at ``alpha``, reported in ``prediction``.
+    ``drift`` is the inputs' verdict: a feature drifted after the correction, or the multivariate test
+    rejected (``multivariate``, at ``alpha``). Prediction drift is a separate, uncorrected test at
+    ``alpha``, reported in ``prediction``. ``notes`` name what could not be tested and why.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,6 +84,9 @@ class DriftResult(BaseModel):
     drift: bool
     alpha: float
     correction: Correction
+    backend: Backend = "alibi"  # reports stored before the scipy backend existed were alibi's
+    multivariate: MultivariateDrift | None = None
+    notes: list[str] = []
 
 
 # -- PSI ------------------------------------------------------------------------------------
@@ -167,10 +180,17 @@ class DriftDetector:
         correction: ``"bonferroni"`` (family-wise error at most ``alpha``) or ``"fdr"``
             (Benjamini-Hochberg, expected share of false discoveries at most ``alpha``).
         reference_scores: the model's outputs on reference rows; enables the prediction test.
+        backend: where the per-feature statistics come from: ``"scipy"`` (the default) or ``"alibi"``
+            (alibi-detect, opt-in: see ``aiinfra.monitoring.statistics`` for its licence).
+        multivariate: also run the MMD test on all inputs together.
+        seed: seeds the multivariate test's subsample, features and permutations.
+
+    A numeric reference column with no finite value cannot be tested; it is left out and named in every
+    result's ``notes`` (a monitor must still start for the other inputs).
 
     Raises:
-        InvalidInput: empty reference, no features, a column listed twice or missing, a numeric
-            column with no finite value, or a bad ``alpha``/``correction``.
+        InvalidInput: empty reference, no testable feature, a column listed twice or missing, or a bad
+            ``alpha``/``correction``/``backend``.
     """
 
     def __init__(
@@ -182,39 +202,59 @@ class DriftDetector:
         alpha: float = 0.05,
         correction: Correction = "bonferroni",
         reference_scores: np.ndarray | Sequence[float] | None = None,
+        backend: Backend = "scipy",
+        multivariate: bool = True,
+        seed: int = 0,
     ) -> None:
-        self.numeric = [str(c) for c in numeric]
+        numeric = [str(c) for c in numeric]
         self.categorical = [str(c) for c in categorical]
-        self.columns = self.numeric + self.categorical
-        if not self.columns:
+        listed = numeric + self.categorical
+        if not listed:
             raise InvalidInput("drift detection needs at least one numeric or categorical feature")
-        twice = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        twice = sorted({c for c in listed if listed.count(c) > 1})
         if twice:
             raise InvalidInput(f"features listed more than once (numeric and categorical?): {twice}")
         if not 0 < alpha < 1:
             raise InvalidInput(f"alpha must be in (0, 1), got {alpha}")
         if correction not in ("bonferroni", "fdr"):
             raise InvalidInput(f"correction must be 'bonferroni' or 'fdr', got {correction!r}")
+        if backend not in ("scipy", "alibi"):
+            raise InvalidInput(f"backend must be 'scipy' or 'alibi', got {backend!r}")
         if reference is None or len(reference) == 0:
             raise InvalidInput("the reference data is empty")
-        self._require_columns(reference, "reference")
+        missing = [c for c in listed if c not in reference.columns]
+        if missing:
+            raise InvalidInput(f"reference lacks the columns {missing}")
         self.alpha = float(alpha)
         self.correction: Correction = correction
+        self.backend: Backend = backend
         self.n_reference = len(reference)
+        self.notes: list[str] = []
 
-        # Numeric: NaN imputed with the reference median, because TabularDrift needs a full
-        # matrix. A window that suddenly has many missing values then shows a spike at the
-        # median, which KS flags: more missing values is drift worth seeing.
+        # Numeric: NaN imputed with the reference median, because the tests need a full matrix. A window
+        # that suddenly has many missing values then shows a spike at the median, which KS flags: more
+        # missing values is drift worth seeing.
+        self.numeric: list[str] = []
         self._medians: dict[str, float] = {}
         self._edges: dict[str, np.ndarray] = {}
         self._ref_bin_shares: dict[str, np.ndarray] = {}
-        for col in self.numeric:
+        self._ref_values: dict[str, np.ndarray] = {}
+        self._ref_sd: dict[str, float] = {}
+        for col in numeric:
             values = _numeric(reference[col])
-            if not np.isfinite(values).any():
-                raise InvalidInput(f"reference column {col!r} has no finite numeric value")
-            self._medians[col] = float(np.nanmedian(np.where(np.isfinite(values), values, np.nan)))
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                self.notes.append(f"{col!r} not tested: the reference has no finite value in it")
+                continue
+            self.numeric.append(col)
+            self._medians[col] = float(np.median(finite))
             self._edges[col] = _quantile_edges(values, 10)
             self._ref_bin_shares[col] = _binned_shares(values, self._edges[col])
+            self._ref_values[col] = finite
+            self._ref_sd[col] = float(finite.std())
+        self.columns = self.numeric + self.categorical
+        if not self.columns:
+            raise InvalidInput("no feature can be tested: " + "; ".join(self.notes))
 
         # Categorical: codes 0..k-1 for the reference's categories (missing is one of them when
         # present); every category the reference never had maps to code k, so a new category
@@ -228,26 +268,18 @@ class DriftDetector:
             self._ref_cat_shares[col] = np.append(_category_shares(cats, known), 0.0)
 
         x_ref = self._matrix(reference)
-
-        from alibi_detect.cd import KSDrift, TabularDrift  # lazy: the import takes seconds
-
         n_num = len(self.numeric)
-        # Only the reference's codes are declared: TabularDrift counts the union with the
-        # window's codes at test time, so the "unseen" code joins the table only when it occurs
-        # (declaring it up front would give an all-zero column, which chi-squared rejects).
-        categories = {n_num + j: list(range(len(self._codes[col]))) for j, col in enumerate(self.categorical)}
-        # An empty dict (all numeric) is accepted and, unlike None, does not warn.
-        self._tabular = TabularDrift(
-            x_ref, p_val=self.alpha, categories_per_feature=categories, correction=correction
-        )
+        categories = {n_num + j: len(self._codes[col]) for j, col in enumerate(self.categorical)}
 
         self._ref_scores: np.ndarray | None = None
-        self._score_detector: Any = None
         if reference_scores is not None:
             self._ref_scores = _finite_scores("reference_scores", reference_scores)
             self._score_edges = _quantile_edges(self._ref_scores, 10)
             self._ref_score_shares = _binned_shares(self._ref_scores, self._score_edges)
-            self._score_detector = KSDrift(self._ref_scores.reshape(-1, 1), p_val=self.alpha)
+        self._tests = make_tests(backend, x_ref, categories, alpha=self.alpha, correction=correction,
+                                 ref_scores=self._ref_scores)
+        self.licence = self._tests.licence
+        self._joint = MMDTest(x_ref, categories, alpha=self.alpha, seed=seed) if multivariate else None
 
     def _require_columns(self, frame: pd.DataFrame, what: str) -> None:
         missing = [c for c in self.columns if c not in frame.columns]
@@ -268,12 +300,40 @@ class DriftDetector:
             out[:, j] = self._encode(col, frame[col])
         return out
 
-    def _psi(self, col: str, column: np.ndarray) -> float:
+    def _shares(self, col: str, column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reference shares, window shares) over the same bins (numeric) or categories (categorical)."""
         if col in self._edges:
-            return _psi(self._ref_bin_shares[col], _binned_shares(column, self._edges[col]))
+            return self._ref_bin_shares[col], _binned_shares(column, self._edges[col])
         n_codes = len(self._codes[col]) + 1
-        cur = np.bincount(column.astype(np.int64), minlength=n_codes) / max(column.size, 1)
-        return _psi(self._ref_cat_shares[col], cur)
+        return self._ref_cat_shares[col], np.bincount(column.astype(np.int64), minlength=n_codes) / max(column.size, 1)
+
+    def _feature(self, j: int, col: str, column: np.ndarray, raw: pd.Series, p_value: float, statistic: float,
+                 cut: float) -> FeatureDrift:
+        numeric = col in self._edges
+        ref_share, cur_share = self._shares(col, column)
+        wasserstein = None
+        if numeric:
+            values = _numeric(raw)
+            values = values[np.isfinite(values)]
+            if values.size:
+                # In reference standard deviations, so one threshold reads the same for every input.
+                # scipy inside: a heavy import, loaded only where windows are tested (statistics.py says why).
+                from scipy.stats import wasserstein_distance
+
+                wasserstein = float(wasserstein_distance(self._ref_values[col], values) / max(self._ref_sd[col], 1e-12))
+        return FeatureDrift(
+            feature=col,
+            kind="numeric" if numeric else "categorical",
+            test="ks" if numeric else "chi2",
+            statistic=float(statistic),
+            p_value=_p_value(p_value),
+            drifted=bool(p_value < cut),
+            psi=_psi(ref_share, cur_share),
+            js=_js(ref_share, cur_share),
+            wasserstein=wasserstein,
+            n_reference=self.n_reference,
+            n_window=len(column),
+        )
 
     def check(
         self, window: pd.DataFrame, window_scores: np.ndarray | Sequence[float] | None = None
@@ -288,63 +348,60 @@ class DriftDetector:
             raise InvalidInput("the window is empty")
         self._require_columns(window, "the window")
         x = self._matrix(window)
-        # drift_type="batch" is where alibi applies the correction: it returns the corrected
-        # threshold (alpha / n for Bonferroni, the Benjamini-Hochberg cut-off for FDR), while
-        # drift_type="feature" compares each p-value with the uncorrected alpha.
-        out = self._tabular.predict(x, drift_type="batch", return_p_val=True, return_distance=True)["data"]
-        p_values, distances, threshold = out["p_val"], out["distance"], out["threshold"]
-        # FDR with nothing significant returns the array of step-up thresholds: nothing is rejected.
-        cut = float(threshold) if np.ndim(threshold) == 0 else -math.inf
-
-        features = []
-        for j, col in enumerate(self.columns):
-            p = _p_value(p_values[j])
-            numeric = col in self._edges
-            features.append(
-                FeatureDrift(
-                    feature=col,
-                    kind="numeric" if numeric else "categorical",
-                    test="ks" if numeric else "chi2",
-                    statistic=float(np.nan_to_num(distances[j])),
-                    p_value=p,
-                    drifted=bool(p < cut),
-                    psi=self._psi(col, x[:, j]),
-                    n_reference=self.n_reference,
-                    n_window=len(window),
-                )
-            )
+        p_values, statistics, cut = self._tests.features(x)
+        features = [self._feature(j, col, x[:, j], window[col], p_values[j], statistics[j], cut)
+                    for j, col in enumerate(self.columns)]
+        notes = list(self.notes)
+        for col in self.numeric:
+            if not np.isfinite(_numeric(window[col])).any():
+                notes.append(f"{col!r}: no finite value in the window (tested as all missing)")
         drifted = [f.feature for f in features if f.drifted]
+        joint = self._joint.check(x) if self._joint is not None else None
         return DriftResult(
             features=features,
             drifted_features=drifted,
             share_drifted=len(drifted) / len(features),
             prediction=self._check_scores(window_scores),
-            drift=bool(drifted),
+            drift=bool(drifted) or bool(joint is not None and joint.drifted),
             alpha=self.alpha,
             correction=self.correction,
+            backend=self.backend,
+            multivariate=joint,
+            notes=notes,
         )
 
     def _check_scores(self, window_scores: Any) -> FeatureDrift | None:
         if window_scores is None:
             return None
-        if self._score_detector is None or self._ref_scores is None:
+        if self._ref_scores is None:
             raise InvalidInput("window_scores given, but the detector was built without reference_scores")
         scores = _finite_scores("window_scores", window_scores)
-        out = self._score_detector.predict(scores.reshape(-1, 1), return_p_val=True, return_distance=True)[
-            "data"
-        ]
-        p = _p_value(np.ravel(out["p_val"])[0])
+        statistic, p = self._tests.scores(scores)
+        p = _p_value(p)
+        ref_share, cur_share = self._ref_score_shares, _binned_shares(scores, self._score_edges)
         return FeatureDrift(
             feature=PREDICTION,
             kind="numeric",
             test="ks",
-            statistic=float(np.ravel(out["distance"])[0]),
+            statistic=statistic,
             p_value=p,
             drifted=bool(p < self.alpha),  # one test: no correction
-            psi=_psi(self._ref_score_shares, _binned_shares(scores, self._score_edges)),
+            psi=_psi(ref_share, cur_share),
+            js=_js(ref_share, cur_share),
             n_reference=int(self._ref_scores.size),
             n_window=int(scores.size),
         )
+
+
+def _js(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2: 0 same, 1 disjoint) of two share vectors over the same bins."""
+    if ref_share.sum() <= 0 or cur_share.sum() <= 0:
+        return 0.0
+    from scipy.spatial.distance import jensenshannon  # inside: see _feature
+
+
+    out = float(jensenshannon(ref_share, cur_share, base=2))
+    return out if math.isfinite(out) else 0.0
 
 
 def detect_drift(
@@ -357,6 +414,8 @@ def detect_drift(
     correction: Correction = "bonferroni",
     reference_scores: np.ndarray | None = None,
     window_scores: np.ndarray | None = None,
+    backend: Backend = "scipy",
+    multivariate: bool = True,
 ) -> DriftResult:
     """One-off test of ``window`` against ``reference``; to test many windows, keep a ``DriftDetector``."""
     detector = DriftDetector(
@@ -366,5 +425,7 @@ def detect_drift(
         alpha=alpha,
         correction=correction,
         reference_scores=reference_scores,
+        backend=backend,
+        multivariate=multivariate,
     )
     return detector.check(window, window_scores)

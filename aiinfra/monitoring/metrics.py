@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ray.util.metrics import Counter, Gauge
 
-from aiinfra.monitoring.core import DriftReport
+from aiinfra.monitoring.core import DriftReport, EstimateCheck
 
 __all__ = ["RayMonitorMetrics"]
 
@@ -23,12 +23,18 @@ class RayMonitorMetrics:
                            tag_keys=("model", "feature"))
         self._psi = Gauge("aiinfra_drift_psi", "per-feature PSI of the latest window", tag_keys=("model", "feature"))
         self._rows = Counter("aiinfra_monitor_rows", "served rows received by the monitor", tag_keys=("model",))
+        self._estimated = Gauge("aiinfra_estimated_performance", "the latest window's estimated metric (CBPE, no labels)",
+                                tag_keys=("model", "metric"))
+        self._estimation_error = Gauge("aiinfra_estimation_error",
+                                       "|estimated - realised| of the latest window with labels", tag_keys=("model", "metric"))
 
     def windows(self, model: str, reports: Sequence[DriftReport]) -> None:
         for r in reports:
             self._windows.inc(1, tags={"model": model, "status": r.status})
             if r.result is None:
                 continue
+            for metric, e in (r.estimate.metrics.items() if r.estimate is not None else ()):
+                self._estimated.set(e.value, tags={"model": model, "metric": metric})
             self._share.set(r.result.share_drifted, tags={"model": model})
             for f in r.result.features:
                 self._stat.set(f.statistic, tags={"model": model, "feature": f.feature})
@@ -42,3 +48,8 @@ class RayMonitorMetrics:
     def performance(self, model: str, metrics: dict[str, float]) -> None:
         for metric, value in metrics.items():
             self._perf.set(value, tags={"model": model, "metric": metric})
+
+    def estimates(self, model: str, checks: Sequence[EstimateCheck]) -> None:
+        checked = next((c for c in checks if c.error), None)  # newest first
+        for metric, err in (checked.error.items() if checked else ()):
+            self._estimation_error.set(err, tags={"model": model, "metric": metric})

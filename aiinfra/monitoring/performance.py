@@ -56,6 +56,9 @@ class PerformanceTracker:
         # request id -> (served values, version, feature rows or None, served at)
         self._pending: OrderedDict[str, tuple[list[float], int | None, list[dict[str, Any]] | None, float]] = OrderedDict()
         self._labelled: deque[tuple[float, float]] = deque(maxlen=window)  # (score or prediction, truth)
+        # (served at, score or prediction, truth) of the latest labelled rows: what a window's realised
+        # performance is measured on, to set beside its estimate.
+        self._labelled_at: deque[tuple[float, float, float]] = deque(maxlen=max_labelled_rows)
         self._rows: deque[dict[str, Any]] = deque(maxlen=max_labelled_rows)
         self.arms: dict[int, dict[str, int]] = {}
         self.arms_since = time.time()
@@ -68,6 +71,7 @@ class PerformanceTracker:
     def carry_over(self, old: PerformanceTracker) -> None:
         """Keep ``old``'s labelled production rows and canary arms (the monitor rebased on a new champion)."""
         self._rows, self.arms, self.arms_since = old._rows, old.arms, old.arms_since
+        self._labelled_at = old._labelled_at
 
     def _arm(self, version: int) -> dict[str, int]:
         return self.arms.setdefault(int(version), {"requests": 0, "errors": 0, "labelled": 0, "correct": 0})
@@ -194,6 +198,7 @@ class PerformanceTracker:
         arm = self._arm(version) if version is not None else None
         for i, (score, truth) in enumerate(zip(served, truths)):
             self._labelled.append((score, truth))  # type: ignore[arg-type]
+            self._labelled_at.append((served_at, score, truth))  # type: ignore[arg-type]
             if arm is not None:
                 arm["labelled"] += 1
                 arm["correct"] += int(self._correct(score, truth))  # type: ignore[arg-type]
@@ -201,26 +206,43 @@ class PerformanceTracker:
                 self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version})
         return "matched"
 
+    def realised_between(self, start: float, end: float) -> dict[str, Any]:
+        """What the labels of the rows served in [start, end] show: ``labelled`` rows and their ``metrics``."""
+        rows = [(s, t) for at, s, t in self._labelled_at if start <= at <= end]
+        if not rows:
+            return {"labelled": 0, "metrics": {}}
+        return {"labelled": len(rows), "metrics": self._metrics(np.array([s for s, _ in rows]),
+                                                                 np.array([t for _, t in rows]))}
+
+    def _metrics(self, scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.task == "binary":
+            predicted = scores >= 0.5
+            positive = truth == 1
+            metrics["accuracy"] = float(np.mean(predicted == positive))
+            tp, fp, fn = (int(np.sum(predicted & positive)), int(np.sum(predicted & ~positive)),
+                          int(np.sum(~predicted & positive)))
+            if 2 * tp + fp + fn:
+                metrics["f1"] = 2 * tp / (2 * tp + fp + fn)
+            if len(set(truth.tolist())) == 2:
+                # Here, not at the top: sklearn (and scipy) is heavy, and the monitor's clients import this
+                # module through monitoring.actor; only a labelled binary window needs it.
+                from sklearn.metrics import roc_auc_score
+
+                metrics["roc_auc"] = float(roc_auc_score(truth, scores))
+        elif self.task == "multiclass":
+            metrics["accuracy"] = float(np.mean(scores == truth))
+        else:
+            err = scores - truth
+            metrics["rmse"] = float(np.sqrt(np.mean(err**2)))
+            metrics["mae"] = float(np.mean(np.abs(err)))
+        return metrics
+
     def snapshot(self) -> dict[str, Any]:
         """Rolling metrics over the latest labelled predictions, against the baseline."""
         metrics: dict[str, float] = {}
         if self._labelled:
-            scores = np.array([s for s, _ in self._labelled])
-            truth = np.array([t for _, t in self._labelled])
-            if self.task == "binary":
-                metrics["accuracy"] = float(np.mean((scores >= 0.5) == (truth == 1)))
-                if len(set(truth.tolist())) == 2:
-                    # Here, not at the top: sklearn (and scipy) is heavy, and the monitor's clients import this
-                    # module through monitoring.actor; only a labelled binary window needs it.
-                    from sklearn.metrics import roc_auc_score
-
-                    metrics["roc_auc"] = float(roc_auc_score(truth, scores))
-            elif self.task == "multiclass":
-                metrics["accuracy"] = float(np.mean(scores == truth))
-            else:
-                err = scores - truth
-                metrics["rmse"] = float(np.sqrt(np.mean(err**2)))
-                metrics["mae"] = float(np.mean(np.abs(err)))
+            metrics = self._metrics(np.array([s for s, _ in self._labelled]), np.array([t for _, t in self._labelled]))
         delta = {k: v - self.baseline[k] for k, v in metrics.items() if k in self.baseline}
         return {"labelled": len(self._labelled), "pending": len(self._pending), "metrics": metrics,
                 "baseline": {k: self.baseline[k] for k in metrics if k in self.baseline}, "delta": delta,

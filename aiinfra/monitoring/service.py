@@ -21,13 +21,26 @@ from typing import Any, Protocol
 
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import NotFound
-from aiinfra.monitoring.core import DriftMonitor, DriftReport, load_arms, save_arms
+from aiinfra.monitoring.core import (
+    DriftMonitor,
+    DriftReport,
+    EstimateCheck,
+    estimation_error,
+    load_arms,
+    read_estimates,
+    record_realised,
+    save_arms,
+)
+from aiinfra.monitoring.estimation import PerformanceEstimator
 from aiinfra.monitoring.performance import PerformanceTracker
 from aiinfra.monitoring.reference import build_reference
 from aiinfra.registry.core import ModelRegistry
 from aiinfra.storage import ArtifactStore, MetadataDB, open_artifact_store, open_metadata_db
 
 __all__ = ["MonitorMetrics", "MonitorService", "NoMetrics", "monitor_actor_name"]
+
+
+ESTIMATE_WINDOWS = 20  # the latest windows whose estimates are checked against their labels
 
 
 def monitor_actor_name(model: str) -> str:
@@ -43,6 +56,8 @@ class MonitorMetrics(Protocol):
 
     def performance(self, model: str, metrics: dict[str, float]) -> None: ...
 
+    def estimates(self, model: str, checks: Sequence[EstimateCheck]) -> None: ...
+
 
 class NoMetrics:
     def windows(self, model: str, reports: Sequence[DriftReport]) -> None:
@@ -52,6 +67,9 @@ class NoMetrics:
         pass
 
     def performance(self, model: str, metrics: dict[str, float]) -> None:
+        pass
+
+    def estimates(self, model: str, checks: Sequence[EstimateCheck]) -> None:
         pass
 
 
@@ -94,9 +112,13 @@ class MonitorService:
         except NotFound:
             version = self._registry.get(self._model)
         reference = build_reference(self._store, version)
+        predicted = None if reference.probabilities is None else reference.probabilities.argmax(axis=1)
+        estimator = PerformanceEstimator(reference.task, reference.scores, reference.labels,
+                                         reference_predicted=predicted)
         core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
                             categorical=reference.categorical, settings=self.config.monitoring,
-                            reference_scores=reference.scores)
+                            reference_scores=reference.scores, estimator=estimator)
+        self.estimator = estimator
         # In memory: predictions waiting for labels, the rolling window and the labelled rows (a restart
         # starts them afresh). Stored: the drift reports, and the canary's arms (at most ARMS_SAVE_S behind).
         performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
@@ -107,7 +129,8 @@ class MonitorService:
             if stored is not None:
                 performance.restore_arms(stored)
         self.version, self.core, self.performance = version, core, performance
-        self.reference_dataset = reference.dataset_version
+        self.reference_dataset = reference.source
+        self.reference = reference
 
     def _save_arms(self, force: bool = False) -> None:
         """Store the arms when they changed, at most once per ARMS_SAVE_S (under the lock)."""
@@ -121,6 +144,24 @@ class MonitorService:
     def _ticker(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             self.tick()
+            self.check_estimates()
+
+    def check_estimates(self, limit: int = ESTIMATE_WINDOWS) -> list[EstimateCheck]:
+        """Set each recent window's estimate beside what the labels that arrived since show (stored)."""
+        with self._lock:
+            checks = read_estimates(self._db, self._model, limit)
+            out = []
+            for check in checks:
+                seen = self.performance.realised_between(check.window_start, check.window_end)
+                if seen["labelled"] and seen["labelled"] != check.labelled:
+                    record_realised(self._db, self._model, check.window_id, seen["labelled"], seen["metrics"])
+                    error = {k: abs(check.estimate.metrics[k].value - v) for k, v in seen["metrics"].items()
+                             if k in check.estimate.metrics}
+                    check = check.model_copy(update={"labelled": seen["labelled"], "realised": seen["metrics"],
+                                                     "error": error})
+                out.append(check)
+        self._metrics.estimates(self._model, out)
+        return out
 
     def close(self) -> None:
         self._stop.set()
@@ -146,10 +187,11 @@ class MonitorService:
                 versions: list[int | None] | None = None, errors: dict[int, int] | None = None) -> list[dict[str, Any]]:
         """Rows served (with scores, request ids, predicted labels and the version that answered each),
         and failed requests per version; returns the windows this closed, as stored."""
+        at = time.time()  # one arrival time for both sides: a window's span finds its rows' labels by it
         with self._lock:
-            reports = self.core.observe(rows, scores) if rows else []
+            reports = self.core.observe(rows, scores, at=at) if rows else []
             if request_ids is not None and scores is not None:
-                self.performance.record(request_ids, scores, labels, versions=versions, rows=rows)
+                self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at)
             if errors:
                 self.performance.record_errors(errors)
             self._save_arms()
@@ -197,11 +239,20 @@ class MonitorService:
         return report.model_dump(mode="json")
 
     def status(self, limit: int = 10) -> dict[str, Any]:
+        checks = self.check_estimates()
         with self._lock:
             stats = self.core.stats()
             reports = self.core.reports(limit=limit)
         return {"model": self.core.model, "version": self.version.ref, "reference": self.reference_dataset,
-                "features": self.core.features,
+                "features": self.core.features, "detector": self.core.detector,
                 "settings": self.core.settings.model_dump(), "stats": stats,
                 "performance": self.performance.snapshot(),
+                "estimation": {**self._estimation(), "error": estimation_error(checks),
+                               "windows": [c.model_dump(mode="json") for c in checks[:limit]]},
                 "reports": [r.model_dump(mode="json") for r in reports]}
+
+    def _estimation(self) -> dict[str, Any]:
+        e = self.estimator
+        return {"method": "cbpe", "available": e.available, "reliable": e.available and not e.problem,
+                "calibration_error": e.calibration_error, "raw_calibration_error": e.raw_calibration_error,
+                "problem": e.problem}

@@ -29,6 +29,7 @@ from aiinfra.data.transforms import fit_features
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.features.offline import point_in_time_join
 from aiinfra.features.views import FeatureView
+from aiinfra.monitoring.profile import build_profile, write_profile
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.provenance import code_version, environment, environment_changes
 from aiinfra.training.config import TrainConfig, config_hash, load_train_config
@@ -149,14 +150,31 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-def evaluate_model(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -> Any:
-    """The evaluation report of a saved model on ``holdout``, per slice as configured."""
+def _holdout_outputs(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -> tuple[ModelSpec, np.ndarray, np.ndarray]:
+    """(spec, the saved model's outputs on ``holdout``, the true labels: class indexes or values)."""
     spec, module, pre = load_model_dir(model_dir)
     scores = predict_scores(module, spec, pre.transform(holdout))
     y = encode_labels(spec.task, holdout[cfg.data.label], spec.class_labels)
     y_true = y * spec.target_std + spec.target_mean if spec.task == "regression" else y.astype(np.int64)
+    return spec, scores, y_true
+
+
+def evaluate_model(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig,
+                   outputs: tuple[ModelSpec, np.ndarray, np.ndarray] | None = None) -> Any:
+    """The evaluation report of a saved model on ``holdout``, per slice as configured."""
+    spec, scores, y_true = outputs or _holdout_outputs(model_dir, holdout, cfg)
     slices = {c: holdout[c].astype(str).to_numpy() for c in cfg.data.slices if c in holdout.columns}
     return evaluate_predictions(spec.task, y_true, scores, class_labels=list(spec.class_labels) or None, slices=slices)  # type: ignore[arg-type]
+
+
+def _write_profile(model_dir: Path, holdout: pd.DataFrame, data: PreparedData, cfg: TrainConfig,
+                   outputs: tuple[ModelSpec, np.ndarray, np.ndarray], source: str) -> None:
+    """The version's reference profile (its monitor's reference and calibration data), into the model dir."""
+    spec, scores, y_true = outputs
+    profile = build_profile(holdout, signature_for(data.pre, cfg.task, data.class_labels).inputs, task=spec.task,
+                            class_labels=list(spec.class_labels), outputs=scores, labels=y_true,
+                            source=source, seed=cfg.trainer.seed)
+    write_profile(profile, model_dir)
 
 
 def _json_safe(value: Any) -> Any:
@@ -243,8 +261,13 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
             save_model_dir(model_dir, spec, best_state, data.pre)
             final_cfg = final_cfg.model_copy(update={"tune": None})
             (model_dir / TRAINING_CONFIG).write_text(final_cfg.model_dump_json(indent=2))
-            report = evaluate_model(model_dir, holdout, final_cfg)
+            outputs = _holdout_outputs(model_dir, holdout, final_cfg)
+            report = evaluate_model(model_dir, holdout, final_cfg, outputs)
             log.note(", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items()))
+            if cfg.register_model:  # built once, registered with the version: its monitor's reference
+                split = final_cfg.data.split
+                source = split.holdout_dataset or f"the holdout split of {final_cfg.data.dataset}"
+                _write_profile(model_dir, holdout, data, final_cfg, outputs, source)
 
         verdict = None
         if cfg.register_model:

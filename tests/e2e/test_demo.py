@@ -310,7 +310,7 @@ def test_served_requests_reach_the_drift_monitor(demo):
             break
         assert time.monotonic() < deadline, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
         time.sleep(3)
-    assert st["model"] == "churn" and st["reference"].startswith("customers@")
+    assert st["model"] == "churn" and "customers@" in st["reference"]
     assert set(st["features"]["categorical"]) == {"plan", "region"}
     assert st["stats"]["rows_dropped"] == 0
 

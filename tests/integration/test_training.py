@@ -229,7 +229,11 @@ def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(pl
     handle = get_monitor_actor(platform_config, "churn-gated")
     try:
         status = ray.get(handle.status.remote(), timeout=120)
-        assert status["reference"] == customers.ref and "plan" in status["features"]["categorical"]
+        # The reference profile registered with the version: its holdout rows, labels and scores.
+        assert customers.ref in status["reference"] and "plan" in status["features"]["categorical"]
+        assert status["detector"]["backend"] == "scipy" and status["detector"]["licence"] is None
+        estimation = status["estimation"]
+        assert estimation["available"] and estimation["calibration_error"] < 0.1, estimation
         window = status["settings"]["window_rows"]
         assert window == 1000
 

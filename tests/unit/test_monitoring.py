@@ -6,6 +6,8 @@ reference of 5,000 rows and windows of 1,000, as a serving replica would send th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,15 +63,22 @@ def reference() -> pd.DataFrame:
     return make_rows(np.random.default_rng(0), 5000)
 
 
+@pytest.fixture(scope="module", params=["scipy", "alibi"])
+def backend(request) -> str:
+    """Every statistical test runs on both backends: the default (scipy) and the opt-in alibi-detect."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def detector(reference) -> DriftDetector:
-    # Built once for the module: this is where alibi-detect is imported (seconds).
+def detector(reference, backend) -> DriftDetector:
+    # Built once per backend: for alibi this is where alibi-detect is imported (seconds).
     return DriftDetector(
         reference,
         numeric=NUMERIC,
         categorical=CATEGORICAL,
         alpha=ALPHA,
         reference_scores=scores_of(reference),
+        backend=backend,
     )
 
 
@@ -123,13 +132,15 @@ def test_prediction_drift_is_detected_when_scores_shift(detector):
     assert same.prediction.feature == "prediction" and same.prediction.test == "ks"
     shifted = detector.check(window, np.clip(scores_of(window) + 0.1, 0, 1))
     assert shifted.prediction.drifted and shifted.prediction.p_value < ALPHA
-    assert not shifted.drift  # the feature verdict is separate: the features did not move
+    # The inputs' verdict is separate: no feature moved (the joint test, at alpha, may still false-alarm).
+    assert not shifted.drifted_features
 
 
-def test_fdr_correction_detects_the_shift_too(reference):
+def test_fdr_correction_detects_the_shift_too(reference, backend):
     window = make_rows(np.random.default_rng(6), 1000, shift={"x0": 0.5})
-    result = detect_drift(reference, window, numeric=NUMERIC, categorical=CATEGORICAL, correction="fdr")
-    assert result.correction == "fdr" and result.drifted_features == ["x0"]
+    result = detect_drift(reference, window, numeric=NUMERIC, categorical=CATEGORICAL, correction="fdr",
+                          backend=backend)
+    assert result.correction == "fdr" and result.drifted_features == ["x0"] and result.backend == backend
 
 
 def test_missing_values_are_imputed_and_heavy_missingness_shows(detector):
@@ -151,6 +162,113 @@ def test_population_stability_index():
     assert population_stability_index(ref, rng.choice(C1, 5000, p=C1_P), kind="categorical") < 0.02
     assert population_stability_index(ref, rng.choice(C1, 5000, p=[0.2, 0.3, 0.5]), kind="categorical") > 0.2
     assert population_stability_index(ref, ["a", "new", None], kind="categorical") > 0.2
+
+
+WINDOWS = {
+    "stationary": {},
+    "numeric shift": {"shift": {"x2": 0.5}},
+    "small numeric shift": {"shift": {"x4": 0.12}},
+    "categorical shift": {"c1_p": [0.2, 0.3, 0.5]},
+    "unseen category": {"c2_values": [*C2, "new"], "c2_p": [0.225] * 4 + [0.1]},
+}
+
+
+@pytest.mark.parametrize("correction", ["bonferroni", "fdr"])
+def test_both_backends_agree_on_the_same_windows(reference, correction):
+    """The default backend computes what alibi-detect computes: same p-values (alibi's are float32), same verdicts."""
+    common = dict(numeric=NUMERIC, categorical=CATEGORICAL, alpha=ALPHA, correction=correction,
+                  reference_scores=scores_of(reference), multivariate=False)
+    ours, alibi = (DriftDetector(reference, backend=b, **common) for b in ("scipy", "alibi"))
+    rng = np.random.default_rng(11)
+    for name, kwargs in WINDOWS.items():
+        for _ in range(3):
+            window = make_rows(rng, 1000, **kwargs)
+            a, b = ours.check(window, scores_of(window)), alibi.check(window, scores_of(window))
+            assert a.drifted_features == b.drifted_features and a.drift == b.drift, name
+            for fa, fb in zip(a.features, b.features):
+                assert fa.p_value == pytest.approx(fb.p_value, rel=1e-4, abs=1e-6), (name, fa.feature)
+                assert fa.statistic == pytest.approx(fb.statistic, rel=1e-4, abs=1e-6), (name, fa.feature)
+                assert fa.psi == fb.psi
+            assert a.prediction.p_value == pytest.approx(b.prediction.p_value, rel=1e-4, abs=1e-6)
+            assert a.prediction.drifted == b.prediction.drifted
+    assert ours.licence is None and "Business Source License" in alibi.licence
+
+
+def test_the_default_monitor_never_imports_alibi_detect(tmp_path):
+    """With default settings no code path imports alibi-detect (its licence forbids production use)."""
+    script = f"""
+import sys
+import numpy as np, pandas as pd
+from aiinfra.config import MonitoringSettings
+from aiinfra.monitoring.core import DriftMonitor
+from aiinfra.storage import open_metadata_db
+rng = np.random.default_rng(0)
+ref = pd.DataFrame({{"x": rng.normal(size=500), "c": rng.choice(["a", "b"], 500)}})
+m = DriftMonitor(open_metadata_db("sqlite:///{tmp_path}/m.db"), "m", ref, numeric=["x"], categorical=["c"],
+                 settings=MonitoringSettings(window_rows=200, min_rows=100), reference_scores=rng.random(500))
+reports = m.observe(ref.iloc[:200].to_dict(orient="records"), rng.random(200).tolist())
+assert reports and reports[0].result.backend == "scipy", reports
+assert m.detector["backend"] == "scipy" and m.detector["licence"] is None
+sys.exit(3 if any(k.startswith("alibi_detect") for k in sys.modules) else 0)
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode} (3: alibi_detect was imported)\n{done.stderr[-2000:]}"
+
+
+def test_the_multivariate_test_sees_a_correlation_no_single_feature_shows(reference):
+    """x0 and x1 become correlated (0.8) with their margins unchanged: every per-feature test passes, MMD does not."""
+    detector = DriftDetector(reference, numeric=NUMERIC, categorical=CATEGORICAL, alpha=ALPHA)
+    rng = np.random.default_rng(12)
+    joint_hits = feature_hits = 0
+    for _ in range(5):
+        window = make_rows(rng, 1000)
+        z = rng.normal(size=1000)
+        window["x0"] = np.sqrt(0.8) * z + np.sqrt(0.2) * rng.normal(size=1000)
+        window["x1"] = np.sqrt(0.8) * z + np.sqrt(0.2) * rng.normal(size=1000)
+        result = detector.check(window)
+        joint_hits += result.multivariate.drifted
+        feature_hits += bool(result.drifted_features)
+        assert result.drift == (bool(result.drifted_features) or result.multivariate.drifted)
+    assert joint_hits == 5 and feature_hits <= 1
+    same = make_rows(rng, 1000)
+    assert detector.check(same).multivariate == detector.check(same).multivariate  # reproducible per window
+
+
+def test_effect_sizes(detector):
+    rng = np.random.default_rng(13)
+    calm = detector.check(make_rows(rng, 1000))
+    moved = detector.check(make_rows(rng, 1000, shift={"x0": 1.0}, c1_p=[0.1, 0.1, 0.8]))
+    by = {f.feature: f for f in moved.features}
+    assert all(f.js is not None and 0 <= f.js < 0.1 for f in calm.features)
+    assert all((f.wasserstein is not None) == (f.kind == "numeric") for f in calm.features)
+    assert by["x0"].wasserstein == pytest.approx(1.0, abs=0.15)  # a 1-sd shift is 1 sd of earth moved
+    assert by["x0"].js > 0.3 and by["c1"].js > 0.3 and by["x3"].js < 0.1
+
+
+def test_awkward_data_is_a_report_never_an_exception(reference, backend):
+    ref = reference.copy()
+    ref["const"] = 1.0
+    ref["empty"] = np.nan
+    detector = DriftDetector(ref, numeric=[*NUMERIC, "const", "empty"], categorical=CATEGORICAL, backend=backend,
+                             reference_scores=scores_of(ref))
+    assert detector.numeric == [*NUMERIC, "const"] and "'empty' not tested" in detector.notes[0]
+    window = make_rows(np.random.default_rng(14), 300)
+    scores = scores_of(window)
+    window["const"] = 1.0
+    window["empty"] = np.nan
+    window["x3"] = np.nan  # all missing in the window
+    window["c2"] = None
+    scores[:50] = np.nan
+    scores[50:60] = np.inf
+    result = detector.check(window, scores[np.isfinite(scores)])
+    assert {"x3", "c2"} <= set(result.drifted_features) and "const" not in result.drifted_features
+    assert any("'x3'" in n for n in result.notes) and any("'empty'" in n for n in result.notes)
+    assert json.loads(result.model_dump_json())  # every number finite: it is stored as JSON
+    with pytest.raises(InvalidInput, match="no feature can be tested"):
+        DriftDetector(ref, numeric=["empty"], categorical=[])
 
 
 def test_invalid_inputs(reference, detector):

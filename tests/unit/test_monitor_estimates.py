@@ -1,0 +1,94 @@
+"""The monitor service with a registered reference profile: estimates per window, checked against late labels.
+
+No Ray: the service is the plain class the ``monitor:<model>`` actor hosts, over a real metadata DB
+(SQLite, and Postgres in the store suite) and a local artifact store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aiinfra.errors import ArtifactCorrupted
+from aiinfra.monitoring.profile import PROFILE, build_profile, write_profile
+from aiinfra.monitoring.service import MonitorService
+from aiinfra.registry.client import RegistryClient
+from aiinfra.registry.core import ModelRegistry
+from aiinfra.registry.types import FieldSpec
+from aiinfra.service import LocalBackend
+from aiinfra.storage import open_artifact_store, open_metadata_db
+
+pytestmark = pytest.mark.store
+
+INPUTS = [FieldSpec(name="x", dtype="float64"), FieldSpec(name="plan", dtype="string")]
+
+
+def rows(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Inputs, a calibrated model's P(class 1) on them, and labels drawn from it."""
+    frame = pd.DataFrame({"x": rng.normal(shift, 1.0, n), "plan": rng.choice(["basic", "premium"], n)})
+    p = 1 / (1 + np.exp(-2 * frame["x"].to_numpy()))
+    return frame, p, (rng.random(n) < p).astype(np.int64)
+
+
+@pytest.fixture
+def registered(config, tmp_path):
+    db = open_metadata_db(config.metadata_url, create=True)
+    store = open_artifact_store(config.storage_root)
+    registry = RegistryClient(LocalBackend(ModelRegistry(db, store)), store)
+    frame, p, labels = rows(np.random.default_rng(0), 4000)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "weights.bin").write_bytes(b"not loaded: the profile carries the scores")
+    write_profile(build_profile(frame, INPUTS, task="binary", class_labels=[0, 1], outputs=p, labels=labels,
+                                source="the holdout split of d@1"), model_dir)
+    version = registry.register("m", model_dir, metrics={"accuracy": 0.8},
+                                signature={"inputs": [f.model_dump() for f in INPUTS],
+                                           "outputs": [{"name": "probability", "dtype": "float64"}]},
+                                lineage={"dataset_version": "d@1"})
+    yield db, store, version
+    db.close()
+
+
+def test_each_window_carries_an_estimate_that_late_labels_then_check(config, registered):
+    db, store, version = registered
+    service = MonitorService(config, "m", db=db, store=store, ticker=False)
+    status = service.status()
+    assert status["reference"] == "the holdout split of d@1" and status["detector"]["backend"] == "scipy"
+    assert status["estimation"]["available"] and status["estimation"]["reliable"]
+
+    rng = np.random.default_rng(1)
+    frame, p, labels = rows(rng, 1000, shift=0.8)  # covariate shift: the model is surer, so more often right
+    ids = [f"r{i}" for i in range(1000)]
+    closed = service.observe(frame.to_dict(orient="records"), p.tolist(), ids, [int(v >= 0.5) for v in p],
+                             [version.version] * 1000)
+    assert len(closed) == 1
+    estimate = closed[0]["estimate"]
+    assert estimate["reliable"] and estimate["rows"] == 1000
+    realised = float(np.mean((p >= 0.5) == (labels == 1)))
+    assert estimate["metrics"]["accuracy"]["value"] == pytest.approx(realised, abs=0.04)
+
+    before = service.check_estimates()
+    assert before[0].labelled == 0 and before[0].realised is None  # no label yet: the estimate stands alone
+    service.feedback([{"request_id": rid, "label": int(y)} for rid, y in zip(ids[:600], labels[:600])])
+    partly = service.check_estimates()[0]
+    assert partly.labelled == 600 and partly.error["accuracy"] < 0.06
+
+    service.feedback([{"request_id": rid, "label": int(y)} for rid, y in zip(ids[600:], labels[600:])])
+    status = service.status()
+    window = status["estimation"]["windows"][0]
+    assert window["labelled"] == 1000 and window["realised"]["accuracy"] == pytest.approx(realised)
+    assert status["estimation"]["error"] == {"metric": "accuracy", "windows": 1,
+                                             "mae": pytest.approx(abs(estimate["metrics"]["accuracy"]["value"] - realised))}
+
+    # A restarted monitor reads the stored profile (no re-scoring) and the stored checks.
+    again = MonitorService(config, "m", db=db, store=store, ticker=False)
+    assert again.status()["estimation"]["windows"][0]["labelled"] == 1000
+
+
+def test_a_tampered_profile_is_refused_not_used(config, registered):
+    db, store, version = registered
+    key = f"{version.artifact_key}/{PROFILE}"
+    store.write_bytes(key, store.read_bytes(key) + b"x")
+    with pytest.raises(ArtifactCorrupted, match=PROFILE):
+        MonitorService(config, "m", db=db, store=store, ticker=False)
