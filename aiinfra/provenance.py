@@ -26,7 +26,7 @@ LOCK_KEY = "lock_sha256"
 # and alibi-detect, the opt-in drift backend (recorded when installed). The lock's hash covers every other package.
 PACKAGES = (
     "ray", "torch", "alibi-detect", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", "fastapi",
-    "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2", "sqlalchemy", "psycopg",
+    "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2", "sqlalchemy", "psycopg", "river",
 )
 
 

@@ -163,9 +163,10 @@ class _State(BaseModel):
     state: StateName = "watching"
     drift_streak: int = 0
     last_window_id: int | None = None
+    last_concept_id: int | None = None
     cooldown_until: float | None = None
     last_outcome: str | None = None  # promoted | rolled_back | aborted
-    cycle_trigger: str | None = None  # drift | performance
+    cycle_trigger: str | None = None  # drift | performance | estimated_performance | concept_drift
     retrain_decided_at: float | None = None
     job_id: str | None = None
     challenger_version: int | None = None
@@ -178,6 +179,7 @@ class _State(BaseModel):
         return _State(
             state="watching",
             last_window_id=self.last_window_id,
+            last_concept_id=self.last_concept_id,
             cooldown_until=now + cooldown_s,
             last_outcome=outcome,
         )
@@ -299,6 +301,13 @@ class Autopilot:
                 st.drift_streak = 0
                 reason = f"{len(drifted)} features drifted (< {k}): streak reset"
             evidence["streak"] = st.drift_streak
+            estimated = self._estimated_drop(report)
+            if estimated is not None:
+                evidence["estimate"] = estimated
+                cause = (f"estimated {estimated['metric']} {estimated['value']:.3f} (95% band up to "
+                         f"{estimated['high']:.3f}) is more than {estimated['drop']:g} below the registered "
+                         f"{estimated['baseline']:.3f}, before any label (CBPE, window {window_id})")
+                return self._try_retrain(tx, st, now, "estimated_performance", cause, evidence)
             if st.drift_streak >= w:
                 cause = (
                     f"{st.drift_streak} consecutive drift windows with >= {k} drifted features "
@@ -307,6 +316,52 @@ class Autopilot:
                 return self._try_retrain(tx, st, now, "drift", cause, evidence)
             self._save(tx, st, now)
             return self._none(st, now, reason, evidence)
+
+    def _estimated_drop(self, report: DriftReport | Mapping[str, Any]) -> dict[str, Any] | None:
+        """The window's reliable estimate when its whole band lies more than ``estimated_drop`` below baseline."""
+        drop = self.policy.trigger.estimated_drop
+        data = report.model_dump() if isinstance(report, DriftReport) else report
+        estimate = data.get("estimate") if isinstance(data, Mapping) else None
+        if drop is None or not isinstance(estimate, Mapping) or not estimate.get("reliable"):
+            return None
+        name = self.policy.trigger.performance_metric
+        metric = (estimate.get("metrics") or {}).get(name)
+        baseline = _number((estimate.get("baseline") or {}).get(name))
+        if not isinstance(metric, Mapping) or baseline is None:
+            return None
+        high, value = _number(metric.get("high")), _number(metric.get("value"))
+        if high is None or value is None or not high < baseline - drop:
+            return None
+        return {"metric": name, "value": value, "high": high, "baseline": baseline, "drop": drop,
+                "rows": estimate.get("rows")}
+
+    def on_concept_drift(self, report: Mapping[str, Any]) -> Decision:
+        """A concept-drift detection on the error stream; decide a retrain when the policy says so.
+
+        A detection whose ``detection_id`` was already seen is ignored (a retried call never counts twice).
+        """
+        if not isinstance(report, Mapping):
+            raise InvalidInput(f"a concept-drift report is a mapping, got {type(report).__name__}")
+        detection_id = report.get("detection_id")
+        if isinstance(detection_id, bool) or not isinstance(detection_id, int):
+            raise InvalidInput(f"concept-drift report detection_id must be an integer, got {detection_id!r}")
+        if report.get("model") not in (None, self.model):
+            raise InvalidInput(f"concept-drift report of model {report.get('model')!r} sent to the autopilot of {self.model!r}")
+        now = self._clock()
+        evidence = {"detection_id": detection_id, "before": report.get("before"), "after": report.get("after"),
+                    "reason": report.get("reason")}
+        with self.db.transaction() as tx:
+            st = self._load(tx)
+            if st.last_concept_id is not None and detection_id <= st.last_concept_id:
+                return self._none(st, now, f"concept drift {detection_id} already seen (last {st.last_concept_id})")
+            st.last_concept_id = detection_id
+            if not self.policy.trigger.concept_drift:
+                self._save(tx, st, now)
+                return self._none(st, now, "concept drift detected; trigger.concept_drift is off", evidence)
+            if st.state != "watching":
+                self._save(tx, st, now)
+                return self._none(st, now, f"{self._busy(st)}; concept drift not acted on", evidence)
+            return self._try_retrain(tx, st, now, "concept_drift", f"concept drift: {report.get('reason')}", evidence)
 
     def on_performance(self, snapshot: Mapping[str, Any]) -> Decision:
         """A ``PerformanceTracker.snapshot()``; decide a retrain when the rolling metric fell too far.
@@ -382,6 +437,7 @@ class Autopilot:
         new = _State(
             state="retraining",
             last_window_id=st.last_window_id,
+            last_concept_id=st.last_concept_id,
             cooldown_until=st.cooldown_until,
             last_outcome=st.last_outcome,
             cycle_trigger=trigger,
@@ -440,6 +496,7 @@ class Autopilot:
                 new = _State(
                     state="canary",
                     last_window_id=st.last_window_id,
+                    last_concept_id=st.last_concept_id,
                     cooldown_until=st.cooldown_until,
                     last_outcome=st.last_outcome,
                     cycle_trigger=st.cycle_trigger,

@@ -40,7 +40,8 @@ from aiinfra.autopilot.policy import load_policy
 from aiinfra.autopilot.ports import Aliases, Jobs, Monitors
 from aiinfra.autopilot.retrain_result import read_retrain_result, retrain_result_key
 from aiinfra.errors import NotFound
-from aiinfra.monitoring.core import DriftReport, read_reports
+from aiinfra.monitoring.concept import ConceptDrift
+from aiinfra.monitoring.core import DriftReport, read_concept_drift, read_reports
 from aiinfra.storage import ArtifactStore, MetadataDB
 
 __all__ = ["AutopilotExecutor"]
@@ -151,6 +152,11 @@ class AutopilotExecutor:
                 taken += self._act(pilot, d)
                 if d.action == "retrain":
                     return taken
+            for concept in self._new_concept_drift(model, st.get("last_concept_id")):
+                d = pilot.on_concept_drift(concept.model_dump())
+                taken += self._act(pilot, d)
+                if d.action == "retrain":
+                    return taken
             snapshot = self._monitors.performance_snapshot(model)
             if snapshot is not None:
                 taken += self._act(pilot, pilot.on_performance(snapshot))
@@ -171,6 +177,12 @@ class AutopilotExecutor:
         # tick reads what is new, not the model's whole history.
         since = self._since[model] if last_window_id is None else None
         return list(reversed(read_reports(self._db, model, limit=200, after_window_id=last_window_id, since=since)))
+
+    def _new_concept_drift(self, model: str, last_id: int | None) -> list[ConceptDrift]:
+        """Concept-drift detections not yet seen: since the policy was stored, before the first."""
+        found = reversed(read_concept_drift(self._db, model, limit=50, after_id=last_id))
+        since = self._since[model] if last_id is None else float("-inf")
+        return [c for c in found if c.created_at >= since]
 
     def _watched_since(self, model: str) -> float:
         rows = self._db.query("SELECT updated_at FROM autopilot_policies WHERE model = ?", (model,))

@@ -39,13 +39,19 @@ class _Section(BaseModel):
 
 
 class TriggerPolicy(_Section):
-    """What starts a retrain: sustained feature drift, or a measured drop in live performance."""
+    """What starts a retrain: sustained feature drift, a measured drop in live performance, an estimated drop
+    before labels arrive, or concept drift on the error stream."""
 
     drift_features_min: int = Field(1, ge=1, description="k: a window counts when >= k features drifted")
     consecutive_windows: int = Field(2, ge=1, description="w: retrain after w counting windows in a row")
     performance_metric: str = Field("accuracy", min_length=1)
     performance_drop: float | None = Field(0.05, ge=0, description="None disables the performance trigger")
     min_labelled: int = Field(100, ge=1, description="labelled predictions before the performance trigger applies")
+    # Before labels: a window's estimated performance_metric (CBPE) whose whole 95% band lies more than this
+    # below the version's registered value; only reliable estimates count. None disables it.
+    estimated_drop: float | None = Field(None, ge=0, description="None disables the estimated-performance trigger")
+    # Concept drift found on the error stream (ADWIN over per-row errors once labels arrive).
+    concept_drift: bool = True
 
 
 class RetrainPolicy(_Section):

@@ -66,6 +66,12 @@ def _monitor_status(args: argparse.Namespace) -> None:
                       f"over {error['windows']} window(s) with labels")
         else:
             print(f"  performance before labels: not estimated ({estimation.get('problem') or 'no estimator'})")
+        concept = status.get("concept") or {}
+        if concept:
+            latest = (concept.get("reports") or [None])[0]
+            print(f"  concept drift (ADWIN on the error stream, {concept['rows']:,} labelled rows): "
+                  + (f"detection {latest['detection_id']} {when(latest['created_at'])}: {latest['reason']}" if latest
+                     else "none found"))
     else:
         print(f"no monitor is running for {args.name}; stored windows:")
     if not status["reports"]:

@@ -29,14 +29,15 @@ from pydantic import BaseModel, ConfigDict
 
 from aiinfra.config import MonitoringSettings
 from aiinfra.errors import InvalidInput
+from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.detectors import DriftDetector, DriftResult
 from aiinfra.monitoring.estimation import PerformanceEstimate, PerformanceEstimator
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import MetadataDB, Migration
 
 __all__ = ["COMPONENT", "MAX_BUFFER_ROWS", "MIGRATIONS", "DriftMonitor", "DriftReport", "EstimateCheck",
-           "MonitoringSettings", "ReportStatus", "estimation_error", "load_arms", "read_estimates", "record_realised",
-           "save_arms"]
+           "MonitoringSettings", "ReportStatus", "estimation_error", "load_arms", "read_concept_drift", "read_estimates",
+           "record_realised", "save_arms", "save_concept_drift"]
 
 ReportStatus = Literal["ok", "drift", "skipped"]
 MAX_REPORTS = 1000
@@ -86,6 +87,19 @@ MIGRATIONS = (
                 realised TEXT,
                 updated_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (model, window_id)
+            )""",
+        ),
+    ),
+    # Concept drift found on the error stream (aiinfra.monitoring.concept), one row per detection.
+    Migration(
+        4,
+        (
+            """CREATE TABLE concept_reports (
+                model TEXT NOT NULL,
+                detection_id INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                report TEXT NOT NULL,
+                PRIMARY KEY (model, detection_id)
             )""",
         ),
     ),
@@ -473,3 +487,28 @@ def estimation_error(checks: Sequence[EstimateCheck], metric: str = "accuracy", 
     """Mean absolute error of the estimates of ``metric`` over windows at least ``min_coverage`` labelled."""
     errors = [c.error[metric] for c in checks if metric in c.error and c.labelled >= min_coverage * c.rows]
     return {"metric": metric, "windows": len(errors), "mae": float(np.mean(errors)) if errors else None}
+
+
+def save_concept_drift(db: MetadataDB, model: str, detection: Mapping[str, Any], *, metric: str,
+                       clock: Callable[[], float] = time.time) -> ConceptDrift:
+    """Store one error-stream detection (``ErrorStreamDetector.update``'s item) as the model's next concept report."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    with db.transaction() as tx:
+        top = tx.query("SELECT MAX(detection_id) AS top FROM concept_reports WHERE model = ?", (model,))
+        report = ConceptDrift(
+            model=model, detection_id=int(top[0]["top"] or 0) + 1, created_at=clock(), metric=metric,
+            before=detection["before"], after=detection["after"], at_row=detection["at_row"],
+            recent_rows=detection["recent_rows"],
+            reason=(f"{metric.replace('_', ' ')} rose from {detection['before']:.3f} to {detection['after']:.3f} "
+                    f"over the latest {detection['recent_rows']} labelled rows (ADWIN)"))
+        tx.execute("INSERT INTO concept_reports (model, detection_id, created_at, report) VALUES (?, ?, ?, ?)",
+                   (model, report.detection_id, report.created_at, report.model_dump_json()))
+    return report
+
+
+def read_concept_drift(db: MetadataDB, model: str, limit: int = 20, *, after_id: int | None = None) -> list[ConceptDrift]:
+    """A model's stored concept-drift detections, newest first (``after_id``: only later ones)."""
+    db.ensure_schema(COMPONENT, MIGRATIONS)
+    rows = db.query("SELECT report FROM concept_reports WHERE model = ? AND detection_id > ? "
+                    "ORDER BY detection_id DESC LIMIT ?", (model, -1 if after_id is None else after_id, limit))
+    return [ConceptDrift.model_validate_json(r["report"]) for r in rows]

@@ -28,6 +28,7 @@ stay the signal.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,7 @@ class PerformanceEstimate(BaseModel):
     reliable: bool
     calibration_error: float | None
     reason: str = ""
+    baseline: dict[str, float] = {}  # the version's registered values of the estimated metrics
 
 
 def expected_calibration_error(probability: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:
@@ -92,14 +94,16 @@ class PerformanceEstimator:
         reference_labels: the true class index per reference row (None: nothing to calibrate on).
         reference_predicted: multiclass: the predicted class index per row (argmax); binary: derived.
         max_calibration_error: above it, estimates are marked unreliable.
+        baseline: the version's registered metrics, carried on each estimate (the autopilot compares).
         draws: simulated label sets for F1's and ROC-AUC's estimate and band.
         seed: seeds the simulation (the same window gets the same estimate).
     """
 
     def __init__(self, task: str, reference_scores: np.ndarray, reference_labels: np.ndarray | None, *,
                  reference_predicted: np.ndarray | None = None, max_calibration_error: float = 0.05,
-                 draws: int = 200, seed: int = 0) -> None:
+                 draws: int = 200, seed: int = 0, baseline: Mapping[str, float] | None = None) -> None:
         self.task, self.draws, self.seed = task, draws, seed
+        self.baseline = {k: float(v) for k, v in (baseline or {}).items()}
         self.max_calibration_error = max_calibration_error
         self.calibration_error: float | None = None
         self.raw_calibration_error: float | None = None
@@ -161,7 +165,8 @@ class PerformanceEstimator:
             metrics = {"accuracy": _mean_of_bernoullis(p)}
         reliable = not self.problem
         return PerformanceEstimate(rows=int(scores.size), metrics=metrics, reliable=reliable,
-                                   calibration_error=self.calibration_error, reason=self.problem)
+                                   calibration_error=self.calibration_error, reason=self.problem,
+                                   baseline={k: v for k, v in self.baseline.items() if k in metrics})
 
     def _binary(self, scores: np.ndarray, p1: np.ndarray) -> dict[str, Estimate]:
         predicted = scores >= 0.5  # the model's own decision, on its raw score

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from ray.util.metrics import Counter, Gauge
 
+from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.core import DriftReport, EstimateCheck
 
 __all__ = ["RayMonitorMetrics"]
@@ -23,6 +24,8 @@ class RayMonitorMetrics:
                            tag_keys=("model", "feature"))
         self._psi = Gauge("aiinfra_drift_psi", "per-feature PSI of the latest window", tag_keys=("model", "feature"))
         self._rows = Counter("aiinfra_monitor_rows", "served rows received by the monitor", tag_keys=("model",))
+        self._concept = Counter("aiinfra_concept_drift", "concept drift found on the error stream (ADWIN)",
+                                tag_keys=("model",))
         self._estimated = Gauge("aiinfra_estimated_performance", "the latest window's estimated metric (CBPE, no labels)",
                                 tag_keys=("model", "metric"))
         self._estimation_error = Gauge("aiinfra_estimation_error",
@@ -53,3 +56,7 @@ class RayMonitorMetrics:
         checked = next((c for c in checks if c.error), None)  # newest first
         for metric, err in (checked.error.items() if checked else ()):
             self._estimation_error.set(err, tags={"model": model, "metric": metric})
+
+    def concept(self, model: str, reports: Sequence[ConceptDrift]) -> None:
+        if reports:
+            self._concept.inc(len(reports), tags={"model": model})

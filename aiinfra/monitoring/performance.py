@@ -59,6 +59,9 @@ class PerformanceTracker:
         # (served at, score or prediction, truth) of the latest labelled rows: what a window's realised
         # performance is measured on, to set beside its estimate.
         self._labelled_at: deque[tuple[float, float, float]] = deque(maxlen=max_labelled_rows)
+        # (correct, absolute error) per row joined since the last drain_errors(), in join order: the error stream
+        # the concept-drift detector reads. Bounded like the labelled rows, should nobody drain it.
+        self._errors: deque[tuple[bool, float]] = deque(maxlen=max_labelled_rows)
         self._rows: deque[dict[str, Any]] = deque(maxlen=max_labelled_rows)
         self.arms: dict[int, dict[str, int]] = {}
         self.arms_since = time.time()
@@ -199,12 +202,20 @@ class PerformanceTracker:
         for i, (score, truth) in enumerate(zip(served, truths)):
             self._labelled.append((score, truth))  # type: ignore[arg-type]
             self._labelled_at.append((served_at, score, truth))  # type: ignore[arg-type]
+            correct = self._correct(score, truth)  # type: ignore[arg-type]
+            self._errors.append((correct, abs(score - truth)))  # type: ignore[operator]
             if arm is not None:
                 arm["labelled"] += 1
-                arm["correct"] += int(self._correct(score, truth))  # type: ignore[arg-type]
+                arm["correct"] += int(correct)
             if rows is not None and i < len(rows):
                 self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version})
         return "matched"
+
+    def drain_errors(self) -> list[tuple[bool, float]]:
+        """(correct, absolute error) of each row joined since the last call, in join order."""
+        out = list(self._errors)
+        self._errors.clear()
+        return out
 
     def realised_between(self, start: float, end: float) -> dict[str, Any]:
         """What the labels of the rows served in [start, end] show: ``labelled`` rows and their ``metrics``."""

@@ -21,15 +21,18 @@ from typing import Any, Protocol
 
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import NotFound
+from aiinfra.monitoring.concept import ConceptDrift, ErrorStreamDetector
 from aiinfra.monitoring.core import (
     DriftMonitor,
     DriftReport,
     EstimateCheck,
     estimation_error,
     load_arms,
+    read_concept_drift,
     read_estimates,
     record_realised,
     save_arms,
+    save_concept_drift,
 )
 from aiinfra.monitoring.estimation import PerformanceEstimator
 from aiinfra.monitoring.performance import PerformanceTracker
@@ -58,6 +61,8 @@ class MonitorMetrics(Protocol):
 
     def estimates(self, model: str, checks: Sequence[EstimateCheck]) -> None: ...
 
+    def concept(self, model: str, reports: Sequence[ConceptDrift]) -> None: ...
+
 
 class NoMetrics:
     def windows(self, model: str, reports: Sequence[DriftReport]) -> None:
@@ -72,6 +77,9 @@ class NoMetrics:
     def estimates(self, model: str, checks: Sequence[EstimateCheck]) -> None:
         pass
 
+    def concept(self, model: str, reports: Sequence[ConceptDrift]) -> None:
+        pass
+
 
 class MonitorService:
     """Args:
@@ -84,6 +92,9 @@ class MonitorService:
     """
 
     ARMS_SAVE_S = 1.0
+    # The rolling metrics (ROC-AUC over the window) are computed when read, and for the gauges at most this
+    # often: not on every /feedback call, which would cost milliseconds each under load.
+    PERFORMANCE_METRICS_S = 1.0
 
     def __init__(self, config: PlatformConfig, model: str, *, metrics: MonitorMetrics | None = None,
                  db: MetadataDB | None = None, store: ArtifactStore | None = None,
@@ -97,6 +108,7 @@ class MonitorService:
         self._clock = clock
         self._lock = threading.Lock()
         self._arms_saved: tuple[float, Any] = (float("-inf"), None)  # when, and what
+        self._performance_at = float("-inf")  # when the performance gauges were last set
         self.performance: PerformanceTracker | None = None
         self._build()
         self._stop = threading.Event()
@@ -114,7 +126,7 @@ class MonitorService:
         reference = build_reference(self._store, version)
         predicted = None if reference.probabilities is None else reference.probabilities.argmax(axis=1)
         estimator = PerformanceEstimator(reference.task, reference.scores, reference.labels,
-                                         reference_predicted=predicted)
+                                         reference_predicted=predicted, baseline=version.metrics)
         core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
                             categorical=reference.categorical, settings=self.config.monitoring,
                             reference_scores=reference.scores, estimator=estimator)
@@ -128,6 +140,8 @@ class MonitorService:
             stored = load_arms(self._db, self._model)
             if stored is not None:
                 performance.restore_arms(stored)
+        # The error stream of this champion: a new one (after a rebase) starts afresh.
+        self.concept = ErrorStreamDetector(reference.task, baseline_rmse=version.metrics.get("rmse"))
         self.version, self.core, self.performance = version, core, performance
         self.reference_dataset = reference.source
         self.reference = reference
@@ -194,19 +208,38 @@ class MonitorService:
                 self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at)
             if errors:
                 self.performance.record_errors(errors)
+            concept = self._error_stream()  # labels that were held for these predictions joined just now
             self._save_arms()
         self._metrics.rows(self._model, len(rows))
         self._metrics.windows(self._model, reports)
+        self._metrics.concept(self._model, concept)
         return [r.model_dump(mode="json") for r in reports]
 
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Ground truth for served requests; unknown request ids are counted and ignored."""
+        """Ground truth for served requests; unknown request ids are counted and ignored.
+
+        Returns the counts and any concept drift the new labels revealed (stored before it is returned).
+        """
         with self._lock:
             counts = self.performance.feedback(items)
-            snap = self.performance.snapshot()
+            concept = self._error_stream()
             self._save_arms()
-        self._metrics.performance(self._model, snap["metrics"])
-        return {**counts, "performance": snap}
+            now = self._clock()
+            snap = None
+            if now - self._performance_at >= self.PERFORMANCE_METRICS_S:
+                snap, self._performance_at = self.performance.snapshot(), now
+        if snap is not None:
+            self._metrics.performance(self._model, snap["metrics"])
+        self._metrics.concept(self._model, concept)
+        return {**counts, "concept_drift": [c.model_dump(mode="json") for c in concept]}
+
+    def _error_stream(self) -> list[ConceptDrift]:
+        """Feed the rows joined since the last call to the error-stream detector; store what it finds (under the lock)."""
+        errors = self.performance.drain_errors()
+        if not errors:
+            return []
+        found = self.concept.update(self.concept.error_of(correct, abs_error) for correct, abs_error in errors)
+        return [save_concept_drift(self._db, self._model, d, metric=self.concept.metric) for d in found]
 
     def arm_stats(self) -> dict[str, Any]:
         """Requests, errors, labelled and correct rows per served version since ``reset_arms``."""
@@ -249,6 +282,9 @@ class MonitorService:
                 "performance": self.performance.snapshot(),
                 "estimation": {**self._estimation(), "error": estimation_error(checks),
                                "windows": [c.model_dump(mode="json") for c in checks[:limit]]},
+                "concept": {"detector": "adwin", "delta": self.concept.delta, "metric": self.concept.metric,
+                            "rows": self.concept.rows,
+                            "reports": [c.model_dump(mode="json") for c in read_concept_drift(self._db, self._model, limit)]},
                 "reports": [r.model_dump(mode="json") for r in reports]}
 
     def _estimation(self) -> dict[str, Any]:

@@ -197,6 +197,40 @@ def test_performance_drop_triggers(db, clock):
     assert brier.on_performance(worse).action == "retrain"  # brier and ece are error metrics too
 
 
+def _estimate(value: float, low: float, high: float, *, reliable: bool = True) -> dict:
+    return {"method": "cbpe", "rows": 1000, "metrics": {"accuracy": {"value": value, "low": low, "high": high}},
+            "reliable": reliable, "calibration_error": 0.02, "reason": "", "baseline": {"accuracy": 0.86}}
+
+
+def test_an_estimated_drop_before_labels_triggers_only_when_reliable_and_past_its_band(db, window, clock):
+    trigger = {"drift_features_min": 2, "consecutive_windows": 2, "estimated_drop": 0.05}
+    ap = Autopilot(db, policy_dict(trigger=trigger), clock=clock)
+    within = {**window("ok"), "estimate": _estimate(0.80, 0.77, 0.83)}  # the band reaches within 0.05 of 0.86
+    assert ap.on_drift_report(within).action == "none"
+    unreliable = {**window("ok"), "estimate": _estimate(0.70, 0.68, 0.72, reliable=False)}
+    assert ap.on_drift_report(unreliable).action == "none"
+    d = ap.on_drift_report({**window("ok"), "estimate": _estimate(0.76, 0.74, 0.78)})
+    assert d.action == "retrain" and d.evidence["trigger"] == "estimated_performance"
+    assert d.evidence["estimate"]["high"] == 0.78 and "before any label" in d.reason
+
+    off = Autopilot(db, policy_dict(model="other"), clock=clock)  # estimated_drop defaults to None: off
+    assert off.on_drift_report({**window("ok"), "model": "other", "estimate": _estimate(0.5, 0.4, 0.6)}).action == "none"
+
+
+def test_concept_drift_on_the_error_stream_triggers_a_retrain_once(db, clock):
+    ap = Autopilot(db, policy_dict(), clock=clock)
+    report = {"model": "churn", "detection_id": 1, "before": 0.15, "after": 0.31,
+              "reason": "error rate rose from 0.150 to 0.310 over the latest 200 labelled rows (ADWIN)"}
+    d = ap.on_concept_drift(report)
+    assert d.action == "retrain" and d.evidence["trigger"] == "concept_drift" and "0.310" in d.reason
+    assert "already seen" in ap.on_concept_drift(report).reason
+    assert ap.state()["last_concept_id"] == 1 and ap.state()["cycle_trigger"] == "concept_drift"
+    with pytest.raises(InvalidInput, match="detection_id"):
+        ap.on_concept_drift({"model": "churn", "detection_id": "2"})
+    off = Autopilot(db, policy_dict(model="other", trigger={"concept_drift": False}), clock=clock)
+    assert "off" in off.on_concept_drift({**report, "model": "other"}).reason
+
+
 def test_failed_retrain_aborts_keeps_champion_and_starts_cooldown(ap, window, clock):
     trigger_retrain(ap, window)
     with pytest.raises(InvalidInput):

@@ -92,3 +92,38 @@ def test_a_tampered_profile_is_refused_not_used(config, registered):
     store.write_bytes(key, store.read_bytes(key) + b"x")
     with pytest.raises(ArtifactCorrupted, match=PROFILE):
         MonitorService(config, "m", db=db, store=store, ticker=False)
+
+
+def test_when_only_the_concept_changes_the_error_stream_finds_it_and_the_autopilot_retrains(config, registered):
+    """Same inputs, same scores, but the label now follows the opposite relation: the input tests and CBPE
+    stay quiet (they cannot see it), the error stream's ADWIN fires, and its report starts a retrain."""
+    from aiinfra.autopilot import Autopilot
+
+    db, store, version = registered
+    service = MonitorService(config, "m", db=db, store=store, ticker=False)
+    rng = np.random.default_rng(7)
+    reports, found = [], []
+    for batch in range(4):
+        frame, p, labels = rows(rng, 1000)
+        if batch >= 2:
+            labels = (rng.random(1000) < 1 - p).astype(np.int64)  # the concept flips; the inputs do not
+        ids = [f"b{batch}-{i}" for i in range(1000)]
+        reports += service.observe(frame.to_dict(orient="records"), p.tolist(), ids, [int(v >= 0.5) for v in p],
+                                   [version.version] * 1000)
+        out = service.feedback([{"request_id": rid, "label": int(y)} for rid, y in zip(ids, labels)])
+        found += out["concept_drift"]
+        if batch < 2:
+            assert out["concept_drift"] == [], "a false alarm before the change"
+    # The inputs did not move: at alpha 0.05 a stationary window may false-alarm (5% each), no more than that.
+    assert len(reports) == 4 and sum(bool(r["result"]["drifted_features"]) for r in reports) <= 1
+    estimates = [r["estimate"]["metrics"]["accuracy"]["value"] for r in reports]
+    assert max(estimates) - min(estimates) < 0.05  # CBPE assumes the concept holds: it cannot see this
+    assert found and found[0]["after"] > found[0]["before"] + 0.1 and "ADWIN" in found[0]["reason"]
+    assert found[0]["at_row"] - 2000 < 300  # found within a few hundred labelled rows of the change
+    status = service.status()
+    assert status["concept"]["reports"][0]["detection_id"] == found[-1]["detection_id"]
+    assert status["concept"]["rows"] == 4000
+
+    policy = {"model": "m", "retrain": {"training_config": "jobs/configs/churn.yaml"}}
+    decision = Autopilot(db, policy).on_concept_drift(found[0])
+    assert decision.action == "retrain" and decision.evidence["trigger"] == "concept_drift"
