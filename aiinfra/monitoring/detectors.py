@@ -71,8 +71,9 @@ class DriftResult(BaseModel):
     """The verdict on one window.
 
     ``drift`` is the inputs' verdict: a feature drifted after the correction, or the multivariate test
-    rejected (``multivariate``, at ``alpha``). Prediction drift is a separate, uncorrected test at
-    ``alpha``, reported in ``prediction``. ``notes`` name what could not be tested and why.
+    rejected (``multivariate``). With the multivariate test, each of the two gets ``alpha / 2`` (so the
+    verdict's false-alarm rate stays at most ``alpha``). Prediction drift is a separate, uncorrected test
+    at ``alpha``, reported in ``prediction``. ``notes`` name what could not be tested and why.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -276,10 +277,13 @@ class DriftDetector:
             self._ref_scores = _finite_scores("reference_scores", reference_scores)
             self._score_edges = _quantile_edges(self._ref_scores, 10)
             self._ref_score_shares = _binned_shares(self._ref_scores, self._score_edges)
-        self._tests = make_tests(backend, x_ref, categories, alpha=self.alpha, correction=correction,
+        # With the joint test, the window's input verdict is two tests (the per-feature family, MMD) and alpha
+        # is split between them (Bonferroni), so a stationary window is still flagged at most alpha of the time.
+        family_alpha = self.alpha / 2 if multivariate else self.alpha
+        self._tests = make_tests(backend, x_ref, categories, alpha=family_alpha, correction=correction,
                                  ref_scores=self._ref_scores)
         self.licence = self._tests.licence
-        self._joint = MMDTest(x_ref, categories, alpha=self.alpha, seed=seed) if multivariate else None
+        self._joint = MMDTest(x_ref, categories, alpha=self.alpha / 2, seed=seed) if multivariate else None
 
     def _require_columns(self, frame: pd.DataFrame, what: str) -> None:
         missing = [c for c in self.columns if c not in frame.columns]

@@ -32,7 +32,8 @@ MAX_ROWS = 1000  # rows of each side the test uses: enough power for a window, b
 
 
 class MultivariateDrift(BaseModel):
-    """The joint test of a window's inputs; ``drifted`` is at the detector's alpha."""
+    """The joint test of a window's inputs; ``drifted`` is at half the detector's alpha (the other half is the
+    per-feature family's)."""
 
     model_config = ConfigDict(extra="forbid")
 
