@@ -4,7 +4,7 @@ A real platform on a local Ray: the churn model trained (1 worker, 2 epochs), se
 every request sampled to its monitor (``monitoring.sample_rate`` 1.0, windows of 1,000 rows), then
 ``--clients`` concurrent HTTP clients for ``--seconds`` seconds sending ``--rows`` rows per request.
 CPU seconds are read with psutil from the processes themselves: the monitor actor against the Serve
-replicas plus the HTTP proxy. The monitor tests every closed window (alibi-detect), so its share
+replicas plus the HTTP proxy. The monitor tests every closed window (the default scipy detectors), so its share
 grows with rows per second, not requests per second: both are printed.
 
     .venv/bin/python benchmarks/monitor_cpu.py [--seconds 20] [--clients 16] [--rows 10]
@@ -94,7 +94,7 @@ def main() -> None:
         assert httpx.post(f"{base}/predict/churn", json={"instances": instances[:1]}, headers=auth).status_code == 200
         monitor = get_monitor_actor(config, "churn")
         monitor_pid = ray.get(monitor.pid.remote())
-        time.sleep(3.0)  # the monitor's first shipment and alibi-detect's import are start-up costs, not load
+        time.sleep(3.0)  # the monitor's first shipment and its imports are start-up costs, not load
 
         actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
         serving = [a.pid for a in actors if a.class_name.startswith("ServeReplica") or a.class_name == "ProxyActor"]

@@ -79,7 +79,7 @@ def served(platform, platform_config, tmp_path_factory):
     db.close()
 
     port = _free_port()
-    # Monitoring off: a sampled request would start a `monitor:` actor (and import alibi-detect) for nothing.
+    # Monitoring off: a sampled request would start a `monitor:` actor for nothing.
     cfg = platform_config.model_copy(update={
         # The champion in its own model deployment (batching, back-pressure from its queue limits); the
         # default, the champion answered in the router, has its own test at the end.
