@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from aiinfra.monitoring.sizes import approx_bytes
+
 __all__ = ["PerformanceTracker"]
 
 
@@ -41,18 +43,23 @@ class PerformanceTracker:
     baseline: the model's evaluation metrics (``accuracy``, ``roc_auc``, ``rmse``, ...).
     window: how many of the latest labelled predictions the rolling metrics cover.
     max_pending: requests held while waiting for labels.
+    max_pending_bytes: the feature rows those requests keep (``approx_bytes``), at most; the oldest go first.
     max_labelled_rows: labelled production rows kept for retraining.
     """
 
     def __init__(self, task: str, class_labels: Sequence[Any], baseline: Mapping[str, float], *, window: int = 500,
-                 max_pending: int = 100_000, max_labelled_rows: int = 50_000, hold_s: float = 300.0,
-                 max_held: int = 100_000) -> None:
+                 max_pending: int = 100_000, max_pending_bytes: int = 256 * 2**20, max_labelled_rows: int = 50_000,
+                 hold_s: float = 300.0, max_held: int = 100_000) -> None:
         self.task = task
         self.class_labels = list(class_labels)
         self._index = {str(v): i for i, v in enumerate(self.class_labels)}
         self.baseline = {k: float(v) for k, v in baseline.items()}
         self.window = window
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes: dict[str, int] = {}  # request id -> approximate bytes its entry keeps
+        self.pending_bytes = 0
+        self.changes = 0  # counts every change to what export_state() returns, so a checkpoint knows when to write
         # request id -> (served values, version, feature rows or None, served at)
         self._pending: OrderedDict[str, tuple[list[float], int | None, list[dict[str, Any]] | None, float]] = OrderedDict()
         self._labelled: deque[tuple[float, float]] = deque(maxlen=window)  # (score or prediction, truth)
@@ -68,6 +75,7 @@ class PerformanceTracker:
         self.hold_s, self.max_held = hold_s, max_held
         self._held: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()  # early labels
         self._late: OrderedDict[str, None] = OrderedDict()  # ids joined from held labels: a client's retry is no news
+        # forgotten: pending requests dropped over max_pending or max_pending_bytes before their label came.
         self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0,
                        "matched_late": 0, "expired": 0}
 
@@ -100,13 +108,22 @@ class PerformanceTracker:
                 if version is not None:
                     self._arm(version)["requests"] += 1
             entry[0].append(value)
+            size = 32
             if entry[2] is not None and rows is not None:
                 entry[2].append(dict(rows[i]))
+                size += approx_bytes(rows[i])
+            self._pending_bytes[str(rid)] = self._pending_bytes.get(str(rid), 64) + size
+            self.pending_bytes += size
             self.counts["recorded"] += 1
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
+        while self._pending and (len(self._pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes):
+            rid, _ = self._pending.popitem(last=False)
+            self._forget_size(rid)
             self.counts["forgotten"] += 1
+        self.changes += 1
         self._join_held(now, {str(r) for r in request_ids})
+
+    def _forget_size(self, rid: str) -> None:
+        self.pending_bytes -= self._pending_bytes.pop(rid, 0)
 
     def _join_held(self, now: float, recorded: set[str] | None = None) -> None:
         """Join held labels whose predictions were just ``recorded``; drop those held too long."""
@@ -186,6 +203,7 @@ class PerformanceTracker:
             out[self._join(rid, item)] += 1
         for k, v in out.items():
             self.counts[k] += v
+        self.changes += 1
         self._join_held(now)  # expiry only
         return out
 
@@ -198,6 +216,7 @@ class PerformanceTracker:
         if any(t is None for t in truths):
             return "invalid"
         del self._pending[rid]
+        self._forget_size(rid)
         arm = self._arm(version) if version is not None else None
         for i, (score, truth) in enumerate(zip(served, truths)):
             self._labelled.append((score, truth))  # type: ignore[arg-type]
@@ -210,6 +229,27 @@ class PerformanceTracker:
             if rows is not None and i < len(rows):
                 self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version})
         return "matched"
+
+    def export_state(self) -> dict[str, Any]:
+        """What a restarted monitor must not lose: predictions waiting for labels, and labels waiting for
+        predictions (JSON-ready; ``import_state`` takes it back)."""
+        return {"pending": [[rid, values, version, rows, at] for rid, (values, version, rows, at) in self._pending.items()],
+                "held": [[rid, dict(item), at] for rid, (item, at) in self._held.items()]}
+
+    def import_state(self, state: Mapping[str, Any]) -> int:
+        """Take back ``export_state()`` (from a checkpoint) before any traffic; the entries restored."""
+        for rid, values, version, rows, at in state.get("pending", []):
+            self._pending[str(rid)] = ([float(v) for v in values], None if version is None else int(version),
+                                       rows, float(at))
+            size = 64 + 32 * len(values) + sum(approx_bytes(r) for r in rows or [])
+            self._pending_bytes[str(rid)] = size
+            self.pending_bytes += size
+        for rid, item, at in state.get("held", []):
+            self._held[str(rid)] = (item, float(at))
+        while self._pending and (len(self._pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes):
+            rid, _ = self._pending.popitem(last=False)
+            self._forget_size(rid)
+        return len(self._pending) + len(self._held)
 
     def drain_errors(self) -> list[tuple[bool, float]]:
         """(correct, absolute error) of each row joined since the last call, in join order."""
@@ -255,6 +295,7 @@ class PerformanceTracker:
         if self._labelled:
             metrics = self._metrics(np.array([s for s, _ in self._labelled]), np.array([t for _, t in self._labelled]))
         delta = {k: v - self.baseline[k] for k, v in metrics.items() if k in self.baseline}
-        return {"labelled": len(self._labelled), "pending": len(self._pending), "metrics": metrics,
+        return {"labelled": len(self._labelled), "pending": len(self._pending), "pending_bytes": self.pending_bytes,
+                "held": len(self._held), "metrics": metrics,
                 "baseline": {k: self.baseline[k] for k in metrics if k in self.baseline}, "delta": delta,
                 "counts": dict(self.counts)}

@@ -1,10 +1,13 @@
 """The drift monitor of one served model as a service: what the ``monitor:<model>`` actor hosts.
 
-A plain class (no Ray): the reference is built from the version the model's ``champion`` alias names
-(else its newest version) when the service starts, so a restarted actor rebuilds it; drift reports
-are stored in the metadata DB before they are returned. A ticker thread closes time windows when
-traffic stops. Metrics go to an injected sink (``MonitorMetrics``): Ray's metrics in the actor, none
-in tests.
+A plain class (no Ray): the reference is the profile registered with the version the model's
+``champion`` alias names (else its newest version), read when the service starts, so a restarted actor
+reads it again; drift reports, performance estimates and concept-drift reports are stored in the
+metadata DB before they are returned. A ticker thread closes time windows when traffic stops, checks
+estimates against the labels that arrived, and checkpoints the predictions waiting for labels (and
+the labels waiting for predictions) to the artifact store every ``CHECKPOINT_S``, so a restart loses
+at most that much of them. Metrics go to an injected sink (``MonitorMetrics``): Ray's metrics in the
+actor, none in tests.
 
 For the autopilot it also keeps per-version canary arms (stored, at most ``ARMS_SAVE_S`` behind, so a
 restart mid-canary resumes counting), the labelled production rows a retrain learns from, and
@@ -14,6 +17,9 @@ was trained on stops counting as drift.
 
 from __future__ import annotations
 
+import gzip
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +47,8 @@ from aiinfra.registry.core import ModelRegistry
 from aiinfra.storage import ArtifactStore, MetadataDB, open_artifact_store, open_metadata_db
 
 __all__ = ["MonitorMetrics", "MonitorService", "NoMetrics", "monitor_actor_name"]
+
+log = logging.getLogger("aiinfra.monitoring")
 
 
 ESTIMATE_WINDOWS = 20  # the latest windows whose estimates are checked against their labels
@@ -95,6 +103,9 @@ class MonitorService:
     # The rolling metrics (ROC-AUC over the window) are computed when read, and for the gauges at most this
     # often: not on every /feedback call, which would cost milliseconds each under load.
     PERFORMANCE_METRICS_S = 1.0
+    # Predictions waiting for labels (and labels waiting for predictions) are checkpointed to the artifact
+    # store this often, when they changed: a restarted monitor takes them back, losing at most this much.
+    CHECKPOINT_S = 10.0
 
     def __init__(self, config: PlatformConfig, model: str, *, metrics: MonitorMetrics | None = None,
                  db: MetadataDB | None = None, store: ArtifactStore | None = None,
@@ -110,12 +121,14 @@ class MonitorService:
         self._arms_saved: tuple[float, Any] = (float("-inf"), None)  # when, and what
         self._performance_at = float("-inf")  # when the performance gauges were last set
         self.performance: PerformanceTracker | None = None
+        self._checkpointed = 0  # tracker.changes at the last checkpoint
         self._build()
+        self.restored = self._restore()
         self._stop = threading.Event()
         window_s = config.monitoring.window_seconds
-        if ticker and window_s:
-            threading.Thread(target=self._ticker, args=(min(window_s / 4, 30.0),), daemon=True,
-                             name=f"monitor-ticker-{model}").start()
+        if ticker:
+            every = min(window_s / 4, self.CHECKPOINT_S) if window_s else self.CHECKPOINT_S
+            threading.Thread(target=self._ticker, args=(every,), daemon=True, name=f"monitor-ticker-{model}").start()
 
     def _build(self) -> None:
         """Reference, detector and performance baseline from the champion (else the newest version)."""
@@ -131,8 +144,9 @@ class MonitorService:
                             categorical=reference.categorical, settings=self.config.monitoring,
                             reference_scores=reference.scores, estimator=estimator)
         self.estimator = estimator
-        # In memory: predictions waiting for labels, the rolling window and the labelled rows (a restart
-        # starts them afresh). Stored: the drift reports, and the canary's arms (at most ARMS_SAVE_S behind).
+        # In memory: the rolling window and the labelled rows (a restart starts them afresh). Checkpointed:
+        # predictions waiting for labels, labels waiting for predictions (at most CHECKPOINT_S behind).
+        # Stored: the drift reports, estimates, concept drift, and the canary's arms (at most ARMS_SAVE_S behind).
         performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
         if self.performance is not None:  # a rebase
             performance.carry_over(self.performance)
@@ -157,8 +171,42 @@ class MonitorService:
 
     def _ticker(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
-            self.tick()
-            self.check_estimates()
+            for step in (self.tick, self.check_estimates, self.checkpoint):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001 - a failed step (the DB, the store away) is retried next time
+                    log.warning("monitor %s: %s failed; retrying in %.0fs", self._model, step.__name__, every_s,
+                                exc_info=True)
+
+    @property
+    def _checkpoint_key(self) -> str:
+        # Gzipped JSON, but not named .gz: pyarrow's filesystems would decompress a .gz on reading.
+        return f"monitoring/{self._model}/intake.checkpoint"
+
+    def checkpoint(self) -> bool:
+        """Store the predictions waiting for labels and the labels waiting for predictions, if they changed."""
+        with self._lock:
+            changes = self.performance.changes
+            if changes == self._checkpointed:
+                return False
+            state = self.performance.export_state()
+        body = json.dumps({"model": self._model, "saved_at": time.time(), **state}, default=str).encode()
+        self._store.write_bytes(self._checkpoint_key, gzip.compress(body, compresslevel=1))
+        self._checkpointed = changes
+        return True
+
+    def _restore(self) -> int:
+        """Take back the last checkpoint (a restarted actor); the entries restored, 0 when there is none."""
+        if not self._store.exists(self._checkpoint_key):
+            return 0
+        try:
+            state = json.loads(gzip.decompress(self._store.read_bytes(self._checkpoint_key)))
+            n = self.performance.import_state(state)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("monitor %s: its intake checkpoint could not be read (%s); starting without it", self._model, e)
+            return 0
+        self._checkpointed = self.performance.changes
+        return n
 
     def check_estimates(self, limit: int = ESTIMATE_WINDOWS) -> list[EstimateCheck]:
         """Set each recent window's estimate beside what the labels that arrived since show (stored)."""
@@ -179,6 +227,7 @@ class MonitorService:
 
     def close(self) -> None:
         self._stop.set()
+        self.checkpoint()
 
     # -- the API ---------------------------------------------------------------------------------
     def rebase(self) -> dict[str, Any]:

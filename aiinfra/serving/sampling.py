@@ -1,7 +1,7 @@
 """Served requests, sampled to the model's drift monitor without ever slowing or failing a response.
 
-``offer`` only appends to a bounded in-memory buffer (rows past its capacity are dropped and
-counted); a background thread ships what has accumulated every ``interval_s`` with one call. A
+``offer`` only appends to a buffer bounded by rows and by bytes (rows past either bound are dropped
+and counted, by which bound); a background thread ships what has accumulated every ``interval_s`` with one call. A
 failing or slow monitor costs the response nothing: errors are counted and logged, and at most
 one shipment is in flight (the next waits for the previous to settle, so nothing piles up).
 
@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from aiinfra.monitoring.sizes import approx_bytes
+
 __all__ = ["MonitorSampler"]
 
 log = logging.getLogger("aiinfra.serving")
@@ -29,23 +31,28 @@ class MonitorSampler:
         per version since the last shipment; blocking is fine (it runs on the sampler's thread).
     rate: the share of requests sampled (0 to 1).
     capacity: rows held at most between shipments.
+    max_bytes: bytes those rows may take at most (``approx_bytes``): wide rows hit this before ``capacity``.
     """
 
     def __init__(self, send: Callable[..., Any], *, rate: float = 1.0,
-                 capacity: int = 10_000, interval_s: float = 1.0, max_rows_per_send: int = 5_000,
-                 start: bool = True) -> None:
+                 capacity: int = 10_000, max_bytes: int = 32 * 2**20, interval_s: float = 1.0,
+                 max_rows_per_send: int = 5_000, start: bool = True) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate}")
         self._send = send
         self.rate = rate
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._dropped_logged = 0
         self.interval_s = interval_s
         self.max_rows_per_send = max_rows_per_send
-        self._buffer: deque[tuple[dict[str, Any], float, str, Any, int | None]] = deque()
+        self._buffer: deque[tuple[dict[str, Any], float, str, Any, int | None, int]] = deque()
         self._errors: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.counts = {"offered": 0, "sampled": 0, "dropped": 0, "sent": 0, "send_errors": 0}
+        # dropped: rows over either bound (dropped_bytes: of those, the ones the byte bound refused).
+        self.counts = {"offered": 0, "sampled": 0, "dropped": 0, "dropped_bytes": 0, "sent": 0, "send_errors": 0}
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(target=self._run, name="monitor-sampler", daemon=True)
@@ -61,10 +68,17 @@ class MonitorSampler:
             room = self.capacity - len(self._buffer)
             take = min(room, len(rows))
             predicted = list(labels) if labels is not None else [None] * len(rows)
+            kept = 0
             for row, score, label in zip(list(rows)[:take], list(scores)[:take], predicted[:take]):
-                self._buffer.append((dict(row), float(score), request_id, label, version))
-            self.counts["sampled"] += take
-            self.counts["dropped"] += len(rows) - take
+                size = approx_bytes(row)
+                if self._bytes + size > self.max_bytes:
+                    self.counts["dropped_bytes"] += take - kept
+                    break
+                self._buffer.append((dict(row), float(score), request_id, label, version, size))
+                self._bytes += size
+                kept += 1
+            self.counts["sampled"] += kept
+            self.counts["dropped"] += len(rows) - kept
 
     def offer_error(self, version: int) -> None:
         """A request that ``version`` failed to answer (a server error), sampled at the same rate."""
@@ -78,7 +92,14 @@ class MonitorSampler:
         with self._lock:
             n = min(len(self._buffer), self.max_rows_per_send)
             items = [self._buffer.popleft() for _ in range(n)]
+            self._bytes -= sum(i[5] for i in items)
             errors, self._errors = self._errors, {}
+        dropped = self.counts["dropped"]
+        if dropped > self._dropped_logged:  # said once per shipment at most, with the running totals
+            log.warning("monitor sampling dropped %d rows since the last shipment (%d in all, %d by the %d-byte bound): "
+                        "the monitor is slower than the traffic; lower monitoring.sample_rate",
+                        dropped - self._dropped_logged, dropped, self.counts["dropped_bytes"], self.max_bytes)
+            self._dropped_logged = dropped
         if not items and not errors:
             return 0
         rows, scores, ids, labels, versions = ([i[k] for i in items] for k in range(5))
@@ -94,6 +115,12 @@ class MonitorSampler:
         while not self._stop.wait(self.interval_s):
             while self.flush() >= self.max_rows_per_send:
                 pass
+
+    def stats(self) -> dict[str, Any]:
+        """The counters, and what the buffer holds now (rows, approximate bytes) against its bounds."""
+        with self._lock:
+            return {**self.counts, "buffered_rows": len(self._buffer), "buffered_bytes": self._bytes,
+                    "capacity": self.capacity, "max_bytes": self.max_bytes}
 
     def close(self) -> None:
         self._stop.set()

@@ -89,7 +89,7 @@ class ArtifactStore:
     def copy(self, src_key: str, dst_key: str) -> FileDigest:
         """Copy within the store, hashing what is written (a read-back check of the source)."""
         try:
-            with self.fs.open_input_stream(self.path(src_key)) as f:
+            with self.fs.open_input_stream(self.path(src_key), compression=None) as f:
                 return self._atomic_write(dst_key, iter_chunks(f))
         except FileNotFoundError:
             raise NotFound(f"artifact {self.uri_for(src_key)} does not exist") from None
@@ -102,7 +102,7 @@ class ArtifactStore:
         tmp = f"{final}{_TMP_MARK}{uuid.uuid4().hex}"
         reader = HashingReader(chunks)
         try:
-            with self.fs.open_output_stream(tmp) as out:
+            with self.fs.open_output_stream(tmp, compression=None) as out:
                 for chunk in reader:
                     out.write(chunk)
             self.fs.move(tmp, final)
@@ -120,7 +120,7 @@ class ArtifactStore:
     # -- reads -------------------------------------------------------------------------
     def read_bytes(self, key: str) -> bytes:
         try:
-            with self.fs.open_input_stream(self.path(key)) as f:
+            with self.fs.open_input_stream(self.path(key), compression=None) as f:
                 return f.read()
         except FileNotFoundError:
             raise NotFound(f"artifact {self.uri_for(key)} does not exist") from None
@@ -130,7 +130,7 @@ class ArtifactStore:
 
     def digest(self, key: str) -> FileDigest:
         try:
-            with self.fs.open_input_stream(self.path(key)) as f:
+            with self.fs.open_input_stream(self.path(key), compression=None) as f:
                 reader = HashingReader(iter_chunks(f))
                 for _ in reader:
                     pass
@@ -168,7 +168,7 @@ class ArtifactStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f"{target.name}{_TMP_MARK}{uuid.uuid4().hex}")
             try:
-                with self.fs.open_input_stream(self.path(key)) as src, open(tmp, "wb") as out:
+                with self.fs.open_input_stream(self.path(key), compression=None) as src, open(tmp, "wb") as out:
                     reader = HashingReader(iter_chunks(src, CHUNK_SIZE))
                     for chunk in reader:
                         out.write(chunk)

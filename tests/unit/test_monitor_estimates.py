@@ -127,3 +127,38 @@ def test_when_only_the_concept_changes_the_error_stream_finds_it_and_the_autopil
     policy = {"model": "m", "retrain": {"training_config": "jobs/configs/churn.yaml"}}
     decision = Autopilot(db, policy).on_concept_drift(found[0])
     assert decision.action == "retrain" and decision.evidence["trigger"] == "concept_drift"
+
+
+def test_predictions_waiting_for_labels_survive_a_restart_through_the_checkpoint(config, registered):
+    db, store, version = registered
+    service = MonitorService(config, "m", db=db, store=store, ticker=False)
+    frame, p, labels = rows(np.random.default_rng(9), 300)
+    ids = [f"k{i}" for i in range(300)]
+    service.observe(frame.to_dict(orient="records"), p.tolist(), ids, [int(v >= 0.5) for v in p],
+                    [version.version] * 300)
+    assert service.feedback([{"request_id": "early", "label": 1}])["unknown"] == 1  # held for its prediction
+    assert service.checkpoint() and not service.checkpoint()  # written once; nothing new since
+    snap = service.performance_snapshot()
+    assert snap["pending"] == 300 and snap["held"] == 1 and snap["pending_bytes"] > 300 * 100
+
+    again = MonitorService(config, "m", db=db, store=store, ticker=False)  # the actor restarted
+    assert again.restored == 301
+    out = again.feedback([{"request_id": rid, "label": int(y)} for rid, y in zip(ids, labels)])
+    assert out["matched"] == 300 and out["unknown"] == 0
+    assert again.performance_snapshot()["pending"] == 0 and again.performance_snapshot()["pending_bytes"] == 0
+    rows_back = again.labelled_rows()
+    assert len(rows_back) == 300 and rows_back[0]["label"] == int(labels[0]) and "plan" in rows_back[0]
+
+    # A damaged checkpoint is logged and skipped: the monitor starts without it rather than not at all.
+    store.write_bytes("monitoring/m/intake.checkpoint", b"not gzip")
+    assert MonitorService(config, "m", db=db, store=store, ticker=False).restored == 0
+
+
+def test_the_pending_predictions_are_bounded_by_bytes_as_well():
+    from aiinfra.monitoring.performance import PerformanceTracker
+
+    tracker = PerformanceTracker("binary", [0, 1], {}, max_pending_bytes=200_000)
+    wide = {f"f{i}": "x" * 100 for i in range(50)}  # about 10 KB a row
+    tracker.record([f"r{i}" for i in range(100)], [0.5] * 100, rows=[wide] * 100)
+    assert tracker.pending_bytes <= 200_000 and len(tracker._pending) < 30
+    assert tracker.counts["forgotten"] == 100 - len(tracker._pending)

@@ -32,6 +32,18 @@ def test_a_full_buffer_drops_and_counts_instead_of_growing():
     assert sampler.flush() == 5
 
 
+def test_wide_rows_hit_the_byte_bound_before_the_row_bound_and_say_so():
+    wide = {f"feature_{i}": "x" * 100 for i in range(50)}  # about 10 KB a row
+    sampler = MonitorSampler(lambda *a: None, capacity=1000, max_bytes=100_000, start=False)
+    sampler.offer([wide] * 20, [0.0] * 20, "r1")
+    stats = sampler.stats()
+    assert 5 <= stats["sampled"] < 20 and stats["dropped"] == 20 - stats["sampled"]
+    assert stats["dropped_bytes"] == stats["dropped"] and stats["buffered_bytes"] <= 100_000
+    assert sampler.flush() == stats["sampled"] and sampler.stats()["buffered_bytes"] == 0
+    sampler.offer([wide], [0.0], "r2")  # room again once shipped
+    assert sampler.stats()["buffered_rows"] == 1
+
+
 def test_a_failing_monitor_costs_the_caller_nothing():
     def broken(*args):
         raise ConnectionError("monitor down")

@@ -30,6 +30,20 @@ def test_write_read_digest(store, tmp_path):
     assert isinstance(store, LocalArtifactStore)
 
 
+def test_compressed_files_are_stored_and_read_as_the_bytes_they_are(store, tmp_path):
+    """pyarrow's filesystems decompress .gz / .bz2 / .zst files on reading unless told not to: a registered
+    vocab.txt.gz would then fail its own hash check. The store moves bytes, never reinterprets them."""
+    import gzip
+
+    data = gzip.compress(b"the vocabulary\n" * 1000)
+    digest = store.write_bytes("models/m/1/vocab.txt.gz", data)
+    assert store.read_bytes("models/m/1/vocab.txt.gz") == data and digest == store.digest("models/m/1/vocab.txt.gz")
+    out = store.fetch_verified("models/m/1", {"vocab.txt.gz": digest}, tmp_path / "out")
+    assert (out / "vocab.txt.gz").read_bytes() == data
+    store.copy("models/m/1/vocab.txt.gz", "models/m/2/vocab.txt.gz")
+    assert store.read_bytes("models/m/2/vocab.txt.gz") == data
+
+
 def test_failed_write_leaves_nothing_visible(store):
     def chunks():
         yield b"half of it"
