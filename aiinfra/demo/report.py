@@ -379,6 +379,53 @@ def _drift(reports: Any, alpha: Any, markers: Any) -> list[Block]:
     return [plot, table]
 
 
+def _estimates(checks: Any) -> list[Block]:
+    """Each window's estimated accuracy (CBPE, from scores alone) with its band, beside what its labels showed."""
+    checks = [c for c in checks if isinstance(c, Mapping) and isinstance(c.get("estimate"), Mapping)]
+    if not checks:
+        return [note("No window was estimated (the served version has no reference profile).")]
+    ids, values, lows, highs, realised, rows = [], [], [], [], [], []
+    for c in checks:
+        acc = ((c["estimate"].get("metrics") or {}).get("accuracy") or {})
+        value, low, high = _num(acc.get("value")), _num(acc.get("low")), _num(acc.get("high"))
+        seen = _num((c.get("realised") or {}).get("accuracy"))
+        ids.append(_num(c.get("window_id")) or 0.0)
+        values.append(value)
+        lows.append(low)
+        highs.append(high)
+        realised.append(seen)
+        error = None if seen is None or value is None else abs(value - seen)
+        rows.append((c.get("window_id"), c["estimate"].get("rows"), _fmt(value, 3),
+                     f"{_fmt(low, 3)} to {_fmt(high, 3)}", c.get("labelled"), _fmt(seen, 3), _fmt(error, 3),
+                     "yes" if c["estimate"].get("reliable") else f"no: {c['estimate'].get('reason', '')}"))
+    fig = _new_figure(8.0, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    band = [(x, lo, hi) for x, lo, hi in zip(ids, lows, highs) if lo is not None and hi is not None]
+    if band:
+        ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], alpha=0.25,
+                        color="tab:blue", label="95% band")
+    ax.plot([x for x, v in zip(ids, values) if v is not None], [v for v in values if v is not None], "o-",
+            color="tab:blue", label="estimated (no labels)")
+    seen_points = [(x, v) for x, v in zip(ids, realised) if v is not None]
+    if seen_points:
+        ax.plot([p[0] for p in seen_points], [p[1] for p in seen_points], "s", color="tab:orange",
+                label="realised (from /feedback labels)")
+    ax.set_xlabel("drift window")
+    ax.set_ylabel("accuracy")
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+    ax.legend(loc="lower left", fontsize=8)
+    errors = [abs(v - r) for v, r in zip(values, realised) if v is not None and r is not None]
+    lead = Paragraph(
+        f"Confidence-based performance estimation: {len(checks)} window(s) estimated from the model's scores alone; "
+        + (f"mean |estimated - realised| accuracy {np.mean(errors):.3f} over {len(errors)} with labels. "
+           if errors else "no labels yet. ")
+        + "CBPE assumes the relation between inputs and label holds: where the concept drifts, the estimate and "
+          "the realised accuracy part, and the error stream's detector is what sees it.")
+    table = _table(["window", "rows", "estimated", "95% band", "labelled", "realised", "|error|", "reliable"],
+                   rows, numeric=[True, True, True, False, True, True, True, False])
+    return [lead, _img(fig, "estimated and realised accuracy per window"), table]
+
+
 def _drift_plot(reports: list[Mapping[str, Any]], xs: list[Any], by_time: bool, alpha: float | None,
                 markers: list[tuple[float, str]]) -> Image:
     fig = _new_figure(10, 6)
@@ -534,6 +581,7 @@ def render_loop_report(data: Mapping[str, Any], *, title: str = "aiinfra: the mo
         _section("Evaluation", data.get("evaluations"), _evaluation, "No evaluation data."),
         _section("Drift over time", data.get("drift_reports"),
                  lambda reports: _drift(reports, data.get("alpha"), data.get("markers")), "No drift reports."),
+        _section("Performance before labels (CBPE)", data.get("estimates"), _estimates, "No performance estimates."),
         _section("Canary", data.get("canary"), _canary, "No canary data."),
     ]
     return render_page(title=title, stylesheet="loop.css", lead=_header(data.get("summary")), sections=sections)

@@ -25,7 +25,8 @@ from aiinfra.autopilot.actor import get_autopilot_actor
 from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
 from aiinfra.demo.clients import MODEL, BackgroundLoad, ProductionClient
 from aiinfra.demo.report import render_loop_report
-from aiinfra.monitoring.core import read_reports
+from aiinfra.monitoring.client import MonitorClient
+from aiinfra.monitoring.core import read_estimates, read_reports
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.serving.auth import TokenStore
 from aiinfra.storage import open_metadata_db
@@ -221,6 +222,7 @@ def _write_report(platform: Any, db: Any, summary: dict[str, Any], events: list[
                     "drift onset to the canary's end (s)": summary["drift_onset_to_decision_s"]},
         "timeline": timeline, "profile": profile, "runs": runs, "evaluations": evaluations,
         "drift_reports": [r.model_dump(mode="json") for r in read_reports(db, MODEL, 200)][::-1],
+        "estimates": _estimates(platform, db),
         "alpha": platform.config.monitoring.alpha,
         "markers": [{"at": d["at"], "label": d["action"]} for d in decisions], "canary": canary,
     }
@@ -230,6 +232,17 @@ def _write_report(platform: Any, db: Any, summary: dict[str, Any], events: list[
     path.write_text(render_loop_report(data, title="aiinfra demo: drift -> retrain -> canary -> promote"))
     (reports / "loop.json").write_text(json.dumps({**summary, "timeline": timeline}, indent=2, default=str))
     return path, timeline
+
+
+def _estimates(platform: Any, db: Any) -> list[dict[str, Any]]:
+    """Each window's CBPE estimate beside its realised accuracy, the labels that arrived checked just now."""
+    monitor = MonitorClient.if_running(platform.config, MODEL)
+    if monitor is not None:
+        try:
+            monitor.check_estimates(200)
+        except Exception:  # noqa: BLE001 - the report shows what was last stored instead
+            pass
+    return [c.model_dump(mode="json") for c in read_estimates(db, MODEL, 200)][::-1]
 
 
 def print_timeline(timeline: list[dict[str, Any]], out: Any = None) -> None:

@@ -63,6 +63,10 @@ class MonitorClient:
     def flush(self) -> dict[str, Any] | None:
         return self._backend.call("flush")
 
+    def check_estimates(self, limit: int = 20) -> list[Any]:
+        """Each recent window's estimate beside what its labels show now (stored as well)."""
+        return self._backend.call("check_estimates", limit)
+
     def status(self, limit: int = 10) -> dict[str, Any]:
         return self._backend.call("status", limit)
 

@@ -18,6 +18,7 @@ SECTIONS = [
     "Training curves",
     "Evaluation",
     "Drift over time",
+    "Performance before labels (CBPE)",
     "Canary",
 ]
 REASON = "challenger accuracy 0.91 beats champion 0.84 (one-sided p=0.003 < 0.05)"
@@ -76,6 +77,13 @@ def data() -> dict:
         },
         "drift_reports": [_report(1, "ok", 0.0), _report(2, "skipped", 0.0), _report(3, "drift", 0.8),
                           _report(4, "drift", 0.9)],
+        "estimates": [
+            {"window_id": w, "rows": 1000, "labelled": labelled, "realised": realised, "error": {},
+             "estimate": {"rows": 1000, "reliable": True, "reason": "", "calibration_error": 0.02,
+                          "metrics": {"accuracy": {"value": v, "low": v - 0.03, "high": v + 0.03}}}}
+            for w, v, labelled, realised in ((1, 0.84, 1000, {"accuracy": 0.85}), (3, 0.80, 900, {"accuracy": 0.612}),
+                                             (4, 0.79, 0, None))
+        ],
         "canary": {
             "champion": {"version": 1, "requests": 900, "errors": 3, "labelled": 400, "correct": 336},
             "challenger": {"version": 2, "requests": 100, "errors": 0, "labelled": 45, "correct": 41},
@@ -92,8 +100,10 @@ def test_full_report_has_every_section_and_plot(data):
     assert "churn &lt;loop&gt;" in page and "churn <loop>" not in page
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
-    # One figure per section: timeline, profile grid, curves, evaluation, drift (2 panels), canary.
-    assert page.count(IMG) == 6
+    # One figure per section: timeline, profile grid, curves, evaluation, drift (2 panels), estimates, canary.
+    assert page.count(IMG) == 7
+    # The estimates beside what the labels showed: the concept-drifted window is 0.188 off.
+    assert "0.612" in page and "0.188" in page and "mean |estimated - realised| accuracy 0.099 over 2" in page
     assert "Could not render" not in page and "no data" not in page.lower()
     assert "&lt;x&gt;" in page and "<x>" not in page
     assert html.escape(REASON) in page
@@ -135,6 +145,7 @@ def test_none_and_nan_values_render(data):
                                       {"feature": "tenure", "p_value": nan, "drifted": None}]}})
     data["canary"]["challenger"].update(labelled=0, correct=None, errors=None)
     data["canary"]["decision"]["evidence"]["p_value"] = nan
+    data["estimates"].append({"window_id": None, "estimate": {"metrics": {"accuracy": {"value": nan}}}})
 
     page = render_loop_report(data)
 
@@ -144,8 +155,9 @@ def test_none_and_nan_values_render(data):
     assert "—" in page  # missing values shown as a dash
     # Evaluation: no metric is a number for all three labels, so a table and a note, no chart.
     assert "No metric has a value for every evaluation" in page
-    # Drift: one window has no end time, so it falls back to plotting by window id, still a chart.
-    assert page.count(IMG) == 5
+    # Drift: one window has no end time, so it falls back to plotting by window id, still a chart; and
+    # the estimates' chart (a window with no id and a NaN estimate is a row of dashes).
+    assert page.count(IMG) == 6
     assert html.escape(REASON) in page
 
 
