@@ -189,23 +189,31 @@ class PerformanceTracker:
     def feedback(self, items: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         """Each item ``{"request_id": ..., "label": ...}`` (``labels``: one per row of that request)."""
         out = {"matched": 0, "unknown": 0, "invalid": 0}
+        for outcome in self.judge(items):
+            out[outcome] += 1
+        return out
+
+    def judge(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
+        """``feedback``, with each item's outcome in order (matched, unknown or invalid): what lets a replica
+        send the feedback of many requests in one call and answer each request its own counts."""
+        outcomes = []
         now = time.time()
         for item in items:
             rid = str(item.get("request_id"))
             if rid in self._late:
-                out["matched"] += 1  # its label was held and joined already; not counted twice
+                outcomes.append("matched")  # its label was held and joined already; not counted twice
                 continue
             if rid not in self._pending:
-                out["unknown"] += 1
+                outcomes.append("unknown")
                 self._held[rid] = (dict(item), now)  # its prediction may still be on its way
                 self._held.move_to_end(rid)
                 continue
-            out[self._join(rid, item)] += 1
-        for k, v in out.items():
-            self.counts[k] += v
+            outcomes.append(self._join(rid, item))
+        for outcome in outcomes:
+            self.counts[outcome] += 1
         self.changes += 1
         self._join_held(now)  # expiry only
-        return out
+        return outcomes
 
     def _join(self, rid: str, item: Mapping[str, Any]) -> str:
         served, version, rows, served_at = self._pending[rid]

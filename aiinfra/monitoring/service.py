@@ -267,10 +267,12 @@ class MonitorService:
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Ground truth for served requests; unknown request ids are counted and ignored.
 
-        Returns the counts and any concept drift the new labels revealed (stored before it is returned).
+        Returns the counts, each item's outcome in order (``outcomes``: matched, unknown or invalid), and any
+        concept drift the new labels revealed (stored before it is returned).
         """
         with self._lock:
-            counts = self.performance.feedback(items)
+            outcomes = self.performance.judge(items)
+            counts = {k: outcomes.count(k) for k in ("matched", "unknown", "invalid")}
             concept = self._error_stream()
             self._save_arms()
             now = self._clock()
@@ -280,7 +282,7 @@ class MonitorService:
         if snap is not None:
             self._metrics.performance(self._model, snap["metrics"])
         self._metrics.concept(self._model, concept)
-        return {**counts, "concept_drift": [c.model_dump(mode="json") for c in concept]}
+        return {**counts, "outcomes": outcomes, "concept_drift": [c.model_dump(mode="json") for c in concept]}
 
     def _error_stream(self) -> list[ConceptDrift]:
         """Feed the rows joined since the last call to the error-stream detector; store what it finds (under the lock)."""

@@ -29,6 +29,7 @@ from aiinfra.errors import AiInfraError, InvalidInput, NotFound, ServiceUnavaila
 from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.inference.scores import score_of
 from aiinfra.registry.types import ModelVersion, parse_ref
+from aiinfra.serving.feedback import FeedbackBatcher
 from aiinfra.serving.routing import goes_to_challenger, stable_fraction
 from aiinfra.serving.sampling import MonitorSampler
 from aiinfra.serving.shadow import ShadowComparer
@@ -72,7 +73,9 @@ class Monitor(Protocol):
     def observe(self, rows: Rows, scores: list[float], request_ids: list[str], labels: list[Any],
                 versions: list[int | None], errors: dict[int, int]) -> Any: ...
 
-    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]: ...
+    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Counts, and ``outcomes``: each item's (matched, unknown or invalid) in order."""
+        ...
 
 
 class Local(Protocol):
@@ -135,6 +138,7 @@ class Router:
         self.canary_share = config.serve.canary_share
         self._shadow = ShadowComparer()
         self._monitor_retry_at = 0.0
+        self._feedback = FeedbackBatcher(monitor.feedback)
         self.sampler: MonitorSampler | None = None
         if config.monitoring.enabled and config.monitoring.sample_rate > 0:
             self.sampler = MonitorSampler(self._ship, rate=config.monitoring.sample_rate, start=background)
@@ -243,7 +247,7 @@ class Router:
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Ground truth for served requests, relayed to the monitor (blocking: call it off the event loop)."""
         try:
-            result = self._monitor.feedback(items)
+            result = self._feedback.submit(items)  # with the other requests' feedback in flight: one monitor call
         except Exception as e:  # noqa: BLE001 - the monitor is a separate service: say it is unavailable
             raise ServiceUnavailable(
                 f"the monitor for {self.name!r} is not available ({type(e).__name__}); retry later") from None

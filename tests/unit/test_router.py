@@ -75,7 +75,7 @@ class FakeMonitor:
     def feedback(self, items):
         if self.fail is not None:
             raise self.fail
-        return {"matched": len(items), "unknown": 0, "invalid": 0, "performance": {}}
+        return {"matched": len(items), "unknown": 0, "invalid": 0, "outcomes": ["matched"] * len(items)}
 
 
 class FakeFeatures:
