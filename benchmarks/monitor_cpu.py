@@ -1,13 +1,17 @@
-"""The drift monitor's CPU as a share of serving CPU under load (target: at most 5%).
+"""The drift monitor's CPU as a share of serving CPU under load (target: at most 5%), and its intake
+through the router: sampled rows per second and feedback labels per second.
 
 A real platform on a local Ray: the churn model trained (1 worker, 2 epochs), served by Ray Serve with
 every request sampled to its monitor (``monitoring.sample_rate`` 1.0, windows of 1,000 rows), then
 ``--clients`` concurrent HTTP clients for ``--seconds`` seconds sending ``--rows`` rows per request.
 CPU seconds are read with psutil from the processes themselves: the monitor actor against the Serve
 replicas plus the HTTP proxy. The monitor tests every closed window (the default scipy detectors), so its share
-grows with rows per second, not requests per second: both are printed.
+grows with rows per second, not requests per second: both are printed. With ``--feedback`` (the
+default) every client also posts each answer's true labels to ``/feedback`` right after the answer, as
+a labelling service would: the labels reach the monitor through the router's group commit, most of
+them before their sampled predictions do (held, then joined).
 
-    .venv/bin/python benchmarks/monitor_cpu.py [--seconds 20] [--clients 16] [--rows 10]
+    .venv/bin/python benchmarks/monitor_cpu.py [--seconds 20] [--clients 16] [--rows 10] [--no-feedback]
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rows", type=int, default=10, help="rows per request")
+    parser.add_argument("--feedback", action=argparse.BooleanOptionalAction, default=True,
+                        help="post each answer's labels to /feedback")
     args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="aiinfra-bench-monitor-")
@@ -91,6 +97,7 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {read_token_file(config.token_file)}"}
         rows = data[NUMERIC + CATEGORICAL].head(2000)
         instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+        truth = [int(v) for v in data["churned"].head(2000)]
         assert httpx.post(f"{base}/predict/churn", json={"instances": instances[:1]}, headers=auth).status_code == 200
         monitor = get_monitor_actor(config, "churn")
         monitor_pid = ray.get(monitor.pid.remote())
@@ -101,17 +108,24 @@ def main() -> None:
         print(f"[3/4] {args.clients} clients x {args.seconds:.0f}s, {args.rows} rows per request "
               f"(monitor pid {monitor_pid}; serving pids {serving}) ...", flush=True)
         stop = threading.Event()
-        counts = {"ok": 0, "failed": 0}
+        counts = {"ok": 0, "failed": 0, "labels": 0, "feedback_failed": 0}
         lock = threading.Lock()
 
         def client(i: int) -> None:
             j = i * 97
             with httpx.Client(timeout=60) as http:
                 while not stop.is_set():
-                    batch = [instances[(j + k) % len(instances)] for k in range(args.rows)]
-                    r = http.post(f"{base}/predict/churn", json={"instances": batch}, headers=auth)
+                    picked = [(j + k) % len(instances) for k in range(args.rows)]
+                    r = http.post(f"{base}/predict/churn", json={"instances": [instances[p] for p in picked]},
+                                  headers=auth)
                     with lock:
                         counts["ok" if r.status_code == 200 else "failed"] += 1
+                    if args.feedback and r.status_code == 200:
+                        f = http.post(f"{base}/feedback/churn", headers=auth,
+                                      json={"request_id": r.json()["request_id"], "labels": [truth[p] for p in picked]})
+                        with lock:
+                            counts["labels" if f.status_code == 200 else "feedback_failed"] += (
+                                args.rows if f.status_code == 200 else 1)
                     j += args.rows
 
         before_m, before_s = _cpu([monitor_pid]), _cpu(serving)
@@ -132,7 +146,14 @@ def main() -> None:
         print(f"\nmachine: {os.cpu_count()} cores, {pyplatform.platform()}; {time.strftime('%Y-%m-%d')}")
         print(f"requests: {counts['ok']:,} ok, {counts['failed']:,} failed in {wall:.1f}s "
               f"({counts['ok'] / wall:,.0f} req/s, {counts['ok'] * args.rows / wall:,.0f} rows/s)")
-        print(f"monitor: {status['stats']['rows_seen']:,} rows received, {status['stats']['windows_closed']} windows closed")
+        perf = status["performance"]["counts"]
+        joined = perf["matched"] + perf["matched_late"]
+        print(f"monitor: {status['stats']['rows_seen']:,} rows received ({status['stats']['rows_seen'] / wall:,.0f}/s), "
+              f"{status['stats']['windows_closed']} windows closed")
+        if args.feedback:
+            print(f"feedback: {counts['labels']:,} labels posted ({counts['labels'] / wall:,.0f}/s, "
+                  f"{counts['feedback_failed']} calls failed); the monitor joined {joined:,} requests "
+                  f"({perf['matched_late']:,} of them after holding the label for its prediction)")
         print("\n| process group | CPU seconds | share of serving |")
         print("| --- | ---: | ---: |")
         print(f"| Serve replicas + HTTP proxy | {serving_cpu:.2f} | 1.00 |")

@@ -51,6 +51,12 @@ MIGRATIONS = (
         "ALTER TABLE api_tokens ADD COLUMN expires_at DOUBLE PRECISION",
         "ALTER TABLE api_tokens ADD COLUMN last_used_at DOUBLE PRECISION",
     )),
+    # Platform secrets the replicas share: the canary routing key (aiinfra.serving.routing).
+    Migration(3, ("""CREATE TABLE platform_keys (
+        name TEXT PRIMARY KEY,
+        key_hex TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )""",)),
 )
 # What `token list` shows: everything but the secret's hash.
 _LISTED = "id, role, model, created_at, created_by, expires_at, last_used_at, revoked_at"
@@ -126,6 +132,17 @@ class TokenStore:
         self._used: dict[str, float] = {}  # token id -> last use not written yet
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._routing_key: bytes | None = None
+
+    def routing_key(self) -> bytes:
+        """The platform's canary routing key: made once (by whichever replica asks first), then read by all."""
+        if self._routing_key is None:
+            with self.db.transaction() as tx:
+                tx.execute("INSERT INTO platform_keys (name, key_hex, created_at) VALUES ('routing', ?, ?) "
+                           "ON CONFLICT (name) DO NOTHING", (secrets.token_hex(32), self._clock()))
+            rows = self.db.query("SELECT key_hex FROM platform_keys WHERE name = 'routing'")
+            self._routing_key = bytes.fromhex(rows[0]["key_hex"])
+        return self._routing_key
 
     def create(self, role: str = "predict", *, who: str = "unknown", model: str | None = None,
                expires_in_s: float | None = None) -> str:

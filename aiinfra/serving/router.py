@@ -139,6 +139,7 @@ class Router:
         self._shadow = ShadowComparer()
         self._monitor_retry_at = 0.0
         self._feedback = FeedbackBatcher(monitor.feedback)
+        self._routing_key: bytes = tokens.routing_key()  # the same on every replica: see serving/routing.py
         self.sampler: MonitorSampler | None = None
         if config.monitoring.enabled and config.monitoring.sample_rate > 0:
             self.sampler = MonitorSampler(self._ship, rate=config.monitoring.sample_rate, start=background)
@@ -181,7 +182,7 @@ class Router:
     def route(self, request_id: str) -> tuple[str, ModelVersion]:
         """The role and version that answer this request (read once: the whole request uses them)."""
         challenger = self.challenger
-        if challenger is not None and goes_to_challenger(self.name, request_id, self.canary_share):
+        if challenger is not None and goes_to_challenger(self.name, request_id, self.canary_share, self._routing_key):
             return "challenger", challenger
         return "champion", self.primary
 
@@ -209,7 +210,8 @@ class Router:
             self.sampler.offer(rows, [score_of(p) for p in predictions], request_id,
                                [p.get("label", p.get("value")) for p in predictions], version.version)
         shadow = self.shadow
-        if shadow is not None and stable_fraction(f"shadow:{self.name}:{request_id}") < self.config.serve.shadow_share:
+        shadow_pick = stable_fraction(f"shadow:{self.name}:{request_id}", self._routing_key)
+        if shadow is not None and shadow_pick < self.config.serve.shadow_share:
             self._shadow.mirror(_ShadowCall(self._models, shadow), rows, predictions)
 
     def _failed(self, version: ModelVersion) -> None:

@@ -224,7 +224,7 @@ def test_the_lifecycle_migration_upgrades_an_old_table_in_place(metadata_url):
             tx.execute("INSERT INTO api_tokens (id, secret_sha256, role, created_at, created_by, revoked_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (token_id, hashlib.sha256(b"s3cret").hexdigest(), role, 1.0, "old", revoked))
     store = TokenStore(db, background=False)
-    assert db.schema_version(COMPONENT) == len(MIGRATIONS) == 2
+    assert db.schema_version(COMPONENT) == len(MIGRATIONS) == 3
     rows = store.list()
     assert [(r["id"], r["role"], r["created_by"], r["revoked_at"]) for r in rows] == [
         ("0ld00000", "admin", "old", None), ("0ld00001", "predict", "old", None), ("0ld00002", "feedback", "old", 5.0)]
@@ -238,7 +238,7 @@ def test_the_lifecycle_migration_upgrades_an_old_table_in_place(metadata_url):
     new = store.issue("predict", model="churn", expires_in_s=60)  # and the new columns are written
     assert store.verify(f"Bearer {new.token}").model == "churn"
     TokenStore(db, background=False)  # a second open migrates nothing
-    assert db.schema_version(COMPONENT) == 2 and len(store.list()) == 4
+    assert db.schema_version(COMPONENT) == 3 and len(store.list()) == 4
 
 
 SIG = Signature.model_validate({
