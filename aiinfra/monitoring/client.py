@@ -37,12 +37,14 @@ class MonitorClient:
 
     def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
                 request_ids: list[str] | None = None, labels: list[Any] | None = None,
-                versions: list[int | None] | None = None, errors: dict[int, int] | None = None) -> list[dict[str, Any]]:
-        """Served rows (and failed requests per version); the drift windows this closed."""
-        return self._backend.call("observe", rows, scores, request_ids, labels, versions, errors)
+                versions: list[int | None] | None = None, errors: dict[int, int] | None = None,
+                tokens: list[str | None] | None = None) -> list[dict[str, Any]]:
+        """Served rows (and failed requests per version, and each request's API token id); the drift windows closed."""
+        return self._backend.call("observe", rows, scores, request_ids, labels, versions, errors, tokens)
 
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Labels by request id: ``{"matched", "unknown", "invalid", "performance"}``."""
+        """Labels by request id: counts (matched, unknown, invalid, refused), each item's ``outcomes``, and the
+        ``concept_drift`` the labels revealed."""
         return self._backend.call("feedback", items)
 
     def arm_stats(self) -> dict[str, Any]:

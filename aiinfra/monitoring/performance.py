@@ -58,6 +58,7 @@ class PerformanceTracker:
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self._pending_bytes: dict[str, int] = {}  # request id -> approximate bytes its entry keeps
+        self._pending_token: dict[str, str | None] = {}  # request id -> the API token it was made with
         self.pending_bytes = 0
         self.changes = 0  # counts every change to what export_state() returns, so a checkpoint knows when to write
         # request id -> (served values, version, feature rows or None, served at)
@@ -76,7 +77,8 @@ class PerformanceTracker:
         self._held: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()  # early labels
         self._late: OrderedDict[str, None] = OrderedDict()  # ids joined from held labels: a client's retry is no news
         # forgotten: pending requests dropped over max_pending or max_pending_bytes before their label came.
-        self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0,
+        # refused: labels from a token that may not label that request (see _join).
+        self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0, "refused": 0,
                        "matched_late": 0, "expired": 0}
 
     def carry_over(self, old: PerformanceTracker) -> None:
@@ -89,11 +91,12 @@ class PerformanceTracker:
 
     def record(self, request_ids: Sequence[str], scores: Sequence[float], predicted: Sequence[Any] | None = None, *,
                versions: Sequence[int | None] | None = None, rows: Sequence[Mapping[str, Any]] | None = None,
-               served_at: float | None = None) -> None:
+               served_at: float | None = None, tokens: Sequence[str | None] | None = None) -> None:
         """Served rows in order: consecutive rows with the same request id form one request.
 
         ``versions``: the version that answered each row (for the arms); ``rows``: the feature rows
-        (kept until labelled, for retraining).
+        (kept until labelled, for retraining); ``tokens``: the id of the API token each request was made
+        with (a label from another token is refused unless that token may label anyone's requests).
         """
         now = time.time() if served_at is None else served_at
         for i, (rid, score) in enumerate(zip(request_ids, scores)):
@@ -105,6 +108,7 @@ class PerformanceTracker:
             if entry is None:
                 entry = ([], version, [] if rows is not None else None, now)
                 self._pending[str(rid)] = entry
+                self._pending_token[str(rid)] = None if tokens is None else tokens[i]
                 if version is not None:
                     self._arm(version)["requests"] += 1
             entry[0].append(value)
@@ -117,13 +121,15 @@ class PerformanceTracker:
             self.counts["recorded"] += 1
         while self._pending and (len(self._pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes):
             rid, _ = self._pending.popitem(last=False)
-            self._forget_size(rid)
+            self._forget(rid)
             self.counts["forgotten"] += 1
         self.changes += 1
         self._join_held(now, {str(r) for r in request_ids})
 
-    def _forget_size(self, rid: str) -> None:
+    def _forget(self, rid: str) -> None:
+        """What is kept beside a pending request, once it left ``_pending``."""
         self.pending_bytes -= self._pending_bytes.pop(rid, 0)
+        self._pending_token.pop(rid, None)
 
     def _join_held(self, now: float, recorded: set[str] | None = None) -> None:
         """Join held labels whose predictions were just ``recorded``; drop those held too long."""
@@ -136,13 +142,14 @@ class PerformanceTracker:
         ready = [rid for rid in (recorded or ()) if rid in self._held and rid in self._pending]
         for rid in ready:
             item, _ = self._held.pop(rid)
-            if self._join(rid, item) == "matched":
+            outcome = self._join(rid, item)
+            if outcome == "matched":
                 self.counts["matched_late"] += 1
                 self._late[rid] = None
                 if len(self._late) > self.max_held:
                     self._late.popitem(last=False)
             else:
-                self.counts["invalid"] += 1
+                self.counts[outcome] += 1
 
     def record_errors(self, errors: Mapping[Any, int]) -> None:
         """Failed requests (server errors) per version: a canary arm that fails is rolled back."""
@@ -188,13 +195,13 @@ class PerformanceTracker:
 
     def feedback(self, items: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         """Each item ``{"request_id": ..., "label": ...}`` (``labels``: one per row of that request)."""
-        out = {"matched": 0, "unknown": 0, "invalid": 0}
+        out = {"matched": 0, "unknown": 0, "invalid": 0, "refused": 0}
         for outcome in self.judge(items):
             out[outcome] += 1
         return out
 
     def judge(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
-        """``feedback``, with each item's outcome in order (matched, unknown or invalid): what lets a replica
+        """``feedback``, with each item's outcome in order (matched, unknown, invalid or refused): what lets a replica
         send the feedback of many requests in one call and answer each request its own counts."""
         outcomes = []
         now = time.time()
@@ -223,8 +230,12 @@ class PerformanceTracker:
         truths = [self._truth(v) for v in labels]
         if any(t is None for t in truths):
             return "invalid"
+        if not item.get("trusted", True) and item.get("by") != self._pending_token.get(rid):
+            # Label provenance: only a token that may label anyone's requests (labeller, admin) labels a
+            # request another token made; else anyone holding a token could steer the retrain and the canary.
+            return "refused"
         del self._pending[rid]
-        self._forget_size(rid)
+        self._forget(rid)
         arm = self._arm(version) if version is not None else None
         for i, (score, truth) in enumerate(zip(served, truths)):
             self._labelled.append((score, truth))  # type: ignore[arg-type]
@@ -235,20 +246,23 @@ class PerformanceTracker:
                 arm["labelled"] += 1
                 arm["correct"] += int(correct)
             if rows is not None and i < len(rows):
-                self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version})
+                self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version,
+                                   "labelled_by": item.get("by")})
         return "matched"
 
     def export_state(self) -> dict[str, Any]:
         """What a restarted monitor must not lose: predictions waiting for labels, and labels waiting for
         predictions (JSON-ready; ``import_state`` takes it back)."""
-        return {"pending": [[rid, values, version, rows, at] for rid, (values, version, rows, at) in self._pending.items()],
+        return {"pending": [[rid, values, version, rows, at, self._pending_token.get(rid)]
+                            for rid, (values, version, rows, at) in self._pending.items()],
                 "held": [[rid, dict(item), at] for rid, (item, at) in self._held.items()]}
 
     def import_state(self, state: Mapping[str, Any]) -> int:
         """Take back ``export_state()`` (from a checkpoint) before any traffic; the entries restored."""
-        for rid, values, version, rows, at in state.get("pending", []):
+        for rid, values, version, rows, at, *token in state.get("pending", []):
             self._pending[str(rid)] = ([float(v) for v in values], None if version is None else int(version),
                                        rows, float(at))
+            self._pending_token[str(rid)] = token[0] if token else None
             size = 64 + 32 * len(values) + sum(approx_bytes(r) for r in rows or [])
             self._pending_bytes[str(rid)] = size
             self.pending_bytes += size
@@ -256,7 +270,7 @@ class PerformanceTracker:
             self._held[str(rid)] = (item, float(at))
         while self._pending and (len(self._pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes):
             rid, _ = self._pending.popitem(last=False)
-            self._forget_size(rid)
+            self._forget(rid)
         return len(self._pending) + len(self._held)
 
     def drain_errors(self) -> list[tuple[bool, float]]:

@@ -247,14 +247,16 @@ class MonitorService:
 
     def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
                 request_ids: list[str] | None = None, labels: list[Any] | None = None,
-                versions: list[int | None] | None = None, errors: dict[int, int] | None = None) -> list[dict[str, Any]]:
-        """Rows served (with scores, request ids, predicted labels and the version that answered each),
-        and failed requests per version; returns the windows this closed, as stored."""
+                versions: list[int | None] | None = None, errors: dict[int, int] | None = None,
+                tokens: list[str | None] | None = None) -> list[dict[str, Any]]:
+        """Rows served (with scores, request ids, predicted labels, the version that answered each and the API
+        token each request was made with), and failed requests per version; returns the windows this closed."""
         at = time.time()  # one arrival time for both sides: a window's span finds its rows' labels by it
         with self._lock:
             reports = self.core.observe(rows, scores, at=at) if rows else []
             if request_ids is not None and scores is not None:
-                self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at)
+                self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at,
+                                        tokens=tokens)
             if errors:
                 self.performance.record_errors(errors)
             concept = self._error_stream()  # labels that were held for these predictions joined just now
@@ -272,7 +274,7 @@ class MonitorService:
         """
         with self._lock:
             outcomes = self.performance.judge(items)
-            counts = {k: outcomes.count(k) for k in ("matched", "unknown", "invalid")}
+            counts = {k: outcomes.count(k) for k in ("matched", "unknown", "invalid", "refused")}
             concept = self._error_stream()
             self._save_arms()
             now = self._clock()

@@ -108,7 +108,7 @@ class ModelServer:
         The token first: a caller without one learns nothing of which models are served, and only a name
         found served here tags the request's metrics (``Measure``), so made-up names make no series.
         """
-        self.router.authorize(request.headers.get("authorization"), action)
+        request.state.principal = self.router.authorize(request.headers.get("authorization"), action)
         self.router.check_name(name)
         request.state.model = name
 
@@ -176,7 +176,7 @@ class ModelServer:
             role, version = router.route(request_id)  # read once: an alias move mid-request does not mix versions
             predictions = await router.answer(role, version, rows)
             request.state.version, request.state.rows = version.version, len(predictions)
-            router.answered(request_id, rows, predictions, version)
+            router.answered(request_id, rows, predictions, version, request.state.principal.token_id)
             return encode_infer_response(predictions, version.signature, model=version.name, version=version.version,
                                          request_id=request_id, wanted=wanted)
 
@@ -192,7 +192,7 @@ class ModelServer:
             instances = req.instances if req.instances is not None else router.features_for(version, req.entity_ids)
             predictions = await router.answer(role, version, instances)
             request.state.version, request.state.rows = version.version, len(predictions)
-            router.answered(request_id, instances, predictions, version)
+            router.answered(request_id, instances, predictions, version, request.state.principal.token_id)
             return {"predictions": predictions, "model": version.name, "version": version.version, "request_id": request_id}
 
     @api.post("/feedback/{name}")
@@ -206,7 +206,8 @@ class ModelServer:
             if ("label" in item.model_fields_set) == (item.labels is not None):
                 raise InvalidInput(f"feedback item {i}: give exactly one of 'label' or 'labels'")
         # The monitor's call blocks: off the event loop, as every other request goes on meanwhile.
-        result = await asyncio.to_thread(self.router.feedback, [it.model_dump(exclude_unset=True) for it in items])
+        result = await asyncio.to_thread(self.router.feedback, [it.model_dump(exclude_unset=True) for it in items],
+                                         request.state.principal)
         request.state.rows = len(items)
         return result
 

@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["FeedbackBatcher"]
 
-OUTCOMES = ("matched", "unknown", "invalid")
+OUTCOMES = ("matched", "unknown", "invalid", "refused")
 
 
 class _Ticket:

@@ -29,7 +29,9 @@ from aiinfra.errors import AiInfraError, InvalidInput, NotFound, ServiceUnavaila
 from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.inference.scores import score_of
 from aiinfra.registry.types import ModelVersion, parse_ref
+from aiinfra.serving.auth import Principal
 from aiinfra.serving.feedback import FeedbackBatcher
+from aiinfra.serving.roles import LABEL_ANY
 from aiinfra.serving.routing import goes_to_challenger, stable_fraction
 from aiinfra.serving.sampling import MonitorSampler
 from aiinfra.serving.shadow import ShadowComparer
@@ -71,7 +73,7 @@ class Monitor(Protocol):
     """The served model's drift monitor (blocking calls; the router makes them off the event loop)."""
 
     def observe(self, rows: Rows, scores: list[float], request_ids: list[str], labels: list[Any],
-                versions: list[int | None], errors: dict[int, int]) -> Any: ...
+                versions: list[int | None], errors: dict[int, int], tokens: list[str | None]) -> Any: ...
 
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Counts, and ``outcomes``: each item's (matched, unknown or invalid) in order."""
@@ -146,10 +148,12 @@ class Router:
 
     # -- who may ask, and what is admitted ---------------------------------------------------------------
 
-    def authorize(self, authorization: str | None, action: str) -> None:
+    def authorize(self, authorization: str | None, action: str) -> Principal:
         """The bearer token in ``authorization`` may ``action`` on this router's model (else Unauthorized /
-        Forbidden: a token scoped to another model is refused here)."""
-        self._tokens.verify(authorization).require(action, model=self.name)
+        Forbidden: a token scoped to another model is refused here); who it is."""
+        principal = self._tokens.verify(authorization)
+        principal.require(action, model=self.name)
+        return principal
 
     def check_name(self, name: str) -> None:
         if name != self.name:
@@ -204,11 +208,13 @@ class Router:
             self._failed(version)
             raise
 
-    def answered(self, request_id: str, rows: Rows, predictions: Rows, version: ModelVersion) -> None:
-        """After an answer: its rows offered to the monitor's sampler, and mirrored to the shadow for its share."""
+    def answered(self, request_id: str, rows: Rows, predictions: Rows, version: ModelVersion,
+                 token_id: str | None = None) -> None:
+        """After an answer: its rows offered to the monitor's sampler (with the id of the token that asked:
+        who may label it), and mirrored to the shadow for its share."""
         if self.sampler is not None:
             self.sampler.offer(rows, [score_of(p) for p in predictions], request_id,
-                               [p.get("label", p.get("value")) for p in predictions], version.version)
+                               [p.get("label", p.get("value")) for p in predictions], version.version, token_id)
         shadow = self.shadow
         shadow_pick = stable_fraction(f"shadow:{self.name}:{request_id}", self._routing_key)
         if shadow is not None and shadow_pick < self.config.serve.shadow_share:
@@ -246,23 +252,29 @@ class Router:
         inputs = [f.name for f in version.signature.inputs]
         return [{k: r["features"].get(k) for k in inputs} for r in rows]
 
-    def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Ground truth for served requests, relayed to the monitor (blocking: call it off the event loop)."""
+    def feedback(self, items: list[dict[str, Any]], principal: Principal | None = None) -> dict[str, Any]:
+        """Ground truth for served requests, relayed to the monitor (blocking: call it off the event loop).
+
+        With ``principal`` (the HTTP caller), each label carries its provenance: the token's id, and whether its
+        role may label any request (``LABEL_ANY``); else the monitor accepts it only for the token's own requests.
+        """
+        if principal is not None:
+            items = [{**item, "by": principal.token_id, "trusted": principal.role in LABEL_ANY} for item in items]
         try:
             result = self._feedback.submit(items)  # with the other requests' feedback in flight: one monitor call
         except Exception as e:  # noqa: BLE001 - the monitor is a separate service: say it is unavailable
             raise ServiceUnavailable(
                 f"the monitor for {self.name!r} is not available ({type(e).__name__}); retry later") from None
         return {"model": self.name, "accepted": result["matched"], "unknown_request_ids": result["unknown"],
-                "invalid": result["invalid"]}
+                "invalid": result["invalid"], "refused": result["refused"]}
 
     def _ship(self, rows: Rows, scores: list[float], request_ids: list[str], labels: list[Any],
-              versions: list[int | None], errors: dict[int, int]) -> None:
+              versions: list[int | None], errors: dict[int, int], tokens: list[str | None]) -> None:
         """On the sampler's thread: one call to the monitor (its failure is counted by the sampler)."""
         if self._clock() < self._monitor_retry_at:
             return  # the monitor could not be reached a moment ago; these rows are dropped, serving goes on
         try:
-            self._monitor.observe(rows, scores, request_ids, labels, versions, errors)
+            self._monitor.observe(rows, scores, request_ids, labels, versions, errors, tokens)
         except Exception:
             self._monitor_retry_at = self._clock() + MONITOR_RETRY_S
             raise

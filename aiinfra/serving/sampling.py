@@ -27,8 +27,9 @@ log = logging.getLogger("aiinfra.serving")
 
 class MonitorSampler:
     """Args:
-    send: ships ``(rows, scores, request_ids, labels, versions, errors)``, ``errors`` being failed requests
-        per version since the last shipment; blocking is fine (it runs on the sampler's thread).
+    send: ships ``(rows, scores, request_ids, labels, versions, errors, tokens)``, ``errors`` being failed
+        requests per version since the last shipment, ``tokens`` the API token id of each row's request;
+        blocking is fine (it runs on the sampler's thread).
     rate: the share of requests sampled (0 to 1).
     capacity: rows held at most between shipments.
     max_bytes: bytes those rows may take at most (``approx_bytes``): wide rows hit this before ``capacity``.
@@ -47,7 +48,7 @@ class MonitorSampler:
         self._dropped_logged = 0
         self.interval_s = interval_s
         self.max_rows_per_send = max_rows_per_send
-        self._buffer: deque[tuple[dict[str, Any], float, str, Any, int | None, int]] = deque()
+        self._buffer: deque[tuple[dict[str, Any], float, str, Any, int | None, int, str | None]] = deque()
         self._errors: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -59,8 +60,9 @@ class MonitorSampler:
             self._thread.start()
 
     def offer(self, rows: Sequence[Mapping[str, Any]], scores: Sequence[float], request_id: str,
-              labels: Sequence[Any] | None = None, version: int | None = None) -> None:
-        """Never raises, never blocks on the monitor. ``labels``: the predicted labels, if any."""
+              labels: Sequence[Any] | None = None, version: int | None = None, token: str | None = None) -> None:
+        """Never raises, never blocks on the monitor. ``labels``: the predicted labels, if any; ``token``: the
+        id of the API token the request was made with (who may label it)."""
         self.counts["offered"] += len(rows)
         if self.rate < 1.0 and random.random() >= self.rate:
             return
@@ -74,7 +76,7 @@ class MonitorSampler:
                 if self._bytes + size > self.max_bytes:
                     self.counts["dropped_bytes"] += take - kept
                     break
-                self._buffer.append((dict(row), float(score), request_id, label, version, size))
+                self._buffer.append((dict(row), float(score), request_id, label, version, size, token))
                 self._bytes += size
                 kept += 1
             self.counts["sampled"] += kept
@@ -103,8 +105,9 @@ class MonitorSampler:
         if not items and not errors:
             return 0
         rows, scores, ids, labels, versions = ([i[k] for i in items] for k in range(5))
+        tokens = [i[6] for i in items]
         try:
-            self._send(rows, scores, ids, labels, versions, errors)
+            self._send(rows, scores, ids, labels, versions, errors, tokens)
             self.counts["sent"] += len(items)
         except Exception:  # noqa: BLE001 - monitoring must never hurt serving
             self.counts["send_errors"] += 1

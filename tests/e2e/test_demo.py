@@ -110,13 +110,13 @@ def test_auth_and_limits(demo):
     assert httpx.post(f"{base}/predict/churn", json=row).status_code == 401
     assert httpx.post(f"{base}/predict/churn", json=row, headers={"Authorization": "Bearer aii_00000000_nope"}).status_code == 401
     assert httpx.get(f"{base}/v2/health/ready").status_code == 200  # health needs no token
-    made = subprocess.run([str(BIN / "aiinfra"), "token", "create", "--role", "feedback"], env=demo["env"],
+    made = subprocess.run([str(BIN / "aiinfra"), "token", "create", "--role", "labeller"], env=demo["env"],
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    feedback_only = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    labeller_only = {"Authorization": f"Bearer {made.stdout.strip()}"}
     time.sleep(0.6)  # the server looks up a new token id at most twice a second
-    r = httpx.post(f"{base}/predict/churn", json=row, headers=feedback_only)
-    assert r.status_code == 403 and "feedback" in r.json()["error"]
+    r = httpx.post(f"{base}/predict/churn", json=row, headers=labeller_only)
+    assert r.status_code == 403 and "'labeller' token may not predict" in r.json()["error"]
     huge = b'{"instances": [' + b'{"tenure_months": 1.0},' * 60_000 + b"{}]}"
     r = httpx.post(f"{base}/predict/churn", content=huge, headers=demo["auth"])
     assert r.status_code == 413 and "limit" in r.json()["error"]
@@ -313,6 +313,41 @@ def test_served_requests_reach_the_drift_monitor(demo):
     assert st["model"] == "churn" and "customers@" in st["reference"]
     assert set(st["features"]["categorical"]) == {"plan", "region"}
     assert st["stats"]["rows_dropped"] == 0
+
+
+def _token(demo, role: str) -> dict[str, str]:
+    made = subprocess.run([str(BIN / "aiinfra"), "token", "create", "--role", role], env=demo["env"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    return {"Authorization": f"Bearer {made.stdout.strip()}"}
+
+
+def _label_until(url: str, body: dict, headers: dict, key: str) -> dict:
+    """Post a label until the monitor has the prediction (the sampler ships about once a second) and says ``key``."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = httpx.post(url, json=body, headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        if r.json()[key] == 1:
+            return r.json()
+        assert time.monotonic() < deadline, r.text
+        time.sleep(1)
+
+
+def test_a_label_counts_only_from_the_token_that_asked_or_a_labeller(demo):
+    """Label provenance: an application's `feedback` token labels its own requests; a request another token
+    made is refused, so no client can label others' requests (and steer the canary or a retrain with them);
+    a labeller (here the admin token) may label any."""
+    app_a, app_b = _token(demo, "feedback"), _token(demo, "feedback")
+    time.sleep(0.6)  # the server looks up a new token id at most twice a second
+    row = {"instances": [{"tenure_months": 9.0, "monthly_charges": 80.0, "support_calls": 2, "plan": "basic", "region": "west"}]}
+    predict, url = f"{demo['base']}/predict/churn", f"{demo['base']}/feedback/churn"
+    mine = httpx.post(predict, json=row, headers=app_a, timeout=60).json()["request_id"]
+    theirs = httpx.post(predict, json=row, headers=app_b, timeout=60).json()["request_id"]
+    assert _label_until(url, {"request_id": mine, "label": 1}, app_a, "accepted")["refused"] == 0
+    refused = _label_until(url, {"request_id": theirs, "label": 0}, app_a, "refused")
+    assert refused["accepted"] == 0
+    assert _label_until(url, {"request_id": theirs, "label": 1}, demo["auth"], "accepted")["refused"] == 0
 
 
 def test_feedback_joins_labels_to_served_requests(demo):

@@ -75,7 +75,7 @@ def served(platform, platform_config, tmp_path_factory):
     version = platform.registry.register(MODEL, model_dir, signature=_model_dir(model_dir))
     db = open_metadata_db(platform_config.metadata_url)
     tokens = TokenStore(db)
-    predict_token, feedback_token = tokens.create("predict", who="test"), tokens.create("feedback", who="test")
+    predict_token, labeller_token = tokens.create("predict", who="test"), tokens.create("labeller", who="test")
     db.close()
 
     port = _free_port()
@@ -96,7 +96,7 @@ def served(platform, platform_config, tmp_path_factory):
         serve.run(build_app(tight, ref), name="httpcheck-bp", route_prefix=BP)
         yield {"base": f"http://127.0.0.1:{port}", "version": version.version, "config": cfg,
                "auth": {"Authorization": f"Bearer {predict_token}"},
-               "feedback_only": {"Authorization": f"Bearer {feedback_token}"}}
+               "labeller_only": {"Authorization": f"Bearer {labeller_token}"}}
     finally:
         for app in ("httpcheck", "httpcheck-bp"):
             try:
@@ -540,11 +540,11 @@ def test_oip_v2_infer_round_trip_with_every_datatype_of_the_signature(served):
 
 
 def test_a_token_without_the_predict_role_is_403_on_the_oip_routes(served):
-    base, fb = served["base"], served["feedback_only"]
+    base, fb = served["base"], served["labeller_only"]
     for method, path, body in (("POST", INFER, _infer(GOOD_TENSORS)), ("GET", f"/v2/models/{MODEL}", None)):
         r = httpx.request(method, base + path, content=body, headers=fb, timeout=30)
         assert r.status_code == 403, (path, r.text[:300])
-        assert "feedback" in r.json()["error"]
+        assert "'labeller' token may not predict" in r.json()["error"]
 
 
 def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(served, platform, tmp_path):

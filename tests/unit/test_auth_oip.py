@@ -70,7 +70,8 @@ def test_embedded_admin_token_file_is_private_and_made_once(tokens, tmp_path):
     assert ensure_admin_token(store, f) is None  # second start: nothing new
 
 
-@pytest.mark.parametrize("role,may", [("feedback", {"feedback"}), ("labeller", {"feedback"}), ("approver", set()),
+# feedback: an application that predicts and reports its own outcomes; labeller: labels anyone's requests, no more.
+@pytest.mark.parametrize("role,may", [("feedback", {"predict", "feedback"}), ("labeller", {"feedback"}), ("approver", set()),
                                       ("admin", {"predict", "feedback", "admin"}), ("predict", {"predict"})])
 def test_each_role_may_exactly_its_actions(tokens, role, may):
     store, _ = tokens
@@ -118,8 +119,8 @@ def test_a_scoped_token_is_403_on_another_model_and_on_no_model(tokens):
     assert "fraud" not in str(exc.value)
     with pytest.raises(Forbidden, match="scoped"):
         p.require("feedback")
-    with pytest.raises(Forbidden, match="may not predict"):  # the role still applies within the scope
-        p.require("predict", model="churn")
+    with pytest.raises(Forbidden, match="may not admin"):  # the role still applies within the scope
+        p.require("admin", model="churn")
     store.verify(f"Bearer {store.create('predict')}").require("predict", model="anything")  # unscoped: any
     with pytest.raises(InvalidInput, match="path separators"):
         store.create("predict", model="a/b")

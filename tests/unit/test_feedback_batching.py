@@ -51,7 +51,8 @@ def test_concurrent_requests_share_calls_and_each_gets_its_own_counts():
                 [{"request_id": f"x{i}", "label": 1}] for i in range(40)]
     results = run_concurrently(batcher, requests)
     for i, r in enumerate(results):
-        assert r == ({"matched": 1, "unknown": 1, "invalid": 0} if i % 2 else {"matched": 0, "unknown": 0, "invalid": 1})
+        assert r == ({"matched": 1, "unknown": 1, "invalid": 0, "refused": 0} if i % 2 else
+                     {"matched": 0, "unknown": 0, "invalid": 1, "refused": 0})
     assert sum(monitor.calls) == 60 and len(monitor.calls) < 40 / 4  # far fewer calls than requests
     assert batcher.requests == 40 and batcher.calls == len(monitor.calls)
 
@@ -60,7 +61,7 @@ def test_a_lone_request_is_sent_at_once():
     monitor = SlowMonitor()
     batcher = FeedbackBatcher(monitor.feedback)
     t0 = time.perf_counter()
-    assert batcher.submit([{"request_id": "r1", "label": 1}]) == {"matched": 1, "unknown": 0, "invalid": 0}
+    assert batcher.submit([{"request_id": "r1", "label": 1}]) == {"matched": 1, "unknown": 0, "invalid": 0, "refused": 0}
     assert time.perf_counter() - t0 < 0.5 and monitor.calls == [1]
 
 

@@ -15,7 +15,7 @@ def test_labels_join_by_request_id_and_rolling_metrics_compare_with_the_baseline
     t.record(["a", "b", "c", "d"], [0.9, 0.2, 0.7, 0.4])
     out = t.feedback([{"request_id": "a", "label": 1}, {"request_id": "b", "label": 0},
                       {"request_id": "c", "label": 0}, {"request_id": "zzz", "label": 1}])
-    assert out == {"matched": 3, "unknown": 1, "invalid": 0}
+    assert out == {"matched": 3, "unknown": 1, "invalid": 0, "refused": 0}
     snap = t.snapshot()
     assert snap["labelled"] == 3 and snap["pending"] == 1
     assert snap["metrics"]["accuracy"] == pytest.approx(2 / 3)
@@ -47,7 +47,7 @@ def test_regression_errors_and_the_oldest_pending_predictions_are_forgotten_firs
 
 def test_a_label_that_arrives_before_its_prediction_is_held_and_joined():
     t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8}, hold_s=60)
-    assert t.feedback([{"request_id": "early", "label": 1}]) == {"matched": 0, "unknown": 1, "invalid": 0}
+    assert t.feedback([{"request_id": "early", "label": 1}]) == {"matched": 0, "unknown": 1, "invalid": 0, "refused": 0}
     t.record(["early"], [0.9], versions=[3], rows=[{"x": 1.0}])
     assert t.counts["matched_late"] == 1 and t.snapshot()["labelled"] == 1
     assert t.labelled_rows()[0]["label"] == 1 and t.labelled_rows()[0]["x"] == 1.0
@@ -112,3 +112,24 @@ def test_arms_are_stored_and_a_new_tracker_resumes_counting_from_them(metadata_u
         assert load_arms(db, "churn")["arms"] == {} and load_arms(db, "other")["since"] == 0.0
     finally:
         db.close()
+
+
+def test_a_label_from_another_token_is_refused_unless_that_token_may_label_anyone():
+    t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8})
+    t.record(["a", "b", "c"], [0.9, 0.2, 0.7], versions=[1, 1, 2], rows=[{"x": 1}, {"x": 2}, {"x": 3}],
+             tokens=["app-1", "app-1", "app-2"])
+    out = t.judge([{"request_id": "a", "label": 1, "by": "app-2", "trusted": False},  # someone else's request
+                   {"request_id": "a", "label": 1, "by": "app-1", "trusted": False},  # its own
+                   {"request_id": "c", "label": 0, "by": "labelling-service", "trusted": True}])
+    assert out == ["refused", "matched", "matched"]
+    assert t.counts["refused"] == 1 and t.arms[1]["labelled"] == 1 and t.arms[2]["labelled"] == 1
+    assert [r["labelled_by"] for r in t.labelled_rows()] == ["app-1", "labelling-service"]
+    # A label that came before its prediction is judged when they meet: still refused for another's request.
+    assert t.judge([{"request_id": "d", "label": 1, "by": "app-2", "trusted": False}]) == ["unknown"]
+    t.record(["d"], [0.4], tokens=["app-1"])
+    assert t.counts["refused"] == 2 and t.counts["matched_late"] == 0 and t.snapshot()["pending"] == 2
+    # Predictions restored from a checkpoint keep who made them.
+    again = PerformanceTracker("binary", [0, 1], {})
+    again.import_state(t.export_state())
+    assert again.judge([{"request_id": "b", "label": 0, "by": "app-2", "trusted": False},
+                        {"request_id": "b", "label": 0, "by": "app-1", "trusted": False}]) == ["refused", "matched"]

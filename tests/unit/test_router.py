@@ -65,12 +65,14 @@ class FakeModels:
 class FakeMonitor:
     def __init__(self) -> None:
         self.observed: list[tuple] = []
+        self.tokens: list[list] = []
         self.fail: Exception | None = None
 
-    def observe(self, rows, scores, request_ids, labels, versions, errors):
+    def observe(self, rows, scores, request_ids, labels, versions, errors, tokens):
         if self.fail is not None:
             raise self.fail
         self.observed.append((rows, scores, request_ids, labels, versions, errors))
+        self.tokens.append(tokens)
 
     def feedback(self, items):
         if self.fail is not None:
@@ -136,14 +138,14 @@ def make_router(config, tokens, registry=None, *, models=None, local=None, monit
 
 def test_auth_is_401_without_a_valid_token_and_403_without_the_role(config, tokens):
     router = make_router(config, tokens)
-    feedback_only = tokens.create("feedback")
+    labeller_only = tokens.create("labeller")
     with pytest.raises(Unauthorized):
         router.authorize(None, "predict")
     with pytest.raises(Unauthorized):
         router.authorize("Bearer aii_00000000_wrong", "predict")
     with pytest.raises(Forbidden, match="may not predict"):
-        router.authorize(f"Bearer {feedback_only}", "predict")
-    router.authorize(f"Bearer {feedback_only}", "feedback")
+        router.authorize(f"Bearer {labeller_only}", "predict")
+    router.authorize(f"Bearer {labeller_only}", "feedback")
     router.authorize(f"Bearer {tokens.create('predict')}", "predict")
     with pytest.raises(NotFound, match="serves 'churn'"):
         router.check_name("other")
@@ -352,7 +354,17 @@ def test_feedback_is_relayed_and_an_unreachable_monitor_is_503(config, tokens):
     monitor = FakeMonitor()
     router = make_router(config, tokens, monitor=monitor)
     assert router.feedback([{"request_id": "r", "label": 1}]) == {
-        "model": "churn", "accepted": 1, "unknown_request_ids": 0, "invalid": 0}
+        "model": "churn", "accepted": 1, "unknown_request_ids": 0, "invalid": 0, "refused": 0}
+    # Over HTTP each label carries its provenance: the token's id, and whether its role may label anyone's requests.
+    sent = []
+    recording = FakeMonitor()
+    recording.feedback = lambda items: sent.extend(items) or {"outcomes": ["matched"] * len(items)}
+    relaying = make_router(config, tokens, monitor=recording)
+    app = tokens.verify(f"Bearer {tokens.create('feedback')}")
+    labeller = tokens.verify(f"Bearer {tokens.create('labeller')}")
+    relaying.feedback([{"request_id": "r", "label": 1}], app)
+    relaying.feedback([{"request_id": "r", "label": 1}], labeller)
+    assert [(i["by"], i["trusted"]) for i in sent] == [(app.token_id, False), (labeller.token_id, True)]
     monitor.fail = ConnectionError("gone")
     with pytest.raises(ServiceUnavailable, match="monitor for 'churn' is not available \\(ConnectionError\\)"):
         router.feedback([{"request_id": "r", "label": 1}])

@@ -17,11 +17,11 @@ def test_rows_are_shipped_in_batches_with_their_scores_and_request_ids():
     sampler.offer_error(2)
     assert sampler.flush() == 3
     assert shipped == [([{"a": 1}, {"a": 2}, {"a": 3}], [0.1, 0.9, 0.5], ["r1", "r1", "r2"], ["no", "yes", None],
-                        [1, 1, 2], {2: 2})]
+                        [1, 1, 2], {2: 2}, [None, None, None])]
     assert sampler.flush() == 0 and sampler.counts["sent"] == 3
     sampler.offer_error(1)  # errors alone are shipped too, with no rows
     sampler.flush()
-    assert shipped[-1] == ([], [], [], [], [], {1: 1})
+    assert shipped[-1] == ([], [], [], [], [], {1: 1}, [])
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_growing():
