@@ -400,8 +400,9 @@ def test_cli_sees_the_registered_model_and_ctrl_c_stops_cleanly(demo):
     version = json.loads(shown.stdout)
     assert version["version"] == 1
     assert version["lineage"]["run_id"].startswith("run-") and version["lineage"]["dataset_version"].startswith("customers@")
+    # ... and the reference profile its monitor reads (holdout rows, labels and scores), hashed like the rest
     assert {"model.json", "preprocess.json", "weights.safetensors", "training_config.json", "evaluation.json",
-            "evaluation.html"} == set(version["files"])
+            "evaluation.html", "reference_profile.parquet", "reference_profile.json"} == set(version["files"])
     # the data went through the gate: the version the model names exists, with its quarantine
     data = subprocess.run(
         [str(BIN / "aiinfra"), "data", "show", version["lineage"]["dataset_version"], "--json"],
