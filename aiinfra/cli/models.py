@@ -78,6 +78,17 @@ def _models_archive(args: argparse.Namespace) -> None:
 def _models_audit(args: argparse.Namespace) -> None:
     with open_platform(load_config()) as p:
         entries = p.registry.audit(args.name)
+        check = p.registry.verify_audit(args.name) if args.verify else None
+    if check is not None:
+        if args.json:
+            print_json(check)
+        elif check["intact"]:
+            print(f"audit log of {args.name}: {check['rows']} rows, hash chain intact")
+        else:
+            print(f"audit log of {args.name}: hash chain BROKEN at row {check['first_broken']}: {check['reason']}")
+        if not check["intact"]:
+            raise SystemExit(1)
+        return None
     if args.json:
         return print_json([e.model_dump(mode="json") for e in entries])
     for e in entries:
@@ -108,4 +119,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     audit = models.add_parser("audit", help="every change to a model: who, when, before and after")
     audit.add_argument("name")
     audit.add_argument("--json", action="store_true")
+    audit.add_argument("--verify", action="store_true",
+                       help="check the log's hash chain instead: exit 1 and name the first broken row if it is not intact")
     audit.set_defaults(func=_models_audit)

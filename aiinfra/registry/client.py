@@ -123,6 +123,10 @@ class RegistryClient:
     def audit(self, name: str) -> list[AuditEntry]:
         return self._backend.call("audit", name)
 
+    def verify_audit(self, name: str) -> dict[str, Any]:
+        """Walk the model's hash-chained audit log: intact, or the first broken row and why."""
+        return self._backend.call("verify_audit", name)
+
     # -- experiment runs ------------------------------------------------------------------
     def start_run(self, *, experiment: str, **kwargs: Any) -> Run:
         """Idempotent by ``run_id``: a retried start returns the stored run."""

@@ -8,9 +8,10 @@ change or none of it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
@@ -86,7 +87,22 @@ MIGRATIONS = (
     # v3: an alias may carry the traffic share its holder gets (a canary's), so the router learns the share
     # through the same read as the alias. NULL: the serving config's default.
     Migration(3, ("ALTER TABLE aliases ADD COLUMN share DOUBLE PRECISION",)),
+    # v4: the audit log is hash-chained per model (see _row_hash): each row stores its predecessor's hash and
+    # its own, so an edited, deleted or inserted row breaks the chain where it happened (`models audit --verify`).
+    Migration(4, (
+        "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE audit_log ADD COLUMN row_hash TEXT",
+    )),
 )
+
+GENESIS = "0" * 64  # the prev_hash of a model's first audit row
+
+
+def _row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """SHA-256 of the row's content and its predecessor's hash, in one canonical JSON form."""
+    body = [prev_hash, repr(float(row["ts"])), row["who"], row["model"], row["action"], row["version"],
+            row["before"], row["after"]]
+    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
 
 
 def _json(value: Any) -> str:
@@ -110,6 +126,7 @@ class ModelRegistry:
         self.store = store
         self._clock = clock
         db.ensure_schema(COMPONENT, MIGRATIONS)
+        self._seal_unchained()
         # The registry owns experiment runs too: versions name the run that made them.
         self.runs = RunStore(db, clock)
 
@@ -411,11 +428,56 @@ class ModelRegistry:
         tx: Transaction, ts: float, who: str, model: str, action: str, version: int | None,
         before: dict[str, Any] | None, after: dict[str, Any] | None,
     ) -> None:
+        # Inside the mutation's write transaction (one writer at a time on both backends), so the
+        # predecessor read here is the model's last row when this one commits.
+        last = tx.query("SELECT row_hash FROM audit_log WHERE model = ? ORDER BY id DESC LIMIT 1", (model,))
+        prev = (last[0]["row_hash"] if last else None) or GENESIS
+        row = {"ts": ts, "who": who, "model": model, "action": action, "version": version,
+               "before": _json(before) if before is not None else None,
+               "after": _json(after) if after is not None else None}
         tx.execute(
-            "INSERT INTO audit_log (ts, who, model, action, version, before, after) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (ts, who, model, action, version, _json(before) if before is not None else None,
-             _json(after) if after is not None else None),
+            "INSERT INTO audit_log (ts, who, model, action, version, before, after, prev_hash, row_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, who, model, action, version, row["before"], row["after"], prev, _row_hash(prev, row)),
         )
+
+    def _seal_unchained(self) -> None:
+        """Chain the audit rows written before the log was chained (once, after the upgrade), oldest first.
+
+        They are sealed as found: the chain vouches for them from now on, not for their past.
+        """
+        if not self.db.query("SELECT 1 FROM audit_log WHERE row_hash IS NULL LIMIT 1"):
+            return
+        with self.db.transaction() as tx:
+            last: dict[str, str] = {}
+            for row in tx.query("SELECT * FROM audit_log ORDER BY id"):
+                prev = last.get(row["model"], GENESIS)
+                if row["row_hash"] is None:
+                    tx.execute("UPDATE audit_log SET prev_hash = ?, row_hash = ? WHERE id = ?",
+                               (prev, _row_hash(prev, row), row["id"]))
+                    last[row["model"]] = _row_hash(prev, row)
+                else:
+                    last[row["model"]] = row["row_hash"]
+
+    def verify_audit(self, name: str) -> dict[str, Any]:
+        """Walk ``name``'s audit chain: ``{"model", "rows", "intact", "first_broken", "reason"}``.
+
+        A row is broken when its content no longer hashes to its ``row_hash`` (edited), or its ``prev_hash``
+        is not its predecessor's hash (a row deleted or inserted before it).
+        """
+        validate_name("model name", name)
+        self._require_model(name)
+        prev = GENESIS
+        rows = self.db.query("SELECT * FROM audit_log WHERE model = ? ORDER BY id", (name,))
+        for row in rows:
+            if row["prev_hash"] != prev:
+                return {"model": name, "rows": len(rows), "intact": False, "first_broken": row["id"],
+                        "reason": "its predecessor is not the row it was written after (a row was deleted or inserted)"}
+            if _row_hash(prev, row) != row["row_hash"]:
+                return {"model": name, "rows": len(rows), "intact": False, "first_broken": row["id"],
+                        "reason": "its content does not match its hash (the row was changed)"}
+            prev = row["row_hash"]
+        return {"model": name, "rows": len(rows), "intact": True, "first_broken": None, "reason": ""}
 
     def _discard_staging(self, staged: StagedUpload) -> None:
         # Best effort: a leftover staging prefix wastes space but is never visible as a version.

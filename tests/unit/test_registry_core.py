@@ -187,8 +187,52 @@ def test_concurrent_alias_moves_last_wins_and_both_audited(config, model_dir):
     # The log is a consistent history: each move's "before" is the previous move's "after".
     for prev, cur in itertools.pairwise(moves):
         assert cur.before == {"alias": "champion", "version": prev.after["version"]}
+    # Concurrent writers on separate connections still leave one unbroken chain.
+    assert setup.registry.verify_audit("churn") == {"model": "churn", "rows": 2 * n + 3, "intact": True,
+                                                    "first_broken": None, "reason": ""}
     for c in [setup, *clients]:
         c.close()
+
+
+def test_the_audit_log_is_hash_chained_and_verify_names_the_first_broken_row(config, model_dir):
+    p = open_local(config)
+    try:
+        p.registry.register("churn", model_dir)
+        p.registry.set_alias("churn", 1, "champion")
+        p.registry.set_alias("churn", 1, "challenger")
+        p.registry.register("other", model_dir)  # another model's chain is its own
+        assert p.registry.verify_audit("churn")["intact"] and p.registry.verify_audit("other")["intact"]
+        db = open_metadata_db(config.metadata_url)  # a connection of its own, as someone with database access
+        ids = [r["id"] for r in db.query("SELECT id FROM audit_log WHERE model = 'churn' ORDER BY id")]
+        with db.transaction() as tx:  # someone with database access rewrites who moved the champion
+            tx.execute("UPDATE audit_log SET who = 'nobody' WHERE id = ?", (ids[2],))
+        check = p.registry.verify_audit("churn")
+        assert not check["intact"] and check["first_broken"] == ids[2] and "changed" in check["reason"]
+        with db.transaction() as tx:  # ... or deletes the row
+            tx.execute("DELETE FROM audit_log WHERE id = ?", (ids[2],))
+        check = p.registry.verify_audit("churn")
+        assert check["first_broken"] == ids[3] and "deleted or inserted" in check["reason"]
+        assert p.registry.verify_audit("other")["intact"]
+        db.close()
+    finally:
+        p.close()
+
+
+def test_audit_rows_from_before_the_chain_are_sealed_once_on_upgrade(config, model_dir):
+    from aiinfra.registry.core import COMPONENT, MIGRATIONS
+
+    db = open_metadata_db(config.metadata_url, create=True)
+    db.ensure_schema(COMPONENT, MIGRATIONS[:3])  # the log as the previous release made it
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO models (name, created_at, created_by) VALUES ('old', 1.0, 'x')")
+        for i in range(3):
+            tx.execute("INSERT INTO audit_log (ts, who, model, action, version, before, after) "
+                       "VALUES (?, 'x', 'old', 'set_alias', 1, NULL, ?)", (float(i), f'{{"n": {i}}}'))
+    registry = ModelRegistry(db, open_artifact_store(config.storage_root))
+    assert registry.verify_audit("old") == {"model": "old", "rows": 3, "intact": True, "first_broken": None,
+                                            "reason": ""}
+    assert [e.after for e in registry.audit("old")] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    db.close()
 
 
 def test_concurrent_registrations_get_gap_free_unique_versions(config, model_dir):
