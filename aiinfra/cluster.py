@@ -22,6 +22,8 @@ import psutil
 
 from aiinfra.cluster_access import (
     cluster_state_file,
+    ensure_ray_token,
+    foreign_clusters,
     running_cluster,
     use_cluster_auth,
 )
@@ -41,10 +43,22 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     existing = running_cluster(config)
     started = existing is None
+    for other in foreign_clusters():
+        print(f"a Ray cluster of another user runs at {other}: not joined", file=out, flush=True)
+    auth_mode = "token"
     if existing:
-        print(f"a Ray cluster is already running at {existing}: reusing it", file=out, flush=True)
+        auth_mode = _recorded_auth_mode(config, existing)
+        if auth_mode is None:
+            # Not started by `aiinfra up` here: nothing says whether it demands a token, so nothing is claimed.
+            auth_mode = "unknown"
+            print(f"a Ray cluster that `aiinfra up` did not start is running at {existing}: reusing it; aiinfra "
+                  "cannot confirm it requires Ray's token (if it does not, anyone who reaches its ports can run "
+                  "code on it). To have one that does, stop it and run `aiinfra up` again.", file=out, flush=True)
+        else:
+            print(f"a Ray cluster is already running at {existing}: reusing it", file=out, flush=True)
         address = existing
     else:
+        print(f"Ray token: {ensure_ray_token()}", file=out, flush=True)
         ray_bin = str(Path(sys.executable).with_name("ray"))
         cmd = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
@@ -96,12 +110,21 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
         "token_file": str(config.token_file),
         "started_by_up": started,
         "started_at": time.time(),
-        "auth_mode": "token",
+        "auth_mode": auth_mode,
     }
     if started:
         config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         cluster_state_file(config).write_text(json.dumps(info, indent=2))
     return info
+
+
+def _recorded_auth_mode(config: PlatformConfig, address: str) -> str | None:
+    """The auth mode `aiinfra up` recorded when it started the cluster at ``address``; None if it did not."""
+    try:
+        info = json.loads(cluster_state_file(config).read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("auth_mode") if info.get("address") == address and info.get("started_by_up") else None
 
 
 def _cluster_processes(session_dir: str, port: int) -> list[Any]:

@@ -20,6 +20,8 @@ def _up(args: argparse.Namespace) -> None:
     print(f"dashboard     {info['dashboard_url']}")
     print(f"serve (HTTP)  {info['serve_url']}")
     print(f"API token     {info['token_file']}")
+    print(f"Ray auth      {info['auth_mode']}" + ("" if info["auth_mode"] == "token" else
+                                                   " (not started by `aiinfra up`: aiinfra cannot confirm it needs a token)"))
     print(f"submit jobs   RAY_AUTH_MODE=token RAY_ADDRESS={info['dashboard_url']} ray job submit --working-dir . -- python jobs/demo.py")
 
 
