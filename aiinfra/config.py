@@ -145,6 +145,10 @@ class MonitoringSettings(BaseModel):
     detector: Literal["scipy", "alibi"] = "scipy"
     # The multivariate test (MMD on all inputs together) besides the per-feature ones.
     multivariate: bool = True
+    # The most of any drift window, and of the labelled rows a retrain learns from, that one API token's
+    # requests may make up: with many clients, no single one can make a window drift (or a retrain learn
+    # its labels) by itself. 1.0: no limit, for deployments where one client sends all the traffic.
+    max_token_share: float = Field(default=1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _cap_min_rows(self) -> MonitoringSettings:

@@ -219,6 +219,10 @@ class DriftMonitor:
         self._last_row_at = 0.0
         self._rows_seen = 0
         self._rows_dropped = 0
+        self._rows_over_quota = 0
+        cap = settings.max_token_share * settings.window_rows
+        self._token_cap: float | None = None if settings.max_token_share >= 1.0 else cap
+        self._token_rows: dict[str, int] = {}  # rows of the open window per API token
         self._windows_closed = 0
         self._windows_skipped = 0
         newest = self.reports(limit=1)
@@ -227,13 +231,14 @@ class DriftMonitor:
     # -- intake ---------------------------------------------------------------------------
     def observe(
         self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, scores: Sequence[float] | None = None,
-        *, at: float | None = None,
+        *, at: float | None = None, tokens: Sequence[str | None] | None = None,
     ) -> list[DriftReport]:
         """Add served rows (and the model's scores on them) to the open window.
 
         Returns the reports of the windows this call closed, each already stored: an expired
         time window first, then one per ``window_rows`` rows filled. ``at``: the rows' arrival time
-        (default: now), which the window's span records.
+        (default: now), which the window's span records; ``tokens``: the API token id of each row's
+        request, for the per-token share of a window (``settings.max_token_share``).
 
         Raises:
             InvalidInput: the batch lacks a feature column, or ``scores`` has another length
@@ -265,12 +270,32 @@ class DriftMonitor:
             if self._open_rows == 0:
                 self._opened_at = now
             take = min(self.settings.window_rows - self._open_rows, keep - pos)
-            self._chunks.append(frame.iloc[pos : pos + take])
-            self._score_chunks.append(score_values[pos : pos + take])
-            self._open_rows += take
-            self._last_row_at = now
+            chunk, chunk_scores = frame.iloc[pos : pos + take], score_values[pos : pos + take]
+            if tokens is not None and self._token_cap is not None:
+                allowed = self._within_quota(tokens[pos : pos + take])
+                chunk, chunk_scores = chunk[allowed], chunk_scores[allowed]
             pos += take
+            if len(chunk) == 0:
+                continue
+            self._chunks.append(chunk)
+            self._score_chunks.append(chunk_scores)
+            self._open_rows += len(chunk)
+            self._last_row_at = now
         return reports
+
+    def _within_quota(self, tokens: Sequence[str | None]) -> np.ndarray:
+        """Which of these rows the open window takes: at most ``max_token_share`` of it from any one token
+        (one client must not make a window drift, or look calm, by itself); the rest are counted, not kept."""
+        allowed = np.ones(len(tokens), dtype=bool)
+        for i, token in enumerate(tokens):
+            if token is None:
+                continue
+            if self._token_rows.get(token, 0) >= self._token_cap:
+                allowed[i] = False
+                self._rows_over_quota += 1
+            else:
+                self._token_rows[token] = self._token_rows.get(token, 0) + 1
+        return allowed
 
     def _scores(self, scores: Sequence[float] | None, n: int) -> np.ndarray:
         """Scores aligned with the rows; NaN where none was given."""
@@ -364,6 +389,7 @@ class DriftMonitor:
                      created_at),
                 )
         self._chunks, self._score_chunks, self._open_rows = [], [], 0
+        self._token_rows = {}
         self._windows_closed += 1
         self._windows_skipped += status == "skipped"
         self._last_status = status
@@ -395,13 +421,15 @@ class DriftMonitor:
     def stats(self) -> dict[str, Any]:
         """Counters of this instance (since it started); ``last_status`` also reads stored reports.
 
-        ``rows_seen`` counts every row received, ``rows_dropped`` those over ``max_buffer_rows``;
+        ``rows_seen`` counts every row received, ``rows_dropped`` those over ``max_buffer_rows``,
+        ``rows_over_quota`` those over one token's share of a window;
         ``windows_closed`` includes the ``windows_skipped``.
         """
         return {
             "model": self.model,
             "rows_seen": self._rows_seen,
             "rows_dropped": self._rows_dropped,
+            "rows_over_quota": self._rows_over_quota,
             "windows_closed": self._windows_closed,
             "windows_skipped": self._windows_skipped,
             "open_window_rows": self._open_rows,

@@ -170,9 +170,22 @@ class PerformanceTracker:
                      for v, c in stats["arms"].items()}
         self.arms_since = float(stats["since"])
 
-    def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The most recent labelled production rows (oldest first): features, ``label``, ``served_at``, ``version``."""
+    def labelled_rows(self, limit: int | None = None, *, max_share: float = 1.0) -> list[dict[str, Any]]:
+        """The most recent labelled production rows (oldest first): features, ``label``, ``served_at``,
+        ``version``, ``labelled_by``; with ``max_share`` below 1, at most that share of ``limit`` (or of all)
+        from any one labelling token, the newest of its rows first."""
         rows = list(self._rows)
+        if max_share < 1.0:
+            cap = max_share * (limit if limit is not None else len(rows))
+            per: dict[Any, int] = {}
+            kept = []
+            for row in reversed(rows):
+                by = row.get("labelled_by")
+                if by is not None and per.get(by, 0) >= cap:
+                    continue
+                per[by] = per.get(by, 0) + 1
+                kept.append(row)
+            rows = kept[::-1]
         return rows if limit is None else rows[max(0, len(rows) - limit):]
 
     def _correct(self, value: float, truth: float) -> bool:

@@ -253,7 +253,7 @@ class MonitorService:
         token each request was made with), and failed requests per version; returns the windows this closed."""
         at = time.time()  # one arrival time for both sides: a window's span finds its rows' labels by it
         with self._lock:
-            reports = self.core.observe(rows, scores, at=at) if rows else []
+            reports = self.core.observe(rows, scores, at=at, tokens=tokens) if rows else []
             if request_ids is not None and scores is not None:
                 self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at,
                                         tokens=tokens)
@@ -307,9 +307,10 @@ class MonitorService:
             return self.performance.arm_stats()
 
     def labelled_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The most recent labelled production rows: features, label, served_at, version."""
+        """The most recent labelled production rows: features, label, served_at, version, labelled_by; at most
+        ``monitoring.max_token_share`` of them labelled by any one token."""
         with self._lock:
-            return self.performance.labelled_rows(limit)
+            return self.performance.labelled_rows(limit, max_share=self.config.monitoring.max_token_share)
 
     def performance_snapshot(self) -> dict[str, Any]:
         with self._lock:

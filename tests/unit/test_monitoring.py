@@ -338,6 +338,7 @@ def test_windows_close_by_count(db_url, reference, clock):
         "model": "churn",
         "rows_seen": 250,
         "rows_dropped": 0,
+        "rows_over_quota": 0,
         "windows_closed": 2,
         "windows_skipped": 0,
         "open_window_rows": 50,
@@ -434,3 +435,20 @@ def test_min_rows_is_capped_to_window_rows():
 def test_a_buffer_smaller_than_a_window_is_refused(db_url, reference, clock):
     with pytest.raises(InvalidInput, match="no window could fill"):
         monitor(db_url, reference, clock, window_rows=100, max_buffer_rows=50)
+
+
+def test_one_token_fills_at_most_its_share_of_a_window(db_url, reference, clock):
+    """With many clients, no single token can make a window drift (or look calm) by itself."""
+    m = monitor(db_url, reference, clock, window_rows=1000, min_rows=100, max_token_share=0.25)
+    rng = np.random.default_rng(40)
+    shifted = records(make_rows(rng, 1000, shift={"x0": 2.0}))
+    assert m.observe(shifted, scores_of(pd.DataFrame(shifted)), tokens=["attacker"] * 1000) == []
+    assert m.stats()["open_window_rows"] == 250 and m.stats()["rows_over_quota"] == 750
+    honest = make_rows(rng, 750)
+    tokens = [f"client-{i % 5}" for i in range(750)]
+    (report,) = m.observe(records(honest), scores_of(honest), tokens=tokens)
+    assert report.rows == 1000  # a quarter from the attacker at most; its next window starts afresh
+    assert m.observe(shifted[:10], scores_of(pd.DataFrame(shifted[:10])), tokens=["attacker"] * 10) == []
+    assert m.stats()["open_window_rows"] == 10
+    unlimited = monitor(db_url, reference, clock, window_rows=1000, min_rows=100)  # the default: no limit
+    assert len(unlimited.observe(shifted, scores_of(pd.DataFrame(shifted)), tokens=["one-client"] * 1000)) == 1

@@ -133,3 +133,16 @@ def test_a_label_from_another_token_is_refused_unless_that_token_may_label_anyon
     again.import_state(t.export_state())
     assert again.judge([{"request_id": "b", "label": 0, "by": "app-2", "trusted": False},
                         {"request_id": "b", "label": 0, "by": "app-1", "trusted": False}]) == ["refused", "matched"]
+
+
+def test_the_retrain_set_takes_at_most_a_share_from_any_one_labeller():
+    t = PerformanceTracker("binary", [0, 1], {})
+    ids = [f"r{i}" for i in range(100)]
+    t.record(ids, [0.5] * 100, rows=[{"x": i} for i in range(100)], tokens=["t"] * 100)
+    t.judge([{"request_id": r, "label": 1, "by": "labeller-a" if i < 80 else "labeller-b", "trusted": True}
+             for i, r in enumerate(ids)])
+    capped = t.labelled_rows(50, max_share=0.5)
+    by = [r["labelled_by"] for r in capped]
+    assert by.count("labeller-a") == 25 and by.count("labeller-b") == 20  # b's 20 all fit; a's newest 25
+    assert [r["x"] for r in capped] == sorted(r["x"] for r in capped)  # still oldest first
+    assert len(t.labelled_rows(50)) == 50  # no share: the newest 50, whoever labelled them
