@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AiInfraError",
     "ArtifactCorrupted",
+    "AtCapacity",
     "Conflict",
     "Forbidden",
     "InvalidInput",
@@ -81,6 +82,10 @@ class ServiceUnavailable(AiInfraError):
 
     status_code = 503
     code = "UNAVAILABLE"
+
+
+class AtCapacity(ServiceUnavailable):
+    """Back-pressure: the service is busy, not broken (a canary's arm does not count it as an error)."""
 
 
 class ArtifactCorrupted(AiInfraError):

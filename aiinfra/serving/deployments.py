@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from aiinfra.config import PlatformConfig
-from aiinfra.errors import AiInfraError, ServiceUnavailable
+from aiinfra.errors import AiInfraError, AtCapacity, ServiceUnavailable
 from aiinfra.inference.versions import LoadedVersions
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import ModelVersion
@@ -93,7 +93,7 @@ class DeploymentHandles:
         try:
             return await self._handles[role].predict.remote(rows, version.version)
         except BackPressureError:
-            raise ServiceUnavailable(f"{version.ref} is at capacity; retry with backoff") from None
+            raise AtCapacity(f"{version.ref} is at capacity; retry with backoff") from None
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, AiInfraError):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from aiinfra.config import PlatformConfig
-from aiinfra.errors import AiInfraError, InvalidInput, NotFound, ServiceUnavailable
+from aiinfra.errors import AiInfraError, AtCapacity, InvalidInput, NotFound, ServiceUnavailable
 from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.inference.scores import score_of
 from aiinfra.registry.types import ModelVersion, parse_ref
@@ -163,7 +163,7 @@ class Router:
     def admitted(self) -> Iterator[None]:
         """One inference request in flight (all run on the replica's event loop: a plain counter is safe)."""
         if self.admit_limit is not None and self._inflight >= self.admit_limit:
-            raise ServiceUnavailable(f"{self.name} is at capacity ({self.admit_limit} requests in flight on "
+            raise AtCapacity(f"{self.name} is at capacity ({self.admit_limit} requests in flight on "
                                      "this replica); retry with backoff")
         self._inflight += 1
         try:
@@ -192,7 +192,9 @@ class Router:
 
     async def answer(self, role: str, version: ModelVersion, rows: Rows) -> Rows:
         """The role's deployment (or, for the champion in the router, this process) answers with ``version``;
-        server-side failures count against that version."""
+        server-side failures count against that version, back-pressure (503: at capacity, retry) does not:
+        a challenger given more traffic than its replicas take is busy, not broken, and a load spike must not
+        roll it back."""
         try:
             if role == "champion" and self._local is not None:
                 # In this process: a small model's forward pass costs less than the hop to another replica.
@@ -200,6 +202,8 @@ class Router:
                              or await asyncio.to_thread(self._local.get, version.version))
                 return predictor.predict(rows)
             return await self._models.answer(role, version, rows)
+        except AtCapacity:
+            raise
         except AiInfraError as e:
             if e.status_code >= 500:
                 self._failed(version)
