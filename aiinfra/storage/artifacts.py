@@ -160,8 +160,14 @@ class ArtifactStore:
         Raises:
             ArtifactCorrupted: a file is missing or its content does not match its recorded
                 hash; the message names the file. Nothing mismatching is left in ``dest``.
+            InvalidInput: a file's name is not a plain relative path (nothing is created then).
         """
         dest = Path(dest)
+        # Every name is checked before anything is created: a recorded name like "../x" must not make a
+        # directory outside ``dest`` (or anywhere) on its way to being refused.
+        for rel in files:
+            _check_key(rel)
+            _check_key(f"{prefix}/{rel}")
         for rel, expected in sorted(files.items()):
             key = f"{prefix}/{rel}"
             target = dest / rel

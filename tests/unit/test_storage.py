@@ -44,6 +44,14 @@ def test_compressed_files_are_stored_and_read_as_the_bytes_they_are(store, tmp_p
     assert store.read_bytes("models/m/2/vocab.txt.gz") == data
 
 
+def test_fetch_verified_refuses_an_escaping_name_before_creating_anything(store, tmp_path):
+    d = store.write_bytes("models/m/1/w.bin", b"w")
+    dest = tmp_path / "deep" / "out"
+    with pytest.raises(InvalidInput, match="invalid artifact key"):
+        store.fetch_verified("models/m/1", {"w.bin": d, "../../escaped/x.bin": d}, dest)
+    assert not (tmp_path / "escaped").exists() and not dest.exists()
+
+
 def test_failed_write_leaves_nothing_visible(store):
     def chunks():
         yield b"half of it"
