@@ -183,7 +183,9 @@ def test_a_challenger_answers_its_canary_share_chosen_by_request_id(demo, tmp_pa
     request id: 1,000 requests split within 5 points, and a retried id always reaches the same version."""
     from aiinfra.config import load_config
     from aiinfra.platform import open_local
+    from aiinfra.serving.auth import TokenStore
     from aiinfra.serving.routing import goes_to_challenger
+    from aiinfra.storage import open_metadata_db
 
     config = load_config(environ={"AIINFRA_HOME": str(demo["home"])})
     with open_local(config) as p:
@@ -192,6 +194,10 @@ def test_a_challenger_answers_its_canary_share_chosen_by_request_id(demo, tmp_pa
         challenger = p.registry.register("churn", files, metrics=champion.metrics, signature=champion.signature,
                                          lineage=champion.lineage)
         p.registry.set_alias("churn", challenger.version, "challenger")
+    # The platform's routing key (a secret in the metadata DB): the rule is a keyed hash, the same on every replica.
+    db = open_metadata_db(config.metadata_url)
+    key = TokenStore(db, background=False).routing_key()
+    db.close()
     row = {"instances": [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}]}
     try:
         with httpx.Client(base_url=demo["base"], headers=demo["auth"], timeout=30) as client:
@@ -209,7 +215,7 @@ def test_a_challenger_answers_its_canary_share_chosen_by_request_id(demo, tmp_pa
                 r = client.post("/predict/churn", json=row, headers={"X-Request-ID": f"canary-{i}"})
                 assert r.status_code == 200, r.text
                 versions.append(r.json()["version"])
-                expected = challenger.version if goes_to_challenger("churn", f"canary-{i}", 0.1) else champion.version
+                expected = challenger.version if goes_to_challenger("churn", f"canary-{i}", 0.1, key) else champion.version
                 assert versions[-1] == expected, i  # the same rule on every replica
             share = versions.count(challenger.version) / len(versions)
             assert 0.05 <= share <= 0.15, share

@@ -46,9 +46,11 @@ def test_the_timeline_and_the_html_report(loop):
     out = "".join(loop["lines"])
     assert "timeline:" in out and "autopilot: promote version 2" in out
     html = (loop["home"] / "reports" / "loop.html").read_text()
-    for section in ("Timeline", "Data profile", "Training curves", "Evaluation", "Drift over time", "Canary"):
+    for section in ("Timeline", "Data profile", "Training curves", "Evaluation", "Drift over time",
+                    "Performance before labels (CBPE)", "Canary"):
         assert f"<h2>{section}" in html, section
-    assert html.count("data:image/png;base64,") == 6  # a plot in every section: none is empty
+    assert html.count("data:image/png;base64,") == 7  # a plot in every section: none is empty
+    assert "mean |estimated - realised| accuracy" in html  # the windows' estimates met their labels
 
 
 def test_the_cli_shows_the_autopilots_state_and_decisions(loop):
