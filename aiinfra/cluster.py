@@ -60,6 +60,9 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
     else:
         print(f"Ray token: {ensure_ray_token()}", file=out, flush=True)
         ray_bin = str(Path(sys.executable).with_name("ray"))
+        # No --node-ip-address=127.0.0.1: Ray 2.60's GCS and raylet listen on every interface whatever it
+        # says (checked), so it would only claim a protection it does not give; Ray's token (made above,
+        # 0600) is what guards those ports, and the dashboard is bound to loopback.
         cmd = [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=true",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
         if num_cpus is not None:
