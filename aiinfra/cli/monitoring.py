@@ -42,9 +42,14 @@ def _monitor_status(args: argparse.Namespace) -> None:
         status["running"] = True
     if args.json:
         return print_json(status)
+    print_status(args.name, status)
+
+
+def print_status(name: str, status: dict[str, Any]) -> None:
+    """``monitor status`` for a person: what the monitor received, how it tests, its estimates, the windows."""
     if status["running"]:
         st = status["stats"]
-        print(f"monitor:{args.name} watching {status['version']} against {status['reference']} "
+        print(f"monitor:{name} watching {status['version']} against {status['reference']} "
               f"({len(status['features']['numeric'])} numeric, {len(status['features']['categorical'])} categorical inputs)")
         print(f"  rows received {st['rows_seen']:,} (dropped {st['rows_dropped']:,}); open window {st['open_window_rows']:,} "
               f"of {status['settings']['window_rows']:,}; windows closed {st['windows_closed']} (skipped {st['windows_skipped']})")
@@ -73,7 +78,7 @@ def _monitor_status(args: argparse.Namespace) -> None:
                   + (f"detection {latest['detection_id']} {when(latest['created_at'])}: {latest['reason']}" if latest
                      else "none found"))
     else:
-        print(f"no monitor is running for {args.name}; stored windows:")
+        print(f"no monitor is running for {name}; stored windows:")
     if not status["reports"]:
         print("  no windows yet: a window closes after window_rows served rows or window_seconds")
     for r in status["reports"]:

@@ -162,3 +162,24 @@ def test_the_pending_predictions_are_bounded_by_bytes_as_well():
     tracker.record([f"r{i}" for i in range(100)], [0.5] * 100, rows=[wide] * 100)
     assert tracker.pending_bytes <= 200_000 and len(tracker._pending) < 30
     assert tracker.counts["forgotten"] == 100 - len(tracker._pending)
+
+
+def test_monitor_status_reads_well_for_a_person(config, registered, capsys):
+    """`aiinfra monitor status NAME` (without --json) on a real service's status: detector, estimates, windows."""
+    from aiinfra.cli.monitoring import print_status
+
+    db, store, version = registered
+    service = MonitorService(config, "m", db=db, store=store, ticker=False)
+    frame, p, labels = rows(np.random.default_rng(11), 1000)
+    ids = [f"s{i}" for i in range(1000)]
+    service.observe(frame.to_dict(orient="records"), p.tolist(), ids, [int(v >= 0.5) for v in p], [version.version] * 1000)
+    service.feedback([{"request_id": rid, "label": int(y)} for rid, y in zip(ids, labels)])
+    print_status("m", {**service.status(), "running": True})
+    out = capsys.readouterr().out
+    assert "detector: scipy (KS / chi-squared per input + MMD on all inputs)" in out and "licence" not in out
+    assert "performance before labels (CBPE): calibration error" in out and "UNRELIABLE" not in out
+    assert "estimation error: mean |estimated - realised| accuracy" in out and "over 1 window(s)" in out
+    assert "concept drift (ADWIN on the error stream, 1,000 labelled rows): none found" in out
+    assert "window    1" in out and "est. accuracy" in out
+    print_status("m", {"model": "m", "running": False, "reports": []})
+    assert "no windows yet" in capsys.readouterr().out
