@@ -311,14 +311,14 @@ class DriftDetector:
         n_codes = len(self._codes[col]) + 1
         return self._ref_cat_shares[col], np.bincount(column.astype(np.int64), minlength=n_codes) / max(column.size, 1)
 
-    def _feature(self, j: int, col: str, column: np.ndarray, raw: pd.Series, p_value: float, statistic: float,
+    def _feature(self, col: str, column: np.ndarray, finite: np.ndarray | None, p_value: float, statistic: float,
                  cut: float) -> FeatureDrift:
+        """``finite``: a numeric column's finite window values (before imputation), None for a categorical one."""
         numeric = col in self._edges
         ref_share, cur_share = self._shares(col, column)
         wasserstein = None
-        if numeric:
-            values = _numeric(raw)
-            values = values[np.isfinite(values)]
+        if numeric and finite is not None:
+            values = finite
             if values.size:
                 # In reference standard deviations, so one threshold reads the same for every input.
                 # scipy inside: a heavy import, loaded only where windows are tested (statistics.py says why).
@@ -353,12 +353,15 @@ class DriftDetector:
         self._require_columns(window, "the window")
         x = self._matrix(window)
         p_values, statistics, cut = self._tests.features(x)
-        features = [self._feature(j, col, x[:, j], window[col], p_values[j], statistics[j], cut)
+        finite = {}
+        for col in self.numeric:  # converted once: the effect sizes and the notes both need the raw values
+            values = _numeric(window[col])
+            finite[col] = values[np.isfinite(values)]
+        features = [self._feature(col, x[:, j], finite.get(col), p_values[j], statistics[j], cut)
                     for j, col in enumerate(self.columns)]
         notes = list(self.notes)
-        for col in self.numeric:
-            if not np.isfinite(_numeric(window[col])).any():
-                notes.append(f"{col!r}: no finite value in the window (tested as all missing)")
+        notes += [f"{col!r}: no finite value in the window (tested as all missing)"
+                  for col in self.numeric if finite[col].size == 0]
         drifted = [f.feature for f in features if f.drifted]
         joint = self._joint.check(x) if self._joint is not None else None
         return DriftResult(

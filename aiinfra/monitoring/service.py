@@ -214,6 +214,9 @@ class MonitorService:
             checks = read_estimates(self._db, self._model, limit)
             out = []
             for check in checks:
+                if check.labelled >= check.rows:  # every row labelled: nothing more can arrive for it
+                    out.append(check)
+                    continue
                 seen = self.performance.realised_between(check.window_start, check.window_end)
                 if seen["labelled"] and seen["labelled"] != check.labelled:
                     record_realised(self._db, self._model, check.window_id, seen["labelled"], seen["metrics"])

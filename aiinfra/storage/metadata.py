@@ -82,6 +82,11 @@ class MetadataDB(ABC):
         if [m.version for m in ordered] != list(range(1, len(ordered) + 1)):
             raise ValueError(f"migrations of {component} must be numbered 1..n without gaps")
         target = ordered[-1].version if ordered else 0
+        # Once a component is at its target through this connection, asking again costs nothing: the stores'
+        # read helpers ensure their schema on every call, and each check is otherwise a write transaction.
+        ensured: dict[str, int] = self.__dict__.setdefault("_schema_ensured", {})
+        if ensured.get(component) == target:
+            return target
         with self.transaction() as tx:
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -105,7 +110,10 @@ class MetadataDB(ABC):
                     "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
                     (component, m.version),
                 )
-        return self.schema_version(component)
+        version = self.schema_version(component)
+        if version == target:
+            ensured[component] = version
+        return version
 
 
 def _backends() -> dict[str, Callable[..., MetadataDB]]:
