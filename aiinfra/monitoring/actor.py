@@ -19,16 +19,17 @@ __all__ = ["MonitorActor", "get_monitor_actor", "monitor_actor_name", "monitor_s
 class MonitorActor(MonitorService):
     """The monitor as its actor runs it: Ray's metrics, the ticker thread on."""
 
-    def __init__(self, config: PlatformConfig, model: str) -> None:
+    def __init__(self, config: PlatformConfig, model: str, shard: int = 0) -> None:
         # Here, not at the top: the client imports this module, and importing a client must not load Ray
         # (aiinfra.service says why).
         from aiinfra.monitoring.metrics import RayMonitorMetrics
 
-        super().__init__(config, model, metrics=RayMonitorMetrics())
+        super().__init__(config, model, metrics=RayMonitorMetrics(), shard=shard)
 
 
-def monitor_spec(model: str) -> ActorSpec:
-    return ActorSpec(monitor_actor_name(model), MonitorActor)
+def monitor_spec(model: str, shard: int = 0) -> ActorSpec:
+    """The spec of the model's monitor (``shard`` k of ``monitoring.shards``: the actor ``monitor:<model>#k``)."""
+    return ActorSpec(monitor_actor_name(model, shard), MonitorActor)
 
 
 def get_monitor_actor(config: PlatformConfig, model: str, *, create: bool = True) -> Any:

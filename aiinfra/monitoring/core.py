@@ -12,6 +12,12 @@ one transaction before any caller sees it. ``window_id`` counts 1, 2, ... per mo
 from the stored maximum, so a restarted monitor (the actor's constructor running again) neither
 reuses an id nor loses a stored report; only the rows of the window that was open are lost.
 
+At high traffic (``settings.min_window_seconds``): a window that holds ``window_rows`` rows before it
+has been open ``min_window_seconds`` stays open, and keeps a uniform sample of ``window_rows`` of all the
+rows that arrived in its span (each row draws a random priority; the window keeps the lowest), so a
+check runs at most once per ``min_window_seconds`` on as many rows as at low traffic. Its report says
+how many rows it tested (``rows``) out of how many arrived (``rows_seen``).
+
 Overload never becomes the caller's error: a call brings at most ``max_buffer_rows`` rows into
 the monitor (counting the open window); the rest are dropped and counted in ``stats()``.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -29,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from aiinfra.config import MonitoringSettings
 from aiinfra.errors import InvalidInput
+from aiinfra.monitoring.columns import Columns
 from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.detectors import DriftDetector, DriftResult
 from aiinfra.monitoring.estimation import PerformanceEstimate, PerformanceEstimator
@@ -123,23 +131,61 @@ class DriftReport(BaseModel):
     created_at: float
     window_start: float
     window_end: float
-    rows: int
+    rows: int  # tested
     status: ReportStatus
     reason: str
     result: DriftResult | None = None
     # The window's estimated performance from the model's scores alone (CBPE), before any label.
     estimate: PerformanceEstimate | None = None
+    # Rows that arrived in the window's span, of which ``rows`` (a uniform sample) were tested; None in
+    # reports stored before windows could sample (they tested every row).
+    rows_seen: int | None = None
 
 
 def _frame(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     if isinstance(rows, pd.DataFrame):
         return rows
+    if isinstance(rows, Columns):
+        return rows.frame()
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)):
         raise InvalidInput("rows must be a sequence of mappings (one per row) or a DataFrame")
     rows = list(rows)
     if not all(isinstance(r, Mapping) for r in rows):
         raise InvalidInput("every row must be a mapping of feature name to value")
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+
+
+class _Batch:
+    """The rows of one ``observe`` call, only the tested columns, made into frames where a window needs them:
+    rows shipped as ``Columns`` are never made into one frame whole (most of a sampled window's are not kept)."""
+
+    def __init__(self, rows: Any, columns: Sequence[str], model: str) -> None:
+        self._columns = list(columns)
+        if isinstance(rows, Columns):
+            self.n = len(rows)
+            missing = [c for c in self._columns if c not in rows.columns]
+            self._values: dict[str, Sequence[Any]] | None = {c: rows.columns[c] for c in self._columns if c in rows.columns}
+            self._frame: pd.DataFrame | None = None
+        else:
+            frame = _frame(rows)
+            self.n = len(frame)
+            missing = [c for c in self._columns if c not in frame.columns]
+            self._values = None
+            self._frame = frame.loc[:, self._columns].reset_index(drop=True) if self.n and not missing else frame
+        if self.n and missing:
+            raise InvalidInput(f"rows for model {model!r} lack the feature columns {missing}")
+
+    def rows(self, start: int, end: int) -> pd.DataFrame:
+        if self._values is None:
+            return self._frame.iloc[start:end]  # type: ignore[union-attr]
+        return pd.DataFrame({c: v[start:end] for c, v in self._values.items()}, columns=self._columns)
+
+    def pick(self, positions: np.ndarray) -> pd.DataFrame:
+        if self._values is None:
+            return self._frame.iloc[positions].reset_index(drop=True)  # type: ignore[union-attr]
+        picked = positions.tolist()
+        return pd.DataFrame({c: v[positions] if isinstance(v, np.ndarray) else [v[i] for i in picked]
+                             for c, v in self._values.items()}, columns=self._columns)
 
 
 def _verdict(result: DriftResult) -> tuple[ReportStatus, str]:
@@ -214,6 +260,11 @@ class DriftMonitor:
 
         self._chunks: list[pd.DataFrame] = []
         self._score_chunks: list[np.ndarray] = []
+        self._priority_chunks: list[np.ndarray] = []  # each open row's draw, when windows may sample
+        self._sampling = settings.min_window_seconds > 0
+        self._rng = np.random.default_rng(zlib.crc32(self.model.encode()))
+        self._span_rows = 0  # rows that entered the open window's span (sampled or not)
+        self._rows_sampled_out = 0
         self._open_rows = 0
         self._opened_at = 0.0
         self._last_row_at = 0.0
@@ -244,14 +295,9 @@ class DriftMonitor:
             InvalidInput: the batch lacks a feature column, or ``scores`` has another length
                 than ``rows``. Nothing of a rejected batch is kept.
         """
-        frame = _frame(rows)
-        n = len(frame)
+        batch = _Batch(rows, self._detector.columns, self.model)
+        n = batch.n
         score_values = self._scores(scores, n)
-        if n:
-            missing = [c for c in self._detector.columns if c not in frame.columns]
-            if missing:
-                raise InvalidInput(f"rows for model {self.model!r} lack the feature columns {missing}")
-            frame = frame.loc[:, self._detector.columns].reset_index(drop=True)
 
         now = self._clock() if at is None else at
         reports = []
@@ -263,14 +309,20 @@ class DriftMonitor:
         self._rows_dropped += n - keep
 
         pos = 0
-        while pos < keep or self._open_rows >= self.settings.window_rows:
-            if self._open_rows >= self.settings.window_rows:
-                reports.append(self._close())
-                continue
+        k = self.settings.window_rows
+        while pos < keep or self._open_rows >= k:
+            if self._open_rows >= k:
+                if now - self._opened_at >= self.settings.min_window_seconds:
+                    reports.append(self._close())
+                    continue
+                # Full, but open for less than min_window_seconds: the rest of this call is sampled into it.
+                self._sample_in(batch, pos, keep, score_values[pos:keep],
+                                None if tokens is None else tokens[pos:keep], now)
+                break
             if self._open_rows == 0:
                 self._opened_at = now
-            take = min(self.settings.window_rows - self._open_rows, keep - pos)
-            chunk, chunk_scores = frame.iloc[pos : pos + take], score_values[pos : pos + take]
+            take = min(k - self._open_rows, keep - pos)
+            chunk, chunk_scores = batch.rows(pos, pos + take), score_values[pos : pos + take]
             if tokens is not None and self._token_cap is not None:
                 allowed = self._within_quota(tokens[pos : pos + take])
                 chunk, chunk_scores = chunk[allowed], chunk_scores[allowed]
@@ -279,9 +331,43 @@ class DriftMonitor:
                 continue
             self._chunks.append(chunk)
             self._score_chunks.append(chunk_scores)
+            if self._sampling:
+                self._priority_chunks.append(self._rng.random(len(chunk)))
             self._open_rows += len(chunk)
+            self._span_rows += len(chunk)
             self._last_row_at = now
         return reports
+
+    def _sample_in(self, batch: _Batch, start: int, end: int, scores: np.ndarray,
+                   tokens: Sequence[str | None] | None, now: float) -> None:
+        """Rows ``start:end`` of ``batch``, arriving while a full window waits out ``min_window_seconds``: the
+        window keeps the ``window_rows`` rows of lowest priority (uniform draws) among all of its span's, in
+        arrival order. Only a new row drawing below the window's highest kept priority can enter it, and only
+        those few are made into a frame (a sampled window's rows cost a draw each, not a frame's row)."""
+        allowed = np.ones(end - start, dtype=bool)
+        if tokens is not None and self._token_cap is not None:
+            # The same cap as while filling, over the whole span: a token brings at most max_token_share x
+            # window_rows rows into it, so it makes up at most that share of any sample of window_rows.
+            allowed = self._within_quota(tokens)
+        admitted = int(allowed.sum())
+        if admitted == 0:
+            return
+        self._span_rows += admitted
+        self._rows_sampled_out += admitted  # the window stays at window_rows: each admitted row pushes one out
+        self._last_row_at = now
+        drawn = self._rng.random(end - start)
+        kept_priority = np.concatenate(self._priority_chunks)
+        candidates = np.flatnonzero(allowed & (drawn < kept_priority.max()))
+        if candidates.size == 0:
+            return
+        window = pd.concat([*self._chunks, batch.pick(start + candidates)], ignore_index=True)
+        all_scores = np.concatenate([*self._score_chunks, scores[candidates]])
+        priority = np.concatenate([kept_priority, drawn[candidates]])
+        k = self.settings.window_rows
+        kept = np.sort(np.argpartition(priority, k - 1)[:k])
+        self._chunks = [window.iloc[kept].reset_index(drop=True)]
+        self._score_chunks, self._priority_chunks = [all_scores[kept]], [priority[kept]]
+        self._open_rows = k
 
     def _within_quota(self, tokens: Sequence[str | None]) -> np.ndarray:
         """Which of these rows the open window takes: at most ``max_token_share`` of it from any one token
@@ -314,8 +400,13 @@ class DriftMonitor:
         return None
 
     def tick(self) -> DriftReport | None:
-        """Close the open window if its time is up (for the actor's timer); its report, or None."""
-        return self._expired(self._clock())
+        """Close the open window if its time is up, or if it is full and has been open ``min_window_seconds``
+        (for the actor's timer); its report, or None."""
+        now = self._clock()
+        if (self._sampling and self._open_rows >= self.settings.window_rows
+                and now - self._opened_at >= self.settings.min_window_seconds):
+            return self._close()
+        return self._expired(now)
 
     def flush(self) -> DriftReport | None:
         """Close the open window now, whatever its size; its report, or None when it is empty."""
@@ -348,6 +439,8 @@ class DriftMonitor:
                 status, reason = _verdict(result)
             if self.estimator is not None and window_scores is not None:
                 estimate = self.estimator.estimate(window_scores)
+                if self._span_rows > rows:
+                    estimate = estimate.model_copy(update={"rows_seen": self._span_rows})
 
         created_at = self._clock()
         with self.db.transaction() as tx:
@@ -366,6 +459,7 @@ class DriftMonitor:
                 reason=reason,
                 result=result,
                 estimate=estimate,
+                rows_seen=self._span_rows,
             )
             tx.execute(
                 "INSERT INTO drift_reports (model, window_id, created_at, window_start, window_end, rows, status, report)"
@@ -388,7 +482,8 @@ class DriftMonitor:
                     (self.model, window_id, report.window_start, report.window_end, estimate.model_dump_json(),
                      created_at),
                 )
-        self._chunks, self._score_chunks, self._open_rows = [], [], 0
+        self._chunks, self._score_chunks, self._priority_chunks, self._open_rows = [], [], [], 0
+        self._span_rows = 0
         self._token_rows = {}
         self._windows_closed += 1
         self._windows_skipped += status == "skipped"
@@ -422,7 +517,8 @@ class DriftMonitor:
         """Counters of this instance (since it started); ``last_status`` also reads stored reports.
 
         ``rows_seen`` counts every row received, ``rows_dropped`` those over ``max_buffer_rows``,
-        ``rows_over_quota`` those over one token's share of a window;
+        ``rows_over_quota`` those over one token's share of a window, ``rows_sampled_out`` those that arrived
+        while a full window waited out ``min_window_seconds`` and were not in its sample;
         ``windows_closed`` includes the ``windows_skipped``.
         """
         return {
@@ -430,6 +526,7 @@ class DriftMonitor:
             "rows_seen": self._rows_seen,
             "rows_dropped": self._rows_dropped,
             "rows_over_quota": self._rows_over_quota,
+            "rows_sampled_out": self._rows_sampled_out,
             "windows_closed": self._windows_closed,
             "windows_skipped": self._windows_skipped,
             "open_window_rows": self._open_rows,
@@ -472,7 +569,8 @@ def load_arms(db: MetadataDB, model: str) -> dict[str, Any] | None:
 
 
 class EstimateCheck(BaseModel):
-    """A window's estimate beside what its labels showed: ``error`` is |estimated - realised| per metric."""
+    """A window's estimate beside what its labels showed: ``error`` is |estimated - realised| per metric;
+    ``rows``: the rows of the window's span (all of them, where it tested a sample)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -498,7 +596,7 @@ def read_estimates(db: MetadataDB, model: str, limit: int = 20) -> list[Estimate
         realised = json.loads(r["realised"]) if r["realised"] else None
         error = {k: abs(estimate.metrics[k].value - v) for k, v in (realised or {}).items() if k in estimate.metrics}
         out.append(EstimateCheck(window_id=int(r["window_id"]), window_start=float(r["window_start"]),
-                                 window_end=float(r["window_end"]), rows=estimate.rows, estimate=estimate,
+                                 window_end=float(r["window_end"]), rows=estimate.rows_seen or estimate.rows, estimate=estimate,
                                  labelled=int(r["labelled"]), realised=realised, error=error))
     return out
 

@@ -61,6 +61,9 @@ class PerformanceEstimate(BaseModel):
     calibration_error: float | None
     reason: str = ""
     baseline: dict[str, float] = {}  # the version's registered values of the estimated metrics
+    # The rows that arrived in the window's span, when it tested a sample of ``rows`` of them
+    # (monitoring.min_window_seconds): the estimate stands for all of them, and their labels check it.
+    rows_seen: int | None = None
 
 
 def expected_calibration_error(probability: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:

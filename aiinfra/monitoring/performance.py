@@ -19,6 +19,11 @@ Two more things come out of the same join, for the autopilot:
   model's baseline RMSE.
 - Labelled production rows: the served feature rows with their true labels and serving times
   (the most recent ``max_labelled_rows``), which a retrain adds to its training data.
+
+A sharded monitor (``monitoring.shards``, aiinfra.monitoring.shards) runs one tracker per shard, each
+joining the requests whose id hashes to it; every shard but the first hands what its joins produced
+(``handoff``: labelled predictions, the error stream, labelled rows, arm counts) to the first, which
+``absorb``s it: the first shard's tracker then reads as one tracker over all the traffic would.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from aiinfra.monitoring.columns import Columns, RowSpan, flatten, plain
 from aiinfra.monitoring.sizes import approx_bytes
 
 __all__ = ["PerformanceTracker"]
@@ -49,7 +55,7 @@ class PerformanceTracker:
 
     def __init__(self, task: str, class_labels: Sequence[Any], baseline: Mapping[str, float], *, window: int = 500,
                  max_pending: int = 100_000, max_pending_bytes: int = 256 * 2**20, max_labelled_rows: int = 50_000,
-                 hold_s: float = 300.0, max_held: int = 100_000) -> None:
+                 hold_s: float = 300.0, max_held: int = 100_000, hands_off: bool = False) -> None:
         self.task = task
         self.class_labels = list(class_labels)
         self._index = {str(v): i for i, v in enumerate(self.class_labels)}
@@ -80,6 +86,12 @@ class PerformanceTracker:
         # refused: labels from a token that may not label that request (see _join).
         self.counts = {"recorded": 0, "forgotten": 0, "matched": 0, "unknown": 0, "invalid": 0, "refused": 0,
                        "matched_late": 0, "expired": 0}
+        # A shard but the first: what its joins produce since the last handoff (bounded like the labelled rows).
+        self.hands_off = hands_off
+        self._out_labelled: deque[tuple[float, float, float]] = deque(maxlen=max_labelled_rows)
+        self._out_rows: deque[dict[str, Any]] = deque(maxlen=max_labelled_rows)
+        self._arms_handed: dict[int, dict[str, int]] = {}
+        self._counts_handed: dict[str, int] = {}
 
     def carry_over(self, old: PerformanceTracker) -> None:
         """Keep ``old``'s labelled production rows and canary arms (the monitor rebased on a new champion)."""
@@ -87,44 +99,80 @@ class PerformanceTracker:
         self._labelled_at = old._labelled_at
 
     def _arm(self, version: int) -> dict[str, int]:
-        return self.arms.setdefault(int(version), {"requests": 0, "errors": 0, "labelled": 0, "correct": 0})
+        arm = self.arms.get(version)
+        if arm is None:
+            arm = self.arms[int(version)] = {"requests": 0, "errors": 0, "labelled": 0, "correct": 0}
+        return arm
 
     def record(self, request_ids: Sequence[str], scores: Sequence[float], predicted: Sequence[Any] | None = None, *,
                versions: Sequence[int | None] | None = None, rows: Sequence[Mapping[str, Any]] | None = None,
                served_at: float | None = None, tokens: Sequence[str | None] | None = None) -> None:
-        """Served rows in order: consecutive rows with the same request id form one request.
+        """Served rows in order: consecutive rows with the same request id form one request; rows whose id is
+        None are not recorded (another shard's).
 
         ``versions``: the version that answered each row (for the arms); ``rows``: the feature rows
         (kept until labelled, for retraining); ``tokens``: the id of the API token each request was made
         with (a label from another token is refused unless that token may label anyone's requests).
         """
         now = time.time() if served_at is None else served_at
-        for i, (rid, score) in enumerate(zip(request_ids, scores)):
-            value = float(score)
-            if self.task == "multiclass" and predicted is not None:
-                value = float(self._index.get(str(predicted[i]), -1))
-            version = None if versions is None or versions[i] is None else int(versions[i])
-            entry = self._pending.get(str(rid))
+        n = min(len(request_ids), len(scores))
+        if n == 0:
+            return
+        if self.task == "multiclass" and predicted is not None:
+            values = [float(self._index.get(str(p), -1)) for p in predicted[:n]]
+        else:
+            values = [float(v) for v in scores[:n]]
+        # Rows shipped as columns share their fields: all sized by the first, and each request keeps its rows
+        # as one span of views (a view's values are slow to walk; a view per row is slow to make).
+        columnar = isinstance(rows, Columns) and len(rows) > 0
+        row_size = 0
+        if columnar:
+            row_size = 32 + approx_bytes(plain(rows[0]))  # type: ignore[index]
+            columns = rows.columns  # type: ignore[union-attr]
+        # A request is a run of rows with the same id (found in one vectorized pass, not row by row).
+        ids = np.empty(n, dtype=object)
+        ids[:] = list(request_ids[:n])
+        starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()]
+        ends = [*starts[1:], n]
+        pending, pending_bytes = self._pending, self._pending_bytes
+        added = recorded = 0
+        seen: set[str] = set()
+        for a, b in zip(starts, ends):
+            rid = ids[a]
+            if rid is None:  # another shard's request (a sharded monitor's first shard sees every row)
+                continue
+            rid = str(rid)
+            seen.add(rid)
+            recorded += b - a
+            entry = pending.get(rid)
             if entry is None:
+                version = None if versions is None or versions[a] is None else int(versions[a])
                 entry = ([], version, [] if rows is not None else None, now)
-                self._pending[str(rid)] = entry
-                self._pending_token[str(rid)] = None if tokens is None else tokens[i]
+                pending[rid] = entry
+                self._pending_token[rid] = None if tokens is None else tokens[a]
                 if version is not None:
                     self._arm(version)["requests"] += 1
-            entry[0].append(value)
-            size = 32
+            entry[0].extend(values[a:b])
             if entry[2] is not None and rows is not None:
-                entry[2].append(dict(rows[i]))
-                size += approx_bytes(rows[i])
-            self._pending_bytes[str(rid)] = self._pending_bytes.get(str(rid), 64) + size
-            self.pending_bytes += size
-            self.counts["recorded"] += 1
+                # Not copied (views, for rows shipped as Columns): the join copies them into the labelled rows.
+                if columnar:
+                    entry[2].append(RowSpan(columns, a, b))
+                    size = row_size * (b - a)
+                else:
+                    entry[2].extend(rows[a:b])
+                    size = (32 + approx_bytes(rows[a])) * (b - a)  # the request's rows have its first's fields
+            else:
+                size = 32 * (b - a)
+            pending_bytes[rid] = pending_bytes.get(rid, 64) + size
+            added += size
+        self.pending_bytes += added
+        self.counts["recorded"] += recorded
         while self._pending and (len(self._pending) > self.max_pending or self.pending_bytes > self.max_pending_bytes):
             rid, _ = self._pending.popitem(last=False)
             self._forget(rid)
             self.counts["forgotten"] += 1
         self.changes += 1
-        self._join_held(now, {str(r) for r in request_ids})
+        self._join_held(now, seen)
 
     def _forget(self, rid: str) -> None:
         """What is kept beside a pending request, once it left ``_pending``."""
@@ -159,6 +207,7 @@ class PerformanceTracker:
     def reset_arms(self) -> None:
         """Start counting the arms afresh (a canary begins)."""
         self.arms = {}
+        self._arms_handed = {}
         self.arms_since = time.time()
 
     def arm_stats(self) -> dict[str, Any]:
@@ -236,7 +285,7 @@ class PerformanceTracker:
         return outcomes
 
     def _join(self, rid: str, item: Mapping[str, Any]) -> str:
-        served, version, rows, served_at = self._pending[rid]
+        served, version, kept, served_at = self._pending[rid]
         labels = item.get("labels", [item.get("label")] * len(served) if "label" in item else None)
         if not isinstance(labels, list) or len(labels) != len(served):
             return "invalid"
@@ -249,24 +298,42 @@ class PerformanceTracker:
             return "refused"
         del self._pending[rid]
         self._forget(rid)
-        arm = self._arm(version) if version is not None else None
-        for i, (score, truth) in enumerate(zip(served, truths)):
-            self._labelled.append((score, truth))  # type: ignore[arg-type]
-            self._labelled_at.append((served_at, score, truth))  # type: ignore[arg-type]
-            correct = self._correct(score, truth)  # type: ignore[arg-type]
-            self._errors.append((correct, abs(score - truth)))  # type: ignore[operator]
-            if arm is not None:
-                arm["labelled"] += 1
-                arm["correct"] += int(correct)
-            if rows is not None and i < len(rows):
-                self._rows.append({**rows[i], "label": labels[i], "served_at": served_at, "version": version,
-                                   "labelled_by": item.get("by")})
+        rows = None if kept is None else flatten(kept)
+        # The request's rows at once (a request is usually several rows; these run once per label).
+        pairs = list(zip(served, truths))
+        self._labelled.extend(pairs)  # type: ignore[arg-type]
+        stamped = [(served_at, s, t) for s, t in pairs]
+        self._labelled_at.extend(stamped)  # type: ignore[arg-type]
+        if self.hands_off:
+            self._out_labelled.extend(stamped)  # type: ignore[arg-type]
+        correct = self._correct_all(served, truths)  # type: ignore[arg-type]
+        self._errors.extend(zip(correct, [abs(s - t) for s, t in pairs]))  # type: ignore[operator]
+        if version is not None:
+            arm = self._arm(version)
+            arm["labelled"] += len(pairs)
+            arm["correct"] += sum(correct)
+        if rows is not None:
+            by = item.get("by")
+            for row, label in zip(rows, labels):
+                row = plain(row)
+                row.update(label=label, served_at=served_at, version=version, labelled_by=by)
+                self._rows.append(row)
+                if self.hands_off:
+                    self._out_rows.append(row)
         return "matched"
+
+    def _correct_all(self, values: list[float], truths: list[float]) -> list[bool]:
+        if self.task == "binary":
+            return [(v >= 0.5) == (t == 1) for v, t in zip(values, truths)]
+        if self.task == "multiclass":
+            return [v == t for v, t in zip(values, truths)]
+        return [self._correct(v, t) for v, t in zip(values, truths)]
 
     def export_state(self) -> dict[str, Any]:
         """What a restarted monitor must not lose: predictions waiting for labels, and labels waiting for
         predictions (JSON-ready; ``import_state`` takes it back)."""
-        return {"pending": [[rid, values, version, rows, at, self._pending_token.get(rid)]
+        return {"pending": [[rid, values, version, None if rows is None else [plain(r) for r in flatten(rows)], at,
+                             self._pending_token.get(rid)]
                             for rid, (values, version, rows, at) in self._pending.items()],
                 "held": [[rid, dict(item), at] for rid, (item, at) in self._held.items()]}
 
@@ -286,6 +353,43 @@ class PerformanceTracker:
             self._forget(rid)
         return len(self._pending) + len(self._held)
 
+    def handoff(self) -> dict[str, Any]:
+        """What this shard's joins produced since the last handoff, for the first shard to ``absorb``: the
+        labelled predictions (served at, score, truth), the error stream, the labelled rows, and what the arms'
+        and the join's counts grew by since (JSON-ready)."""
+        arms = {}
+        for version, counts in self.arms.items():
+            before = self._arms_handed.get(version, {})
+            delta = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
+            if delta:
+                arms[str(version)] = delta
+        counts = {k: n - self._counts_handed.get(k, 0) for k, n in self.counts.items() if n != self._counts_handed.get(k, 0)}
+        out = {"labelled": list(self._out_labelled), "errors": self.drain_errors(), "rows": list(self._out_rows),
+               "arms": arms, "counts": counts}
+        self._out_labelled.clear()
+        self._out_rows.clear()
+        self._arms_handed = {v: dict(c) for v, c in self.arms.items()}
+        self._counts_handed = dict(self.counts)
+        return out
+
+    def absorb(self, handoff: Mapping[str, Any]) -> int:
+        """Another shard's ``handoff``, as if its joins had happened here; the labelled rows it brought."""
+        labelled = handoff.get("labelled") or []
+        for at, score, truth in labelled:
+            self._labelled.append((float(score), float(truth)))
+            self._labelled_at.append((float(at), float(score), float(truth)))
+        self._errors.extend((bool(c), float(e)) for c, e in handoff.get("errors") or [])
+        self._rows.extend(handoff.get("rows") or [])
+        for version, delta in (handoff.get("arms") or {}).items():
+            arm = self._arm(int(version))
+            for k, n in delta.items():
+                if k in arm:
+                    arm[k] += int(n)
+        for k, n in (handoff.get("counts") or {}).items():
+            if k in self.counts:
+                self.counts[k] += int(n)
+        return len(labelled)
+
     def drain_errors(self) -> list[tuple[bool, float]]:
         """(correct, absolute error) of each row joined since the last call, in join order."""
         out = list(self._errors)
@@ -294,11 +398,19 @@ class PerformanceTracker:
 
     def realised_between(self, start: float, end: float) -> dict[str, Any]:
         """What the labels of the rows served in [start, end] show: ``labelled`` rows and their ``metrics``."""
-        rows = [(s, t) for at, s, t in self._labelled_at if start <= at <= end]
-        if not rows:
-            return {"labelled": 0, "metrics": {}}
-        return {"labelled": len(rows), "metrics": self._metrics(np.array([s for s, _ in rows]),
-                                                                 np.array([t for _, t in rows]))}
+        return self.realised_in([(start, end)])[0]
+
+    def realised_in(self, spans: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
+        """``realised_between`` for each span, the labelled rows read into arrays once for all of them."""
+        if not spans:
+            return []
+        table = np.array(self._labelled_at, dtype=np.float64).reshape(-1, 3)
+        out = []
+        for start, end in spans:
+            picked = table[(table[:, 0] >= start) & (table[:, 0] <= end)]
+            out.append({"labelled": len(picked), "metrics": self._metrics(picked[:, 1], picked[:, 2])} if len(picked)
+                       else {"labelled": 0, "metrics": {}})
+        return out
 
     def _metrics(self, scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         metrics: dict[str, float] = {}

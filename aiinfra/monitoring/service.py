@@ -43,6 +43,7 @@ from aiinfra.monitoring.core import (
 from aiinfra.monitoring.estimation import PerformanceEstimator
 from aiinfra.monitoring.performance import PerformanceTracker
 from aiinfra.monitoring.reference import build_reference
+from aiinfra.monitoring.shards import HANDOFF_S
 from aiinfra.registry.core import ModelRegistry
 from aiinfra.storage import ArtifactStore, MetadataDB, open_artifact_store, open_metadata_db
 
@@ -54,8 +55,9 @@ log = logging.getLogger("aiinfra.monitoring")
 ESTIMATE_WINDOWS = 20  # the latest windows whose estimates are checked against their labels
 
 
-def monitor_actor_name(model: str) -> str:
-    return f"monitor:{model}"
+def monitor_actor_name(model: str, shard: int = 0) -> str:
+    """``monitor:<model>``, and ``monitor:<model>#<k>`` for the shards after the first (monitoring.shards)."""
+    return f"monitor:{model}" if shard == 0 else f"monitor:{model}#{shard}"
 
 
 class MonitorMetrics(Protocol):
@@ -97,6 +99,10 @@ class MonitorService:
     db, store: the metadata DB and artifact store; opened from ``config`` when not given.
     clock: monotonic seconds, for the arms' save throttle.
     ticker: start the thread that closes time windows (tests call ``tick`` themselves).
+    shard: which of ``monitoring.shards`` this is (aiinfra.monitoring.shards). Shard 0 is the monitor as
+        callers know it; a later shard only joins its requests' predictions and labels, and hands what the
+        joins produce to shard 0 (``hand_off``, every ``HANDOFF_S`` on the ticker).
+    peer: how a later shard reaches shard 0's ``absorb`` (default: its actor, through MonitorClient).
     """
 
     ARMS_SAVE_S = 1.0
@@ -106,12 +112,23 @@ class MonitorService:
     # Predictions waiting for labels (and labels waiting for predictions) are checkpointed to the artifact
     # store this often, when they changed: a restarted monitor takes them back, losing at most this much.
     CHECKPOINT_S = 10.0
+    # ... or less often: a checkpoint writes every pending prediction (with its feature rows), so with many
+    # pending it is spaced out to cost at most this share of the monitor's time (100,000 pending requests of
+    # 10 rows took about a second here), and a restart loses correspondingly more.
+    CHECKPOINT_SHARE = 0.01
 
     def __init__(self, config: PlatformConfig, model: str, *, metrics: MonitorMetrics | None = None,
                  db: MetadataDB | None = None, store: ArtifactStore | None = None,
-                 clock: Callable[[], float] = time.monotonic, ticker: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, ticker: bool = True, shard: int = 0,
+                 peer: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        if not 0 <= shard < config.monitoring.shards:
+            raise ValueError(f"shard {shard} of a monitor with monitoring.shards {config.monitoring.shards}")
         self.config = config
         self._model = model
+        self.shard = shard
+        self._peer = peer
+        self._unsent: list[dict[str, Any]] = []  # handoffs shard 0 did not take yet (it was away)
+        self.handoffs = {"sent": 0, "failed": 0, "dropped": 0}
         self._store = store if store is not None else open_artifact_store(config.storage_root)
         self._db = db if db is not None else open_metadata_db(config.metadata_url, create=False)
         self._registry = ModelRegistry(self._db, self._store)  # reads only: the registry actor stays the one writer
@@ -122,13 +139,19 @@ class MonitorService:
         self._performance_at = float("-inf")  # when the performance gauges were last set
         self.performance: PerformanceTracker | None = None
         self._checkpointed = 0  # tracker.changes at the last checkpoint
+        self._checkpoint_due = 0.0  # monotonic time before which the ticker does not checkpoint again
         self._build()
         self.restored = self._restore()
         self._stop = threading.Event()
-        window_s = config.monitoring.window_seconds
+        window_s, min_s = config.monitoring.window_seconds, config.monitoring.min_window_seconds
         if ticker:
-            every = min(window_s / 4, self.CHECKPOINT_S) if window_s else self.CHECKPOINT_S
-            threading.Thread(target=self._ticker, args=(every,), daemon=True, name=f"monitor-ticker-{model}").start()
+            # Windows are closed by time at a quarter of window_seconds, and a full window waiting out
+            # min_window_seconds at least that often; estimates and the checkpoint every CHECKPOINT_S.
+            slow = min(window_s / 4, self.CHECKPOINT_S) if window_s else self.CHECKPOINT_S
+            every = min(slow, max(min_s / 2, 0.25)) if min_s > 0 else slow
+            if shard:
+                every = min(every, HANDOFF_S)
+            threading.Thread(target=self._ticker, args=(every, slow), daemon=True, name=f"monitor-ticker-{model}").start()
 
     def _build(self) -> None:
         """Reference, detector and performance baseline from the champion (else the newest version)."""
@@ -147,10 +170,11 @@ class MonitorService:
         # In memory: the rolling window and the labelled rows (a restart starts them afresh). Checkpointed:
         # predictions waiting for labels, labels waiting for predictions (at most CHECKPOINT_S behind).
         # Stored: the drift reports, estimates, concept drift, and the canary's arms (at most ARMS_SAVE_S behind).
-        performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics)
+        performance = PerformanceTracker(reference.task, reference.class_labels or [], version.metrics,
+                                         hands_off=self.shard > 0)
         if self.performance is not None:  # a rebase
             performance.carry_over(self.performance)
-        else:
+        elif self.shard == 0:  # the arms are shard 0's: later shards hand their counts over
             stored = load_arms(self._db, self._model)
             if stored is not None:
                 performance.restore_arms(stored)
@@ -161,7 +185,9 @@ class MonitorService:
         self.reference = reference
 
     def _save_arms(self, force: bool = False) -> None:
-        """Store the arms when they changed, at most once per ARMS_SAVE_S (under the lock)."""
+        """Store the arms when they changed, at most once per ARMS_SAVE_S (under the lock); shard 0 only."""
+        if self.shard:
+            return
         stats = self.performance.arm_stats()
         at, saved = self._arms_saved
         now = self._clock()
@@ -169,9 +195,18 @@ class MonitorService:
             save_arms(self._db, self._model, stats)
             self._arms_saved = (now, stats)
 
-    def _ticker(self, every_s: float) -> None:
+    def _ticker(self, every_s: float, slow_s: float) -> None:
+        slow_at = time.monotonic() + slow_s
         while not self._stop.wait(every_s):
-            for step in (self.tick, self.check_estimates, self.checkpoint):
+            if self.shard:  # a later shard: no windows or estimates of its own
+                steps: tuple[Callable[[], Any], ...] = (self.hand_off,)
+                if time.monotonic() >= slow_at:
+                    steps, slow_at = (self.hand_off, self.checkpoint), time.monotonic() + slow_s
+            else:
+                steps = (self.tick,)
+                if time.monotonic() >= slow_at:
+                    steps, slow_at = (self.tick, self.check_estimates, self.checkpoint), time.monotonic() + slow_s
+            for step in steps:
                 try:
                     step()
                 except Exception:  # noqa: BLE001 - a failed step (the DB, the store away) is retried next time
@@ -181,10 +216,15 @@ class MonitorService:
     @property
     def _checkpoint_key(self) -> str:
         # Gzipped JSON, but not named .gz: pyarrow's filesystems would decompress a .gz on reading.
-        return f"monitoring/{self._model}/intake.checkpoint"
+        suffix = f"-{self.shard}" if self.shard else ""
+        return f"monitoring/{self._model}/intake{suffix}.checkpoint"
 
-    def checkpoint(self) -> bool:
-        """Store the predictions waiting for labels and the labels waiting for predictions, if they changed."""
+    def checkpoint(self, force: bool = False) -> bool:
+        """Store the predictions waiting for labels and the labels waiting for predictions, if they changed
+        (and the last one's cost allows: ``CHECKPOINT_SHARE``)."""
+        if not force and time.monotonic() < self._checkpoint_due:
+            return False
+        started = time.monotonic()
         with self._lock:
             changes = self.performance.changes
             if changes == self._checkpointed:
@@ -193,6 +233,8 @@ class MonitorService:
         body = json.dumps({"model": self._model, "saved_at": time.time(), **state}, default=str).encode()
         self._store.write_bytes(self._checkpoint_key, gzip.compress(body, compresslevel=1))
         self._checkpointed = changes
+        cost = time.monotonic() - started
+        self._checkpoint_due = started + cost / self.CHECKPOINT_SHARE
         return True
 
     def _restore(self) -> int:
@@ -212,12 +254,16 @@ class MonitorService:
         """Set each recent window's estimate beside what the labels that arrived since show (stored)."""
         with self._lock:
             checks = read_estimates(self._db, self._model, limit)
+            # Every row labelled: nothing more can arrive for it.
+            open_checks = [c for c in checks if c.labelled < c.rows]
+            realised = dict(zip((c.window_id for c in open_checks),
+                                self.performance.realised_in([(c.window_start, c.window_end) for c in open_checks])))
             out = []
             for check in checks:
-                if check.labelled >= check.rows:  # every row labelled: nothing more can arrive for it
+                if check.window_id not in realised:
                     out.append(check)
                     continue
-                seen = self.performance.realised_between(check.window_start, check.window_end)
+                seen = realised[check.window_id]
                 if seen["labelled"] and seen["labelled"] != check.labelled:
                     record_realised(self._db, self._model, check.window_id, seen["labelled"], seen["metrics"])
                     error = {k: abs(check.estimate.metrics[k].value - v) for k, v in seen["metrics"].items()
@@ -230,7 +276,66 @@ class MonitorService:
 
     def close(self) -> None:
         self._stop.set()
-        self.checkpoint()
+        self.checkpoint(force=True)
+        if self.shard:
+            self.hand_off()
+
+    # -- shards ----------------------------------------------------------------------------------
+    MAX_UNSENT = 100  # handoffs kept while shard 0 is away (each at most HANDOFF_S of joins)
+
+    def hand_off(self) -> int:
+        """A later shard: hand what its joins produced since the last call to shard 0; the handoffs sent.
+        One that shard 0 does not take is kept (at most ``MAX_UNSENT``) and sent first next time."""
+        with self._lock:
+            handoff = self.performance.handoff()
+        if handoff["labelled"] or handoff["errors"] or handoff["rows"] or handoff["arms"]:
+            self._unsent.append(handoff)
+        if len(self._unsent) > self.MAX_UNSENT:
+            self.handoffs["dropped"] += len(self._unsent) - self.MAX_UNSENT
+            log.warning("monitor %s shard %d: shard 0 has been away; %d handoffs dropped", self._model, self.shard,
+                        len(self._unsent) - self.MAX_UNSENT)
+            del self._unsent[:-self.MAX_UNSENT]
+        sent = 0
+        while self._unsent:
+            try:
+                self._shard_zero()(self._unsent[0])
+            except Exception:  # noqa: BLE001 - kept for the next tick; the join goes on meanwhile
+                self.handoffs["failed"] += 1
+                log.warning("monitor %s shard %d: could not hand off to shard 0; retrying", self._model, self.shard,
+                            exc_info=True)
+                break
+            self._unsent.pop(0)
+            sent += 1
+        self.handoffs["sent"] += sent
+        return sent
+
+    def _shard_zero(self) -> Callable[[dict[str, Any]], Any]:
+        if self._peer is None:
+            # Here, not at the top: the client imports this module (through monitoring.actor).
+            from aiinfra.monitoring.client import MonitorClient
+
+            client = MonitorClient.for_model(self.config, self._model)
+            self._peer = client.absorb
+        return self._peer
+
+    def absorb(self, handoff: dict[str, Any]) -> dict[str, Any]:
+        """Shard 0: another shard's joins (``hand_off``), as if they had happened here."""
+        if self.shard:
+            raise ValueError(f"monitor shard {self.shard} of {self._model!r} does not absorb; shard 0 does")
+        with self._lock:
+            n = self.performance.absorb(handoff)
+            concept = self._labels_joined()
+        return {"labelled": n, "concept_drift": [c.model_dump(mode="json") for c in concept]}
+
+    def _labels_joined(self) -> list[ConceptDrift]:
+        """After labels joined (under the lock): the error stream, the arms, the gauges; the concept drift found."""
+        concept = self._error_stream()
+        self._save_arms()
+        snap = self._gauges_due()
+        if snap is not None:
+            self._metrics.performance(self._model, snap["metrics"])
+        self._metrics.concept(self._model, concept)
+        return concept
 
     # -- the API ---------------------------------------------------------------------------------
     def rebase(self) -> dict[str, Any]:
@@ -251,12 +356,15 @@ class MonitorService:
     def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
                 request_ids: list[str] | None = None, labels: list[Any] | None = None,
                 versions: list[int | None] | None = None, errors: dict[int, int] | None = None,
-                tokens: list[str | None] | None = None) -> list[dict[str, Any]]:
+                tokens: list[str | None] | None = None, *, at: float | None = None) -> list[dict[str, Any]]:
         """Rows served (with scores, request ids, predicted labels, the version that answered each and the API
-        token each request was made with), and failed requests per version; returns the windows this closed."""
-        at = time.time()  # one arrival time for both sides: a window's span finds its rows' labels by it
+        token each request was made with), and failed requests per version; returns the windows this closed.
+        ``at``: their arrival time (default now; a sharded monitor's client gives every shard the same)."""
+        # One arrival time for both sides: a window's span finds its rows' labels by it.
+        at = time.time() if at is None else float(at)
         with self._lock:
-            reports = self.core.observe(rows, scores, at=at, tokens=tokens) if rows else []
+            # A later shard joins only: shard 0 cuts the windows from every row.
+            reports = self.core.observe(rows, scores, at=at, tokens=tokens) if rows and not self.shard else []
             if request_ids is not None and scores is not None:
                 self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at,
                                         tokens=tokens)
@@ -264,7 +372,8 @@ class MonitorService:
                 self.performance.record_errors(errors)
             concept = self._error_stream()  # labels that were held for these predictions joined just now
             self._save_arms()
-        self._metrics.rows(self._model, len(rows))
+        if not self.shard:  # shard 0 sees every row
+            self._metrics.rows(self._model, len(rows))
         self._metrics.windows(self._model, reports)
         self._metrics.concept(self._model, concept)
         return [r.model_dump(mode="json") for r in reports]
@@ -278,19 +387,22 @@ class MonitorService:
         with self._lock:
             outcomes = self.performance.judge(items)
             counts = {k: outcomes.count(k) for k in ("matched", "unknown", "invalid", "refused")}
-            concept = self._error_stream()
-            self._save_arms()
-            now = self._clock()
-            snap = None
-            if now - self._performance_at >= self.PERFORMANCE_METRICS_S:
-                snap, self._performance_at = self.performance.snapshot(), now
-        if snap is not None:
-            self._metrics.performance(self._model, snap["metrics"])
-        self._metrics.concept(self._model, concept)
+            concept = self._labels_joined()
         return {**counts, "outcomes": outcomes, "concept_drift": [c.model_dump(mode="json") for c in concept]}
 
+    def _gauges_due(self) -> dict[str, Any] | None:
+        """The performance snapshot, when the gauges are due (at most once per PERFORMANCE_METRICS_S; under the lock)."""
+        now = self._clock()
+        if self.shard or now - self._performance_at < self.PERFORMANCE_METRICS_S:
+            return None
+        self._performance_at = now
+        return self.performance.snapshot()
+
     def _error_stream(self) -> list[ConceptDrift]:
-        """Feed the rows joined since the last call to the error-stream detector; store what it finds (under the lock)."""
+        """Feed the rows joined since the last call to the error-stream detector; store what it finds (under the
+        lock). A later shard keeps them for its handoff: one detector, shard 0's, reads the whole stream."""
+        if self.shard:
+            return []
         errors = self.performance.drain_errors()
         if not errors:
             return []
@@ -335,6 +447,7 @@ class MonitorService:
             reports = self.core.reports(limit=limit)
         return {"model": self.core.model, "version": self.version.ref, "reference": self.reference_dataset,
                 "features": self.core.features, "detector": self.core.detector,
+                "shards": self.config.monitoring.shards,
                 "settings": self.core.settings.model_dump(), "stats": stats,
                 "performance": self.performance.snapshot(),
                 "estimation": {**self._estimation(), "error": estimation_error(checks),

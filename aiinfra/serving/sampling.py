@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from aiinfra.monitoring.columns import to_columns
 from aiinfra.monitoring.sizes import approx_bytes
 
 __all__ = ["MonitorSampler"]
@@ -36,8 +37,8 @@ class MonitorSampler:
     """
 
     def __init__(self, send: Callable[..., Any], *, rate: float = 1.0,
-                 capacity: int = 10_000, max_bytes: int = 32 * 2**20, interval_s: float = 1.0,
-                 max_rows_per_send: int = 5_000, start: bool = True) -> None:
+                 capacity: int = 50_000, max_bytes: int = 64 * 2**20, interval_s: float = 1.0,
+                 max_rows_per_send: int = 10_000, start: bool = True) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate}")
         self._send = send
@@ -71,8 +72,9 @@ class MonitorSampler:
             take = min(room, len(rows))
             predicted = list(labels) if labels is not None else [None] * len(rows)
             kept = 0
+            # A request's rows have the same fields: sized by its first (approx_bytes costs microseconds a row).
+            size = approx_bytes(rows[0]) if take else 0
             for row, score, label in zip(list(rows)[:take], list(scores)[:take], predicted[:take]):
-                size = approx_bytes(row)
                 if self._bytes + size > self.max_bytes:
                     self.counts["dropped_bytes"] += take - kept
                     break
@@ -106,6 +108,8 @@ class MonitorSampler:
             return 0
         rows, scores, ids, labels, versions = ([i[k] for i in items] for k in range(5))
         tokens = [i[6] for i in items]
+        # Column by column when the rows share their fields (the usual case): far cheaper to ship and to read.
+        rows = to_columns(rows) or rows
         try:
             self._send(rows, scores, ids, labels, versions, errors, tokens)
             self.counts["sent"] += len(items)

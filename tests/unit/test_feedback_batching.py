@@ -76,3 +76,27 @@ def test_a_call_carries_at_most_max_items_and_a_failure_reaches_every_request_in
     assert all(isinstance(r, ConnectionError) for r in results)
     with pytest.raises(RuntimeError, match="outcomes"):
         FeedbackBatcher(lambda items: {"matched": len(items)}).submit([{"request_id": "r", "label": 1}])
+
+
+def test_a_fast_monitor_is_called_at_most_once_per_min_interval():
+    """Requests arriving one after another (not while a call is in flight) still share calls under load."""
+    calls: list[int] = []
+
+    def fast(items):
+        calls.append(len(items))
+        return {"outcomes": ["matched"] * len(items)}
+
+    batcher = FeedbackBatcher(fast, min_interval_s=0.2)
+    results: list = []
+    threads = []
+    t0 = time.perf_counter()
+    for i in range(20):  # one request every 10 ms for 0.2 s
+        t = threading.Thread(target=lambda i=i: results.append(batcher.submit([{"request_id": f"r{i}", "label": 1}])))
+        t.start()
+        threads.append(t)
+        time.sleep(0.01)
+    for t in threads:
+        t.join(5)
+    assert len(results) == 20 and all(r["matched"] == 1 for r in results)
+    assert sum(calls) == 20 and len(calls) <= 3  # the first at once, the rest gathered per interval
+    assert time.perf_counter() - t0 < 2.0

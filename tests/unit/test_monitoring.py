@@ -339,6 +339,7 @@ def test_windows_close_by_count(db_url, reference, clock):
         "rows_seen": 250,
         "rows_dropped": 0,
         "rows_over_quota": 0,
+        "rows_sampled_out": 0,
         "windows_closed": 2,
         "windows_skipped": 0,
         "open_window_rows": 50,
@@ -432,6 +433,43 @@ def test_min_rows_is_capped_to_window_rows():
     assert PlatformConfig.model_validate({"monitoring": {"window_rows": 20}}).monitoring.min_rows == 20
 
 
+def test_a_window_that_fills_early_samples_its_span_until_min_window_seconds(db_url, reference, clock):
+    """At high traffic one check per min_window_seconds, on a uniform sample of window_rows of the span."""
+    m = monitor(db_url, reference, clock, window_rows=200, min_rows=100, min_window_seconds=5.0)
+    rng = np.random.default_rng(41)
+    calm = make_rows(rng, 200)
+    assert m.observe(records(calm), scores_of(calm)) == []  # full, but open for 0 s of 5
+    clock.now += 1.0
+    shifted = make_rows(rng, 1800, shift={"x0": 3.0})
+    assert m.observe(records(shifted), scores_of(shifted)) == []
+    stats = m.stats()
+    assert stats["open_window_rows"] == 200 and stats["rows_sampled_out"] == 1800
+    assert m.tick() is None  # 1 s of 5
+    clock.now += 4.0
+    report = m.tick()
+    # The sample is ~90% shifted rows: kept by draw, not the first 200 rows (which would show no drift).
+    assert report is not None and report.rows == 200 and report.rows_seen == 2000
+    assert report.status == "drift" and "x0" in report.result.drifted_features
+    assert (report.window_start, report.window_end) == (1000.0, 1001.0)
+    assert m.stats()["open_window_rows"] == 0
+
+
+def test_a_full_window_closes_on_the_first_rows_after_min_window_seconds(db_url, reference, clock):
+    m = monitor(db_url, reference, clock, window_rows=100, min_rows=50, min_window_seconds=2.0)
+    rows = make_rows(np.random.default_rng(42), 300)
+    assert m.observe(records(rows.iloc[:150]), scores_of(rows.iloc[:150])) == []
+    clock.now += 2.5
+    (report,) = m.observe(records(rows.iloc[150:]), scores_of(rows.iloc[150:]))
+    assert report.rows == 100 and report.rows_seen == 150  # the new rows open the next window
+    assert m.stats()["open_window_rows"] == 100  # 150 new rows, the next window full again and sampling
+
+
+def test_min_window_seconds_above_window_seconds_is_refused():
+    with pytest.raises(ValueError, match="min_window_seconds"):
+        MonitoringSettings(window_seconds=10, min_window_seconds=20)
+    assert MonitoringSettings(window_seconds=None, min_window_seconds=20).min_window_seconds == 20
+
+
 def test_a_buffer_smaller_than_a_window_is_refused(db_url, reference, clock):
     with pytest.raises(InvalidInput, match="no window could fill"):
         monitor(db_url, reference, clock, window_rows=100, max_buffer_rows=50)
@@ -452,3 +490,15 @@ def test_one_token_fills_at_most_its_share_of_a_window(db_url, reference, clock)
     assert m.stats()["open_window_rows"] == 10
     unlimited = monitor(db_url, reference, clock, window_rows=1000, min_rows=100)  # the default: no limit
     assert len(unlimited.observe(shifted, scores_of(pd.DataFrame(shifted)), tokens=["one-client"] * 1000)) == 1
+
+
+def test_rows_shipped_as_columns_give_the_same_window_as_rows(db_url, reference, clock):
+    from aiinfra.monitoring.columns import to_columns
+
+    rows = make_rows(np.random.default_rng(43), 100, shift={"x0": 1.0})
+    as_rows = monitor(db_url, reference, clock, window_rows=100, min_rows=50)
+    (a,) = as_rows.observe(records(rows), scores_of(rows))
+    as_columns = monitor(db_url, reference, clock, window_rows=100, min_rows=50)
+    (b,) = as_columns.observe(to_columns(records(rows)), scores_of(rows))
+    assert b.window_id == a.window_id + 1 and (b.rows, b.status, b.reason) == (a.rows, a.status, a.reason)
+    assert b.result.features == a.result.features

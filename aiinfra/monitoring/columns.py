@@ -1,0 +1,145 @@
+"""Served rows column by column: how a replica ships its sample to the monitor.
+
+A replica's sample is thousands of feature rows with the same fields. Shipped as one list per field, they
+cost a fraction of what a list of dicts costs to pickle, to unpickle in the monitor and to turn into the
+window's frame (measured in BENCHMARKS.md, "The monitor's CPU under load"). The monitor still keeps
+rows for the labels to come: ``Columns[i]`` is a read-only view of row ``i``, copied into a dict only when
+its label arrives (or a checkpoint is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, overload
+
+import numpy as np
+import pandas as pd
+
+from aiinfra.errors import InvalidInput
+
+__all__ = ["ColumnRow", "Columns", "RowSpan", "flatten", "plain", "to_columns"]
+
+
+class ColumnRow(Mapping[str, Any]):
+    """Row ``i`` of ``Columns``, without copying it."""
+
+    __slots__ = ("_columns", "_i")
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]], i: int) -> None:
+        self._columns, self._i = columns, i
+
+    def __getitem__(self, key: str) -> Any:
+        return self._columns[key][self._i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain copy (faster than ``dict(row)``, which walks the Mapping protocol)."""
+        i = self._i
+        return {k: v[i] for k, v in self._columns.items()}
+
+
+class RowSpan(Sequence[Mapping[str, Any]]):
+    """Rows ``start`` to ``end`` of some columns, as views: how the monitor keeps one request's rows."""
+
+    __slots__ = ("_columns", "_end", "_start")
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]], start: int, end: int) -> None:
+        self._columns, self._start, self._end = columns, start, end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return ColumnRow(self._columns, self._start + i)
+
+
+def flatten(items: Sequence[Any]) -> list[Mapping[str, Any]]:
+    """Rows kept as a list of rows and ``RowSpan``s, as one list of rows."""
+    out: list[Mapping[str, Any]] = []
+    for item in items:
+        if type(item) is RowSpan:
+            out.extend(item)
+        else:
+            out.append(item)
+    return out
+
+
+def plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` as a new plain dict, whether a view or a mapping."""
+    return row.as_dict() if type(row) is ColumnRow else dict(row)
+
+
+class Columns(Sequence[Mapping[str, Any]]):
+    """``columns``: field name -> one value per row, all the same length (else InvalidInput)."""
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        if not all(isinstance(k, str) for k in columns):
+            raise InvalidInput("columnar rows need text field names")
+        lengths = {len(v) for v in columns.values() if isinstance(v, (list, tuple, np.ndarray))}
+        if len(lengths) > 1 or any(not isinstance(v, (list, tuple, np.ndarray)) for v in columns.values()):
+            raise InvalidInput("columnar rows must map each field to a list of values, all of one length")
+        self.columns = dict(columns)
+        self._n = lengths.pop() if lengths else 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Mapping[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Mapping[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return Columns({k: v[i] for k, v in self.columns.items()})
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return ColumnRow(self.columns, i % self._n if self._n else i)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to Columns of the same values, or to a sequence of the same rows (as mappings)."""
+        if isinstance(other, Columns):
+            return self.columns.keys() == other.columns.keys() and all(
+                list(v) == list(other.columns[k]) for k, v in self.columns.items())
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == self._n and all(self[i] == other[i] for i in range(self._n))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def take(self, positions: Sequence[int]) -> Columns:
+        """The rows at ``positions``, in that order."""
+        return Columns({k: v[np.asarray(positions, dtype=np.intp)] if isinstance(v, np.ndarray) else
+                        [v[i] for i in positions] for k, v in self.columns.items()})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns)
+
+
+def to_columns(rows: Sequence[Mapping[str, Any]]) -> Columns | None:
+    """``rows`` as columns when they all have the same fields in the same order (a replica's usual sample),
+    else None (they are shipped as they are)."""
+    if not rows:
+        return None
+    fields = rows[0].keys()
+    if any(r.keys() != fields for r in rows):
+        return None
+    return Columns({f: _column([r[f] for r in rows]) for f in fields})
+
+
+def _column(values: list[Any]) -> list[Any] | np.ndarray:
+    # A column of floats as a float64 array: Ray ships an array's buffer as it is, where a list costs a
+    # pickled object per value to send and to read back. Anything else stays a list (its values as they were).
+    if all(type(v) is float for v in values):
+        return np.array(values, dtype=np.float64)
+    return values

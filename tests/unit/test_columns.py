@@ -1,0 +1,52 @@
+"""Served rows shipped column by column: the same rows to everyone who reads them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from aiinfra.errors import InvalidInput
+from aiinfra.monitoring.columns import Columns, to_columns
+from aiinfra.monitoring.performance import PerformanceTracker
+
+ROWS = [{"x": 1.0, "plan": "a"}, {"x": 2.0, "plan": "b"}, {"x": 3.0, "plan": "a"}]
+
+
+def test_rows_with_the_same_fields_become_columns_and_read_back_as_rows():
+    cols = to_columns(ROWS)
+    assert cols is not None and cols.columns["plan"] == ["a", "b", "a"]
+    # Floats travel as one float64 array (Ray ships its buffer as it is); other values as a list of them.
+    assert isinstance(cols.columns["x"], np.ndarray) and cols.columns["x"].tolist() == [1.0, 2.0, 3.0]
+    assert cols == to_columns(ROWS) and cols.take([2, 0]) == [ROWS[2], ROWS[0]]
+    assert len(cols) == 3 and dict(cols[1]) == ROWS[1] and dict(cols[-1]) == ROWS[2]
+    assert cols == ROWS and cols[1:] == ROWS[1:] and {**cols[0], "label": 1} == {**ROWS[0], "label": 1}
+    assert cols.frame().to_dict(orient="records") == ROWS
+    with pytest.raises(IndexError):
+        cols[3]
+
+
+def test_rows_with_other_fields_are_left_as_they_are():
+    assert to_columns([]) is None
+    assert to_columns([{"x": 1.0}, {"x": 2.0, "extra": 1}]) is None
+    assert to_columns([{"x": 1.0, "y": 2}, {"y": 3, "x": 2.0}]) is not None  # the same fields, in another order
+
+
+def test_ragged_or_scalar_columns_are_refused():
+    with pytest.raises(InvalidInput, match="one length"):
+        Columns({"x": [1.0, 2.0], "y": [1]})
+    with pytest.raises(InvalidInput, match="list of values"):
+        Columns({"x": 1.0})
+
+
+def test_pending_rows_held_as_views_are_labelled_and_checkpointed_as_plain_rows():
+    tracker = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8})
+    cols = to_columns(ROWS)
+    tracker.record(["r1", "r1", "r2"], [0.9, 0.2, 0.7], rows=cols, versions=[1, 1, 1])
+    state = json.loads(json.dumps(tracker.export_state()))  # the checkpoint is JSON: no views in it
+    assert state["pending"][0][3] == ROWS[:2] and state["pending"][1][3] == ROWS[2:]
+    assert tracker.judge([{"request_id": "r1", "labels": [1, 0]}]) == ["matched"]
+    (first, second) = tracker.labelled_rows()
+    assert first == {**ROWS[0], "label": 1, "served_at": first["served_at"], "version": 1, "labelled_by": None}
+    assert type(first) is dict and second["plan"] == "b"
