@@ -184,7 +184,9 @@ def test_the_canary_takes_its_share_by_request_id_and_a_retry_lands_on_the_same_
     assert all((roles[i] == "challenger") == goes_to_challenger("churn", i, 0.3, key) for i in ids)
     # Keyed: the public hash of an id says nothing about its arm, so a client cannot pick ids for an arm.
     public = [goes_to_challenger("churn", i, 0.3) for i in ids]
-    assert 0.55 < sum(p == (roles[i] == "challenger") for p, i in zip(public, ids)) / len(ids) < 0.65
+    # Independent rules agree on 0.7^2 + 0.3^2 = 0.58 of ids (sd 0.011 at 2,000; the key is random each run, so
+    # the bounds are 6 sd wide); the same rule would agree on all of them.
+    assert 0.51 < sum(p == (roles[i] == "challenger") for p, i in zip(public, ids)) / len(ids) < 0.65
     assert 0.25 < sum(r == "challenger" for r in roles.values()) / len(ids) < 0.35
     assert all(router.route(i)[0] == roles[i] for i in ids[:100])  # stable: a retry reaches the same version
     assert router.route(next(i for i in ids if roles[i] == "challenger"))[1].version == 2
