@@ -108,11 +108,13 @@ def prepare(home: Path) -> str:
 
 # -- the load generator -------------------------------------------------------------------------------
 
-async def _load(url: str, token: str, clients: int, seconds: float, warmup_s: float) -> dict:
+async def _load(url: str, token: str, clients: int, seconds: float, warmup_s: float, *, body: bytes | None = None,
+                extra_headers: dict[str, str] | None = None) -> dict:
+    """``clients`` concurrent clients posting ``body`` (default: one /predict row) for ``seconds`` after a warm-up."""
     import aiohttp
 
-    body = json.dumps({"instances": [ROWS[0]]}).encode()
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = json.dumps({"instances": [ROWS[0]]}).encode() if body is None else body
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(extra_headers or {})}
     latencies: list[float] = []
     errors: dict[int, int] = {}
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)

@@ -34,7 +34,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from ray import serve
 
@@ -48,8 +48,24 @@ from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import parse_ref
 from aiinfra.serving.auth import TokenStore
 from aiinfra.serving.deployments import REPLICA_ENV, DeploymentHandles, ModelVersions
-from aiinfra.serving.http import FeedbackItem, FeedbackRequest, PredictRequest, api, json_body, parse_body
+from aiinfra.serving.http import (
+    FeedbackItem,
+    FeedbackRequest,
+    PredictRequest,
+    api,
+    json_body,
+    parse_body,
+    parse_json,
+    raw_body,
+)
 from aiinfra.serving.oip import decode_infer_request, encode_infer_response, tensor_metadata
+from aiinfra.serving.oip_binary import (
+    HEADER,
+    binary_outputs,
+    decode_binary_request,
+    encode_binary_response,
+    split_body,
+)
 from aiinfra.serving.router import Router
 from aiinfra.storage import open_metadata_db
 
@@ -165,20 +181,32 @@ class ModelServer:
         return {"name": name, "ready": True}
 
     @api.post("/v2/models/{name}/infer")
-    async def infer(self, name: str, request: Request) -> dict[str, Any]:
+    async def infer(self, name: str, request: Request) -> Any:
         router = self.router
         with router.admitted():
             self._served(name, request, action="predict")
-            # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless.
-            body = await json_body(request, self.config.serve.max_body_bytes)
+            # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless. With the
+            # binary extension the JSON is the first Inference-Header-Content-Length bytes, tensors after it.
+            raw = await raw_body(request, self.config.serve.max_body_bytes)
+            header_length = request.headers.get(HEADER)
+            if header_length is None:
+                body = parse_json(raw)
+            else:
+                head, binary = split_body(raw, header_length)
+                body = decode_binary_request(parse_json(head), binary)
             rows, request_id, wanted = decode_infer_request(body, router.primary.signature)
             request_id = request_id or router.request_id(request.headers.get("x-request-id"))
             role, version = router.route(request_id)  # read once: an alias move mid-request does not mix versions
             predictions = await router.answer(role, version, rows)
             request.state.version, request.state.rows = version.version, len(predictions)
             router.answered(request_id, rows, predictions, version, request.state.principal.token_id)
-            return encode_infer_response(predictions, version.signature, model=version.name, version=version.version,
-                                         request_id=request_id, wanted=wanted)
+            response = encode_infer_response(predictions, version.signature, model=version.name,
+                                             version=version.version, request_id=request_id, wanted=wanted)
+            which = binary_outputs(body)
+            if not which:
+                return response
+            content, length = encode_binary_response(response, which)
+            return Response(content, media_type="application/octet-stream", headers={HEADER: str(length)})
 
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:

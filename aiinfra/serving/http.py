@@ -23,7 +23,8 @@ from aiinfra.config import format_validation_error
 from aiinfra.errors import AiInfraError, InvalidInput, PayloadTooLarge
 from aiinfra.inference.predictor import MAX_INSTANCES
 
-__all__ = ["FeedbackItem", "FeedbackRequest", "Measure", "PredictRequest", "api", "json_body", "parse_body"]
+__all__ = ["FeedbackItem", "FeedbackRequest", "Measure", "PredictRequest", "api", "json_body", "parse_body", "parse_json",
+           "raw_body"]
 
 # No docs routes of FastAPI's own: /docs, /redoc and /openapi.json describe every route to anyone who asks, so
 # the ingress (app.py) serves them itself, only where the config says `serve.docs: true`.
@@ -126,8 +127,8 @@ class FeedbackRequest(BaseModel):
     items: list[FeedbackItem] | None = Field(None, min_length=1, max_length=MAX_INSTANCES)
 
 
-async def json_body(request: Request, max_bytes: int) -> Any:
-    """The request's JSON body, at most ``max_bytes`` long (else PayloadTooLarge; not JSON: InvalidInput)."""
+async def raw_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, at most ``max_bytes`` long (else PayloadTooLarge)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_bytes}-byte limit")
@@ -136,6 +137,16 @@ async def json_body(request: Request, max_bytes: int) -> Any:
         raw += chunk
         if len(raw) > max_bytes:
             raise PayloadTooLarge(f"request body is over the {max_bytes}-byte limit")
+    return raw
+
+
+async def json_body(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body, at most ``max_bytes`` long (else PayloadTooLarge; not JSON: InvalidInput)."""
+    return parse_json(await raw_body(request, max_bytes))
+
+
+def parse_json(raw: bytes) -> Any:
+    """``raw`` as JSON, strictly (not JSON, or not valid Unicode text: InvalidInput)."""
     try:
         # Decoded here, strictly, in the encoding json.loads would detect (UTF-8, -16 or -32): json.loads itself
         # decodes with "surrogatepass", which lets a lone surrogate through in any of them.

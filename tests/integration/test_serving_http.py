@@ -539,6 +539,71 @@ def test_oip_v2_infer_round_trip_with_every_datatype_of_the_signature(served):
     assert [o["name"] for o in only["outputs"]] == ["probability"]
 
 
+def test_tritonclient_round_trips_binary_tensors_and_json_alike(served):
+    """A real Triton client (tritonclient.http) against our OIP route: tensors as binary after the JSON header
+    (binary_data=True) and as JSON, outputs asked as binary; the same answers either way and as /predict."""
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    base = served["base"]
+    # A fresh dict each call: tritonclient writes Inference-Header-Content-Length into the headers it is given.
+    auth = served["auth"]
+    fresh = lambda: dict(auth)  # noqa: E731
+    client = triton.InferenceServerClient(base.removeprefix("http://"), network_timeout=30)
+    columns = {"tenure_months": ("FP64", np.array([2.0, 60.0])), "monthly_charges": ("FP64", np.array([150.0, 30.0])),
+               "support_calls": ("INT64", np.array([[6], [0]], dtype=np.int64)),
+               "plan": ("BYTES", np.array([b"basic", b"premium"], dtype=object)),
+               "region": ("BYTES", np.array([b"north", b"north"], dtype=object)),
+               "autopay": ("BOOL", np.array([False, True]))}
+
+    def infer(binary: bool, outputs_binary: bool):
+        inputs = []
+        for name, (datatype, values) in columns.items():
+            tensor = triton.InferInput(name, list(values.shape), datatype)
+            tensor.set_data_from_numpy(values, binary_data=binary)
+            inputs.append(tensor)
+        outputs = [triton.InferRequestedOutput(n, binary_data=outputs_binary) for n in ("probability", "label")]
+        return client.infer(MODEL, inputs, outputs=outputs, headers=fresh(), request_id="triton-1")
+
+    binary, as_json = infer(True, True), infer(False, False)
+    assert binary.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 16  # two FP64, as bytes
+    assert "data" in as_json.get_response()["outputs"][0]
+    same = httpx.post(f"{base}{PREDICT}", json={"instances": [ROW, CALM]}, headers=auth, timeout=30).json()
+    for result in (binary, as_json):
+        assert result.as_numpy("probability").tolist() == [p["probability"] for p in same["predictions"]]
+        assert result.as_numpy("label").tolist() == [p["label"] for p in same["predictions"]]
+    assert binary.get_response()["id"] == "triton-1"
+    # Naming no outputs asks for every output as binary (tritonclient sets binary_data_output).
+    inputs = []
+    for name, (datatype, values) in columns.items():
+        tensor = triton.InferInput(name, list(values.shape), datatype)
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    everything = client.infer(MODEL, inputs, headers=fresh())
+    assert sorted(o["name"] for o in everything.get_response()["outputs"]) == ["label", "probability"]
+    assert everything.as_numpy("probability").tolist() == [p["probability"] for p in same["predictions"]]
+    # A tensor whose bytes do not fit its shape: a 422 naming it, which the client raises.
+    bad = triton.InferInput("tenure_months", [3], "FP64")
+    bad.set_data_from_numpy(np.array([1.0, 2.0, 3.0]), binary_data=True)
+    bad._parameters["binary_data_size"] = 16  # noqa: SLF001 - a client that lies about the size
+    bad._raw_data = bad._raw_data[:16]  # noqa: SLF001
+    with pytest.raises(InferenceServerException, match="tenure_months"):
+        client.infer(MODEL, [bad, *inputs[1:]], headers=fresh())
+    client.close()
+
+
+def test_binary_bodies_that_do_not_add_up_get_a_json_422(served):
+    base, auth = served["base"], served["auth"]
+    head = json.dumps({"inputs": [{"name": "tenure_months", "datatype": "FP64", "shape": [1],
+                                   "parameters": {"binary_data_size": 8}}]}).encode()
+    for length, extra, needle in ((len(head) + 100, b"", "past the end"), (len(head), b"\x00" * 9, "add up to 8 bytes"),
+                                  ("x", b"", "byte count"), (len(head), b"\x00" * 7, "goes past")):
+        r = httpx.post(f"{base}{INFER}", content=head + extra, timeout=30,
+                       headers={**auth, "Inference-Header-Content-Length": str(length)})
+        assert r.status_code == 422 and needle in r.json()["error"], (length, r.text)
+
+
 def test_a_token_without_the_predict_role_is_403_on_the_oip_routes(served):
     base, fb = served["base"], served["labeller_only"]
     for method, path, body in (("POST", INFER, _infer(GOOD_TENSORS)), ("GET", f"/v2/models/{MODEL}", None)):
