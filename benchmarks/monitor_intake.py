@@ -86,7 +86,7 @@ def main() -> None:
         frame = make_rows(rng, args.rows)
         scores = (1 / (1 + np.exp(-frame["x0"].to_numpy()))).tolist()
         records = frame.to_dict(orient="records")
-        from aiinfra.monitoring.columns import to_columns
+        from aiinfra.inference.columns import to_columns
         ids = [f"r{i}" for i in range(args.rows)]
         print(f"observe: {args.rows:,} rows in batches of {args.batch} ...", flush=True)
         windows = 0

@@ -276,6 +276,10 @@ class FeaturePipeline(BaseModel):
         rows = list(rows)
         return self._transform_columns({c: [r.get(c) for r in rows] for c in self.input_columns}, len(rows))
 
+    def transform_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """``n`` request rows given column by column (a list per input column; a missing one is all null)."""
+        return self._transform_columns({c: columns[c] if c in columns else [None] * n for c in self.input_columns}, n)
+
     def _transform_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Each column is a pandas Series (batches) or a list (request rows): both give the same values."""
         blocks = [self._transform_feature(f, columns[f.column], n) for f in self.spec.features]

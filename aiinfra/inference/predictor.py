@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from aiinfra.errors import InvalidInput, ServiceUnavailable
+from aiinfra.inference.columns import Columns, plain
 from aiinfra.registry.types import FieldSpec, ModelVersion
 from aiinfra.training.model_dir import load_model_dir
 from aiinfra.training.tabular import postprocess, predict_scores
@@ -58,6 +59,27 @@ def _check_value(field: FieldSpec, value: Any) -> str | None:
     return None
 
 
+def _column_fits(field: FieldSpec, values: Sequence[Any]) -> bool:
+    """A whole column passes ``_check_value`` (True), or may not (False: the row checks decide)."""
+    if field.dtype in ("float32", "float64"):
+        if not all(type(v) is float or type(v) is int for v in values):  # bool is not a number here
+            return False
+        try:
+            return bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
+        except OverflowError:  # an int beyond float range
+            return False
+    if field.dtype in ("int32", "int64"):
+        if not all(type(v) is int for v in values):  # integral floats are fine too, but the row checks say so
+            return False
+        bits = 31 if field.dtype == "int32" else 63
+        return all(-(2**bits) <= v < 2**bits for v in values)
+    if field.dtype == "bool":
+        return all(type(v) is bool for v in values)
+    if field.dtype == "string":
+        return all(type(v) is str for v in values)
+    return False  # timestamps (and anything new): the row checks
+
+
 def rows_from_frame(frame: pd.DataFrame, fields: Sequence[FieldSpec]) -> list[dict[str, Any]]:
     """Request-shaped rows from a table, for the fields it has: missing values as null, numpy scalars
     as Python values, timestamps as ISO 8601 strings (what an HTTP client would send)."""
@@ -90,6 +112,10 @@ class Predictor:
 
     def validate(self, instances: object) -> list[Mapping[str, Any]]:
         """Check request rows against the signature; one InvalidInput lists every problem."""
+        if isinstance(instances, Columns):
+            if self._columns_fit(instances):
+                return instances  # type: ignore[return-value]
+            instances = [plain(r) for r in instances]  # the row checks name each problem, as for any request
         if not isinstance(instances, list) or not instances:
             raise InvalidInput("instances must be a non-empty list of objects")
         if len(instances) > MAX_INSTANCES:
@@ -116,10 +142,29 @@ class Predictor:
             raise InvalidInput("invalid input: " + "; ".join(problems))
         return instances  # type: ignore[return-value]
 
+    def _columns_fit(self, columns: Columns) -> bool:
+        """Whether rows given column by column (an OIP request's tensors) all fit the signature, checked a column
+        at a time: the cheap test for the usual, valid request; any doubt goes to the row checks, which say why."""
+        n = len(columns)
+        if not 0 < n <= MAX_INSTANCES or set(columns.columns) - set(self._fields):
+            return False
+        for name, field in self._fields.items():
+            values = columns.columns.get(name)
+            if values is None:
+                if not field.nullable:
+                    return False
+                continue
+            if not _column_fits(field, values):
+                return False
+        return True
+
     # The three steps apart, so that a Serve deployment can batch the middle one across requests.
     def prepare(self, instances: object) -> np.ndarray:
         """Validated, transformed model inputs (one row per instance)."""
-        return self.preprocessor.transform_rows(self.validate(instances))
+        valid = self.validate(instances)
+        if isinstance(valid, Columns):  # no dict per row: the columns go to the transforms as they are
+            return self.preprocessor.transform_columns(valid.columns, len(valid))
+        return self.preprocessor.transform_rows(valid)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's raw scores, one entry (or row) per input row."""

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from aiinfra.config import MonitoringSettings
 from aiinfra.errors import InvalidInput
-from aiinfra.monitoring.columns import Columns
+from aiinfra.inference.columns import Columns
 from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.detectors import DriftDetector, DriftResult
 from aiinfra.monitoring.estimation import PerformanceEstimate, PerformanceEstimator

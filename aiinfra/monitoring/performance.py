@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from aiinfra.monitoring.columns import Columns, RowSpan, flatten, plain
+from aiinfra.inference.columns import Columns, RowSpan, flatten, plain
 from aiinfra.monitoring.sizes import approx_bytes
 
 __all__ = ["PerformanceTracker"]

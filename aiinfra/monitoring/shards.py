@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aiinfra.monitoring.columns import Columns
+from aiinfra.inference.columns import Columns
 
 __all__ = ["HANDOFF_S", "shard_of", "split_feedback", "split_observe"]
 

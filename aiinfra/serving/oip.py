@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from aiinfra.errors import InvalidInput
+from aiinfra.inference.columns import Columns
 from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.registry.types import FieldSpec, Signature
 
@@ -38,8 +39,9 @@ def tensor_metadata(f: FieldSpec) -> dict[str, Any]:
     return {"name": f.name, "datatype": DATATYPES[f.dtype], "shape": [-1, *f.shape]}
 
 
-def decode_infer_request(body: Any, signature: Signature) -> tuple[list[dict[str, Any]], str | None, list[str] | None]:
-    """(rows, request id, requested output names) from an OIP v2 infer body."""
+def decode_infer_request(body: Any, signature: Signature) -> tuple[Any, str | None, list[str] | None]:
+    """(rows, request id, requested output names) from an OIP v2 infer body; the rows as ``Columns`` (a sequence
+    of row views over the tensors' values)."""
     if not isinstance(body, dict):
         raise InvalidInput("an infer request must be a JSON object with 'inputs'")
     unknown_keys = set(body) - {"id", "inputs", "outputs", "parameters"}
@@ -99,7 +101,8 @@ def decode_infer_request(body: Any, signature: Signature) -> tuple[list[dict[str
             str(request_id).encode("utf-8")  # it is echoed in the answer
         except UnicodeEncodeError:
             raise InvalidInput("'id' must be valid Unicode text (it holds a lone surrogate)") from None
-    rows = [{name: values[r] for name, values in columns.items()} for r in range(rows_n or 0)]
+    # Column by column, as the tensors came: the predictor checks and transforms whole columns (no dict per row).
+    rows = Columns(columns) if rows_n else []
     return rows, (str(request_id) if request_id is not None else None), wanted
 
 

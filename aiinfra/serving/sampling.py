@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aiinfra.monitoring.columns import to_columns
+from aiinfra.inference.columns import plain, to_columns
 from aiinfra.monitoring.sizes import approx_bytes
 
 __all__ = ["MonitorSampler"]
@@ -78,7 +78,7 @@ class MonitorSampler:
                 if self._bytes + size > self.max_bytes:
                     self.counts["dropped_bytes"] += take - kept
                     break
-                self._buffer.append((dict(row), float(score), request_id, label, version, size, token))
+                self._buffer.append((plain(row), float(score), request_id, label, version, size, token))
                 self._bytes += size
                 kept += 1
             self.counts["sampled"] += kept

@@ -219,6 +219,8 @@ def test_every_launcher_node_starts_ray_with_the_shared_state(name, tmp_path):
         assert not any(RAY_TOKEN in value for name, value in seen["env"].items() if not name.startswith("STUB_")), node
     # The dashboard (job submission) on the head's loopback only: `ray dashboard` tunnels to it.
     assert "--dashboard-host=127.0.0.1" in head["argv"]
+    # Serve's fast ingress (HAProxy), as on clusters `aiinfra up` starts: every node's Ray has it.
+    assert head["env"]["RAY_SERVE_ENABLE_HA_PROXY"] == worker["env"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the launcher's commands are bash")
@@ -301,6 +303,8 @@ def test_the_platform_configmap_names_an_object_store_and_the_service_account_a_
     docs = {d["kind"]: d for d in kuberay_docs("platform.yaml")}
     assert docs["ConfigMap"]["metadata"]["name"] == PLATFORM_CONFIGMAP
     assert re.fullmatch(r"(s3|gs)://[a-z0-9.-]+/\S+", docs["ConfigMap"]["data"]["AIINFRA_STORAGE_ROOT"])
+    # Every Ray container takes this ConfigMap (test above): Serve's HAProxy ingress on every KubeRay cluster.
+    assert docs["ConfigMap"]["data"]["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     account = docs["ServiceAccount"]
     assert account["metadata"]["name"] == "aiinfra"
     assert {"eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account"} & set(account["metadata"]["annotations"])

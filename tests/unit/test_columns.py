@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aiinfra.errors import InvalidInput
-from aiinfra.monitoring.columns import Columns, to_columns
+from aiinfra.inference.columns import Columns, to_columns
 from aiinfra.monitoring.performance import PerformanceTracker
 
 ROWS = [{"x": 1.0, "plan": "a"}, {"x": 2.0, "plan": "b"}, {"x": 3.0, "plan": "a"}]

@@ -11,7 +11,7 @@ import pytest
 from test_monitor_estimates import registered, rows  # noqa: F401 - the fixture
 
 from aiinfra.monitoring.client import MonitorClient
-from aiinfra.monitoring.columns import to_columns
+from aiinfra.inference.columns import to_columns
 from aiinfra.monitoring.service import MonitorService, monitor_actor_name
 from aiinfra.monitoring.shards import shard_of, split_observe
 

@@ -493,7 +493,7 @@ def test_one_token_fills_at_most_its_share_of_a_window(db_url, reference, clock)
 
 
 def test_rows_shipped_as_columns_give_the_same_window_as_rows(db_url, reference, clock):
-    from aiinfra.monitoring.columns import to_columns
+    from aiinfra.inference.columns import to_columns
 
     rows = make_rows(np.random.default_rng(43), 100, shift={"x0": 1.0})
     as_rows = monitor(db_url, reference, clock, window_rows=100, min_rows=50)

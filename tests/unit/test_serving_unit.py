@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,30 @@ def test_predictor_names_each_bad_field(predictor, instances, needle):
     with pytest.raises(InvalidInput) as exc:
         predictor.predict(instances)
     assert needle in str(exc.value)
+
+
+def test_rows_given_column_by_column_get_the_same_answers_and_the_same_errors(predictor, data):
+    """An OIP request's tensors reach the predictor as Columns: checked and transformed a column at a time,
+    with the row path's answers, and the row path's error naming the row wherever a column does not fit."""
+    from aiinfra.inference.columns import Columns, to_columns
+
+    rows = data[NUMERIC + CATEGORICAL].head(50).to_dict("records")
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    columns = Columns({k: [r[k] for r in rows] for k in rows[0]})
+    assert predictor.predict(columns) == predictor.predict(rows)
+    assert predictor.predict(to_columns(rows)[:3]) == predictor.predict(rows[:3])
+    for name, value, needle in (("monthly_charges", float("nan"), "instances[7].monthly_charges: must be finite"),
+                                ("support_calls", 1.5, "instances[7].support_calls: must be an integer"),
+                                ("support_calls", True, "instances[7].support_calls: must be an integer"),
+                                ("plan", 3, "instances[7].plan: must be a string"),
+                                ("tenure_months", 10**400, "instances[7].tenure_months: is out of range")):
+        bad = {k: list(v) for k, v in columns.columns.items()}
+        bad[name][7] = value
+        with pytest.raises(InvalidInput, match=re.escape(needle)):
+            predictor.predict(Columns(bad))
+    without = {k: v for k, v in columns.columns.items() if k != "tenure_months"}
+    with pytest.raises(InvalidInput, match=re.escape("instances[0].tenure_months: missing")):
+        predictor.predict(Columns(without))
 
 
 def test_model_dir_round_trip_and_evaluation(tmp_path, pre, data):

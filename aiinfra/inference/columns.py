@@ -1,4 +1,4 @@
-"""Served rows column by column: how a replica ships its sample to the monitor.
+"""Served rows column by column: an OIP request's tensors, and a replica's sample on its way to the monitor.
 
 A replica's sample is thousands of feature rows with the same fields. Shipped as one list per field, they
 cost a fraction of what a list of dicts costs to pickle, to unpickle in the monitor and to turn into the
