@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import ray
 
+from aiinfra.inference.columns import to_columns
 from aiinfra.monitoring.actor import monitor_spec
 from aiinfra.monitoring.client import MonitorClient
-from aiinfra.inference.columns import to_columns
 from aiinfra.monitoring.profile import build_profile, write_profile
 from aiinfra.monitoring.shards import shard_of
 from aiinfra.registry.types import FieldSpec

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_monitor_estimates import registered, rows  # noqa: F401 - the fixture
 
-from aiinfra.monitoring.client import MonitorClient
 from aiinfra.inference.columns import to_columns
+from aiinfra.monitoring.client import MonitorClient
 from aiinfra.monitoring.service import MonitorService, monitor_actor_name
 from aiinfra.monitoring.shards import shard_of, split_observe
 
