@@ -53,6 +53,12 @@ def print_status(name: str, status: dict[str, Any]) -> None:
               f"({len(status['features']['numeric'])} numeric, {len(status['features']['categorical'])} categorical inputs)")
         print(f"  rows received {st['rows_seen']:,} (dropped {st['rows_dropped']:,}); open window {st['open_window_rows']:,} "
               f"of {status['settings']['window_rows']:,}; windows closed {st['windows_closed']} (skipped {st['windows_skipped']})")
+        settings = status["settings"]
+        if settings.get("min_window_seconds"):
+            print(f"  windows: at most one per {settings['min_window_seconds']:g} s, each testing a sample of "
+                  f"{settings['window_rows']:,} of its rows ({st.get('rows_sampled_out', 0):,} rows outside the samples so far)")
+        if (status.get("shards") or 1) > 1:
+            print(f"  shards: {status['shards']} actors join the predictions and labels; this one (shard 0) reports them")
         detector = status.get("detector") or {}
         joint = " + MMD on all inputs" if detector.get("multivariate") else ""
         print(f"  detector: {detector.get('backend', '?')} (KS / chi-squared per input{joint})")
@@ -85,7 +91,8 @@ def print_status(name: str, status: dict[str, Any]) -> None:
         drifted = (r.get("result") or {}).get("drifted_features") or []
         accuracy = ((r.get("estimate") or {}).get("metrics") or {}).get("accuracy")
         estimate = f"  est. accuracy {accuracy['value']:.3f} [{accuracy['low']:.3f}, {accuracy['high']:.3f}]" if accuracy else ""
-        print(f"  window {r['window_id']:>4}  {when(r['window_end'])}  {r['rows']:>6} rows  {r['status']:<7}  "
+        seen = f" of {r['rows_seen']:,}" if r.get("rows_seen") and r["rows_seen"] > r["rows"] else ""
+        print(f"  window {r['window_id']:>4}  {when(r['window_end'])}  {r['rows']:>6} rows{seen}  {r['status']:<7}  "
               f"{', '.join(drifted) if drifted else r['reason']}{estimate}")
 
 

@@ -183,3 +183,19 @@ def test_monitor_status_reads_well_for_a_person(config, registered, capsys):
     assert "window    1" in out and "est. accuracy" in out
     print_status("m", {"model": "m", "running": False, "reports": []})
     assert "no windows yet" in capsys.readouterr().out
+
+
+def test_monitor_status_says_when_windows_sample_and_the_monitor_is_sharded(config, registered, capsys):
+    from aiinfra.cli.monitoring import print_status
+
+    db, store, version = registered
+    settings = config.monitoring.model_copy(update={"min_window_seconds": 30.0, "shards": 2})
+    service = MonitorService(config.model_copy(update={"monitoring": settings}), "m", db=db, store=store, ticker=False)
+    frame, p, _ = rows(np.random.default_rng(12), 3000)
+    service.observe(frame.to_dict(orient="records"), p.tolist(), [f"t{i}" for i in range(3000)])
+    report = service.flush()
+    assert report["rows"] == 1000 and report["rows_seen"] == 3000
+    print_status("m", {**service.status(), "running": True})
+    out = capsys.readouterr().out
+    assert "windows: at most one per 30 s, each testing a sample of 1,000 of its rows (2,000 rows outside" in out
+    assert "shards: 2 actors" in out and "1000 rows of 3,000" in out
