@@ -288,7 +288,7 @@ class MonitorService:
         One that shard 0 does not take is kept (at most ``MAX_UNSENT``) and sent first next time."""
         with self._lock:
             handoff = self.performance.handoff()
-        if handoff["labelled"] or handoff["errors"] or handoff["rows"] or handoff["arms"]:
+        if any(handoff[k] for k in ("labelled", "errors", "rows", "arms", "counts")):
             self._unsent.append(handoff)
         if len(self._unsent) > self.MAX_UNSENT:
             self.handoffs["dropped"] += len(self._unsent) - self.MAX_UNSENT

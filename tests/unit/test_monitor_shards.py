@@ -96,6 +96,10 @@ def test_a_handoff_shard_zero_did_not_take_is_sent_later(config, registered):  #
     assert zero.arm_stats()["arms"][str(version.version)] == {"requests": len(ids), "errors": 0,
                                                               "labelled": len(ids), "correct": len(ids)}
     assert zero.status()["concept"]["rows"] == len(ids)
+    # A handoff of counts alone (a label for a request this shard never saw) reaches shard 0 too.
+    unknown = zero.performance.counts["unknown"]
+    later.feedback([{"request_id": "never-served", "label": 1}])
+    assert later.hand_off() == 1 and zero.performance.counts["unknown"] == unknown + 1
 
 
 def test_requests_are_split_by_their_id_and_shard_zero_sees_every_row():
