@@ -73,28 +73,17 @@ class ErrorStreamDetector:
     def update(self, errors: Iterable[float]) -> list[dict[str, Any]]:
         """Feed per-row errors; each rise detected: ``{before, after, at_row, recent_rows}``."""
         found = []
-        adwin = self._adwin
-        # The window's width and total, kept here rather than read from ADWIN before every row (its properties
-        # cost more than its update): without a detection an update adds one row; river's ADWIN starts afresh
-        # on the update after a detection.
-        width, total = adwin.width, adwin.total
         for value in errors:
             if not math.isfinite(value):
                 continue
-            value = float(value)
-            if adwin.drift_detected:
-                width, total = 0, 0.0
-            width_before, mean_before = width, (total / width if width else 0.0)
-            adwin.update(value)
-            self._recent.append(value)
+            width_before, mean_before = self._adwin.width, self._adwin.estimation
+            self._adwin.update(float(value))
+            self._recent.append(float(value))
             self.rows += 1
-            if not adwin.drift_detected:
-                width += 1
-                total += value
+            if not self._adwin.drift_detected:
                 continue
             # What was cut off is the old regime: its mean from the window's totals before and after the cut.
-            width_after, mean_after = adwin.width, adwin.estimation
-            width, total = width_after, mean_after * width_after
+            width_after, mean_after = self._adwin.width, self._adwin.estimation
             total_before = mean_before * width_before + float(value)
             dropped = width_before + 1 - width_after
             old = (total_before - mean_after * width_after) / dropped if dropped > 0 else mean_before

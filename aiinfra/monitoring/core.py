@@ -145,8 +145,6 @@ class DriftReport(BaseModel):
 def _frame(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     if isinstance(rows, pd.DataFrame):
         return rows
-    if isinstance(rows, Columns):
-        return rows.frame()
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)):
         raise InvalidInput("rows must be a sequence of mappings (one per row) or a DataFrame")
     rows = list(rows)

@@ -39,7 +39,10 @@ import numpy as np
 from aiinfra.inference.columns import Columns, RowSpan, flatten, plain
 from aiinfra.monitoring.sizes import approx_bytes
 
-__all__ = ["PerformanceTracker"]
+__all__ = ["OUTCOMES", "PerformanceTracker"]
+
+# What ``judge`` says of each label, in order.
+OUTCOMES = ("matched", "unknown", "invalid", "refused")
 
 
 class PerformanceTracker:
@@ -396,12 +399,9 @@ class PerformanceTracker:
         self._errors.clear()
         return out
 
-    def realised_between(self, start: float, end: float) -> dict[str, Any]:
-        """What the labels of the rows served in [start, end] show: ``labelled`` rows and their ``metrics``."""
-        return self.realised_in([(start, end)])[0]
-
     def realised_in(self, spans: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
-        """``realised_between`` for each span, the labelled rows read into arrays once for all of them."""
+        """What the labels of the rows served in each [start, end] show: ``labelled`` rows and their ``metrics``
+        (the labelled rows read into arrays once for all the spans)."""
         if not spans:
             return []
         table = np.array(self._labelled_at, dtype=np.float64).reshape(-1, 3)

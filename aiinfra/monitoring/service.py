@@ -41,7 +41,7 @@ from aiinfra.monitoring.core import (
     save_concept_drift,
 )
 from aiinfra.monitoring.estimation import PerformanceEstimator
-from aiinfra.monitoring.performance import PerformanceTracker
+from aiinfra.monitoring.performance import OUTCOMES, PerformanceTracker
 from aiinfra.monitoring.reference import build_reference
 from aiinfra.monitoring.shards import HANDOFF_S
 from aiinfra.registry.core import ModelRegistry
@@ -386,7 +386,7 @@ class MonitorService:
         """
         with self._lock:
             outcomes = self.performance.judge(items)
-            counts = {k: outcomes.count(k) for k in ("matched", "unknown", "invalid", "refused")}
+            counts = {k: outcomes.count(k) for k in OUTCOMES}
             concept = self._labels_joined()
         return {**counts, "outcomes": outcomes, "concept_drift": [c.model_dump(mode="json") for c in concept]}
 

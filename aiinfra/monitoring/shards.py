@@ -21,13 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiinfra.inference.columns import Columns
+from aiinfra.monitoring.performance import OUTCOMES
 
 __all__ = ["HANDOFF_S", "shard_of", "split_feedback", "split_observe"]
 
 HANDOFF_S = 0.5
-
-OUTCOMES = ("matched", "unknown", "invalid", "refused")
-
 
 def shard_of(request_id: Any, shards: int) -> int:
     """The shard of a request: stable across processes and restarts (unlike ``hash``)."""

@@ -21,9 +21,10 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from aiinfra.monitoring.performance import OUTCOMES
+
 __all__ = ["FeedbackBatcher"]
 
-OUTCOMES = ("matched", "unknown", "invalid", "refused")
 
 
 class _Ticket:
