@@ -17,7 +17,7 @@ import pandas as pd
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["ColumnRow", "Columns", "RowSpan", "flatten", "plain", "to_columns"]
+__all__ = ["ColumnRow", "Columns", "RowSpan", "flatten", "gather", "plain", "to_columns"]
 
 
 class ColumnRow(Mapping[str, Any]):
@@ -124,6 +124,37 @@ class Columns(Sequence[Mapping[str, Any]]):
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.columns)
+
+    @staticmethod
+    def concat(parts: Sequence[Columns]) -> Columns:
+        """Parts with the same fields, one after the other (arrays stay arrays when every part's are)."""
+        fields = parts[0].columns.keys()
+        out: dict[str, Any] = {}
+        for f in fields:
+            pieces = [p.columns[f] for p in parts]
+            if all(isinstance(v, np.ndarray) for v in pieces):
+                out[f] = np.concatenate(pieces)
+            else:
+                out[f] = [x for v in pieces for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+        return Columns(out)
+
+
+def gather(parts: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """Kept rows (``RowSpan``s and rows), copied out in order: as ``Columns`` when they are all spans of
+    columns with the same fields (a copy per column, not per row), else as a list of plain dicts."""
+    if parts and all(type(p) is RowSpan for p in parts):
+        spans: list[RowSpan] = list(parts)  # type: ignore[arg-type]
+        fields = spans[0]._columns.keys()
+        if all(s._columns.keys() == fields for s in spans):
+            pieces, run, source = [], [], spans[0]._columns
+            for s in spans:  # consecutive spans of one shipment: one take for all of them
+                if s._columns is not source:
+                    pieces.append(Columns(source).take(np.concatenate(run)))
+                    run, source = [], s._columns
+                run.append(np.arange(s._start, s._end))
+            pieces.append(Columns(source).take(np.concatenate(run)))
+            return pieces[0] if len(pieces) == 1 else Columns.concat(pieces)
+    return [plain(r) for r in flatten(parts)]
 
 
 def to_columns(rows: Sequence[Mapping[str, Any]]) -> Columns | None:

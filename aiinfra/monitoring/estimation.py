@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from aiinfra.monitoring.statistics import mean_ranks
+
 __all__ = ["MIN_REFERENCE_LABELS", "Estimate", "PerformanceEstimate", "PerformanceEstimator",
            "expected_calibration_error"]
 
@@ -186,13 +188,7 @@ class PerformanceEstimator:
             f1 = 2 * tp / (2 * tp + fp + fn)
         out["f1"] = _from_draws(f1)
         # ROC-AUC by rank sums: the ranks of the (fixed) scores once, each draw's positives summed.
-        order = np.argsort(scores, kind="stable")
-        ranks = np.empty(scores.size)
-        ranks[order] = np.arange(1, scores.size + 1)
-        # Ties share their mean rank, as roc_auc_score counts them.
-        _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-        sums = np.bincount(inverse, weights=ranks)
-        ranks = (sums / counts)[inverse]
+        ranks = mean_ranks(scores)
         n_pos = y.sum(axis=1)
         n_neg = scores.size - n_pos
         with np.errstate(invalid="ignore", divide="ignore"):

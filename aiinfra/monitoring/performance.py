@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
-from aiinfra.inference.columns import Columns, RowSpan, flatten, plain
+from aiinfra.inference.columns import Columns, RowSpan, flatten, gather, plain
+from aiinfra.monitoring.labelled import LabelledRows, Table
 from aiinfra.monitoring.sizes import approx_bytes
+from aiinfra.monitoring.statistics import roc_auc
 
 __all__ = ["OUTCOMES", "PerformanceTracker"]
 
@@ -72,14 +75,16 @@ class PerformanceTracker:
         self.changes = 0  # counts every change to what export_state() returns, so a checkpoint knows when to write
         # request id -> (served values, version, feature rows or None, served at)
         self._pending: OrderedDict[str, tuple[list[float], int | None, list[dict[str, Any]] | None, float]] = OrderedDict()
-        self._labelled: deque[tuple[float, float]] = deque(maxlen=window)  # (score or prediction, truth)
+        # What the joins keep, a chunk per join (aiinfra.monitoring.labelled):
+        self._labelled = Table(2, window)  # (score or prediction, truth): the rolling metrics
         # (served at, score or prediction, truth) of the latest labelled rows: what a window's realised
         # performance is measured on, to set beside its estimate.
-        self._labelled_at: deque[tuple[float, float, float]] = deque(maxlen=max_labelled_rows)
+        self._labelled_at = Table(3, max_labelled_rows)
         # (correct, absolute error) per row joined since the last drain_errors(), in join order: the error stream
         # the concept-drift detector reads. Bounded like the labelled rows, should nobody drain it.
-        self._errors: deque[tuple[bool, float]] = deque(maxlen=max_labelled_rows)
-        self._rows: deque[dict[str, Any]] = deque(maxlen=max_labelled_rows)
+        self._errors = Table(2, max_labelled_rows)
+        self._rows = LabelledRows(max_labelled_rows)
+        self._truth_of: dict[tuple[type, Any], float | None] = {}  # classification: label -> class index (memo)
         self.arms: dict[int, dict[str, int]] = {}
         self.arms_since = time.time()
         self.hold_s, self.max_held = hold_s, max_held
@@ -91,8 +96,8 @@ class PerformanceTracker:
                        "matched_late": 0, "expired": 0}
         # A shard but the first: what its joins produce since the last handoff (bounded like the labelled rows).
         self.hands_off = hands_off
-        self._out_labelled: deque[tuple[float, float, float]] = deque(maxlen=max_labelled_rows)
-        self._out_rows: deque[dict[str, Any]] = deque(maxlen=max_labelled_rows)
+        self._out_labelled = Table(3, max_labelled_rows)
+        self._out_rows = LabelledRows(max_labelled_rows)
         self._arms_handed: dict[int, dict[str, int]] = {}
         self._counts_handed: dict[str, int] = {}
 
@@ -190,10 +195,10 @@ class PerformanceTracker:
                 break
             del self._held[rid]
             self.counts["expired"] += 1
-        ready = [rid for rid in (recorded or ()) if rid in self._held and rid in self._pending]
-        for rid in ready:
-            item, _ = self._held.pop(rid)
-            outcome = self._join(rid, item)
+        if not self._held or not recorded:
+            return
+        ready = [(rid, self._held.pop(rid)[0]) for rid in recorded if rid in self._held and rid in self._pending]
+        for (rid, _), outcome in zip(ready, self._join_all(ready)):
             if outcome == "matched":
                 self.counts["matched_late"] += 1
                 self._late[rid] = None
@@ -226,7 +231,7 @@ class PerformanceTracker:
         """The most recent labelled production rows (oldest first): features, ``label``, ``served_at``,
         ``version``, ``labelled_by``; with ``max_share`` below 1, at most that share of ``limit`` (or of all)
         from any one labelling token, the newest of its rows first."""
-        rows = list(self._rows)
+        rows = self._rows.rows()
         if max_share < 1.0:
             cap = max_share * (limit if limit is not None else len(rows))
             per: dict[Any, int] = {}
@@ -239,14 +244,6 @@ class PerformanceTracker:
                 kept.append(row)
             rows = kept[::-1]
         return rows if limit is None else rows[max(0, len(rows) - limit):]
-
-    def _correct(self, value: float, truth: float) -> bool:
-        if self.task == "binary":
-            return (value >= 0.5) == (truth == 1)
-        if self.task == "multiclass":
-            return value == truth
-        tolerance = self.baseline.get("rmse")
-        return tolerance is not None and abs(value - truth) <= tolerance
 
     def _truth(self, label: Any) -> float | None:
         if self.task == "regression":
@@ -268,10 +265,19 @@ class PerformanceTracker:
     def judge(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """``feedback``, with each item's outcome in order (matched, unknown, invalid or refused): what lets a replica
         send the feedback of many requests in one call and answer each request its own counts."""
-        outcomes = []
+        outcomes: list[str] = []
         now = time.time()
+        joining: dict[str, tuple[int, Mapping[str, Any]]] = {}  # joined together, once all are read
+
+        def join() -> None:
+            for (at, _), outcome in zip(joining.values(), self._join_all([(r, i) for r, (_, i) in joining.items()])):
+                outcomes[at] = outcome
+            joining.clear()
+
         for item in items:
             rid = str(item.get("request_id"))
+            if rid in joining:  # the same request twice in one call: the first is joined (or not) first
+                join()
             if rid in self._late:
                 outcomes.append("matched")  # its label was held and joined already; not counted twice
                 continue
@@ -280,57 +286,104 @@ class PerformanceTracker:
                 self._held[rid] = (dict(item), now)  # its prediction may still be on its way
                 self._held.move_to_end(rid)
                 continue
-            outcomes.append(self._join(rid, item))
+            joining[rid] = (len(outcomes), item)
+            outcomes.append("")
+        join()
         for outcome in outcomes:
             self.counts[outcome] += 1
         self.changes += 1
         self._join_held(now)  # expiry only
         return outcomes
 
-    def _join(self, rid: str, item: Mapping[str, Any]) -> str:
-        served, version, kept, served_at = self._pending[rid]
-        labels = item.get("labels", [item.get("label")] * len(served) if "label" in item else None)
-        if not isinstance(labels, list) or len(labels) != len(served):
-            return "invalid"
-        truths = [self._truth(v) for v in labels]
-        if any(t is None for t in truths):
-            return "invalid"
-        if not item.get("trusted", True) and item.get("by") != self._pending_token.get(rid):
-            # Label provenance: only a token that may label anyone's requests (labeller, admin) labels a
-            # request another token made; else anyone holding a token could steer the retrain and the canary.
-            return "refused"
-        del self._pending[rid]
-        self._forget(rid)
-        rows = None if kept is None else flatten(kept)
-        # The request's rows at once (a request is usually several rows; these run once per label).
-        pairs = list(zip(served, truths))
-        self._labelled.extend(pairs)  # type: ignore[arg-type]
-        stamped = [(served_at, s, t) for s, t in pairs]
-        self._labelled_at.extend(stamped)  # type: ignore[arg-type]
-        if self.hands_off:
-            self._out_labelled.extend(stamped)  # type: ignore[arg-type]
-        correct = self._correct_all(served, truths)  # type: ignore[arg-type]
-        self._errors.extend(zip(correct, [abs(s - t) for s, t in pairs]))  # type: ignore[operator]
-        if version is not None:
-            arm = self._arm(version)
-            arm["labelled"] += len(pairs)
-            arm["correct"] += sum(correct)
-        if rows is not None:
-            by = item.get("by")
-            for row, label in zip(rows, labels):
-                row = plain(row)
-                row.update(label=label, served_at=served_at, version=version, labelled_by=by)
-                self._rows.append(row)
-                if self.hands_off:
-                    self._out_rows.append(row)
-        return "matched"
+    def _truths(self, labels: Sequence[Any]) -> list[float] | None:
+        """Each label as what the model's outputs are compared with (class index, or value); None if one does not fit."""
+        if self.task == "regression":
+            truths = [self._truth(v) for v in labels]
+            return None if any(t is None for t in truths) else truths  # type: ignore[return-value]
+        memo, out = self._truth_of, []
+        for label in labels:
+            try:
+                key = (type(label), label)
+                truth = memo[key]
+            except KeyError:
+                truth = self._truth(label)
+                if len(memo) < 4096:
+                    memo[key] = truth
+            except TypeError:  # unhashable: never a class label
+                truth = self._truth(label)
+            if truth is None:
+                return None
+            out.append(truth)
+        return out
 
-    def _correct_all(self, values: list[float], truths: list[float]) -> list[bool]:
+    def _join_all(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+        """Join each (request id, feedback item) whose prediction is pending; each one's outcome. Each item is
+        checked on its own; what the accepted ones add (labelled predictions, errors, arms, rows) is added once
+        for all of them, a few array operations per call instead of several Python objects per row."""
+        outcomes: list[str] = []
+        accepted = []
+        for rid, item in items:
+            served, version, kept, served_at = self._pending[rid]
+            labels = item.get("labels", [item.get("label")] * len(served) if "label" in item else None)
+            if not isinstance(labels, list) or len(labels) != len(served):
+                outcomes.append("invalid")
+                continue
+            truths = self._truths(labels)
+            if truths is None:
+                outcomes.append("invalid")
+                continue
+            if not item.get("trusted", True) and item.get("by") != self._pending_token.get(rid):
+                # Label provenance: only a token that may label anyone's requests (labeller, admin) labels a
+                # request another token made; else anyone holding a token could steer the retrain and the canary.
+                outcomes.append("refused")
+                continue
+            del self._pending[rid]
+            self._forget(rid)
+            accepted.append((served, version, kept, served_at, labels, truths, item.get("by")))
+            outcomes.append("matched")
+        if accepted:
+            self._add_joined(accepted)
+        return outcomes
+
+    def _add_joined(self, accepted: list[tuple[Any, ...]]) -> None:
+        lengths = [len(a[0]) for a in accepted]
+        n = sum(lengths)
+        served = np.fromiter(chain.from_iterable(a[0] for a in accepted), dtype=np.float64, count=n)
+        truth = np.fromiter(chain.from_iterable(a[5] for a in accepted), dtype=np.float64, count=n)
+        at = np.repeat(np.array([a[3] for a in accepted], dtype=np.float64), lengths)
+        self._labelled.append(np.column_stack([served, truth]))
+        stamped = np.column_stack([at, served, truth])
+        self._labelled_at.append(stamped)
+        if self.hands_off:
+            self._out_labelled.append(stamped)
+        correct = self._correct_all(served, truth)
+        self._errors.append(np.column_stack([correct, np.abs(served - truth)]))
+        per_request = np.add.reduceat(correct.astype(np.int64), np.cumsum([0, *lengths[:-1]]))
+        for (_, version, *_), k, right in zip(accepted, lengths, per_request.tolist()):
+            if version is not None:
+                arm = self._arm(version)
+                arm["labelled"] += k
+                arm["correct"] += right
+        kept = [a for a in accepted if a[2] is not None]
+        if kept:
+            rows = gather([part for a in kept for part in a[2]])
+            extra = {"label": [v for a in kept for v in a[4]],
+                     "served_at": [a[3] for a in kept for _ in a[4]],
+                     "version": [a[1] for a in kept for _ in a[4]],
+                     "labelled_by": [a[6] for a in kept for _ in a[4]]}
+            self._rows.append(rows, extra)
+            if self.hands_off:
+                self._out_rows.append(rows, extra)
+
+    def _correct_all(self, values: np.ndarray, truths: np.ndarray) -> np.ndarray:
         if self.task == "binary":
-            return [(v >= 0.5) == (t == 1) for v, t in zip(values, truths)]
+            return (values >= 0.5) == (truths == 1)
         if self.task == "multiclass":
-            return [v == t for v, t in zip(values, truths)]
-        return [self._correct(v, t) for v, t in zip(values, truths)]
+            return values == truths
+        tolerance = self.baseline.get("rmse")
+        if tolerance is None:
+            return np.zeros(len(values), dtype=bool)
+        return np.abs(values - truths) <= tolerance
 
     def export_state(self) -> dict[str, Any]:
         """What a restarted monitor must not lose: predictions waiting for labels, and labels waiting for
@@ -367,8 +420,10 @@ class PerformanceTracker:
             if delta:
                 arms[str(version)] = delta
         counts = {k: n - self._counts_handed.get(k, 0) for k, n in self.counts.items() if n != self._counts_handed.get(k, 0)}
-        out = {"labelled": list(self._out_labelled), "errors": self.drain_errors(), "rows": list(self._out_rows),
-               "arms": arms, "counts": counts}
+        errors = self.drain_errors()
+        out = {"labelled": self._out_labelled.array().tolist(),
+               "errors": [[bool(c), e] for c, e in zip(errors[:, 0].tolist(), errors[:, 1].tolist())],
+               "rows": self._out_rows.rows(), "arms": arms, "counts": counts}
         self._out_labelled.clear()
         self._out_rows.clear()
         self._arms_handed = {v: dict(c) for v, c in self.arms.items()}
@@ -378,10 +433,13 @@ class PerformanceTracker:
     def absorb(self, handoff: Mapping[str, Any]) -> int:
         """Another shard's ``handoff``, as if its joins had happened here; the labelled rows it brought."""
         labelled = handoff.get("labelled") or []
-        for at, score, truth in labelled:
-            self._labelled.append((float(score), float(truth)))
-            self._labelled_at.append((float(at), float(score), float(truth)))
-        self._errors.extend((bool(c), float(e)) for c, e in handoff.get("errors") or [])
+        if labelled:
+            table = np.asarray(labelled, dtype=np.float64).reshape(-1, 3)
+            self._labelled.append(table[:, 1:])
+            self._labelled_at.append(table)
+        errors = handoff.get("errors") or []
+        if errors:
+            self._errors.append(np.asarray(errors, dtype=np.float64).reshape(-1, 2))
         self._rows.extend(handoff.get("rows") or [])
         for version, delta in (handoff.get("arms") or {}).items():
             arm = self._arm(int(version))
@@ -393,9 +451,9 @@ class PerformanceTracker:
                 self.counts[k] += int(n)
         return len(labelled)
 
-    def drain_errors(self) -> list[tuple[bool, float]]:
-        """(correct, absolute error) of each row joined since the last call, in join order."""
-        out = list(self._errors)
+    def drain_errors(self) -> np.ndarray:
+        """(correct as 0 or 1, absolute error) of each row joined since the last call, in join order: (n, 2)."""
+        out = self._errors.array()
         self._errors.clear()
         return out
 
@@ -404,7 +462,7 @@ class PerformanceTracker:
         (the labelled rows read into arrays once for all the spans)."""
         if not spans:
             return []
-        table = np.array(self._labelled_at, dtype=np.float64).reshape(-1, 3)
+        table = self._labelled_at.array()
         out = []
         for start, end in spans:
             picked = table[(table[:, 0] >= start) & (table[:, 0] <= end)]
@@ -422,12 +480,8 @@ class PerformanceTracker:
                           int(np.sum(~predicted & positive)))
             if 2 * tp + fp + fn:
                 metrics["f1"] = 2 * tp / (2 * tp + fp + fn)
-            if len(set(truth.tolist())) == 2:
-                # Here, not at the top: sklearn (and scipy) is heavy, and the monitor's clients import this
-                # module through monitoring.actor; only a labelled binary window needs it.
-                from sklearn.metrics import roc_auc_score
-
-                metrics["roc_auc"] = float(roc_auc_score(truth, scores))
+            if positive.any() and not positive.all():
+                metrics["roc_auc"] = roc_auc(positive, scores)
         elif self.task == "multiclass":
             metrics["accuracy"] = float(np.mean(scores == truth))
         else:
@@ -439,8 +493,9 @@ class PerformanceTracker:
     def snapshot(self) -> dict[str, Any]:
         """Rolling metrics over the latest labelled predictions, against the baseline."""
         metrics: dict[str, float] = {}
-        if self._labelled:
-            metrics = self._metrics(np.array([s for s, _ in self._labelled]), np.array([t for _, t in self._labelled]))
+        if len(self._labelled):
+            table = self._labelled.array()
+            metrics = self._metrics(table[:, 0], table[:, 1])
         delta = {k: v - self.baseline[k] for k, v in metrics.items() if k in self.baseline}
         return {"labelled": len(self._labelled), "pending": len(self._pending), "pending_bytes": self.pending_bytes,
                 "held": len(self._held), "metrics": metrics,

@@ -404,9 +404,9 @@ class MonitorService:
         if self.shard:
             return []
         errors = self.performance.drain_errors()
-        if not errors:
+        if not len(errors):
             return []
-        found = self.concept.update(self.concept.error_of(correct, abs_error) for correct, abs_error in errors)
+        found = self.concept.update(self.concept.errors_of(errors[:, 0], errors[:, 1]))
         return [save_concept_drift(self._db, self._model, d, metric=self.concept.metric) for d in found]
 
     def arm_stats(self) -> dict[str, Any]:

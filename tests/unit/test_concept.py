@@ -36,3 +36,41 @@ def test_regression_errors_are_scaled_by_the_baseline_and_non_finite_values_skip
     assert detector.error_of(None, 3.0) == pytest.approx(0.5) and detector.error_of(None, 60.0) == 1.0
     assert detector.update([float("nan"), float("inf"), 0.1]) == [] and detector.rows == 1
     assert ErrorStreamDetector("binary").error_of(False) == 1.0
+
+
+def _river_delay(pre: np.ndarray, post: np.ndarray) -> int | None:
+    from river.drift import ADWIN
+
+    adwin = ADWIN(delta=0.002)
+    for i, value in enumerate(np.concatenate([pre, post])):
+        adwin.update(float(value))
+        if adwin.drift_detected and i >= len(pre):
+            return i + 1 - len(pre)
+    return None
+
+
+def test_it_detects_as_soon_as_rivers_adwin_does():
+    """The numpy ADWIN against river's (the reference implementation) on the same seeded streams."""
+    rng = np.random.default_rng(3)
+    ours, theirs = [], []
+    for _ in range(8):
+        pre, post = (rng.random(4000) < 0.2).astype(float), (rng.random(4000) < 0.3).astype(float)
+        detector = ErrorStreamDetector("binary")
+        assert detector.update(pre) == []
+        found = detector.update(post)
+        assert found, "a rise from 0.2 to 0.3 went unnoticed for 4,000 rows"
+        ours.append(found[0]["at_row"] - 4000)
+        delay = _river_delay(pre, post)
+        assert delay is not None
+        theirs.append(delay)
+    assert abs(np.mean(ours) - np.mean(theirs)) <= 0.25 * np.mean(theirs), (ours, theirs)
+
+
+def test_the_same_rows_in_any_batches_give_the_same_detections():
+    rng = np.random.default_rng(4)
+    stream = np.concatenate([(rng.random(3000) < 0.1).astype(float), (rng.random(3000) < 0.4).astype(float)])
+    whole = ErrorStreamDetector("binary").update(stream)
+    pieces = ErrorStreamDetector("binary")
+    found = [f for i in range(0, len(stream), 7) for f in pieces.update(stream[i:i + 7])]
+    assert whole and [f["at_row"] for f in found] == [f["at_row"] for f in whole]
+    assert found[0]["before"] == pytest.approx(whole[0]["before"]) and found[0]["after"] == pytest.approx(whole[0]["after"])

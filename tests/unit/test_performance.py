@@ -146,3 +146,58 @@ def test_the_retrain_set_takes_at_most_a_share_from_any_one_labeller():
     assert by.count("labeller-a") == 25 and by.count("labeller-b") == 20  # b's 20 all fit; a's newest 25
     assert [r["x"] for r in capped] == sorted(r["x"] for r in capped)  # still oldest first
     assert len(t.labelled_rows(50)) == 50  # no share: the newest 50, whoever labelled them
+
+
+def test_roc_auc_by_rank_sums_is_scikit_learns():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from aiinfra.monitoring.statistics import roc_auc
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(500) < 0.3
+    scores = np.round(rng.random(500) * 0.5 + 0.3 * truth, 2)  # rounded: many ties
+    assert roc_auc(truth, scores) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    assert np.isnan(roc_auc(np.ones(3, dtype=bool), np.array([0.1, 0.2, 0.3])))
+
+
+def test_rows_joined_together_come_back_in_order_as_shipped_as_columns_or_as_dicts():
+    """A call's joins are added at once (rows copied a column at a time); what a retrain reads is the same
+    whether the rows were shipped as columns, from two shipments, or as dicts."""
+    from aiinfra.inference.columns import to_columns
+
+    def ship(t: PerformanceTracker, columnar: bool) -> None:
+        for batch, at in (([("a", 1.0, "x"), ("a", 2.0, "y"), ("b", 3.0, "x")], 10.0), ([("c", 4.0, "z")], 20.0)):
+            rows = [{"f": f, "g": g} for _, f, g in batch]
+            t.record([r for r, _, _ in batch], [0.9, 0.1, 0.8][:len(batch)], versions=[7] * len(batch),
+                     rows=to_columns(rows) if columnar else rows, served_at=at, tokens=["tok"] * len(batch))
+
+    answers = []
+    for columnar in (True, False):
+        t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.5})
+        ship(t, columnar)
+        outcomes = t.judge([{"request_id": "c", "label": 1, "by": "L"}, {"request_id": "a", "labels": [1, 1], "by": "M"},
+                            {"request_id": "a", "labels": [0, 0]}, {"request_id": "b", "label": "maybe"}])
+        assert outcomes == ["matched", "matched", "unknown", "invalid"]  # a's second label: already joined
+        rows = t.labelled_rows()
+        assert [(r["f"], r["g"], r["label"], r["served_at"], r["version"], r["labelled_by"]) for r in rows] == [
+            (4.0, "z", 1, 20.0, 7, "L"), (1.0, "x", 1, 10.0, 7, "M"), (2.0, "y", 1, 10.0, 7, "M")]
+        assert t.arms[7] == {"requests": 3, "errors": 0, "labelled": 3, "correct": 2}  # 0.1 labelled 1 is wrong
+        errors = t.drain_errors()
+        assert errors[:, 0].tolist() == [1.0, 1.0, 0.0] and errors[:, 1].tolist() == pytest.approx([0.1, 0.1, 0.9])
+        answers.append((rows, t.snapshot()["metrics"]))
+    assert answers[0] == answers[1]
+
+
+def test_labelled_rows_keep_the_latest_across_many_small_joins():
+    from aiinfra.inference.columns import to_columns
+    from aiinfra.monitoring.labelled import MERGE_AT
+
+    t = PerformanceTracker("binary", [0, 1], {}, max_labelled_rows=300)
+    for i in range(2 * MERGE_AT + 50):  # one label a call: chunks merge instead of piling up
+        t.record([f"r{i}"], [0.7], rows=to_columns([{"i": float(i)}]), served_at=float(i))
+        t.feedback([{"request_id": f"r{i}", "label": 1}])
+    rows = t.labelled_rows()
+    assert len(rows) == 300 and [r["i"] for r in rows] == [float(i) for i in range(2 * MERGE_AT + 50 - 300, 2 * MERGE_AT + 50)]
+    assert [r["i"] for r in t.labelled_rows(2)] == [float(2 * MERGE_AT + 48), float(2 * MERGE_AT + 49)]
+    assert len(t._rows._chunks) <= MERGE_AT + 1
