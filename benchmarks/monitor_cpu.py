@@ -12,6 +12,7 @@ a labelling service would: the labels reach the monitor through the router's gro
 them before their sampled predictions do (held, then joined).
 
     .venv/bin/python benchmarks/monitor_cpu.py [--seconds 20] [--clients 16] [--rows 10] [--no-feedback]
+        [--label-batch 20] [--label-every 8] [--min-window-seconds 5]
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main() -> None:
                         help="post each answer's labels to /feedback")
     parser.add_argument("--label-batch", type=int, default=1,
                         help="requests whose labels go in one /feedback call (items), as a labelling service batches")
+    parser.add_argument("--label-every", type=int, default=1,
+                        help="label one request in this many (labels arrive for only some of the traffic)")
     parser.add_argument("--min-window-seconds", type=float, default=0.0,
                         help="monitoring.min_window_seconds: at most one check per this many seconds (0: one per 1,000 rows)")
     args = parser.parse_args()
@@ -119,6 +122,7 @@ def main() -> None:
         def client(i: int) -> None:
             j = i * 97
             waiting: list[dict] = []  # labels not yet posted (--label-batch)
+            sent = i  # requests sent (from i: the clients label different turns)
 
             def post(items: list[dict]) -> None:
                 body = items[0] if len(items) == 1 else {"items": items}
@@ -134,7 +138,8 @@ def main() -> None:
                                   headers=auth)
                     with lock:
                         counts["ok" if r.status_code == 200 else "failed"] += 1
-                    if args.feedback and r.status_code == 200:
+                    sent += 1
+                    if args.feedback and r.status_code == 200 and sent % args.label_every == 0:
                         waiting.append({"request_id": r.json()["request_id"], "labels": [truth[p] for p in picked]})
                         if len(waiting) >= args.label_batch:
                             post(waiting)
@@ -163,7 +168,7 @@ def main() -> None:
         share = monitor_cpu / serving_cpu if serving_cpu else float("nan")
         print("[4/4] results", flush=True)
         print(f"\nmonitoring.min_window_seconds {args.min_window_seconds:g}; {args.rows} rows per request; "
-              f"labels of {args.label_batch} requests per /feedback call")
+              f"labels of {args.label_batch} requests per /feedback call, one request in {args.label_every} labelled")
         print(f"machine: {os.cpu_count()} cores, {pyplatform.platform()}; {time.strftime('%Y-%m-%d')}")
         print(f"requests: {counts['ok']:,} ok, {counts['failed']:,} failed in {wall:.1f}s "
               f"({counts['ok'] / wall:,.0f} req/s, {counts['ok'] * args.rows / wall:,.0f} rows/s)")

@@ -139,10 +139,16 @@ class Columns(Sequence[Mapping[str, Any]]):
         return Columns(out)
 
 
+# Below this many rows, gather copies rows one by one: a copy per column has a fixed cost (tens of us).
+SMALL_GATHER = 32
+
+
 def gather(parts: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """Kept rows (``RowSpan``s and rows), copied out in order: as ``Columns`` when they are all spans of
     columns with the same fields (a copy per column, not per row), else as a list of plain dicts."""
-    if parts and all(type(p) is RowSpan for p in parts):
+    if sum(len(p) if type(p) is RowSpan else 1 for p in parts) < SMALL_GATHER:
+        return [plain(r) for r in flatten(parts)]  # a few rows: dicts cost less than a copy per column
+    if all(type(p) is RowSpan for p in parts):
         spans: list[RowSpan] = list(parts)  # type: ignore[arg-type]
         fields = spans[0]._columns.keys()
         if all(s._columns.keys() == fields for s in spans):

@@ -89,16 +89,17 @@ class LabelledRows:
         self.append(list(rows), {})
 
     def _merge(self) -> None:
-        chunks = list(self._chunks)
+        """The newest MERGE_AT chunks (the small ones) as one: older merged chunks are left as they are, so a
+        merge costs the rows of those chunks, not all the rows kept."""
+        chunks = [self._chunks.pop() for _ in range(MERGE_AT)][::-1]
         keys = chunks[0][1].keys()
         if all(isinstance(r, Columns) and r.columns.keys() == chunks[0][0].columns.keys()  # type: ignore[attr-defined]
                and e.keys() == keys for r, e in chunks):
             rows: Sequence[Mapping[str, Any]] = Columns.concat([r for r, _ in chunks])  # type: ignore[misc]
             extra = {k: [v for _, e in chunks for v in e[k]] for k in keys}
         else:
-            rows, extra = self.rows(), {}
-        self._chunks = deque([(rows, extra)])
-        self._n = len(rows)
+            rows, extra = [row for r, e in chunks for row in _as_dicts(r, e)], {}
+        self._chunks.append((rows, extra))
 
     def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The latest ``limit`` (or all) rows as dicts, oldest first."""
@@ -108,12 +109,17 @@ class LabelledRows:
             if len(out) >= want:
                 break
             take = min(len(rows), want - len(out))
-            part = []
-            for i in range(len(rows) - take, len(rows)):
-                row = rows[i]
-                row = row.as_dict() if hasattr(row, "as_dict") else dict(row)
-                for k, values in extra.items():
-                    row[k] = values[i]
-                part.append(row)
-            out[:0] = part
+            out[:0] = _as_dicts(rows, extra, len(rows) - take)
         return out
+
+
+def _as_dicts(rows: Sequence[Mapping[str, Any]], extra: dict[str, list[Any]], start: int = 0) -> list[dict[str, Any]]:
+    """Rows ``start:`` of a chunk as new dicts, with the join's fields."""
+    out = []
+    for i in range(start, len(rows)):
+        row = rows[i]
+        row = row.as_dict() if hasattr(row, "as_dict") else dict(row)
+        for k, values in extra.items():
+            row[k] = values[i]
+        out.append(row)
+    return out
