@@ -385,6 +385,10 @@ class DriftMonitor:
         """Scores aligned with the rows; NaN where none was given."""
         if scores is None:
             return np.full(n, np.nan)
+        if isinstance(scores, np.ndarray) and scores.dtype.kind == "f":  # a replica's shipment: already numbers
+            if len(scores) != n:
+                raise InvalidInput(f"got {len(scores)} scores for {n} rows")
+            return scores.astype(np.float64, copy=False)
         values = pd.to_numeric(pd.Series(np.asarray(scores, dtype=object).reshape(-1)), errors="coerce")
         if len(values) != n:
             raise InvalidInput(f"got {len(values)} scores for {n} rows")

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from aiinfra.inference.columns import Columns, RowSpan, flatten, gather, plain
+from aiinfra.inference.columns import Columns, RowSpan, Runs, flatten, gather, plain
 from aiinfra.monitoring.labelled import LabelledRows, Table
 from aiinfra.monitoring.sizes import approx_bytes
 from aiinfra.monitoring.statistics import roc_auc
@@ -128,6 +128,8 @@ class PerformanceTracker:
             return
         if self.task == "multiclass" and predicted is not None:
             values = [float(self._index.get(str(p), -1)) for p in predicted[:n]]
+        elif isinstance(scores, np.ndarray):
+            values = scores[:n].astype(np.float64).tolist()
         else:
             values = [float(v) for v in scores[:n]]
         # Rows shipped as columns share their fields: all sized by the first, and each request keeps its rows
@@ -137,27 +139,43 @@ class PerformanceTracker:
         if columnar:
             row_size = 32 + approx_bytes(plain(rows[0]))  # type: ignore[index]
             columns = rows.columns  # type: ignore[union-attr]
-        # A request is a run of rows with the same id (found in one vectorized pass, not row by row).
-        ids = np.empty(n, dtype=object)
-        ids[:] = list(request_ids[:n])
-        starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()]
-        ends = [*starts[1:], n]
+        # A request is a run of rows with the same id: shipped as Runs (once per request), or found in one
+        # vectorized pass over the per-row ids.
+        if isinstance(request_ids, Runs) and len(request_ids) == n:
+            starts = request_ids.starts().tolist()
+            ends = [a + k for a, k in zip(starts, request_ids.lengths.tolist())]
+            run_ids = request_ids.values
+        else:
+            ids = np.empty(n, dtype=object)
+            ids[:] = list(request_ids[:n])
+            starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist()]
+            ends = [*starts[1:], n]
+            run_ids = ids[starts].tolist()
+        lengths = [b - a for a, b in zip(starts, ends)]
+
+        def per_run(values: Sequence[Any]) -> Sequence[Any]:
+            if isinstance(values, Runs) and values.lengths.tolist() == lengths:
+                return values.values
+            return [values[a] for a in starts]
+
+        run_versions = None if versions is None else per_run(versions)
+        run_tokens = None if tokens is None else per_run(tokens)
         pending, pending_bytes = self._pending, self._pending_bytes
         added = recorded = 0
         seen: set[str] = set()
-        for a, b in zip(starts, ends):
-            rid = ids[a]
-            if rid is None:  # another shard's request (a sharded monitor's first shard sees every row)
+        for j, (a, b) in enumerate(zip(starts, ends)):
+            rid = run_ids[j]
+            if rid is None or a == b:  # another shard's request (a sharded monitor's first shard sees every row)
                 continue
             rid = str(rid)
             seen.add(rid)
             recorded += b - a
             entry = pending.get(rid)
             if entry is None:
-                version = None if versions is None or versions[a] is None else int(versions[a])
+                version = None if run_versions is None or run_versions[j] is None else int(run_versions[j])
                 entry = ([], version, [] if rows is not None else None, now)
                 pending[rid] = entry
-                self._pending_token[rid] = None if tokens is None else tokens[a]
+                self._pending_token[rid] = None if run_tokens is None else run_tokens[j]
                 if version is not None:
                     self._arm(version)["requests"] += 1
             entry[0].extend(values[a:b])

@@ -20,7 +20,9 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aiinfra.inference.columns import Columns
+import numpy as np
+
+from aiinfra.inference.columns import Columns, Runs
 from aiinfra.monitoring.performance import OUTCOMES
 
 __all__ = ["HANDOFF_S", "shard_of", "split_feedback", "split_observe"]
@@ -35,8 +37,8 @@ def shard_of(request_id: Any, shards: int) -> int:
 def _take(values: Any, positions: Sequence[int]) -> Any:
     if values is None:
         return None
-    if isinstance(values, Columns):
-        return values.take(positions)
+    if isinstance(values, (Columns, np.ndarray)):
+        return values.take(positions) if isinstance(values, Columns) else values[np.asarray(positions, dtype=np.intp)]
     return [values[i] for i in positions]
 
 
@@ -46,8 +48,12 @@ def split_observe(shards: int, rows: Any, scores: Any, request_ids: Sequence[Any
     requests only (None for the others') and the failed requests; shard k its own rows."""
     if shards <= 1 or request_ids is None:
         return [(0, (rows, scores, request_ids, labels, versions, errors, tokens))]
-    which = [shard_of(r, shards) for r in request_ids]
-    mine = [r if w == 0 else None for r, w in zip(request_ids, which)]
+    if isinstance(request_ids, Runs):  # once per request, as a replica ships them
+        which = [w for r, k in zip(request_ids.values, request_ids.lengths.tolist()) for w in [shard_of(r, shards)] * k]
+        mine: Any = Runs([r if shard_of(r, shards) == 0 else None for r in request_ids.values], request_ids.lengths)
+    else:
+        which = [shard_of(r, shards) for r in request_ids]
+        mine = [r if w == 0 else None for r, w in zip(request_ids, which)]
     calls = [(0, (rows, scores, mine, labels, versions, errors, tokens))]
     for k in range(1, shards):
         positions = [i for i, w in enumerate(which) if w == k]

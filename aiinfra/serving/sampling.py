@@ -16,9 +16,12 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
-from aiinfra.inference.columns import plain, to_columns
+import numpy as np
+
+from aiinfra.inference.columns import Columns, Runs, plain, to_columns
 from aiinfra.monitoring.sizes import approx_bytes
 
 __all__ = ["MonitorSampler"]
@@ -46,10 +49,14 @@ class MonitorSampler:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._bytes = 0
+        self._rows = 0
         self._dropped_logged = 0
         self.interval_s = interval_s
         self.max_rows_per_send = max_rows_per_send
-        self._buffer: deque[tuple[dict[str, Any], float, str, Any, int | None, int, str | None]] = deque()
+        # One entry per request, its rows as they came (rows of a request are not copied one by one):
+        # (rows, scores, request id, predicted labels or None, version, token, bytes).
+        self._buffer: deque[tuple[Sequence[Mapping[str, Any]], list[float], str, list[Any] | None, int | None,
+                                  str | None, int]] = deque()
         self._errors: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -68,19 +75,17 @@ class MonitorSampler:
         if self.rate < 1.0 and random.random() >= self.rate:
             return
         with self._lock:
-            room = self.capacity - len(self._buffer)
-            take = min(room, len(rows))
-            predicted = list(labels) if labels is not None else [None] * len(rows)
-            kept = 0
+            take = max(0, min(self.capacity - self._rows, len(rows), len(scores)))
             # A request's rows have the same fields: sized by its first (approx_bytes costs microseconds a row).
             size = approx_bytes(rows[0]) if take else 0
-            for row, score, label in zip(list(rows)[:take], list(scores)[:take], predicted[:take]):
-                if self._bytes + size > self.max_bytes:
-                    self.counts["dropped_bytes"] += take - kept
-                    break
-                self._buffer.append((plain(row), float(score), request_id, label, version, size, token))
-                self._bytes += size
-                kept += 1
+            kept = take if size == 0 else max(0, min(take, (self.max_bytes - self._bytes) // size))
+            self.counts["dropped_bytes"] += take - kept
+            if kept:
+                part = rows[:kept] if isinstance(rows, Columns) else list(rows[:kept])
+                self._buffer.append((part, [float(v) for v in scores[:kept]], request_id,
+                                     None if labels is None else list(labels[:kept]), version, token, size * kept))
+                self._bytes += size * kept
+                self._rows += kept
             self.counts["sampled"] += kept
             self.counts["dropped"] += len(rows) - kept
 
@@ -92,11 +97,16 @@ class MonitorSampler:
             self._errors[version] = self._errors.get(version, 0) + 1
 
     def flush(self) -> int:
-        """Ship what is buffered now (the thread does this every ``interval_s``); rows shipped."""
+        """Ship what is buffered now, whole requests up to ``max_rows_per_send`` rows (the thread does this every
+        ``interval_s``); rows shipped."""
         with self._lock:
-            n = min(len(self._buffer), self.max_rows_per_send)
-            items = [self._buffer.popleft() for _ in range(n)]
-            self._bytes -= sum(i[5] for i in items)
+            items, n = [], 0
+            while self._buffer and (not items or n + len(self._buffer[0][0]) <= self.max_rows_per_send):
+                item = self._buffer.popleft()
+                items.append(item)
+                n += len(item[0])
+            self._bytes -= sum(i[6] for i in items)
+            self._rows -= n
             errors, self._errors = self._errors, {}
         dropped = self.counts["dropped"]
         if dropped > self._dropped_logged:  # said once per shipment at most, with the running totals
@@ -106,17 +116,13 @@ class MonitorSampler:
             self._dropped_logged = dropped
         if not items and not errors:
             return 0
-        rows, scores, ids, labels, versions = ([i[k] for i in items] for k in range(5))
-        tokens = [i[6] for i in items]
-        # Column by column when the rows share their fields (the usual case): far cheaper to ship and to read.
-        rows = to_columns(rows) or rows
         try:
-            self._send(rows, scores, ids, labels, versions, errors, tokens)
-            self.counts["sent"] += len(items)
+            self._send(*_shipment(items), errors, Runs([i[5] for i in items], [len(i[0]) for i in items]))
+            self.counts["sent"] += n
         except Exception:  # noqa: BLE001 - monitoring must never hurt serving
             self.counts["send_errors"] += 1
-            log.warning("could not send %d sampled rows to the monitor; they are dropped", len(items), exc_info=True)
-        return len(items)
+            log.warning("could not send %d sampled rows to the monitor; they are dropped", n, exc_info=True)
+        return n
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -131,3 +137,26 @@ class MonitorSampler:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _shipment(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Buffered requests as one shipment: the rows column by column when they share their fields (the usual
+    case: far cheaper to ship and to read), the scores as one array, and what is per request (id, version)
+    once per request (``Runs``): Ray pickles a list value by value, an array as its buffer."""
+    lengths = [len(i[0]) for i in items]
+    parts = [i[0] for i in items]
+    if parts and all(isinstance(p, Columns) for p in parts) and all(
+            p.columns.keys() == parts[0].columns.keys() for p in parts):  # type: ignore[attr-defined]
+        rows: Any = Columns.concat(parts)  # type: ignore[arg-type]
+    else:
+        flat = [r for p in parts for r in p]
+        rows = to_columns(flat) or [plain(r) for r in flat]
+    scores = np.fromiter(chain.from_iterable(i[1] for i in items), dtype=np.float64, count=sum(lengths))
+    labels: Any = None
+    if any(i[3] is not None for i in items):
+        labels = [v for i in items for v in (i[3] if i[3] is not None else [None] * len(i[0]))]
+        if all(type(v) is int for v in labels):
+            labels = np.asarray(labels, dtype=np.int64)
+    ids = Runs([i[2] for i in items], lengths)
+    versions = Runs([i[4] for i in items], lengths)
+    return rows, scores, ids, labels, versions

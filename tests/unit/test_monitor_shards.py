@@ -110,6 +110,17 @@ def test_requests_are_split_by_their_id_and_shard_zero_sees_every_row():
         assert all(shard_of(r, 3) == k for r in ids_k if r is not None)
     assert sum(len([r for r in c[2] if r is not None]) for c in calls.values()) == 30
     assert monitor_actor_name("churn", 0) == "monitor:churn" and monitor_actor_name("churn", 2) == "monitor:churn#2"
+    # Ids shipped once per request (Runs) and scores as an array split the same way.
+    import numpy as np
+
+    from aiinfra.inference.columns import Runs, to_columns
+
+    runs = dict(split_observe(3, to_columns([{"x": i} for i in range(30)]), np.arange(30.0), Runs.of(ids), None,
+                              Runs.of([1] * 30), {1: 2}, Runs.of(["t"] * 30)))
+    assert runs.keys() == calls.keys()
+    for k in calls:
+        assert list(runs[k][2]) == list(calls[k][2]) and list(runs[k][1]) == list(calls[k][1])
+        assert runs[k][0] == calls[k][0]
 
 
 def test_a_shard_beyond_the_configured_count_is_refused(config):

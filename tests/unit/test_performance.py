@@ -201,3 +201,28 @@ def test_labelled_rows_keep_the_latest_across_many_small_joins():
     assert len(rows) == 300 and [r["i"] for r in rows] == [float(i) for i in range(2 * MERGE_AT + 50 - 300, 2 * MERGE_AT + 50)]
     assert [r["i"] for r in t.labelled_rows(2)] == [float(2 * MERGE_AT + 48), float(2 * MERGE_AT + 49)]
     assert len(t._rows._chunks) <= MERGE_AT + 3
+
+
+def test_per_request_values_shipped_once_per_request_record_as_per_row_lists_do():
+    """A replica ships ids, versions and tokens once per request (Runs) and scores as an array."""
+    import numpy as np
+
+    from aiinfra.inference.columns import Runs, to_columns
+
+    answers = []
+    for shipped_as_runs in (True, False):
+        t = PerformanceTracker("binary", [0, 1], {"accuracy": 0.5})
+        ids, versions, tokens = ["a", "a", "b", "c", "c", "c"], [1, 1, 2, 1, 1, 1], ["t1", "t1", "t2", "t1", "t1", "t1"]
+        scores = [0.9, 0.2, 0.6, 0.4, 0.8, 0.7]
+        rows = to_columns([{"x": float(i)} for i in range(6)])
+        if shipped_as_runs:
+            t.record(Runs.of(ids), np.array(scores), versions=Runs.of(versions), rows=rows, tokens=Runs.of(tokens),
+                     served_at=5.0)
+        else:
+            t.record(ids, scores, versions=versions, rows=rows, tokens=tokens, served_at=5.0)
+        outcomes = t.judge([{"request_id": "a", "labels": [1, 0], "by": "t1", "trusted": False},
+                            {"request_id": "b", "label": 1, "by": "t1", "trusted": False},  # t2's request
+                            {"request_id": "c", "labels": [0, 1, 1]}])
+        answers.append((outcomes, t.arms, t.labelled_rows(), t.snapshot()["metrics"]))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == ["matched", "refused", "matched"]

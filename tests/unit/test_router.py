@@ -71,8 +71,12 @@ class FakeMonitor:
     def observe(self, rows, scores, request_ids, labels, versions, errors, tokens):
         if self.fail is not None:
             raise self.fail
-        self.observed.append((rows, scores, request_ids, labels, versions, errors))
-        self.tokens.append(tokens)
+        # As plain lists: a replica ships rows as Columns, scores and labels as arrays, ids once per request (Runs).
+        def plain(values):
+            return values.tolist() if hasattr(values, "tolist") else None if values is None else list(values)
+
+        self.observed.append((plain(rows), plain(scores), plain(request_ids), plain(labels), plain(versions), errors))
+        self.tokens.append(plain(tokens))
 
     def feedback(self, items):
         if self.fail is not None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
+from aiinfra.inference.columns import Columns, Runs
 from aiinfra.serving.sampling import MonitorSampler
 
 
@@ -16,12 +19,33 @@ def test_rows_are_shipped_in_batches_with_their_scores_and_request_ids():
     sampler.offer_error(2)
     sampler.offer_error(2)
     assert sampler.flush() == 3
-    assert shipped == [([{"a": 1}, {"a": 2}, {"a": 3}], [0.1, 0.9, 0.5], ["r1", "r1", "r2"], ["no", "yes", None],
-                        [1, 1, 2], {2: 2}, [None, None, None])]
+    [(rows, scores, ids, labels, versions, errors, tokens)] = shipped
+    # Rows column by column, scores as one array, and what is per request once per request (Runs).
+    assert isinstance(rows, Columns) and rows == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert isinstance(scores, np.ndarray) and scores.tolist() == [0.1, 0.9, 0.5]
+    assert isinstance(ids, Runs) and ids.values == ["r1", "r2"] and ids == ["r1", "r1", "r2"]
+    assert labels == ["no", "yes", None] and versions == [1, 1, 2] and errors == {2: 2}
+    assert tokens == [None, None, None]
     assert sampler.flush() == 0 and sampler.counts["sent"] == 3
     sampler.offer_error(1)  # errors alone are shipped too, with no rows
     sampler.flush()
-    assert shipped[-1] == ([], [], [], [], [], {1: 1}, [])
+    rows, scores, ids, labels, versions, errors, tokens = shipped[-1]
+    assert len(rows) == len(scores) == len(ids) == len(versions) == len(tokens) == 0 and errors == {1: 1}
+
+
+def test_requests_shipped_as_columns_stay_columns_and_whole():
+    from aiinfra.inference.columns import to_columns
+
+    shipped = []
+    sampler = MonitorSampler(lambda *batch: shipped.append(batch), max_rows_per_send=4, start=False)
+    sampler.offer(to_columns([{"x": 1.0, "c": "a"}, {"x": 2.0, "c": "b"}]), [0.1, 0.2], "r1", [0, 1], 3, "tok")
+    sampler.offer(to_columns([{"x": 3.0, "c": "c"}] * 3), [0.3] * 3, "r2", [1, 1, 1], 3, "tok")
+    assert sampler.flush() == 2  # r2 would make 5 rows: a request is never split across shipments
+    assert sampler.flush() == 3
+    rows, _, ids, labels, _, _, tokens = shipped[0]
+    assert isinstance(rows, Columns) and isinstance(rows.columns["x"], np.ndarray) and rows.columns["c"] == ["a", "b"]
+    assert isinstance(labels, np.ndarray) and labels.tolist() == [0, 1]
+    assert ids == ["r1", "r1"] and tokens.values == ["tok"]
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_growing():
