@@ -406,7 +406,7 @@ class PerformanceTracker:
     def export_state(self) -> dict[str, Any]:
         """What a restarted monitor must not lose: predictions waiting for labels, and labels waiting for
         predictions (JSON-ready; ``import_state`` takes it back)."""
-        return {"pending": [[rid, values, version, None if rows is None else [plain(r) for r in flatten(rows)], at,
+        return {"pending": [[rid, values, version, None if rows is None else _export_rows(rows), at,
                              self._pending_token.get(rid)]
                             for rid, (values, version, rows, at) in self._pending.items()],
                 "held": [[rid, dict(item), at] for rid, (item, at) in self._held.items()]}
@@ -414,10 +414,14 @@ class PerformanceTracker:
     def import_state(self, state: Mapping[str, Any]) -> int:
         """Take back ``export_state()`` (from a checkpoint) before any traffic; the entries restored."""
         for rid, values, version, rows, at, *token in state.get("pending", []):
+            if isinstance(rows, dict):  # {"columns": {field: values}}: a request's rows as columns
+                columns = Columns(rows["columns"])
+                rows = [RowSpan(columns.columns, 0, len(columns))] if len(columns) else []
             self._pending[str(rid)] = ([float(v) for v in values], None if version is None else int(version),
                                        rows, float(at))
             self._pending_token[str(rid)] = token[0] if token else None
-            size = 64 + 32 * len(values) + sum(approx_bytes(r) for r in rows or [])
+            kept = flatten(rows or [])
+            size = 64 + 32 * len(values) + (approx_bytes(plain(kept[0])) * len(kept) if kept else 0)
             self._pending_bytes[str(rid)] = size
             self.pending_bytes += size
         for rid, item, at in state.get("held", []):
@@ -519,3 +523,19 @@ class PerformanceTracker:
                 "held": len(self._held), "metrics": metrics,
                 "baseline": {k: self.baseline[k] for k in metrics if k in self.baseline}, "delta": delta,
                 "counts": dict(self.counts)}
+
+
+def _export_rows(kept: Sequence[Any]) -> list[dict[str, Any]] | dict[str, Any]:
+    """A pending request's kept rows for the checkpoint: as ``{"columns": {field: values}}`` when they are spans
+    of columns with the same fields (a slice per column, not a dict per row: a checkpoint holds every pending
+    request), else as a list of rows."""
+    if kept and all(type(p) is RowSpan for p in kept):
+        fields = kept[0]._columns.keys()
+        if all(p._columns.keys() == fields for p in kept):
+            columns: dict[str, list[Any]] = {f: [] for f in fields}
+            for p in kept:
+                for f, values in p._columns.items():
+                    part = values[p._start:p._end]
+                    columns[f].extend(part.tolist() if isinstance(part, np.ndarray) else part)
+            return {"columns": columns}
+    return [plain(r) for r in flatten(kept)]

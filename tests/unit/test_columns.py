@@ -40,12 +40,21 @@ def test_ragged_or_scalar_columns_are_refused():
         Columns({"x": 1.0})
 
 
-def test_pending_rows_held_as_views_are_labelled_and_checkpointed_as_plain_rows():
+def test_pending_rows_held_as_views_are_labelled_and_checkpointed_as_columns():
     tracker = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8})
     cols = to_columns(ROWS)
     tracker.record(["r1", "r1", "r2"], [0.9, 0.2, 0.7], rows=cols, versions=[1, 1, 1])
     state = json.loads(json.dumps(tracker.export_state()))  # the checkpoint is JSON: no views in it
-    assert state["pending"][0][3] == ROWS[:2] and state["pending"][1][3] == ROWS[2:]
+    # Each request's rows as columns (a slice per field, not a dict per row), and read back as the same rows.
+    assert state["pending"][0][3] == {"columns": {k: [r[k] for r in ROWS[:2]] for k in ROWS[0]}}
+    restored = PerformanceTracker("binary", [0, 1], {"accuracy": 0.8})
+    assert restored.import_state(state) == 2 and restored.pending_bytes > 0
+    assert restored.judge([{"request_id": "r2", "label": 1}]) == ["matched"]
+    assert restored.labelled_rows()[0] == {**ROWS[2], "label": 1, "served_at": restored.labelled_rows()[0]["served_at"],
+                                           "version": 1, "labelled_by": None}
+    # A checkpoint written before (rows as a list of dicts) still reads.
+    old = {"pending": [["r9", [0.5], 1, [dict(ROWS[0])], 1.0, None]], "held": []}
+    assert restored.import_state(old) == 2 and restored.judge([{"request_id": "r9", "label": 0}]) == ["matched"]
     assert tracker.judge([{"request_id": "r1", "labels": [1, 0]}]) == ["matched"]
     (first, second) = tracker.labelled_rows()
     assert first == {**ROWS[0], "label": 1, "served_at": first["served_at"], "version": 1, "labelled_by": None}
