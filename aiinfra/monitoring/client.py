@@ -47,14 +47,17 @@ class MonitorClient:
     def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
                 request_ids: list[str] | None = None, labels: list[Any] | None = None,
                 versions: list[int | None] | None = None, errors: dict[int, int] | None = None,
-                tokens: list[str | None] | None = None) -> list[dict[str, Any]]:
-        """Served rows (and failed requests per version, and each request's API token id); the drift windows closed."""
+                tokens: list[str | None] | None = None, *, probabilities: Any = None) -> list[dict[str, Any]]:
+        """Served rows (and failed requests per version, and each request's API token id; a multiclass model's
+        every class's probability per row); the drift windows closed."""
+        extra = {} if probabilities is None else {"probabilities": probabilities}
         if len(self._shards) == 1:
-            return self._backend.call("observe", rows, scores, request_ids, labels, versions, errors, tokens)
+            return self._backend.call("observe", rows, scores, request_ids, labels, versions, errors, tokens, **extra)
         reports: list[dict[str, Any]] = []
         at = time.time()  # one arrival time on every shard: shard 0's windows find the other shards' labels by it
         for k, args in split_observe(len(self._shards), rows, scores, request_ids, labels, versions, errors, tokens):
-            reports.extend(self._shards[k].call("observe", *args, at=at))
+            # Shard 0 cuts the windows from every row: the probabilities are its alone.
+            reports.extend(self._shards[k].call("observe", *args, at=at, **(extra if k == 0 else {})))
         return reports
 
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:

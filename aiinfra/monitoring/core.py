@@ -254,6 +254,10 @@ class DriftMonitor:
         )
         self._has_scores = reference_scores is not None
         self.estimator = estimator if estimator is not None and estimator.available else None
+        # Multiclass with every class's probability: a window keeps them beside each row's score (its score
+        # chunks are then (rows, 1 + classes): the score, then the probabilities), for the estimate's macro F1
+        # and ROC-AUC.
+        self._classes = self.estimator.classes if self.estimator is not None else 0
         db.ensure_schema(COMPONENT, MIGRATIONS)
 
         self._chunks: list[pd.DataFrame] = []
@@ -281,13 +285,15 @@ class DriftMonitor:
     def observe(
         self, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, scores: Sequence[float] | None = None,
         *, at: float | None = None, tokens: Sequence[str | None] | None = None,
+        probabilities: Any = None,
     ) -> list[DriftReport]:
         """Add served rows (and the model's scores on them) to the open window.
 
         Returns the reports of the windows this call closed, each already stored: an expired
         time window first, then one per ``window_rows`` rows filled. ``at``: the rows' arrival time
         (default: now), which the window's span records; ``tokens``: the API token id of each row's
-        request, for the per-token share of a window (``settings.max_token_share``).
+        request, for the per-token share of a window (``settings.max_token_share``); ``probabilities``: a
+        multiclass model's every class's probability per row (rows, classes), for the window's estimate.
 
         Raises:
             InvalidInput: the batch lacks a feature column, or ``scores`` has another length
@@ -296,6 +302,8 @@ class DriftMonitor:
         batch = _Batch(rows, self._detector.columns, self.model)
         n = batch.n
         score_values = self._scores(scores, n)
+        if self._classes:
+            score_values = np.column_stack([score_values, self._probabilities(probabilities, n)])
 
         now = self._clock() if at is None else at
         reports = []
@@ -381,6 +389,17 @@ class DriftMonitor:
                 self._token_rows[token] = self._token_rows.get(token, 0) + 1
         return allowed
 
+    def _probabilities(self, probabilities: Any, n: int) -> np.ndarray:
+        """(n, classes): the rows' class probabilities; NaN where they were not given or do not fit the model."""
+        if probabilities is not None:
+            try:
+                values = np.asarray(probabilities, dtype=np.float64)
+            except (TypeError, ValueError):
+                values = None
+            if values is not None and values.shape == (n, self._classes):
+                return values
+        return np.full((n, self._classes), np.nan)
+
     def _scores(self, scores: Sequence[float] | None, n: int) -> np.ndarray:
         """Scores aligned with the rows; NaN where none was given."""
         if scores is None:
@@ -422,6 +441,11 @@ class DriftMonitor:
         """
         window = pd.concat(self._chunks, ignore_index=True) if len(self._chunks) > 1 else self._chunks[0]
         scores = np.concatenate(self._score_chunks)
+        probabilities = None
+        if self._classes:
+            scores, probabilities = scores[:, 0], scores[:, 1:]
+            if not np.isfinite(probabilities).all():
+                probabilities = None  # some rows came without them: the estimate reads the top class's alone
         rows = len(window)
         result: DriftResult | None = None
         estimate: PerformanceEstimate | None = None
@@ -440,7 +464,7 @@ class DriftMonitor:
             else:
                 status, reason = _verdict(result)
             if self.estimator is not None and window_scores is not None:
-                estimate = self.estimator.estimate(window_scores)
+                estimate = self.estimator.estimate(scores, probabilities)
                 if self._span_rows > rows:
                     estimate = estimate.model_copy(update={"rows_seen": self._span_rows})
 

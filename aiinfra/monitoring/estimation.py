@@ -18,9 +18,12 @@ covariate shift; the error-stream detector (``aiinfra.monitoring.concept``) watc
 
 Binary: estimated accuracy, F1 (positive class at threshold 0.5) and ROC-AUC. Accuracy's band is
 its analytic 95% interval (a sum of Bernoulli variables); F1's and ROC-AUC's come from
-``draws`` simulated label sets. Multiclass: estimated accuracy from the predicted class's
-probability (the serving sample carries the top probability only, not every class's, so macro F1
-and ROC-AUC are not estimated). Regression: not estimated. Its counterpart, direct loss estimation,
+``draws`` simulated label sets. Multiclass, with every class's probability (the reference profile keeps
+them, and a window has them when the replicas ship them): each class's probability calibrated one
+against the rest (isotonic, as NannyML's multiclass CBPE does) and the rows renormalized; estimated
+accuracy, macro F1 and macro one-vs-rest ROC-AUC, F1's and ROC-AUC's from label sets drawn from the
+calibrated rows. Multiclass with the top class's probability only: estimated accuracy alone. Regression:
+not estimated. Its counterpart, direct loss estimation,
 needs a second model of the loss fitted per version; the realised RMSE/MAE once labels arrive
 stay the signal.
 """
@@ -105,14 +108,16 @@ class PerformanceEstimator:
     """
 
     def __init__(self, task: str, reference_scores: np.ndarray, reference_labels: np.ndarray | None, *,
-                 reference_predicted: np.ndarray | None = None, max_calibration_error: float = 0.05,
-                 draws: int = 200, seed: int = 0, baseline: Mapping[str, float] | None = None) -> None:
+                 reference_predicted: np.ndarray | None = None, reference_probabilities: np.ndarray | None = None,
+                 max_calibration_error: float = 0.05, draws: int = 200, seed: int = 0,
+                 baseline: Mapping[str, float] | None = None) -> None:
         self.task, self.draws, self.seed = task, draws, seed
         self.baseline = {k: float(v) for k, v in (baseline or {}).items()}
         self.max_calibration_error = max_calibration_error
         self.calibration_error: float | None = None
         self.raw_calibration_error: float | None = None
         self._calibrator: Any = None
+        self._class_calibrators: list[Any] = []  # multiclass with probabilities: one per class, one against the rest
         self.problem = ""
         if task not in ("binary", "multiclass"):
             self.problem = f"performance is not estimated for {task} models (no labels: see realised RMSE/MAE)"
@@ -139,6 +144,12 @@ class PerformanceEstimator:
         self.raw_calibration_error = expected_calibration_error(scores, outcome)
         self.calibration_error = self._cross_fitted_error(scores, outcome)
         self._calibrator = _isotonic(scores, outcome)
+        if task == "multiclass" and reference_probabilities is not None:
+            probabilities = np.asarray(reference_probabilities, dtype=np.float64)[keep]
+            truth = labels.astype(np.int64)
+            if probabilities.ndim == 2 and probabilities.shape[1] >= 2 and np.isfinite(probabilities).all():
+                self._class_calibrators = [_isotonic(probabilities[:, k], (truth == k).astype(np.float64))
+                                           for k in range(probabilities.shape[1])]
         if self.calibration_error > max_calibration_error:
             self.problem = (f"calibration error {self.calibration_error:.3f} on the reference is above "
                             f"{max_calibration_error:g}: estimates are unreliable")
@@ -152,22 +163,37 @@ class PerformanceEstimator:
         return expected_calibration_error(calibrated, outcome)
 
     @property
+    def classes(self) -> int:
+        """Multiclass with every class's probability calibrated: how many classes (0 otherwise)."""
+        return len(self._class_calibrators)
+
+    @property
     def available(self) -> bool:
         return self._calibrator is not None
 
-    def estimate(self, scores: np.ndarray) -> PerformanceEstimate | None:
-        """The window's estimate from the model's scores on it (non-finite ones left out); None when not estimable."""
+    def estimate(self, scores: np.ndarray, probabilities: np.ndarray | None = None) -> PerformanceEstimate | None:
+        """The window's estimate from the model's scores on it (non-finite ones left out); None when not estimable.
+        ``probabilities``: multiclass, every class's probability per row (rows, classes), when the window has them."""
         if self._calibrator is None:
             return None
         scores = np.asarray(scores, dtype=np.float64)
-        scores = scores[np.isfinite(scores)]
+        finite = np.isfinite(scores)
+        if probabilities is not None:
+            probabilities = np.asarray(probabilities, dtype=np.float64)
+            if probabilities.shape != (scores.size, len(self._class_calibrators)):
+                probabilities = None  # not this model's classes (or not every row's): the top class's alone
+            else:
+                finite &= np.isfinite(probabilities).all(axis=1)
+                probabilities = probabilities[finite]
+        scores = scores[finite]
         if scores.size == 0:
             return None
-        p = np.clip(self._calibrator.predict(scores), 0.0, 1.0)
         if self.task == "binary":
-            metrics = self._binary(scores, p)
+            metrics = self._binary(scores, np.clip(self._calibrator.predict(scores), 0.0, 1.0))
+        elif probabilities is not None and self._class_calibrators:
+            metrics = self._multiclass(probabilities)
         else:
-            metrics = {"accuracy": _mean_of_bernoullis(p)}
+            metrics = {"accuracy": _mean_of_bernoullis(np.clip(self._calibrator.predict(scores), 0.0, 1.0))}
         reliable = not self.problem
         return PerformanceEstimate(rows=int(scores.size), metrics=metrics, reliable=reliable,
                                    calibration_error=self.calibration_error, reason=self.problem,
@@ -195,6 +221,44 @@ class PerformanceEstimator:
             auc = (y @ ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         out["roc_auc"] = _from_draws(auc)
         return out
+
+
+    def _multiclass(self, raw: np.ndarray) -> dict[str, Estimate]:
+        """Accuracy, macro F1 and macro one-vs-rest ROC-AUC from every class's probability per row."""
+        calibrated = np.column_stack([np.clip(c.predict(raw[:, k]), 0.0, 1.0)
+                                      for k, c in enumerate(self._class_calibrators)])
+        total = calibrated.sum(axis=1, keepdims=True)
+        # A row every calibrator put at 0 (outside what the reference saw): its raw probabilities stand.
+        calibrated = np.where(total > 0, calibrated / np.where(total > 0, total, 1.0), raw / raw.sum(axis=1, keepdims=True))
+        rows, classes = calibrated.shape
+        predicted = raw.argmax(axis=1)  # the model's own decision, on its raw probabilities
+        out = {"accuracy": _mean_of_bernoullis(calibrated[np.arange(rows), predicted])}
+        rng = np.random.default_rng([self.seed, rows, int(np.round(raw.sum() * 1e6)) % (2**32)])
+        # Each draw a label per row from its calibrated probabilities: (draws, rows) class indices.
+        u = rng.random((self.draws, rows, 1))
+        y = (u > np.cumsum(calibrated, axis=1)[None, :, :-1]).sum(axis=2)
+        f1s, aucs = [], []
+        for k in range(classes):
+            is_k, said_k = y == k, predicted == k
+            tp, fp = (is_k & said_k).sum(axis=1), (~is_k & said_k).sum(axis=1)
+            fn = (is_k & ~said_k).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f1s.append(2 * tp / (2 * tp + fp + fn))
+                ranks = mean_ranks(raw[:, k])
+                n_pos = is_k.sum(axis=1)
+                aucs.append((is_k @ ranks - n_pos * (n_pos + 1) / 2) / (n_pos * (rows - n_pos)))
+        with np.errstate(invalid="ignore"):
+            # Macro: the mean over the classes a draw has (a class absent from a draw has no F1 or ROC-AUC).
+            out["f1_macro"] = _from_draws(_nanmean(np.array(f1s)))
+            out["roc_auc_macro"] = _from_draws(_nanmean(np.array(aucs)))
+        return out
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 of the finite values (NaN where none is)."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    return np.where(count > 0, np.where(finite, values, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
 
 
 def _mean_of_bernoullis(p: np.ndarray) -> Estimate:

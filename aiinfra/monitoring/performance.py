@@ -506,6 +506,14 @@ class PerformanceTracker:
                 metrics["roc_auc"] = roc_auc(positive, scores)
         elif self.task == "multiclass":
             metrics["accuracy"] = float(np.mean(scores == truth))
+            # Macro F1 over the classes seen (true or predicted), as scikit-learn's average="macro" counts them.
+            f1 = []
+            for k in np.union1d(truth, scores[scores >= 0]):
+                tp, fp = int(np.sum((scores == k) & (truth == k))), int(np.sum((scores == k) & (truth != k)))
+                fn = int(np.sum((scores != k) & (truth == k)))
+                f1.append(2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0)
+            if f1:
+                metrics["f1_macro"] = float(np.mean(f1))
         else:
             err = scores - truth
             metrics["rmse"] = float(np.sqrt(np.mean(err**2)))

@@ -162,7 +162,8 @@ class MonitorService:
         reference = build_reference(self._store, version)
         predicted = None if reference.probabilities is None else reference.probabilities.argmax(axis=1)
         estimator = PerformanceEstimator(reference.task, reference.scores, reference.labels,
-                                         reference_predicted=predicted, baseline=version.metrics)
+                                         reference_predicted=predicted, reference_probabilities=reference.probabilities,
+                                         baseline=version.metrics)
         core = DriftMonitor(self._db, self._model, reference.frame, numeric=reference.numeric,
                             categorical=reference.categorical, settings=self.config.monitoring,
                             reference_scores=reference.scores, estimator=estimator)
@@ -356,15 +357,18 @@ class MonitorService:
     def observe(self, rows: list[dict[str, Any]], scores: list[float] | None = None,
                 request_ids: list[str] | None = None, labels: list[Any] | None = None,
                 versions: list[int | None] | None = None, errors: dict[int, int] | None = None,
-                tokens: list[str | None] | None = None, *, at: float | None = None) -> list[dict[str, Any]]:
+                tokens: list[str | None] | None = None, *, at: float | None = None,
+                probabilities: Any = None) -> list[dict[str, Any]]:
         """Rows served (with scores, request ids, predicted labels, the version that answered each and the API
         token each request was made with), and failed requests per version; returns the windows this closed.
-        ``at``: their arrival time (default now; a sharded monitor's client gives every shard the same)."""
+        ``at``: their arrival time (default now; a sharded monitor's client gives every shard the same);
+        ``probabilities``: a multiclass model's every class's probability per row (rows, classes)."""
         # One arrival time for both sides: a window's span finds its rows' labels by it.
         at = time.time() if at is None else float(at)
         with self._lock:
             # A later shard joins only: shard 0 cuts the windows from every row.
-            reports = self.core.observe(rows, scores, at=at, tokens=tokens) if rows and not self.shard else []
+            reports = (self.core.observe(rows, scores, at=at, tokens=tokens, probabilities=probabilities)
+                       if rows is not None and len(rows) and not self.shard else [])
             if request_ids is not None and scores is not None:
                 self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at,
                                         tokens=tokens)

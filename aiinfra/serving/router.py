@@ -72,8 +72,8 @@ class ModelDeployments(Protocol):
 class Monitor(Protocol):
     """The served model's drift monitor (blocking calls; the router makes them off the event loop)."""
 
-    def observe(self, rows: Rows, scores: list[float], request_ids: list[str], labels: list[Any],
-                versions: list[int | None], errors: dict[int, int], tokens: list[str | None]) -> Any: ...
+    def observe(self, rows: Rows, scores: Any, request_ids: Any, labels: Any, versions: Any, errors: dict[int, int],
+                tokens: Any, *, probabilities: Any = None) -> Any: ...
 
     def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Counts, and ``outcomes``: each item's (matched, unknown or invalid) in order."""
@@ -217,8 +217,11 @@ class Router:
         """After an answer: its rows offered to the monitor's sampler (with the id of the token that asked:
         who may label it), and mirrored to the shadow for its share."""
         if self.sampler is not None:
+            probabilities = [p["probabilities"] for p in predictions] if predictions and "probabilities" in predictions[0] \
+                else None  # a multiclass model's answers: every class's, for the monitor's estimate
             self.sampler.offer(rows, [score_of(p) for p in predictions], request_id,
-                               [p.get("label", p.get("value")) for p in predictions], version.version, token_id)
+                               [p.get("label", p.get("value")) for p in predictions], version.version, token_id,
+                               probabilities)
         shadow = self.shadow
         shadow_pick = stable_fraction(f"shadow:{self.name}:{request_id}", self._routing_key)
         if shadow is not None and shadow_pick < self.config.serve.shadow_share:
@@ -272,13 +275,14 @@ class Router:
         return {"model": self.name, "accepted": result["matched"], "unknown_request_ids": result["unknown"],
                 "invalid": result["invalid"], "refused": result["refused"]}
 
-    def _ship(self, rows: Rows, scores: list[float], request_ids: list[str], labels: list[Any],
-              versions: list[int | None], errors: dict[int, int], tokens: list[str | None]) -> None:
+    def _ship(self, rows: Rows, scores: Any, request_ids: Any, labels: Any, versions: Any, errors: dict[int, int],
+              tokens: Any, probabilities: Any = None) -> None:
         """On the sampler's thread: one call to the monitor (its failure is counted by the sampler)."""
         if self._clock() < self._monitor_retry_at:
             return  # the monitor could not be reached a moment ago; these rows are dropped, serving goes on
         try:
-            self._monitor.observe(rows, scores, request_ids, labels, versions, errors, tokens)
+            extra = {} if probabilities is None else {"probabilities": probabilities}
+            self._monitor.observe(rows, scores, request_ids, labels, versions, errors, tokens, **extra)
         except Exception:
             self._monitor_retry_at = self._clock() + MONITOR_RETRY_S
             raise

@@ -54,9 +54,9 @@ class MonitorSampler:
         self.interval_s = interval_s
         self.max_rows_per_send = max_rows_per_send
         # One entry per request, its rows as they came (rows of a request are not copied one by one):
-        # (rows, scores, request id, predicted labels or None, version, token, bytes).
+        # (rows, scores, request id, predicted labels or None, version, token, bytes, class probabilities or None).
         self._buffer: deque[tuple[Sequence[Mapping[str, Any]], list[float], str, list[Any] | None, int | None,
-                                  str | None, int]] = deque()
+                                  str | None, int, list[Any] | None]] = deque()
         self._errors: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -68,9 +68,11 @@ class MonitorSampler:
             self._thread.start()
 
     def offer(self, rows: Sequence[Mapping[str, Any]], scores: Sequence[float], request_id: str,
-              labels: Sequence[Any] | None = None, version: int | None = None, token: str | None = None) -> None:
+              labels: Sequence[Any] | None = None, version: int | None = None, token: str | None = None,
+              probabilities: Sequence[Sequence[float]] | None = None) -> None:
         """Never raises, never blocks on the monitor. ``labels``: the predicted labels, if any; ``token``: the
-        id of the API token the request was made with (who may label it)."""
+        id of the API token the request was made with (who may label it); ``probabilities``: a multiclass
+        model's every class's probability per row (the monitor's performance estimate reads them)."""
         self.counts["offered"] += len(rows)
         if self.rate < 1.0 and random.random() >= self.rate:
             return
@@ -83,7 +85,8 @@ class MonitorSampler:
             if kept:
                 part = rows[:kept] if isinstance(rows, Columns) else list(rows[:kept])
                 self._buffer.append((part, [float(v) for v in scores[:kept]], request_id,
-                                     None if labels is None else list(labels[:kept]), version, token, size * kept))
+                                     None if labels is None else list(labels[:kept]), version, token, size * kept,
+                                     None if probabilities is None else list(probabilities[:kept])))
                 self._bytes += size * kept
                 self._rows += kept
             self.counts["sampled"] += kept
@@ -117,7 +120,9 @@ class MonitorSampler:
         if not items and not errors:
             return 0
         try:
-            self._send(*_shipment(items), errors, Runs([i[5] for i in items], [len(i[0]) for i in items]))
+            probabilities = _probabilities(items)
+            self._send(*_shipment(items), errors, Runs([i[5] for i in items], [len(i[0]) for i in items]),
+                       **({} if probabilities is None else {"probabilities": probabilities}))
             self.counts["sent"] += n
         except Exception:  # noqa: BLE001 - monitoring must never hurt serving
             self.counts["send_errors"] += 1
@@ -160,3 +165,15 @@ def _shipment(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
     ids = Runs([i[2] for i in items], lengths)
     versions = Runs([i[4] for i in items], lengths)
     return rows, scores, ids, labels, versions
+
+
+def _probabilities(items: Sequence[tuple[Any, ...]]) -> np.ndarray | None:
+    """Every row's class probabilities as one (rows, classes) array, when every request came with them (else None:
+    the monitor then estimates from the top class's probability alone)."""
+    if not items or any(i[7] is None for i in items):
+        return None
+    try:
+        out = np.asarray([p for i in items for p in i[7]], dtype=np.float64)
+    except (TypeError, ValueError):  # ragged: not one model's classes
+        return None
+    return out if out.ndim == 2 and len(out) == sum(len(i[0]) for i in items) else None

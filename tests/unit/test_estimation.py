@@ -99,3 +99,36 @@ def test_expected_calibration_error():
     rng = np.random.default_rng(5)
     assert expected_calibration_error(p, rng.random(1000) < p) < 0.05
     assert expected_calibration_error(p, np.ones(1000)) == pytest.approx(1 - p.mean(), abs=0.01)
+
+
+def test_multiclass_with_every_class_probability_estimates_macro_f1_and_roc_auc():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(11)
+
+    def rows(n: int, sharpness: float, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        logits = rng.normal(0, sharpness, (n, 4)) + np.array([shift, 0.0, 0.0, 0.0])
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        truth = (rng.random((n, 1)) > np.cumsum(p, axis=1)[:, :-1]).sum(axis=1)  # calibrated by construction
+        return p, truth
+
+    p, truth = rows(4000, 1.5)
+    estimator = PerformanceEstimator("multiclass", p.max(axis=1), truth, reference_predicted=p.argmax(axis=1),
+                                     reference_probabilities=p)
+    assert estimator.available and not estimator.problem
+    for sharpness, shift in ((1.5, 0.0), (0.8, 0.0), (1.5, 1.0)):  # as the reference, less sure, one class commoner
+        window, labels = rows(2000, sharpness, shift)
+        est = estimator.estimate(window.max(axis=1), window)
+        assert set(est.metrics) == {"accuracy", "f1_macro", "roc_auc_macro"}
+        realised_f1 = f1_score(labels, window.argmax(axis=1), average="macro")
+        realised_auc = roc_auc_score(labels, window, multi_class="ovr", average="macro")
+        assert est.metrics["accuracy"].value == pytest.approx(np.mean(window.argmax(axis=1) == labels), abs=0.03)
+        assert est.metrics["f1_macro"].value == pytest.approx(realised_f1, abs=0.04)
+        assert est.metrics["roc_auc_macro"].value == pytest.approx(realised_auc, abs=0.03)
+        assert est.metrics["f1_macro"].low <= est.metrics["f1_macro"].value <= est.metrics["f1_macro"].high
+    # Without every class's probability (or with another model's classes), accuracy alone, as before.
+    assert set(estimator.estimate(window.max(axis=1)).metrics) == {"accuracy"}
+    assert set(estimator.estimate(window.max(axis=1), window[:, :3]).metrics) == {"accuracy"}
+    # A row with a NaN probability is left out, not an error.
+    window[0, 1] = np.nan
+    assert estimator.estimate(window.max(axis=1), window).rows == len(window) - 1

@@ -199,3 +199,50 @@ def test_monitor_status_says_when_windows_sample_and_the_monitor_is_sharded(conf
     out = capsys.readouterr().out
     assert "windows: at most one per 30 s, each testing a sample of 1,000 of its rows (2,000 rows outside" in out
     assert "shards: 2 actors" in out and "1000 rows of 3,000" in out
+
+
+def test_a_multiclass_window_with_every_class_probability_estimates_macro_f1_checked_by_labels(config, tmp_path):
+    """The replicas ship a multiclass model's every class's probability; the window's estimate then has macro F1
+    and ROC-AUC beside accuracy, and the labels check accuracy and macro F1."""
+    db = open_metadata_db(config.metadata_url, create=True)
+    store = open_artifact_store(config.storage_root)
+    registry = RegistryClient(LocalBackend(ModelRegistry(db, store)), store)
+    rng = np.random.default_rng(2)
+    classes = ["cat", "dog", "eel"]
+
+    def scored(n: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        frame = pd.DataFrame({"x": rng.normal(0, 1, n), "plan": rng.choice(["basic", "premium"], n)})
+        logits = np.column_stack([2 * frame["x"], -2 * frame["x"], np.zeros(n)]) + rng.normal(0, 0.5, (n, 3))
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        return frame, p, (rng.random((n, 1)) > np.cumsum(p, axis=1)[:, :-1]).sum(axis=1)
+
+    frame, p, truth = scored(4000)
+    model_dir = tmp_path / "mc"
+    model_dir.mkdir()
+    (model_dir / "weights.bin").write_bytes(b"-")
+    write_profile(build_profile(frame, INPUTS, task="multiclass", class_labels=classes, outputs=p, labels=truth,
+                                source="holdout"), model_dir)
+    version = registry.register("mc", model_dir, metrics={"accuracy": 0.7},
+                                signature={"inputs": [f.model_dump() for f in INPUTS],
+                                           "outputs": [{"name": "label", "dtype": "string"}]},
+                                lineage={"dataset_version": "d@1"})
+    try:
+        service = MonitorService(config, "mc", db=db, store=store, ticker=False)
+        frame, p, truth = scored(1000)
+        ids = [f"q{i}" for i in range(1000)]
+        predicted = [classes[k] for k in p.argmax(axis=1)]
+        closed = service.observe(frame.to_dict(orient="records"), p.max(axis=1).tolist(), ids, predicted,
+                                 [version.version] * 1000, probabilities=p)
+        metrics = closed[0]["estimate"]["metrics"]
+        assert set(metrics) == {"accuracy", "f1_macro", "roc_auc_macro"}
+        service.feedback([{"request_id": r, "label": classes[k]} for r, k in zip(ids, truth)])
+        check = service.check_estimates()[0]
+        assert set(check.error) == {"accuracy", "f1_macro"}  # ROC-AUC needs probabilities the labels do not keep
+        assert check.error["accuracy"] < 0.04 and check.error["f1_macro"] < 0.05
+        # Without the probabilities (an older replica), the top class's probability gives accuracy alone.
+        frame, p, _ = scored(1000)
+        closed = service.observe(frame.to_dict(orient="records"), p.max(axis=1).tolist(), [f"s{i}" for i in range(1000)],
+                                 [classes[k] for k in p.argmax(axis=1)], [version.version] * 1000)
+        assert set(closed[0]["estimate"]["metrics"]) == {"accuracy"}
+    finally:
+        db.close()

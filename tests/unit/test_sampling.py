@@ -98,3 +98,16 @@ def test_sampling_rate_keeps_about_that_share():
     for i in range(4000):
         sampler.offer([{"a": i}], [0.5], f"r{i}")
     assert 800 <= sampler.counts["sampled"] <= 1200
+
+
+def test_a_multiclass_models_class_probabilities_are_shipped_as_one_array():
+    shipped = []
+    sampler = MonitorSampler(lambda *batch, **kw: shipped.append(kw), start=False)
+    sampler.offer([{"a": 1}, {"a": 2}], [0.7, 0.6], "r1", ["x", "y"], 1, probabilities=[[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]])
+    sampler.offer([{"a": 3}], [0.5], "r2", ["z"], 1, probabilities=[[0.2, 0.3, 0.5]])
+    sampler.flush()
+    assert shipped[0]["probabilities"].shape == (3, 3) and shipped[0]["probabilities"][2].tolist() == [0.2, 0.3, 0.5]
+    sampler.offer([{"a": 4}], [0.5], "r3", ["z"], 1)  # one request without them: none are shipped
+    sampler.offer([{"a": 5}], [0.5], "r4", ["z"], 1, probabilities=[[0.2, 0.3, 0.5]])
+    sampler.flush()
+    assert shipped[1] == {}
