@@ -124,6 +124,16 @@ class Adwin:
                 self._next_check += self.clock
         return found
 
+    def export_state(self) -> dict[str, Any]:
+        """The window and the count of rows read (JSON-ready): a restarted monitor keeps its error stream."""
+        return {"window": self._x[self._start:self._end].tolist(), "seen": self.seen, "next_check": self._next_check}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        window = np.asarray(state["window"], dtype=np.float64)[-self.MAX_WINDOW:]
+        self._start = self._end = 0
+        self._append(window)
+        self.seen, self._next_check = int(state["seen"]), int(state["next_check"])
+
     def _check(self, t: int) -> tuple[float, float] | None:
         """Test the window ending at buffer position ``t``; on a cut, drop its old part: (old mean, kept mean)."""
         start0 = self._start
@@ -179,6 +189,15 @@ class ErrorStreamDetector:
         if self.task == "regression":
             return np.minimum(np.asarray(abs_error, dtype=np.float64) / self._scale, 1.0)
         return 1.0 - np.asarray(correct, dtype=np.float64)
+
+    def export_state(self) -> dict[str, Any]:
+        """What a restarted monitor needs to go on reading the stream where it was (JSON-ready)."""
+        return {"adwin": self._adwin.export_state(), "recent": self._recent.tolist(), "rows": self.rows}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self._adwin.import_state(state["adwin"])
+        self._recent = np.asarray(state["recent"], dtype=np.float64)[-RECENT_ROWS:]
+        self.rows = int(state["rows"])
 
     def update(self, errors: Iterable[float] | np.ndarray) -> list[dict[str, Any]]:
         """Feed per-row errors (non-finite ones are skipped); each rise detected: ``{before, after, at_row,

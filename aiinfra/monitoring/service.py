@@ -231,6 +231,8 @@ class MonitorService:
             if changes == self._checkpointed:
                 return False
             state = self.performance.export_state()
+            if not self.shard:  # shard 0's detector reads the whole error stream
+                state["concept"] = self.concept.export_state()
         body = json.dumps({"model": self._model, "saved_at": time.time(), **state}, default=str).encode()
         self._store.write_bytes(self._checkpoint_key, gzip.compress(body, compresslevel=1))
         self._checkpointed = changes
@@ -245,6 +247,8 @@ class MonitorService:
         try:
             state = json.loads(gzip.decompress(self._store.read_bytes(self._checkpoint_key)))
             n = self.performance.import_state(state)
+            if state.get("concept") and not self.shard:
+                self.concept.import_state(state["concept"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("monitor %s: its intake checkpoint could not be read (%s); starting without it", self._model, e)
             return 0

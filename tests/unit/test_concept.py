@@ -74,3 +74,16 @@ def test_the_same_rows_in_any_batches_give_the_same_detections():
     found = [f for i in range(0, len(stream), 7) for f in pieces.update(stream[i:i + 7])]
     assert whole and [f["at_row"] for f in found] == [f["at_row"] for f in whole]
     assert found[0]["before"] == pytest.approx(whole[0]["before"]) and found[0]["after"] == pytest.approx(whole[0]["after"])
+
+
+def test_a_detector_restored_from_its_state_finds_what_the_uninterrupted_one_does():
+    import json
+
+    rng = np.random.default_rng(6)
+    stream = np.concatenate([(rng.random(4000) < 0.1).astype(float), (rng.random(2000) < 0.4).astype(float)])
+    whole = ErrorStreamDetector("binary").update(stream)
+    first = ErrorStreamDetector("binary")
+    assert first.update(stream[:3990]) == []
+    restored = ErrorStreamDetector("binary")
+    restored.import_state(json.loads(json.dumps(first.export_state())))  # through the JSON checkpoint
+    assert [f["at_row"] for f in restored.update(stream[3990:])] == [f["at_row"] for f in whole]

@@ -148,6 +148,10 @@ def test_predictions_waiting_for_labels_survive_a_restart_through_the_checkpoint
     assert again.performance_snapshot()["pending"] == 0 and again.performance_snapshot()["pending_bytes"] == 0
     rows_back = again.labelled_rows()
     assert len(rows_back) == 300 and rows_back[0]["label"] == int(labels[0]) and "plan" in rows_back[0]
+    # The error stream's detector goes on where it was after a restart, too.
+    assert again.checkpoint() and again.concept.rows == 300
+    third = MonitorService(config, "m", db=db, store=store, ticker=False)
+    assert third.concept.rows == 300 and third.concept._adwin.width == 300
 
     # A damaged checkpoint is logged and skipped: the monitor starts without it rather than not at all.
     store.write_bytes("monitoring/m/intake.checkpoint", b"not gzip")
