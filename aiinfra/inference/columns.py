@@ -9,6 +9,7 @@ its label arrives (or a checkpoint is written).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
@@ -119,8 +120,12 @@ class Columns(Sequence[Mapping[str, Any]]):
 
     def take(self, positions: Sequence[int]) -> Columns:
         """The rows at ``positions``, in that order."""
-        return Columns({k: v[np.asarray(positions, dtype=np.intp)] if isinstance(v, np.ndarray) else
-                        [v[i] for i in positions] for k, v in self.columns.items()})
+        index = np.asarray(positions, dtype=np.intp)
+        at = index.tolist()
+        # itemgetter picks a list's values in C (a comprehension over numpy ints costs ~100 ns a value).
+        pick = operator.itemgetter(*at) if len(at) > 1 else None
+        return Columns({k: v[index] if isinstance(v, np.ndarray) else
+                        (list(pick(v)) if pick is not None else [v[i] for i in at]) for k, v in self.columns.items()})
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.columns)
@@ -204,6 +209,11 @@ class Runs(Sequence[Any]):
     def starts(self) -> np.ndarray:
         """Each run's first row."""
         return self._ends - self.lengths
+
+    def at(self, positions: Sequence[int] | np.ndarray) -> list[Any]:
+        """The values at these rows (one vectorized search, not one per row)."""
+        runs = np.searchsorted(self._ends, np.asarray(positions, dtype=np.int64), side="right")
+        return [self.values[r] for r in runs.tolist()]
 
     def expand(self) -> list[Any]:
         return [v for v, k in zip(self.values, self.lengths.tolist()) for _ in range(k)]

@@ -154,8 +154,8 @@ class PerformanceTracker:
         lengths = [b - a for a, b in zip(starts, ends)]
 
         def per_run(values: Sequence[Any]) -> Sequence[Any]:
-            if isinstance(values, Runs) and values.lengths.tolist() == lengths:
-                return values.values
+            if isinstance(values, Runs):
+                return values.values if values.lengths.tolist() == lengths else values.at(starts)
             return [values[a] for a in starts]
 
         run_versions = None if versions is None else per_run(versions)

@@ -59,3 +59,22 @@ def test_pending_rows_held_as_views_are_labelled_and_checkpointed_as_columns():
     (first, second) = tracker.labelled_rows()
     assert first == {**ROWS[0], "label": 1, "served_at": first["served_at"], "version": 1, "labelled_by": None}
     assert type(first) is dict and second["plan"] == "b"
+
+
+def test_runs_read_as_the_per_row_values_they_stand_for():
+    import pickle
+
+    from aiinfra.inference.columns import Runs
+
+    runs = Runs(["a", "b", "c"], [2, 0, 3])  # a request of 2 rows, one of none, one of 3
+    rows = ["a", "a", "c", "c", "c"]
+    assert len(runs) == 5 and list(runs) == rows and runs == rows
+    assert [runs[i] for i in range(-5, 5)] == rows + rows
+    assert all(list(runs[a:b]) == rows[a:b] for a in range(6) for b in range(6))
+    assert runs.at([0, 1, 2, 4]) == ["a", "a", "c", "c"] and runs.starts().tolist() == [0, 2, 2]
+    assert Runs.of(["x", "x", 1, True]).values == ["x", 1, True]  # 1 and True are equal, not the same value
+    assert pickle.loads(pickle.dumps(runs)) == rows
+    with pytest.raises(IndexError):
+        runs[5]
+    with pytest.raises(ValueError, match="run values"):
+        Runs(["a"], [1, 2])
