@@ -106,6 +106,11 @@ class PerformanceTracker:
         self._rows, self.arms, self.arms_since = old._rows, old.arms, old.arms_since
         self._labelled_at = old._labelled_at
 
+    @property
+    def held_count(self) -> int:
+        """Labels waiting for their predictions."""
+        return len(self._held)
+
     def _arm(self, version: int) -> dict[str, int]:
         arm = self.arms.get(version)
         if arm is None:

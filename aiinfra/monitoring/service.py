@@ -116,6 +116,11 @@ class MonitorService:
     # pending it is spaced out to cost at most this share of the monitor's time (100,000 pending requests of
     # 10 rows took about a second here), and a restart loses correspondingly more.
     CHECKPOINT_SHARE = 0.01
+    # The first checkpoint too: one estimated (from the bytes pending, at the last one's cost per byte) to
+    # cost more than CHECKPOINT_CHEAP_S waits until that cost is at most CHECKPOINT_SHARE of the time since
+    # the monitor started. A prior per byte until one is measured (JSON and gzip here: about 5 ns a byte).
+    CHECKPOINT_CHEAP_S = 0.05
+    CHECKPOINT_S_PER_BYTE = 5e-9
 
     def __init__(self, config: PlatformConfig, model: str, *, metrics: MonitorMetrics | None = None,
                  db: MetadataDB | None = None, store: ArtifactStore | None = None,
@@ -140,6 +145,8 @@ class MonitorService:
         self.performance: PerformanceTracker | None = None
         self._checkpointed = 0  # tracker.changes at the last checkpoint
         self._checkpoint_due = 0.0  # monotonic time before which the ticker does not checkpoint again
+        self._checkpoint_at = time.monotonic()  # the last checkpoint's start (the monitor's, before the first)
+        self._checkpoint_s_per_byte = self.CHECKPOINT_S_PER_BYTE
         self._build()
         self.restored = self._restore()
         self._stop = threading.Event()
@@ -230,6 +237,11 @@ class MonitorService:
             changes = self.performance.changes
             if changes == self._checkpointed:
                 return False
+            size = self.performance.pending_bytes + 64 * self.performance.held_count
+            estimate = size * self._checkpoint_s_per_byte
+            if not force and estimate > self.CHECKPOINT_CHEAP_S and (
+                    started - self._checkpoint_at < estimate / self.CHECKPOINT_SHARE):
+                return False
             state = self.performance.export_state()
             if not self.shard:  # shard 0's detector reads the whole error stream
                 state["concept"] = self.concept.export_state()
@@ -238,6 +250,9 @@ class MonitorService:
         self._checkpointed = changes
         cost = time.monotonic() - started
         self._checkpoint_due = started + cost / self.CHECKPOINT_SHARE
+        self._checkpoint_at = started
+        if size > 2**20:  # measured on enough to be a rate, not the fixed cost of a write
+            self._checkpoint_s_per_byte = cost / size
         return True
 
     def _restore(self) -> int:

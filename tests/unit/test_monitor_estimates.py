@@ -153,6 +153,13 @@ def test_predictions_waiting_for_labels_survive_a_restart_through_the_checkpoint
     third = MonitorService(config, "m", db=db, store=store, ticker=False)
     assert third.concept.rows == 300 and third.concept._adwin.width == 300
 
+    # A checkpoint estimated to be costly (here: at a made-up second a byte) waits until its cost is at most
+    # CHECKPOINT_SHARE of the time since the last one, the first one too; forced, it is written now.
+    third.observe(frame.to_dict(orient="records"), p.tolist(), [f"z{i}" for i in range(300)],
+                  [int(v >= 0.5) for v in p], [version.version] * 300)
+    third._checkpoint_s_per_byte = 1.0
+    assert not third.checkpoint() and third.checkpoint(force=True)
+
     # A damaged checkpoint is logged and skipped: the monitor starts without it rather than not at all.
     store.write_bytes("monitoring/m/intake.checkpoint", b"not gzip")
     assert MonitorService(config, "m", db=db, store=store, ticker=False).restored == 0
