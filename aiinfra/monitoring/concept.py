@@ -117,12 +117,42 @@ class Adwin:
             self.seen += len(piece)
             end0 = self._end - len(piece)  # where this piece begins in the buffer
             while self._next_check <= self.seen:
+                # The piece's checks at once while none would cut (the usual case); one at a time from the first
+                # that would (a cut moves the window's start, which the later checks depend on).
+                checks = np.arange(self._next_check, self.seen + 1, self.clock)
+                first = self._first_cut(end0 + (checks - base))
+                if first is None:
+                    self._next_check = int(checks[-1]) + self.clock
+                    break
+                self._next_check = int(checks[first])
                 t = end0 + (self._next_check - base)
                 cut = self._check(t)
                 if cut is not None:
                     found.append((self._next_check, *cut))
                 self._next_check += self.clock
         return found
+
+    def _first_cut(self, ts: np.ndarray) -> int | None:
+        """Of the checks of windows ending at buffer positions ``ts`` (all from the current start), the first
+        that finds a significant cut, or None: ``_check``'s test for all of them in one pass."""
+        width = (ts - self._start).astype(np.float64)[:, None]  # (checks, 1)
+        n1 = self._cuts[None, :].astype(np.float64)  # (1, cuts)
+        valid = (n1 >= self.MIN_LENGTH) & (n1 <= width - self.MIN_LENGTH) & (width > self.GRACE)
+        if not valid.any():
+            return None
+        s, q = self._sum, self._sq
+        total = (s[ts] - s[self._start])[:, None]
+        variance = np.maximum((q[ts] - q[self._start])[:, None] / width - (total / width) ** 2, 0.0)
+        back = np.clip(ts[:, None] - self._cuts[None, :], self._start, None)
+        u1 = s[ts][:, None] - s[back]
+        n0 = width - n1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gap = np.abs((total - u1) / n0 - u1 / n1)
+            m = 1.0 / (n0 - self.MIN_LENGTH + 1) + 1.0 / (n1 - self.MIN_LENGTH + 1)
+            d = np.log(2 * np.log(np.maximum(width, 2.0)) / self.delta)
+            hit = valid & (gap > np.sqrt(2 * m * variance * d) + 2.0 / 3.0 * d * m)
+        rows = np.flatnonzero(hit.any(axis=1))
+        return int(rows[0]) if len(rows) else None
 
     def export_state(self) -> dict[str, Any]:
         """The window and the count of rows read (JSON-ready): a restarted monitor keeps its error stream."""

@@ -87,3 +87,18 @@ def test_a_detector_restored_from_its_state_finds_what_the_uninterrupted_one_doe
     restored = ErrorStreamDetector("binary")
     restored.import_state(json.loads(json.dumps(first.export_state())))  # through the JSON checkpoint
     assert [f["at_row"] for f in restored.update(stream[3990:])] == [f["at_row"] for f in whole]
+
+
+def test_a_batchs_checks_tested_together_find_what_one_at_a_time_finds():
+    def detections(stream: np.ndarray, one_at_a_time: bool) -> list[tuple]:
+        detector = ErrorStreamDetector("binary")
+        if one_at_a_time:  # every check goes through the sequential path
+            detector._adwin._first_cut = lambda ts: 0
+        found = [f for i in range(0, len(stream), 137) for f in detector.update(stream[i:i + 137])]
+        return [(f["at_row"], round(f["before"], 9), round(f["after"], 9)) for f in found]
+
+    rng = np.random.default_rng(7)
+    for _ in range(8):
+        stream = np.concatenate([(rng.random(int(rng.integers(500, 4000))) < rng.uniform(0.05, 0.5)).astype(float)
+                                 for _ in range(4)])
+        assert detections(stream, False) == detections(stream, True)
