@@ -178,6 +178,20 @@ class _Batch:
             return self._frame.iloc[start:end]  # type: ignore[union-attr]
         return pd.DataFrame({c: v[start:end] for c, v in self._values.items()}, columns=self._columns)
 
+    def pick_arrays(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows at ``positions``, a numpy array per tested column (no frame: a sampled window's few new rows)."""
+        if self._values is None:
+            return {c: self._frame[c].to_numpy()[positions] for c in self._columns}  # type: ignore[index]
+        out: dict[str, np.ndarray] = {}
+        picked = positions.tolist()
+        for c, v in self._values.items():
+            if isinstance(v, np.ndarray):
+                out[c] = v[positions]
+            else:
+                out[c] = np.empty(len(picked), dtype=object)
+                out[c][:] = [v[i] for i in picked]
+        return out
+
     def pick(self, positions: np.ndarray) -> pd.DataFrame:
         if self._values is None:
             return self._frame.iloc[positions].reset_index(drop=True)  # type: ignore[union-attr]
@@ -261,6 +275,9 @@ class DriftMonitor:
         db.ensure_schema(COMPONENT, MIGRATIONS)
 
         self._chunks: list[pd.DataFrame] = []
+        # A full window that samples (min_window_seconds) keeps its rows as an array per column instead: each
+        # call's few new rows replace some of its rows, which cost milliseconds a call as frames (pandas).
+        self._sample_cols: dict[str, np.ndarray] | None = None
         self._score_chunks: list[np.ndarray] = []
         self._priority_chunks: list[np.ndarray] = []  # each open row's draw, when windows may sample
         self._sampling = settings.min_window_seconds > 0
@@ -366,12 +383,17 @@ class DriftMonitor:
         candidates = np.flatnonzero(allowed & (drawn < kept_priority.max()))
         if candidates.size == 0:
             return
-        window = pd.concat([*self._chunks, batch.pick(start + candidates)], ignore_index=True)
+        if self._sample_cols is None:
+            frame = pd.concat(self._chunks, ignore_index=True) if len(self._chunks) > 1 else self._chunks[0]
+            self._sample_cols = {c: frame[c].to_numpy() for c in frame.columns}
+            self._chunks = []
+        new = batch.pick_arrays(start + candidates)
+        window = {c: np.concatenate([v, new[c]]) for c, v in self._sample_cols.items()}
         all_scores = np.concatenate([*self._score_chunks, scores[candidates]])
         priority = np.concatenate([kept_priority, drawn[candidates]])
         k = self.settings.window_rows
         kept = np.sort(np.argpartition(priority, k - 1)[:k])
-        self._chunks = [window.iloc[kept].reset_index(drop=True)]
+        self._sample_cols = {c: v[kept] for c, v in window.items()}
         self._score_chunks, self._priority_chunks = [all_scores[kept]], [priority[kept]]
         self._open_rows = k
 
@@ -439,7 +461,10 @@ class DriftMonitor:
         The buffer is emptied only once the report is committed: if the DB write fails, the
         rows stay and the next call tries again.
         """
-        window = pd.concat(self._chunks, ignore_index=True) if len(self._chunks) > 1 else self._chunks[0]
+        if self._sample_cols is not None:
+            window = pd.DataFrame(self._sample_cols)
+        else:
+            window = pd.concat(self._chunks, ignore_index=True) if len(self._chunks) > 1 else self._chunks[0]
         scores = np.concatenate(self._score_chunks)
         probabilities = None
         if self._classes:
@@ -509,6 +534,7 @@ class DriftMonitor:
                      created_at),
                 )
         self._chunks, self._score_chunks, self._priority_chunks, self._open_rows = [], [], [], 0
+        self._sample_cols = None
         self._span_rows = 0
         self._token_rows = {}
         self._windows_closed += 1

@@ -433,15 +433,21 @@ def test_min_rows_is_capped_to_window_rows():
     assert PlatformConfig.model_validate({"monitoring": {"window_rows": 20}}).monitoring.min_rows == 20
 
 
-def test_a_window_that_fills_early_samples_its_span_until_min_window_seconds(db_url, reference, clock):
-    """At high traffic one check per min_window_seconds, on a uniform sample of window_rows of the span."""
+@pytest.mark.parametrize("shipped", ["dicts", "columns"])
+def test_a_window_that_fills_early_samples_its_span_until_min_window_seconds(db_url, reference, clock, shipped):
+    """At high traffic one check per min_window_seconds, on a uniform sample of window_rows of the span (rows
+    shipped as dicts, or column by column as a replica ships them)."""
+    from aiinfra.inference.columns import to_columns
+
+    ship = records if shipped == "dicts" else (lambda frame: to_columns(records(frame)))
     m = monitor(db_url, reference, clock, window_rows=200, min_rows=100, min_window_seconds=5.0)
     rng = np.random.default_rng(41)
     calm = make_rows(rng, 200)
-    assert m.observe(records(calm), scores_of(calm)) == []  # full, but open for 0 s of 5
+    assert m.observe(ship(calm), scores_of(calm)) == []  # full, but open for 0 s of 5
     clock.now += 1.0
     shifted = make_rows(rng, 1800, shift={"x0": 3.0})
-    assert m.observe(records(shifted), scores_of(shifted)) == []
+    for part in range(0, 1800, 300):  # several calls: each one's few new rows enter the sample
+        assert m.observe(ship(shifted.iloc[part:part + 300]), scores_of(shifted.iloc[part:part + 300])) == []
     stats = m.stats()
     assert stats["open_window_rows"] == 200 and stats["rows_sampled_out"] == 1800
     assert m.tick() is None  # 1 s of 5
