@@ -68,9 +68,10 @@ class FakeMonitor:
         self.tokens: list[list] = []
         self.fail: Exception | None = None
 
-    def observe(self, rows, scores, request_ids, labels, versions, errors, tokens):
+    def observe(self, rows, scores, request_ids, labels, versions, errors, tokens, *, probabilities=None):
         if self.fail is not None:
             raise self.fail
+        self.probabilities = probabilities
         # As plain lists: a replica ships rows as Columns, scores and labels as arrays, ids once per request (Runs).
         def plain(values):
             return values.tolist() if hasattr(values, "tolist") else None if values is None else list(values)
@@ -329,6 +330,19 @@ def test_answers_are_sampled_with_their_version_and_mirrored_to_the_shadow(confi
     assert ("mirror", "shadow", 4) in models.events
     summary = router.served()["shadow"]
     assert summary["version"] == 4 and summary["share"] == 1.0 and summary["mirrored"] == 1
+
+
+def test_a_multiclass_answers_class_probabilities_reach_the_monitor(config, tokens):
+    registry = FakeRegistry(churn_champion=version(1))
+    monitor = FakeMonitor()
+    router = make_router(config, tokens, registry, models=FakeModels(), monitor=monitor)
+    router.refresh()
+    answers = [{"label": "cat", "probability": 0.7, "probabilities": [0.7, 0.2, 0.1]},
+               {"label": "dog", "probability": 0.6, "probabilities": [0.3, 0.6, 0.1]}]
+    router.answered("r-9", [{"x": 1.0, "plan": "a"}, {"x": 2.0, "plan": "b"}], answers, router.primary)
+    router.sampler.flush()
+    assert monitor.probabilities.tolist() == [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]]
+    assert monitor.observed[0][3] == ["cat", "dog"]
 
 
 def test_no_shadow_share_mirrors_nothing_and_no_sample_rate_samples_nothing(config, tokens):
