@@ -106,7 +106,8 @@ def main() -> None:
         rows = data[NUMERIC + CATEGORICAL].head(2000)
         instances = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
         truth = [int(v) for v in data["churned"].head(2000)]
-        assert httpx.post(f"{base}/predict/churn", json={"instances": instances[:1]}, headers=auth).status_code == 200
+        first = httpx.post(f"{base}/predict/churn", json={"instances": instances[:1]}, headers=auth)
+        assert first.status_code == 200, (first.status_code, first.text[:500])
         monitor = get_monitor_actor(config, "churn")
         monitor_pid = ray.get(monitor.pid.remote())
         time.sleep(3.0)  # the monitor's first shipment and its imports are start-up costs, not load

@@ -105,7 +105,9 @@ class MonitorService:
     peer: how a later shard reaches shard 0's ``absorb`` (default: its actor, through MonitorClient).
     """
 
-    ARMS_SAVE_S = 1.0
+    # A commit per save: at thousands of labels a second the arms change on every call, and a save a second was
+    # about 3% of the monitor's time. The autopilot's own read (arm_stats) saves them first, whatever the age.
+    ARMS_SAVE_S = 5.0
     # The rolling metrics (ROC-AUC over the window) are computed when read, and for the gauges at most this
     # often: not on every /feedback call, which would cost milliseconds each under load.
     PERFORMANCE_METRICS_S = 1.0
