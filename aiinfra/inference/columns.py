@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import numpy as np
-import pandas as pd
 
 from aiinfra.errors import InvalidInput
 
@@ -126,9 +125,6 @@ class Columns(Sequence[Mapping[str, Any]]):
         pick = operator.itemgetter(*at) if len(at) > 1 else None
         return Columns({k: v[index] if isinstance(v, np.ndarray) else
                         (list(pick(v)) if pick is not None else [v[i] for i in at]) for k, v in self.columns.items()})
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.columns)
 
     @staticmethod
     def concat(parts: Sequence[Columns]) -> Columns:

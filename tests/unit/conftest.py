@@ -12,3 +12,11 @@ def _forbid_ray(monkeypatch):
         raise AssertionError("tests/unit must not start Ray; move this test to tests/integration")
 
     monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture
+def registered(config, tmp_path):
+    """A registered model ``m`` with a reference profile: (db, store, version) (tests/unit/monitored.py)."""
+    import monitored
+
+    yield from monitored.registered_model(config, tmp_path)

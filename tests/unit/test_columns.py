@@ -22,7 +22,6 @@ def test_rows_with_the_same_fields_become_columns_and_read_back_as_rows():
     assert cols == to_columns(ROWS) and cols.take([2, 0]) == [ROWS[2], ROWS[0]]
     assert len(cols) == 3 and dict(cols[1]) == ROWS[1] and dict(cols[-1]) == ROWS[2]
     assert cols == ROWS and cols[1:] == ROWS[1:] and {**cols[0], "label": 1} == {**ROWS[0], "label": 1}
-    assert cols.frame().to_dict(orient="records") == ROWS
     with pytest.raises(IndexError):
         cols[3]
 

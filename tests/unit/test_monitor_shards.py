@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_monitor_estimates import registered, rows  # noqa: F401 - the fixture
+from monitored import rows
 
 from aiinfra.inference.columns import to_columns
 from aiinfra.monitoring.client import MonitorClient
@@ -39,7 +39,7 @@ def drive(client: MonitorClient, version: int, hand_off=lambda: None) -> list:
     return answers
 
 
-def test_two_shards_answer_as_one_monitor(config, registered):  # noqa: F811 - the fixture
+def test_two_shards_answer_as_one_monitor(config, registered):
     db, store, version = registered
     one = MonitorService(config, "m", db=db, store=store, ticker=False)
     single = drive(MonitorClient.in_process(one), version.version)
@@ -74,7 +74,7 @@ def test_two_shards_answer_as_one_monitor(config, registered):  # noqa: F811 - t
     assert later.performance.snapshot()["pending"] == 0 and later.handoffs["failed"] == 0
 
 
-def test_a_handoff_shard_zero_did_not_take_is_sent_later(config, registered):  # noqa: F811
+def test_a_handoff_shard_zero_did_not_take_is_sent_later(config, registered):
     db, store, version = registered
     sharded = with_shards(config, 2)
     zero = MonitorService(sharded, "m", db=db, store=store, ticker=False)
