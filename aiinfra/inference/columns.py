@@ -192,7 +192,7 @@ class Runs(Sequence[Any]):
         values: list[Any] = []
         lengths: list[int] = []
         for v in per_row:
-            if values and lengths[-1] and values[-1] == v and type(values[-1]) is type(v):
+            if values and values[-1] == v and type(values[-1]) is type(v):
                 lengths[-1] += 1
             else:
                 values.append(v)

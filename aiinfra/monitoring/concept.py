@@ -27,7 +27,6 @@ significant cut, repeatedly, until no cut holds (river drops one bucket at a tim
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -134,12 +133,18 @@ class Adwin:
 
     def _first_cut(self, ts: np.ndarray) -> int | None:
         """Of the checks of windows ending at buffer positions ``ts`` (all from the current start), the first
-        that finds a significant cut, or None: ``_check``'s test for all of them in one pass."""
+        that finds a significant cut, or None."""
+        rows = np.flatnonzero(self._hits(ts).any(axis=1))
+        return int(rows[0]) if len(rows) else None
+
+    def _hits(self, ts: np.ndarray) -> np.ndarray:
+        """(checks, cuts): where the window from the current start to each of ``ts`` has a significant cut
+        ``self._cuts[j]`` rows from its end (river's bound: Bernstein with the window's variance)."""
         width = (ts - self._start).astype(np.float64)[:, None]  # (checks, 1)
         n1 = self._cuts[None, :].astype(np.float64)  # (1, cuts)
         valid = (n1 >= self.MIN_LENGTH) & (n1 <= width - self.MIN_LENGTH) & (width > self.GRACE)
         if not valid.any():
-            return None
+            return valid
         s, q = self._sum, self._sq
         total = (s[ts] - s[self._start])[:, None]
         variance = np.maximum((q[ts] - q[self._start])[:, None] / width - (total / width) ** 2, 0.0)
@@ -150,9 +155,7 @@ class Adwin:
             gap = np.abs((total - u1) / n0 - u1 / n1)
             m = 1.0 / (n0 - self.MIN_LENGTH + 1) + 1.0 / (n1 - self.MIN_LENGTH + 1)
             d = np.log(2 * np.log(np.maximum(width, 2.0)) / self.delta)
-            hit = valid & (gap > np.sqrt(2 * m * variance * d) + 2.0 / 3.0 * d * m)
-        rows = np.flatnonzero(hit.any(axis=1))
-        return int(rows[0]) if len(rows) else None
+            return valid & (gap > np.sqrt(2 * m * variance * d) + 2.0 / 3.0 * d * m)
 
     def export_state(self) -> dict[str, Any]:
         """The window and the count of rows read (JSON-ready): a restarted monitor keeps its error stream."""
@@ -168,24 +171,10 @@ class Adwin:
         """Test the window ending at buffer position ``t``; on a cut, drop its old part: (old mean, kept mean)."""
         start0 = self._start
         for _ in range(64):
-            width = t - self._start
-            if width <= self.GRACE:
-                break
-            n1 = self._cuts[(self._cuts >= self.MIN_LENGTH) & (self._cuts <= width - self.MIN_LENGTH)]
-            if not len(n1):
-                break
-            s, q = self._sum, self._sq
-            total = s[t] - s[self._start]
-            variance = max((q[t] - q[self._start]) / width - (total / width) ** 2, 0.0)
-            u1 = s[t] - s[t - n1]
-            n0 = width - n1
-            gap = np.abs((total - u1) / n0 - u1 / n1)
-            m = 1.0 / (n0 - self.MIN_LENGTH + 1) + 1.0 / (n1 - self.MIN_LENGTH + 1)
-            d = math.log(2 * math.log(width) / self.delta)
-            significant = np.flatnonzero(gap > np.sqrt(2 * m * variance * d) + 2.0 / 3.0 * d * m)
+            significant = np.flatnonzero(self._hits(np.array([t]))[0])
             if not len(significant):
                 break
-            self._start = t - int(n1[significant[-1]])  # the largest kept part: the oldest significant cut
+            self._start = t - int(self._cuts[significant[-1]])  # the largest kept part: the oldest significant cut
         if self._start == start0:
             return None
         dropped = self._start - start0

@@ -192,12 +192,6 @@ class _Batch:
                 out[c][:] = [v[i] for i in picked]
         return out
 
-    def pick(self, positions: np.ndarray) -> pd.DataFrame:
-        if self._values is None:
-            return self._frame.iloc[positions].reset_index(drop=True)  # type: ignore[union-attr]
-        picked = positions.tolist()
-        return pd.DataFrame({c: v[positions] if isinstance(v, np.ndarray) else [v[i] for i in picked]
-                             for c, v in self._values.items()}, columns=self._columns)
 
 
 def _verdict(result: DriftResult) -> tuple[ReportStatus, str]:
