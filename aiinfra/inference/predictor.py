@@ -20,7 +20,7 @@ from aiinfra.errors import InvalidInput, ServiceUnavailable
 from aiinfra.inference.columns import Columns, plain
 from aiinfra.registry.types import FieldSpec, ModelVersion
 from aiinfra.training.model_dir import load_model_dir
-from aiinfra.training.tabular import postprocess, predict_scores
+from aiinfra.training.tabular import postprocess
 
 __all__ = ["Predictor", "rows_from_frame"]
 
@@ -102,12 +102,12 @@ class Predictor:
             raise InvalidInput(f"{version.ref} has no signature; register it with one to serve it")
         self.version = version
         self.signature = version.signature
-        self.spec, self.module, self.preprocessor = load_model_dir(model_dir)
+        self.spec, self.model, self.preprocessor = load_model_dir(model_dir)
         if device != "cpu":
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise ServiceUnavailable(f"{version.ref} is to be served on {device}, but this process sees no "
                                          "CUDA device; give the model deployments GPUs or set serve.model_gpus: 0")
-            self.module.to(device)
+            self.model.to(device)
         self._fields = {f.name: f for f in self.signature.inputs}
 
     def validate(self, instances: object) -> list[Mapping[str, Any]]:
@@ -168,7 +168,7 @@ class Predictor:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's raw scores, one entry (or row) per input row."""
-        return np.atleast_1d(predict_scores(self.module, self.spec, x))
+        return np.atleast_1d(self.model.scores(x))
 
     def answer(self, scores: np.ndarray) -> list[dict[str, Any]]:
         return postprocess(self.spec, scores)

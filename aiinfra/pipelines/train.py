@@ -38,7 +38,8 @@ from aiinfra.training.gate import promotion_gate
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.ray_train import PreparedData, fit
 from aiinfra.training.search import apply_overrides, search
-from aiinfra.training.tabular import class_labels_for, encode_labels, predict_scores, signature_for
+from aiinfra.training.tabular import class_labels_for, encode_labels, signature_for
+from aiinfra.training.trees import is_tree_family
 
 __all__ = ["TRAINING_CONFIG", "TrainingOutcome", "prepare_data", "reproduce", "run_training"]
 
@@ -152,8 +153,8 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
 # -- evaluation ---------------------------------------------------------------------------------
 def _holdout_outputs(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -> tuple[ModelSpec, np.ndarray, np.ndarray]:
     """(spec, the saved model's outputs on ``holdout``, the true labels: class indexes or values)."""
-    spec, module, pre = load_model_dir(model_dir)
-    scores = predict_scores(module, spec, pre.transform(holdout))
+    spec, model, pre = load_model_dir(model_dir)
+    scores = model.scores(pre.transform(holdout))
     y = encode_labels(spec.task, holdout[cfg.data.label], spec.class_labels)
     y_true = y * spec.target_std + spec.target_mean if spec.task == "regression" else y.astype(np.int64)
     return spec, scores, y_true
@@ -241,15 +242,11 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                          f"{sum(t['status'] == 'failed' for t in trials)} failed; {found.wall_s:.1f}s")
         else:
             t = cfg.trainer
-            with log.stage(f"train {cfg.model.family} with Ray Train (DDP, {t.num_workers} worker(s), "
-                           f"{'NCCL on GPU' if t.use_gpu else 'gloo on CPU'})"):
+            with log.stage(f"train {cfg.model.family} with Ray Train ({_how(cfg)})"):
                 fitted = fit(resolved, data, storage_root=storage_root, run_name=run_id)
                 final_cfg, best_state, history = resolved, fitted.best_state, fitted.history
                 cpu_s, gpu_s = fitted.cpu_seconds, fitted.gpu_seconds
-                losses = ", ".join(f"{h['val_loss']:.4f}" for h in history)
-                resumed = [h["start_epoch"] for h in history if h.get("start_epoch")]
-                log.note(f"{len(history)} epoch(s) in {fitted.wall_s:.1f}s; val_loss by epoch: {losses}"
-                         + (f"; resumed from epoch {resumed[0]} after a failure" if resumed else ""))
+                log.note(_history_note(cfg, history, fitted.wall_s))
         registry.log_epochs(run_id, _json_safe(history))
 
         with log.stage("evaluate on the holdout"):
@@ -296,6 +293,26 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
     # With the stages (the CLI's go to stderr: `aiinfra train --json` keeps stdout for its one JSON document).
     print(f"run {run_id} finished in {outcome.seconds:.1f}s; report: {reports.get('report_html')}", file=log.out, flush=True)
     return outcome
+
+
+def _how(cfg: TrainConfig) -> str:
+    t = cfg.trainer
+    if is_tree_family(cfg.model.family):
+        return f"data-parallel boosting, {t.num_workers} worker(s)"
+    return f"DDP, {t.num_workers} worker(s), {'NCCL on GPU' if t.use_gpu else 'gloo on CPU'}"
+
+
+def _history_note(cfg: TrainConfig, history: list[dict[str, Any]], wall_s: float) -> str:
+    unit = "round" if is_tree_family(cfg.model.family) else "epoch"
+    resumed = [h["start_epoch"] for h in history if h.get("start_epoch")]
+    if len(history) <= 12:
+        losses = f"val_loss by {unit}: " + ", ".join(f"{h['val_loss']:.4f}" for h in history)
+    else:  # a few hundred boosting rounds: the ends and the best, not every value
+        best = min(history, key=lambda h: h["val_loss"])
+        losses = (f"val_loss {history[0]['val_loss']:.4f} after the first {unit}, best {best['val_loss']:.4f} at {unit} "
+                  f"{best['epoch'] + 1}, {history[-1]['val_loss']:.4f} at the last")
+    return (f"{len(history)} {unit}(s) in {wall_s:.1f}s; {losses}"
+            + (f"; resumed from {unit} {resumed[0]} after a failure" if resumed else ""))
 
 
 def _with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

@@ -24,7 +24,8 @@ from aiinfra.errors import InvalidInput
 from aiinfra.features.views import FeatureView
 from aiinfra.registry.types import validate_name
 from aiinfra.training.gate import GateConfig
-from aiinfra.training.models import build_model
+from aiinfra.training.models import FAMILIES, build_model
+from aiinfra.training.trees import TREE_FAMILIES, is_tree_family, tree_params
 
 __all__ = [
     "DataSettings",
@@ -190,6 +191,13 @@ class TrainConfig(_Strict):
             self.gate = GateConfig(metric=metric)
         return self
 
+    @model_validator(mode="after")
+    def _trainer_fits_the_family(self) -> TrainConfig:
+        if self.model.family == "lightgbm" and self.trainer.use_gpu:
+            raise ValueError("model.family lightgbm trains on CPU here (its GPU build is not installed); "
+                             "set trainer.use_gpu: false, or use xgboost on GPUs")
+        return self
+
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
@@ -219,6 +227,14 @@ def _probe_input_dim(params: dict[str, Any]) -> int:
 
 
 def _check_model(family: str, params: dict[str, Any]) -> str | None:
+    if is_tree_family(family):
+        try:
+            tree_params(family, params)
+        except InvalidInput as e:
+            return e.message
+        return None
+    if family not in FAMILIES:
+        return f"unknown model family {family!r}; known: {', '.join(sorted([*FAMILIES, *TREE_FAMILIES]))}"
     try:
         # On the meta device: shapes and checks only, no memory for the weights, however large.
         with torch.device("meta"):

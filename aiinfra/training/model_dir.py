@@ -2,9 +2,9 @@
 
     model.json        family, hyperparameters, dimensions, task, class labels
     preprocess.json   the fitted FeaturePipeline
-    weights.safetensors
+    weights.safetensors (torch families), model.ubj (xgboost: UBJSON) or model.txt (lightgbm: its text model)
 
-JSON and safetensors only: nothing is ever unpickled from storage.
+JSON, safetensors and the tree libraries' own data formats only: nothing is ever unpickled from storage.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
 from aiinfra.data.transforms import FeaturePipeline
 from aiinfra.errors import InvalidInput
-from aiinfra.training.models import build_model
+from aiinfra.training.runtimes import WEIGHTS_FILE, TrainedModel, load_trained_model
+from aiinfra.training.trees import is_tree_family
 
 __all__ = ["ModelSpec", "load_model_dir", "save_model_dir"]
 
-WEIGHTS = "weights.safetensors"
+WEIGHTS = WEIGHTS_FILE["torch"]
 SPEC = "model.json"
 PREPROCESS = "preprocess.json"
 
@@ -43,25 +43,31 @@ class ModelSpec(BaseModel):
     target_std: float = 1.0
 
 
-def save_model_dir(path: str | Path, spec: ModelSpec, state_dict: dict[str, torch.Tensor], pre: FeaturePipeline) -> Path:
+def save_model_dir(path: str | Path, spec: ModelSpec, weights: dict[str, torch.Tensor] | bytes, pre: FeaturePipeline) -> Path:
+    """``weights``: a torch family's state dict, or a tree family's model as the library serialized it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    # DDP wraps the module as "module.": store the plain module's names.
-    clean = {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    save_file(clean, str(path / WEIGHTS))
+    if is_tree_family(spec.family):
+        if not isinstance(weights, bytes):
+            raise TypeError(f"a {spec.family} model is saved from its serialized bytes")
+        (path / WEIGHTS_FILE[spec.family]).write_bytes(weights)
+    else:
+        if isinstance(weights, bytes):
+            raise TypeError(f"a {spec.family} model is saved from its state dict")
+        # DDP wraps the module as "module.": store the plain module's names.
+        clean = {k.removeprefix("module."): v.detach().cpu().contiguous() for k, v in weights.items()}
+        save_file(clean, str(path / WEIGHTS))
     (path / SPEC).write_text(spec.model_dump_json(indent=2))
     (path / PREPROCESS).write_text(pre.to_json())
     return path
 
 
-def load_model_dir(path: str | Path) -> tuple[ModelSpec, nn.Module, FeaturePipeline]:
+def load_model_dir(path: str | Path) -> tuple[ModelSpec, TrainedModel, FeaturePipeline]:
     path = Path(path)
     try:
         spec = ModelSpec.model_validate(json.loads((path / SPEC).read_text()))
         pre = FeaturePipeline.from_json((path / PREPROCESS).read_text())
+        model = load_trained_model(path, spec)
     except FileNotFoundError as e:
         raise InvalidInput(f"{path} is not a model directory: {Path(e.filename).name} is missing") from None
-    module = build_model(spec.family, spec.input_dim, spec.output_dim, spec.params)
-    module.load_state_dict(load_file(str(path / WEIGHTS)))
-    module.eval()
-    return spec, module, pre
+    return spec, model, pre

@@ -1,8 +1,9 @@
-"""One training run on Ray Train: prepared tables -> Ray Data -> TorchTrainer (DDP) -> the best weights.
+"""One training run on Ray Train: prepared tables -> Ray Data -> TorchTrainer (DDP), or XGBoostTrainer /
+LightGBMTrainer for the tree families -> the best weights.
 
-``fit`` is what a plain run and every Tune trial call. It returns the best epoch's weights and the
-full per-epoch history as recorded in the last checkpoint, so a run that was restarted after a
-worker failure still reports every epoch once.
+``fit`` is what a plain run and every Tune trial call. It returns the best epoch's weights (the best round's
+trees) and the full per-epoch (per-round) history as recorded in the last checkpoint, so a run that was
+restarted after a worker failure still reports every epoch once.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from aiinfra.training.checkpoints import load_checkpoint
 from aiinfra.training.config import TrainConfig
 from aiinfra.training.ddp import LoopConfig, train_loop
 from aiinfra.training.tabular import to_training_batch
+from aiinfra.training.tree_loop import STATE as TREE_STATE
+from aiinfra.training.tree_loop import TreeLoopConfig, best_model_bytes, load_tree_checkpoint, tree_loop
+from aiinfra.training.trees import is_tree_family, tree_params
 
 __all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_checkpoint_at", "loop_config", "make_datasets",
-           "storage_path"]
+           "planned_reports", "storage_path"]
 
 # Ray is imported inside the functions: the CLI imports pipelines.train, which imports this module, before
 # connect() sets RAY_AUTH_MODE, and Ray reads that once, when it is imported.
@@ -54,7 +58,7 @@ class PreparedData:
 @dataclass
 class FitResult:
     run_name: str
-    best_state: dict[str, torch.Tensor]
+    best_state: dict[str, torch.Tensor] | bytes  # a torch state dict, or a tree family's serialized booster
     history: list[dict[str, Any]]
     wall_s: float
     cpu_seconds: float  # reserved by the workers for the run's wall time
@@ -87,6 +91,14 @@ def loop_config(cfg: TrainConfig, data: PreparedData) -> LoopConfig:
                       trainer=cfg.trainer)
 
 
+def planned_reports(cfg: TrainConfig) -> int:
+    """How many reports a run that is not stopped early makes: one per epoch, or per ``checkpoint_every`` rounds."""
+    if is_tree_family(cfg.model.family):
+        p = tree_params(cfg.model.family, cfg.model.params)
+        return -(-p.num_boost_round // p.checkpoint_every)
+    return cfg.trainer.epochs
+
+
 def storage_path(storage_root: str, leaf: str) -> str:
     """``leaf`` under the storage root, as Ray Train and Tune get it: a root's query (``s3://b/p?endpoint_override=
     ...&region=...``) stays at the end, where pyarrow reads it; appended after it, the leaf would become part
@@ -95,7 +107,15 @@ def storage_path(storage_root: str, leaf: str) -> str:
     return f"{base.rstrip('/')}/{leaf}{sep}{query}"
 
 
-def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+def _read_checkpoint(d: str | Path) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
+    if (Path(d) / TREE_STATE).exists():
+        raw, tree_state = load_tree_checkpoint(d)
+        return best_model_bytes(raw, tree_state), tree_state.history
+    _, best, _, state = load_checkpoint(d)
+    return best, state.history
+
+
+def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
     """(best weights, history) from a checkpoint directory under the storage root (local or s3/gs)."""
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     import ray.train
@@ -104,8 +124,7 @@ def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Te
     if "://" in storage_root and not storage_root.startswith("file://"):
         fs, _ = pyarrow.fs.FileSystem.from_uri(storage_root)
     with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
-        _, best, _, state = load_checkpoint(d)
-    return best, state.history
+        return _read_checkpoint(d)
 
 
 def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str | None = None,
@@ -116,8 +135,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     ``run_name`` must be new: Train V2 silently resumes a run whose name exists under the storage path.
     """
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
     # Ray Train's controller polls the workers every 2 s by default, and each ray.train.report()
     # waits for that poll: a floor of 2 s per epoch. Propagated to the controller from here.
@@ -126,10 +144,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     workers = num_workers or t.num_workers
     run_name = run_name or f"train-{uuid.uuid4().hex[:12]}"
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop,
-        # A plain dict at Ray Train's boundary; each worker validates it back into a LoopConfig.
-        train_loop_config=loop_config(cfg, data).model_dump(),
+    common = dict(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
@@ -141,6 +156,26 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
         ),
         datasets=datasets if datasets is not None else make_datasets(data, workers),
     )
+    family = cfg.model.family
+    if is_tree_family(family):
+        # A plain dict at Ray Train's boundary; each worker validates it back into a TreeLoopConfig.
+        loop = TreeLoopConfig(task=cfg.task, family=family, params=cfg.model.params, num_classes=len(data.class_labels),
+                              has_val=len(data.val) > 0, trainer=t).model_dump()
+        # "val" whole on every worker: each computes the same validation loss (see tree_loop).
+        split = DataConfig(datasets_to_split=["train"])
+        if family == "xgboost":
+            from ray.train.xgboost import XGBoostTrainer
+
+            trainer: Any = XGBoostTrainer(tree_loop, train_loop_config=loop, dataset_config=split, **common)
+        else:
+            from ray.train.lightgbm import LightGBMTrainer
+
+            trainer = LightGBMTrainer(tree_loop, train_loop_config=loop, dataset_config=split, **common)
+    else:
+        from ray.train.torch import TorchTrainer
+
+        # A plain dict at Ray Train's boundary; each worker validates it back into a LoopConfig.
+        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(cfg, data).model_dump(), **common)
     t0 = time.perf_counter()
     result = fit_keeping_sigint(trainer)
     wall = time.perf_counter() - t0
@@ -149,9 +184,9 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
-        _, best, _, state = load_checkpoint(Path(d))
+        best, history = _read_checkpoint(d)
     return FitResult(
-        run_name=run_name, best_state=best, history=state.history, wall_s=wall,
+        run_name=run_name, best_state=best, history=history, wall_s=wall,
         cpu_seconds=wall * workers * t.cpus_per_worker, gpu_seconds=wall * workers * t.gpus_per_worker if t.use_gpu else 0.0,
         checkpoint_path=result.checkpoint.path,
     )

@@ -9,6 +9,7 @@ holds the candidate's weights.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,16 @@ from typing import Any
 import torch
 
 from aiinfra.config import validate_as
+from aiinfra.errors import InvalidInput
 from aiinfra.training.config import SearchDistribution, TrainConfig, set_path
-from aiinfra.training.ray_train import PreparedData, fit, load_checkpoint_at, make_datasets, storage_path
+from aiinfra.training.ray_train import (
+    PreparedData,
+    fit,
+    load_checkpoint_at,
+    make_datasets,
+    planned_reports,
+    storage_path,
+)
 
 __all__ = ["SearchResult", "TrialRecord", "apply_overrides", "search"]
 
@@ -48,7 +57,7 @@ class TrialRecord:
 class SearchResult:
     best: TrialRecord
     best_config: TrainConfig  # the searched config with the best trial's values, tune removed
-    best_state: dict[str, torch.Tensor]
+    best_state: dict[str, torch.Tensor] | bytes
     history: list[dict[str, Any]]
     trials: list[TrialRecord] = field(default_factory=list)
     wall_s: float = 0.0
@@ -78,6 +87,27 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return validate_as(TrainConfig, data, "trial config")
 
 
+# The config paths that set how many reports a run makes (ASHA's time axis).
+_LENGTH_PATHS = ("trainer.epochs", "model.params.num_boost_round", "model.params.checkpoint_every")
+
+
+def _planned(cfg: TrainConfig, overrides: dict[str, Any]) -> int:
+    try:
+        return planned_reports(apply_overrides(cfg, overrides))
+    except InvalidInput:
+        return planned_reports(cfg)
+
+
+def _most_reports(cfg: TrainConfig) -> int:
+    """The longest run the search can draw: ASHA's ``max_t``, which ends any trial that reaches it."""
+    assert cfg.tune is not None
+    searched = [(path, cfg.tune.search_space[path].extremes()) for path in _LENGTH_PATHS if path in cfg.tune.search_space]
+    if not searched:
+        return planned_reports(cfg)
+    paths = [p for p, _ in searched]
+    return max(_planned(cfg, dict(zip(paths, values))) for values in itertools.product(*(v for _, v in searched)))
+
+
 def _trial(overrides: dict[str, Any], *, cfg_json: dict[str, Any], data: PreparedData, datasets: dict[str, Any],
            storage_root: str, parent: str) -> None:
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
@@ -100,7 +130,7 @@ def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name:
     assert cfg.tune is not None
     ts = cfg.tune
     scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=cfg.trainer.epochs, grace_period=ts.grace_period,
+        ASHAScheduler(time_attr="training_iteration", max_t=_most_reports(cfg), grace_period=ts.grace_period,
                       reduction_factor=ts.reduction_factor)
         if ts.scheduler == "asha" else FIFOScheduler()
     )
@@ -134,7 +164,7 @@ def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name:
         epochs_run = len(history)
         if result.error is not None:
             status = "failed"
-        elif epochs_run < cfg.trainer.epochs and not metrics.get("stopped_early"):
+        elif epochs_run < _planned(cfg, dict(result.config or {})) and not metrics.get("stopped_early"):
             status = "stopped"  # the scheduler ended it
         else:
             status = "finished" if not metrics.get("stopped_early") else "stopped"

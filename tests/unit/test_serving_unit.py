@@ -126,7 +126,8 @@ def test_model_dir_round_trip_and_evaluation(tmp_path, pre, data):
     model = build_model(spec.family, spec.input_dim, 1)
     save_model_dir(tmp_path / "m", spec, model.state_dict(), pre)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "preprocess.json", "weights.safetensors"]
-    spec2, model2, pre2 = load_model_dir(tmp_path / "m")
+    spec2, loaded, pre2 = load_model_dir(tmp_path / "m")
+    model2 = loaded.module
     assert spec2 == spec and pre2 == pre
     x = torch.from_numpy(pre.transform(data.head(3)))
     torch.testing.assert_close(model.eval()(x), model2(x))
@@ -308,7 +309,7 @@ def test_a_cuda_predictor_answers_as_the_cpu_one(predictor, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here")
     on_gpu = Predictor(predictor.version, tmp_path / "m", device="cuda")
-    assert next(on_gpu.module.parameters()).is_cuda
+    assert next(on_gpu.model.module.parameters()).is_cuda
     row = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}
     cpu, gpu = predictor.predict([row] * 3), on_gpu.predict([row] * 3)
     assert [p["label"] for p in gpu] == [p["label"] for p in cpu]

@@ -525,7 +525,8 @@ def test_model_dir_round_trip(tmp_path, customers, customers_pre):
     save_model_dir(tmp_path / "m", spec, wrapped, customers_pre)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "preprocess.json", "weights.safetensors"]
 
-    spec2, module2, pre2 = load_model_dir(tmp_path / "m")
+    spec2, loaded, pre2 = load_model_dir(tmp_path / "m")
+    module2 = loaded.module
     assert spec2 == spec and pre2 == customers_pre
     assert not module2.training  # loaded for inference
     for k, v in module.state_dict().items():

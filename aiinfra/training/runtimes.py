@@ -1,0 +1,102 @@
+"""A trained model, loaded and ready to score: one small interface over torch modules and boosted trees.
+
+Every path that runs a model (evaluation, the gate, serving, batch inference, the monitor's reference) asks a
+``TrainedModel`` for ``scores(x)`` on the preprocessed inputs and gets the same thing whatever the family:
+P(class 1) for binary, class probabilities (n, k) for multiclass, predictions in the target's units for
+regression. The weights are read from the libraries' own non-executable formats: safetensors, XGBoost's UBJSON,
+LightGBM's text model. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from aiinfra.errors import InvalidInput
+
+__all__ = ["BoosterModel", "TrainedModel", "TorchModel", "WEIGHTS_FILE", "tree_model_from_bytes"]
+
+# The weights file of each kind of family, in the model directory.
+WEIGHTS_FILE = {"torch": "weights.safetensors", "xgboost": "model.ubj", "lightgbm": "model.txt"}
+
+
+class TrainedModel(Protocol):
+    def scores(self, x: np.ndarray) -> np.ndarray: ...
+
+    def to(self, device: str) -> None: ...
+
+
+class TorchModel:
+    """A torch family's module, in eval mode."""
+
+    def __init__(self, module: Any, spec: Any) -> None:
+        self.module, self.spec = module, spec
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        from aiinfra.training.tabular import predict_scores
+
+        return predict_scores(self.module, self.spec, x)
+
+    def to(self, device: str) -> None:
+        self.module.to(device)
+
+
+class BoosterModel:
+    """An XGBoost or LightGBM booster. Regression boosters were trained on the standardized target (as the torch
+    families are), so their outputs are mapped back with the spec's mean and standard deviation."""
+
+    def __init__(self, family: str, booster: Any, spec: Any) -> None:
+        self.family, self.booster, self.spec = family, booster, spec
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        task, k = self.spec.task, self.spec.output_dim
+        if len(x) == 0:
+            return np.zeros((0, k) if task == "multiclass" else (0,))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.family == "xgboost":
+            out = self.booster.inplace_predict(x, validate_features=False)
+        else:
+            out = self.booster.predict(x, num_threads=0)
+        out = np.asarray(out, dtype=np.float64)
+        if task == "multiclass":
+            return out.reshape(len(x), k)
+        out = out.reshape(len(x))
+        return out * self.spec.target_std + self.spec.target_mean if task == "regression" else out
+
+    def to(self, device: str) -> None:
+        if device != "cpu":
+            raise InvalidInput(f"{self.family} models are served on CPU; set serve.model_gpus: 0 for this model")
+
+
+def tree_model_from_bytes(family: str, raw: bytes) -> Any:
+    """A booster from its stored bytes; InvalidInput when they are not a model of that library."""
+    try:
+        if family == "xgboost":
+            import xgboost
+
+            booster = xgboost.Booster()
+            booster.load_model(bytearray(raw))
+            return booster
+        import lightgbm
+
+        return lightgbm.Booster(model_str=raw.decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 - each library raises its own error type for a bad file
+        raise InvalidInput(f"the stored {family} model cannot be read: {str(e).splitlines()[0][:300]}") from None
+
+
+def load_trained_model(directory: Path, spec: Any) -> TrainedModel:
+    from aiinfra.training.trees import is_tree_family
+
+    if is_tree_family(spec.family):
+        raw = (directory / WEIGHTS_FILE[spec.family]).read_bytes()
+        return BoosterModel(spec.family, tree_model_from_bytes(spec.family, raw), spec)
+    from safetensors.torch import load_file
+
+    from aiinfra.training.models import build_model
+
+    module = build_model(spec.family, spec.input_dim, spec.output_dim, spec.params)
+    module.load_state_dict(load_file(str(directory / WEIGHTS_FILE["torch"])))
+    module.eval()
+    return TorchModel(module, spec)
