@@ -54,6 +54,7 @@ class TreeState:
     best_val_loss: float | None = None
     bad_rounds: int = 0
     stopped_early: bool = False
+    cut_to_best: bool = True  # keep only the trees up to the best round (early stopping is on)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -73,8 +74,8 @@ def load_tree_checkpoint(directory: str | Path) -> tuple[bytes, TreeState]:
 
 
 def best_model_bytes(raw: bytes, state: TreeState) -> bytes:
-    """The booster cut back to its best round's trees (all of them when nothing was validated)."""
-    keep = state.best_round + 1 if state.best_round >= 0 else state.rounds
+    """The booster cut back to its best round's trees; all of them without early stopping (or a validation set)."""
+    keep = state.best_round + 1 if state.cut_to_best and state.best_round >= 0 else state.rounds
     booster = tree_model_from_bytes(state.family, raw)
     if state.family == "xgboost":
         return bytes(booster[:keep].save_raw("ubj")) if keep < booster.num_boosted_rounds() else raw
@@ -147,7 +148,8 @@ def tree_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     params = tree_params(run.family, run.params)
-    state, raw = TreeState(family=run.family), None
+    state = TreeState(family=run.family, cut_to_best=run.has_val and params.early_stopping_rounds is not None)
+    raw = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure
         with checkpoint.as_directory() as d:

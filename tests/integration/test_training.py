@@ -270,3 +270,95 @@ def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(pl
         assert ray.get(handle.arm_stats.remote(), timeout=60) == arms  # and so does the canary's count
     finally:
         ray.kill(handle, no_restart=True)
+
+
+# -- the tree families -------------------------------------------------------------------------------
+def _tree_config(family: str, **params) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "name": "trees-test", "task": "binary",
+        "data": {"dataset": "customers", "label": LABEL, "features": FEATURES},
+        "model": {"family": family, "params": params},
+        "trainer": {"num_workers": 2, "seed": 3, "max_failures": 2},
+    })
+
+
+def test_a_killed_tree_worker_resumes_from_the_last_checkpointed_round_not_from_round_0(platform_config):
+    import psutil
+
+    rounds = 60
+    data = _prepared(4000, val=500)
+    run = _run_name("tree-resume")
+    run_dir = Path(platform_config.storage_root) / "checkpoints" / run
+    killed: dict[str, object] = {}
+
+    def kill_a_worker_after_the_first_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+                time.sleep(1.0)  # the checkpoint registered with the controller, and a few more rounds
+                workers = [p for p in psutil.process_iter(["cmdline"])
+                           if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed["pid"] = workers[-1].pid
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    cfg = _tree_config("xgboost", num_boost_round=rounds, early_stopping_rounds=None, checkpoint_every=3,
+                       learning_rate=0.05, max_depth=4)
+    result = fit(cfg, data, storage_root=platform_config.storage_root, run_name=run)
+    killer.join(timeout=5)
+    assert killed, "the test did not get to kill a worker"
+    history = result.history
+    assert [h["epoch"] for h in history] == list(range(rounds))  # every round exactly once
+    starts = sorted({h["start_epoch"] for h in history})
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] > 0 and starts[1] % 3 == 0, starts  # from a checkpoint
+    assert all(h["world_size"] == 2 for h in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    from aiinfra.training.runtimes import tree_model_from_bytes
+
+    # Without early stopping every round's trees are kept, those from before the failure too.
+    assert tree_model_from_bytes("xgboost", result.best_state).num_boosted_rounds() == rounds
+
+
+def test_a_lightgbm_search_registers_its_best_trial_and_an_xgboost_rival_is_gated_against_it(platform, customers):
+    """Trees through the whole pipeline: Tune over a tree hyperparameter, evaluation, register with lineage,
+    the gate across families on the same holdout rows, and the registered version served as trained."""
+    from aiinfra.inference.predictor import Predictor
+    from aiinfra.pipelines.train import run_training
+    from aiinfra.training.config import load_train_config
+
+    trees = {"num_boost_round": 60, "early_stopping_rounds": 10, "checkpoint_every": 10, "learning_rate": 0.1}
+    cfg = load_train_config(_pipeline_config("churn-trees", model={"family": "lightgbm", "params": trees}, tune={
+        "search_space": {"model.params.num_leaves": {"grid": [4, 15]}},
+        "num_samples": 1, "max_concurrent_trials": 2, "scheduler": "fifo",
+    }))
+    first = run_training(platform, cfg)
+    assert len(first.trials) == 2 and {t["status"] for t in first.trials} <= {"finished", "stopped"}, first.trials
+    assert first.config.model.params["num_leaves"] in (4, 15) and first.config.tune is None
+    assert first.alias == "champion"
+    version = platform.registry.get(first.model)
+    assert "model.txt" in version.files and "weights.safetensors" not in version.files
+    assert version.params["family"] == "lightgbm" and version.metrics["roc_auc"] > 0.65
+    assert version.lineage.run_id == first.run_id and version.lineage.dataset_version == customers.ref
+    run = platform.registry.get_run(first.run_id)
+    assert run.kind == "tune" and [e.step for e in run.epochs] == list(range(len(run.epochs)))  # one per boosting round
+    assert len(run.epochs) > 6
+
+    # Served as trained: the registered files, loaded by the Predictor a Serve replica runs.
+    local = platform.registry.download(version, Path(platform.config.home) / "trees-download")
+    predictor = Predictor(version, local)
+    rows = [{"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"},
+            {"tenure_months": 70.0, "monthly_charges": 20.0, "support_calls": 0, "plan": "premium", "region": "south"}]
+    answers = predictor.predict(rows)
+    assert answers[0]["label"] == 1 and answers[1]["label"] == 0, answers
+
+    # XGBoost stopped after 3 rounds cannot beat the champion: registered, refused by the gate, no alias.
+    rival = load_train_config(_pipeline_config("churn-trees", model={"family": "xgboost", "params": {
+        "num_boost_round": 3, "learning_rate": 0.01, "max_depth": 1, "checkpoint_every": 3}}))
+    second = run_training(platform, rival)
+    assert second.verdict is not None and not second.verdict["passed"], second.verdict
+    assert "champion churn-trees@1" in second.verdict["reason"] and second.alias is None
+    assert "model.ubj" in platform.registry.get(second.model).files

@@ -20,6 +20,7 @@ from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.ray_train import planned_reports
 from aiinfra.training.search import _most_reports
 from aiinfra.training.tabular import encode_labels, signature_for
+from aiinfra.training.runtimes import tree_model_from_bytes
 from aiinfra.training.tree_loop import TreeState, best_model_bytes, load_tree_checkpoint, save_tree_checkpoint
 from aiinfra.training.trees import library_params, loss_of, tree_params
 
@@ -170,6 +171,9 @@ def test_the_best_round_cut_keeps_exactly_the_trees_up_to_it(family, customers, 
         expected = booster.predict(x[:20], num_iteration=4)
         assert model.booster.num_trees() == 4
     np.testing.assert_allclose(model.scores(x[:20]), expected, rtol=1e-6)
+    every = TreeState(family=family, rounds=10, best_round=3, cut_to_best=False)  # no early stopping: all rounds
+    kept = tree_model_from_bytes(family, best_model_bytes(raw, every))
+    assert (kept.num_boosted_rounds() if family == "xgboost" else kept.num_trees()) == 10
 
 
 @pytest.mark.parametrize("family", FAMILIES)
