@@ -18,9 +18,9 @@ from aiinfra.registry.types import FileDigest, ModelVersion
 from aiinfra.training.config import TrainConfig, load_train_config
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.ray_train import planned_reports
+from aiinfra.training.runtimes import tree_model_from_bytes
 from aiinfra.training.search import _most_reports
 from aiinfra.training.tabular import encode_labels, signature_for
-from aiinfra.training.runtimes import tree_model_from_bytes
 from aiinfra.training.tree_loop import TreeState, best_model_bytes, load_tree_checkpoint, save_tree_checkpoint
 from aiinfra.training.trees import library_params, loss_of, tree_params
 
