@@ -103,7 +103,7 @@ class _Rounds:
         self.run, self.state, self.rank, self.world = run, state, rank, world
         self.params = tree_params(run.family, run.params)
         self.start = state.rounds
-        self._t0 = time.perf_counter()
+        self._t0 = self._last = time.perf_counter()
 
     def after_round(self, train_loss: float, val_loss: float | None, model_bytes: Any) -> bool:
         s, p = self.state, self.params
@@ -117,9 +117,11 @@ class _Rounds:
         # Without a validation set there is nothing to stop on that every rank computes alike.
         stop = self.run.has_val and p.early_stopping_rounds is not None and s.bad_rounds >= p.early_stopping_rounds
         s.stopped_early = stop
+        now = time.perf_counter()
         s.history.append({"epoch": r, "train_loss": loss_of(self.run.family, self.run.task, train_loss),
                           "val_loss": loss, "best_val_loss": s.best_val_loss, "start_epoch": self.start,
-                          "world_size": self.world})
+                          "world_size": self.world, "epoch_time_s": now - self._last})
+        self._last = now
         last = stop or s.rounds >= p.num_boost_round
         if last or s.rounds % p.checkpoint_every == 0:
             self._report(model_bytes, last)
@@ -128,7 +130,7 @@ class _Rounds:
     def _report(self, model_bytes: Any, last: bool) -> None:
         s = self.state
         metrics = {**s.history[-1], "best_epoch": s.best_round, "rounds": s.rounds, "stopped_early": int(s.stopped_early),
-                   "epoch_time_s": (time.perf_counter() - self._t0) / max(1, s.rounds - self.start)}
+                   "mean_round_s": (time.perf_counter() - self._t0) / max(1, s.rounds - self.start)}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
