@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from aiinfra.cli import autopilot, cluster, data, demo, models, monitoring, runs, serving, training
+from aiinfra.cli import autopilot, cluster, data, demo, features, models, monitoring, runs, serving, training
 from aiinfra.cli.common import open_platform
 from aiinfra.config import ENV
 from aiinfra.errors import AiInfraError
@@ -20,7 +20,7 @@ from aiinfra.redaction import redact_text
 __all__ = ["build_parser", "main", "open_platform"]
 
 # In the order `aiinfra --help` lists their verbs.
-_GROUPS = (demo, data, cluster, training, serving, monitoring, autopilot, runs, models)
+_GROUPS = (demo, data, features, cluster, training, serving, monitoring, autopilot, runs, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

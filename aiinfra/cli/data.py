@@ -134,8 +134,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ingest.add_argument("--spec", help="validation spec YAML (column types, bounds, allowed values, key, thresholds)")
     ingest.add_argument("--json", action="store_true")
     ingest.set_defaults(func=_data_ingest)
-    dex = data.add_parser("example", help="ingest a bundled example dataset (customers: the demo's; digits: 8x8 images)")
-    dex.add_argument("name", choices=["customers", "digits"])
+    dex = data.add_parser("example", help="ingest a bundled example dataset (customers: the demo's; digits: 8x8 images; "
+                                          "breast_cancer, diabetes, wine: scikit-learn's tables)")
+    dex.add_argument("name", choices=["customers", "digits", "breast_cancer", "diabetes", "wine"])
     dex.add_argument("--json", action="store_true")
     dex.set_defaults(func=_data_example)
     dls = data.add_parser("ls", help="datasets with their latest version")

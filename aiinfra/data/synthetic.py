@@ -7,6 +7,8 @@ model has something real to find and its quality can be judged against the truth
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -96,4 +98,35 @@ def make_digits() -> pd.DataFrame:
     return frame
 
 
-EXAMPLES = {"customers": make_customers, "digits": make_digits}
+def _sklearn_table(loader: str, label: str, target: Any = None) -> pd.DataFrame:
+    """One of scikit-learn's bundled tables, with column names a config can spell (``mean radius`` ->
+    ``mean_radius``), a ``row_id`` and the label last."""
+    import re
+
+    from sklearn import datasets
+
+    bunch = getattr(datasets, loader)()
+    names = [re.sub(r"[^a-z0-9]+", "_", n.lower()).strip("_") for n in bunch.feature_names]
+    frame = pd.DataFrame(bunch.data.astype(np.float64), columns=names)
+    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
+    frame[label] = bunch.target if target is None else target(bunch.target)
+    return frame
+
+
+def make_breast_cancer() -> pd.DataFrame:
+    """Wisconsin breast cancer (569 rows, 30 measurements); label ``malignant`` (1: malignant, 0: benign)."""
+    return _sklearn_table("load_breast_cancer", "malignant", lambda t: (t == 0).astype(np.int64))
+
+
+def make_diabetes() -> pd.DataFrame:
+    """Diabetes progression (442 rows, 10 baseline measurements, scaled); regression label ``progression``."""
+    return _sklearn_table("load_diabetes", "progression", lambda t: t.astype(np.float64))
+
+
+def make_wine() -> pd.DataFrame:
+    """Wine recognition (178 rows, 13 chemical measurements); label ``cultivar`` (0, 1, 2)."""
+    return _sklearn_table("load_wine", "cultivar", lambda t: t.astype(np.int64))
+
+
+EXAMPLES = {"customers": make_customers, "digits": make_digits, "breast_cancer": make_breast_cancer,
+            "diabetes": make_diabetes, "wine": make_wine}

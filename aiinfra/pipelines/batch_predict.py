@@ -19,6 +19,27 @@ from aiinfra.pipelines.ingest import ingest
 __all__ = ["batch_predict"]
 
 
+# What the read and write tasks reserve: a share, so that they fit beside the scoring actors and Serve's
+# replicas on a small cluster (a default task asks for a whole CPU).
+READ_CPUS = 0.25
+
+
+def _read(data: Any, paths: list[str], filesystem: Any) -> Any:
+    """The version's files as a Dataset, read by tasks of ``READ_CPUS``.
+
+    Ray 2.60's default Parquet reader (datasource V2) first lists the files in a task that always asks for a whole
+    CPU, whatever the read is given; on a 2-CPU cluster running Serve (0.7 CPU) and a scoring actor (0.5) that
+    task never starts and the job waits forever. The V1 reader takes ``num_cpus`` for all of its tasks.
+    """
+    ctx = data.DataContext.get_current()
+    previous = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False  # read_parquet copies the context when it is called: only this read is affected
+    try:
+        return data.read_parquet(paths, filesystem=filesystem, num_cpus=READ_CPUS)
+    finally:
+        ctx.use_datasource_v2 = previous
+
+
 def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: str | None = None,
                   pool_size: int = 1, batch_size: int = 4096, who: str = "unknown") -> dict[str, Any]:
     # Ray inside: `aiinfra predict` imports this module before connect() sets RAY_AUTH_MODE, which Ray
@@ -38,13 +59,13 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
     t0 = time.perf_counter()
     paths = [store.path(f"{dataset.key}/{rel}") for rel in sorted(dataset.files) if not rel.startswith("_")]
     staging = f"staging/batch-{uuid.uuid4().hex}"
-    scored = ray.data.read_parquet(paths, filesystem=store.fs).map_batches(
+    scored = _read(ray.data, paths, store.fs).map_batches(
         BatchScorer, fn_constructor_kwargs={"storage_root": config.storage_root, "version": version.model_dump(mode="json")},
         batch_format="pandas", batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=0.5,
     )
     try:
-        scored.write_parquet(store.path(staging), filesystem=store.fs)
+        scored.write_parquet(store.path(staging), filesystem=store.fs, ray_remote_args={"num_cpus": READ_CPUS})
         result = ingest(config, output, store.openable_uri_for(staging), who=who, lineage={
             "model": version.ref, "model_version": version.version, "input_dataset": dataset.ref,
             "run_id": version.lineage.run_id,

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from aiinfra.data.catalog import DatasetCatalog
+from aiinfra.data.suggest import profile_frame, suggest_features
 from aiinfra.data.transforms import fit_features
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.features.offline import point_in_time_join
@@ -114,7 +115,7 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
         holdout = catalog.load(hv).to_pandas()
         if d.feature_view:
             holdout = _with_features(platform, cfg, holdout, hv.ref, pinned)
-    needed = [d.label, *(f.column for f in d.features.features), *d.slices]
+    needed = [d.label, *([] if d.features == "auto" else [f.column for f in d.features.features]), *d.slices]
     _require_columns(table, needed, f"the training table from {version.ref}")
     table = table.dropna(subset=[d.label]).reset_index(drop=True)
     rng = np.random.default_rng(cfg.trainer.seed)
@@ -140,14 +141,36 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
     if cfg.task == "regression":
         y = train[d.label].to_numpy(dtype=np.float64)
         mean, std = float(y.mean()), float(y.std()) or 1.0
-    pre = fit_features(train, d.features)
+    features, left_out = d.features, {}
+    if features == "auto":  # inferred from the training rows; the resolved config registers what was inferred
+        features, left_out = _auto_features(cfg, train, version, time_column)
+    pre = fit_features(train, features)
     resolved = cfg.model_copy(update={"data": d.model_copy(update={
-        "dataset": version.ref,
+        "dataset": version.ref, "features": features,
         "split": d.split.model_copy(update={"holdout_dataset": pinned.get("holdout")}),
     })})
     data = PreparedData(train=train.reset_index(drop=True), val=val.reset_index(drop=True), pre=pre, label=d.label,
-                        task=cfg.task, class_labels=labels, target_mean=mean, target_std=std)
+                        task=cfg.task, class_labels=labels, target_mean=mean, target_std=std, left_out=left_out)
     return data, holdout.reset_index(drop=True), resolved, list(pinned.values())
+
+
+def _auto_features(cfg: TrainConfig, train: pd.DataFrame, version: Any, time_column: str | None) -> tuple[Any, dict[str, str]]:
+    """``features: auto``: the spec suggested from the training rows' profile, and the columns left out (why)."""
+    d = cfg.data
+    keys = list((version.spec or {}).get("key") or [])
+    exclude = {}
+    if d.feature_view is not None:
+        fv = d.feature_view
+        entity = fv.entity if isinstance(fv, FeatureView) else None
+        if entity:
+            keys.append(entity)
+    if time_column:
+        exclude[time_column] = "the split's time column (the holdout is chosen by it)"
+    if LABEL_TIME in train.columns:
+        exclude.setdefault(LABEL_TIME, "when the label became known (the feature view's join time)")
+    suggestion = suggest_features(profile_frame(train), label=d.label, keys=keys, exclude=exclude,
+                                  for_trees=is_tree_family(cfg.model.family), source=f"the training rows of {version.ref}")
+    return suggestion.spec, suggestion.left_out
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -204,6 +227,10 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
         log.note(f"{', '.join(dataset_versions)}: train {len(data.train):,}, validation {len(data.val):,}, "
                  f"holdout {len(holdout):,} rows; {data.pre.output_dim} model inputs"
                  + (f"; classes {data.class_labels}" if data.class_labels else ""))
+        if cfg.data.features == "auto":
+            log.note("features: auto: " + ", ".join(f"{f.column} ({' + '.join(s.op for s in f.steps)})"
+                                                    for f in data.pre.spec.features)
+                     + "".join(f"; left out {c}: {why}" for c, why in data.left_out.items()))
     code = code_version()
     env = environment()
     code_record = {"version": code, "dirty": code.endswith("-dirty"), "environment": env}

@@ -64,7 +64,9 @@ class SplitSettings(_Strict):
 class DataSettings(_Strict):
     dataset: str = Field(description="NAME (the latest version, pinned when the run starts) or NAME@VERSION")
     label: str = Field(min_length=1)
-    features: FeatureSpec = Field(description="the feature transforms, inline or a path to a YAML file")
+    features: FeatureSpec | Literal["auto"] = Field(
+        description="the feature transforms, inline or a path to a YAML file; `auto` infers them from the training "
+                    "rows (aiinfra/data/suggest.py) and registers the inferred spec in the resolved config")
     feature_view: str | FeatureView | None = Field(
         None, description="join features point-in-time from this feature view: a registered view's name, or a "
                           "definition (registered, or updated, when the run starts)")
@@ -290,7 +292,7 @@ def load_train_config(source: str | Path | dict[str, Any]) -> TrainConfig:
         raw, base = read_yaml(source, "training config"), Path(source).resolve().parent
         what = f"training config {source}"
     features = (raw.get("data") or {}).get("features") if isinstance(raw.get("data"), dict) else None
-    if isinstance(features, str):
+    if isinstance(features, str) and features != "auto":
         path = Path(features) if Path(features).is_absolute() else base / features
         raw["data"]["features"] = load_feature_spec(path).model_dump(mode="json")
     cfg = validate_as(TrainConfig, raw, what)

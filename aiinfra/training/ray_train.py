@@ -49,6 +49,7 @@ class PreparedData:
     class_labels: list[Any]
     target_mean: float = 0.0
     target_std: float = 1.0
+    left_out: dict[str, str] = field(default_factory=dict)  # features: auto's columns left out, and why
 
     @property
     def output_dim(self) -> int:

@@ -141,11 +141,14 @@ def test_training_job_is_submitted_streams_its_logs_and_registers_a_model(cluste
     submitted = trained
     assert submitted.returncode == 0, submitted.stderr[-4000:]
     assert "SUCCEEDED" in submitted.stderr and "[5/5] register with lineage and alias" in submitted.stderr
+    assert "train xgboost with Ray Train (data-parallel boosting, 2 worker(s))" in submitted.stderr
     version = json.loads(aiinfra(cluster["env"], "models", "show", "churn-job@champion", "--json").stdout)
-    assert version["version"] == 1 and version["metrics"]["roc_auc"] > 0.5
+    assert version["version"] == 1 and version["metrics"]["roc_auc"] > 0.6
+    assert "model.ubj" in version["files"] and version["params"]["family"] == "xgboost"
     run = json.loads(aiinfra(cluster["env"], "runs", "show", version["lineage"]["run_id"], "--json").stdout)
     assert run["status"] == "finished" and run["dataset_versions"][0].startswith("customers@")
-    assert [e["step"] for e in run["epochs"]] == [0, 1]
+    steps = [e["step"] for e in run["epochs"]]  # one per boosting round, early stopping at most 40
+    assert steps == list(range(len(steps))) and 10 < len(steps) <= 40
 
     refused = subprocess.run([str(BIN / "aiinfra"), "train", str(ROOT / "jobs/configs/churn.yaml"), "--submit"],
                              cwd=ROOT / "tests", env=cluster["env"], capture_output=True, text=True, timeout=60)
@@ -170,6 +173,18 @@ def test_serve_deploy_puts_a_registered_model_on_http_and_status_shows_it(cluste
     assert st["apps"]["aiinfra"]["serving"]["model"] == "churn-job"
     missing = aiinfra(cluster["env"], "serve", "deploy", "no-such-model@champion")
     assert missing.returncode == 2 and "no-such-model" in missing.stderr
+
+
+def test_batch_predict_scores_a_dataset_with_the_trained_trees(cluster, customers, trained):
+    """`aiinfra predict` on the `up` cluster: the tree model scores every row, versioned with lineage."""
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    _, _, version = customers
+    scored = aiinfra(cluster["env"], "predict", "churn-job@champion", f"customers@{version}", "--json")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    result = json.loads(scored.stdout)
+    assert result["rows"] == 2_000 and result["model"] == "churn-job@1"
+    shown = json.loads(aiinfra(cluster["env"], "data", "show", result["output"], "--json").stdout)
+    assert shown["lineage"]["model"] == "churn-job@1" and shown["row_count"] == 2_000
 
 
 def test_down_stops_exactly_that_cluster(cluster):
