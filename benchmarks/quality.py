@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # config -> the example dataset it trains on
@@ -96,9 +97,13 @@ def main() -> None:
                 seconds = time.perf_counter() - t0
                 # The baselines on the pipeline's own split, with the transforms it fitted (the resolved config).
                 data, holdout, _, _ = prepare_data(platform, outcome.config)
-                fit = data.train._append(data.val, ignore_index=True)
-                encode = (lambda y: y.to_numpy(dtype=np.float64)) if cfg.task == "regression" else \
-                    (lambda y: encode_labels(cfg.task, y, data.class_labels).astype(np.int64))
+                fit = pd.concat([data.train, data.val], ignore_index=True)
+
+                def encode(y, task=cfg.task, labels=data.class_labels):  # noqa: ANN001, ANN202
+                    if task == "regression":
+                        return y.to_numpy(dtype=np.float64)
+                    return encode_labels(task, y, labels).astype(np.int64)
+
                 base = _baselines(cfg.task, data.pre.transform(fit), encode(fit[cfg.data.label]),
                                   data.pre.transform(holdout), encode(holdout[cfg.data.label]))
                 metric = METRIC[cfg.task]
