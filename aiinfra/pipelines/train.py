@@ -178,8 +178,9 @@ def _holdout_outputs(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -
     """(spec, the saved model's outputs on ``holdout``, the true labels: class indexes or values)."""
     spec, model, pre = load_model_dir(model_dir)
     scores = model.scores(pre.transform(holdout))
+    # Regression: the label as it is (in the target's units, as the scores are), not standardized.
     y = encode_labels(spec.task, holdout[cfg.data.label], spec.class_labels)
-    y_true = y * spec.target_std + spec.target_mean if spec.task == "regression" else y.astype(np.int64)
+    y_true = holdout[cfg.data.label].to_numpy(dtype=np.float64) if spec.task == "regression" else y.astype(np.int64)
     return spec, scores, y_true
 
 

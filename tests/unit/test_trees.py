@@ -193,3 +193,23 @@ def test_a_predictor_serves_a_tree_model_with_the_same_validation(family, custom
     assert out[0]["probability"] > out[1]["probability"]  # the short-tenure, many-calls customer churns more
     with pytest.raises(InvalidInput, match=r"instances\[0\]\.support_calls: must be an integer"):
         predictor.predict([{**rows[0], "support_calls": "many"}])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_regression_model_is_evaluated_against_the_label_in_its_own_units(family, customers, pre, tmp_path):
+    """The holdout's truth is the label as stored, the scores are mapped back from the standardized target: an
+    RMSE in the target's units (this once compared scores with a truth standardized the wrong way round)."""
+    from aiinfra.pipelines.train import _holdout_outputs
+
+    target = customers["monthly_charges"].to_numpy()
+    mean, std = float(target.mean()), float(target.std())
+    booster = _booster(family, pre.transform(customers), (target - mean) / std, "regression", rounds=30)
+    spec = ModelSpec(family=family, input_dim=pre.output_dim, output_dim=1, task="regression", class_labels=[],
+                     target_mean=mean, target_std=std)
+    save_model_dir(tmp_path / "m", spec, _raw_bytes(family, booster), pre)
+    cfg = TrainConfig.model_validate({**_raw(family), "task": "regression",
+                                      "data": {**_raw(family)["data"], "label": "monthly_charges"}})
+    _, scores, y_true = _holdout_outputs(tmp_path / "m", customers, cfg)
+    np.testing.assert_array_equal(y_true, target)
+    rmse = float(np.sqrt(np.mean((scores - y_true) ** 2)))
+    assert rmse < 0.5 * std, (rmse, std)  # monthly_charges is among the inputs: a good fit, in dollars
