@@ -65,8 +65,8 @@ test: $(STAMP) postgres
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/unit -q
 	AIINFRA_TEST_METADATA=postgresql $(BIN)/python -m pytest tests/unit -q -m store
-	$(BIN)/python -m pytest tests/integration -q
-	$(BIN)/python -m pytest tests/e2e -q
+	$(BIN)/python -m pytest tests/integration -q --durations=15
+	$(BIN)/python -m pytest tests/e2e -q --durations=15
 
 # The fast loop: seconds, no Ray.
 unit: $(STAMP)
@@ -77,10 +77,10 @@ store-postgres: $(STAMP) postgres
 	AIINFRA_TEST_METADATA=postgresql $(BIN)/python -m pytest tests/unit -q -m store
 
 integration: $(STAMP) postgres
-	$(BIN)/python -m pytest tests/integration -q
+	$(BIN)/python -m pytest tests/integration -q --durations=15
 
 e2e: $(STAMP)
-	$(BIN)/python -m pytest tests/e2e -q
+	$(BIN)/python -m pytest tests/e2e -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check aiinfra jobs tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -327,7 +328,7 @@ def test_a_lightgbm_search_registers_its_best_trial_and_an_xgboost_rival_is_gate
     """Trees through the whole pipeline: Tune over a tree hyperparameter, evaluation, register with lineage,
     the gate across families on the same holdout rows, and the registered version served as trained."""
     from aiinfra.inference.predictor import Predictor
-    from aiinfra.pipelines.train import run_training
+    from aiinfra.pipelines.train import TRAINING_CONFIG, run_training
     from aiinfra.training.config import load_train_config
 
     trees = {"num_boost_round": 60, "early_stopping_rounds": 10, "checkpoint_every": 10, "learning_rate": 0.1}
@@ -355,10 +356,19 @@ def test_a_lightgbm_search_registers_its_best_trial_and_an_xgboost_rival_is_gate
     answers = predictor.predict(rows)
     assert answers[0]["label"] == 1 and answers[1]["label"] == 0, answers
 
-    # XGBoost stopped after 3 rounds cannot beat the champion: registered, refused by the gate, no alias.
-    rival = load_train_config(_pipeline_config("churn-trees", model={"family": "xgboost", "params": {
-        "num_boost_round": 3, "learning_rate": 0.01, "max_depth": 1, "checkpoint_every": 3}}))
-    second = run_training(platform, rival)
+    # XGBoost stopped after 3 rounds cannot beat the champion: registered, refused by the gate, no alias. Its
+    # transforms are inferred (features: auto), and the resolved config it is registered with names them.
+    raw = _pipeline_config("churn-trees", model={"family": "xgboost", "params": {
+        "num_boost_round": 3, "learning_rate": 0.01, "max_depth": 1, "checkpoint_every": 3}})
+    raw["data"]["features"] = "auto"
+    second = run_training(platform, load_train_config(raw))
     assert second.verdict is not None and not second.verdict["passed"], second.verdict
     assert "champion churn-trees@1" in second.verdict["reason"] and second.alias is None
-    assert "model.ubj" in platform.registry.get(second.model).files
+    rival = platform.registry.get(second.model)
+    assert "model.ubj" in rival.files
+    inferred = {f.column: [s.op for s in f.steps] for f in second.config.data.features.features}
+    # the view's features and the slice column; not the entity (the dataset's key), the label or its join time
+    assert inferred == {"tenure_months": ["impute"], "monthly_charges": ["impute"], "support_calls": ["impute"],
+                        "plan": ["one_hot"], "region": ["one_hot"]}, inferred
+    recipe = json.loads((platform.registry.download(rival, Path(platform.config.home) / "rival") / TRAINING_CONFIG).read_text())
+    assert [f["column"] for f in recipe["data"]["features"]["features"]] == list(inferred)
