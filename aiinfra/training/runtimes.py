@@ -9,6 +9,7 @@ LightGBM's text model. Nothing here unpickles.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["BoosterModel", "TrainedModel", "TorchModel", "WEIGHTS_FILE", "tree_model_from_bytes"]
+__all__ = ["BoosterModel", "TrainedModel", "TorchModel", "WEIGHTS_FILE", "load_trained_model", "trained_for",
+           "tree_model_from_bytes"]
 
 # The weights file of each kind of family, in the model directory.
 WEIGHTS_FILE = {"torch": "weights.safetensors", "xgboost": "model.ubj", "lightgbm": "model.txt"}
@@ -86,12 +88,50 @@ def tree_model_from_bytes(family: str, raw: bytes) -> Any:
         raise InvalidInput(f"the stored {family} model cannot be read: {str(e).splitlines()[0][:300]}") from None
 
 
+def trained_for(family: str, booster: Any) -> tuple[str, int, int]:
+    """(task, classes, inputs) a booster was trained for, read from the model itself."""
+    if family == "xgboost":
+        learner = json.loads(booster.save_config())["learner"]
+        objective = learner["objective"]["name"]
+        classes = int(learner["learner_model_param"].get("num_class", 0) or 0)
+        inputs = booster.num_features()
+    else:
+        # The text model's header ("objective=multiclass num_class:3"), not dump_model(): that serializes every tree.
+        header = booster.model_to_string(num_iteration=1).split("\nTree=", 1)[0]
+        fields = dict(line.split("=", 1) for line in header.splitlines() if "=" in line)
+        objective = fields.get("objective", "").split(" ")[0]
+        classes = int(fields.get("num_class", "1"))
+        inputs = booster.num_feature()
+    if objective.startswith("binary"):
+        task = "binary"
+    elif objective.startswith(("multi", "softmax")):
+        task = "multiclass"
+    else:
+        task = "regression"
+    return task, classes if task == "multiclass" else 1, int(inputs)
+
+
+def _check_trained_for(spec: Any, booster: Any) -> None:
+    task, classes, inputs = trained_for(spec.family, booster)
+    problems = []
+    if task != spec.task:
+        problems.append(f"it was trained for {task}, model.json says {spec.task}")
+    elif task == "multiclass" and classes != spec.output_dim:
+        problems.append(f"it predicts {classes} classes, model.json says {spec.output_dim}")
+    if inputs != spec.input_dim:
+        problems.append(f"it takes {inputs} inputs, the transforms make {spec.input_dim}")
+    if problems:
+        raise InvalidInput(f"the stored {spec.family} model does not match its model.json: {'; '.join(problems)}")
+
+
 def load_trained_model(directory: Path, spec: Any) -> TrainedModel:
     from aiinfra.training.trees import is_tree_family
 
     if is_tree_family(spec.family):
         raw = (directory / WEIGHTS_FILE[spec.family]).read_bytes()
-        return BoosterModel(spec.family, tree_model_from_bytes(spec.family, raw), spec)
+        booster = tree_model_from_bytes(spec.family, raw)
+        _check_trained_for(spec, booster)
+        return BoosterModel(spec.family, booster, spec)
     from safetensors.torch import load_file
 
     from aiinfra.training.models import build_model

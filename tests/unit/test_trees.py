@@ -213,3 +213,22 @@ def test_a_regression_model_is_evaluated_against_the_label_in_its_own_units(fami
     np.testing.assert_array_equal(y_true, target)
     rmse = float(np.sqrt(np.mean((scores - y_true) ** 2)))
     assert rmse < 0.5 * std, (rmse, std)  # monthly_charges is among the inputs: a good fit, in dollars
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_tree_model_asked_for_another_task_or_width_is_refused(family, customers, pre, tmp_path):
+    x = pre.transform(customers)
+    multiclass = _booster(family, x, customers["support_calls"].clip(0, 2).to_numpy(), "multiclass", classes=3)
+    raw = _raw_bytes(family, multiclass)
+    as_binary = ModelSpec(family=family, input_dim=pre.output_dim, output_dim=1, task="binary")
+    save_model_dir(tmp_path / "a", as_binary, raw, pre)
+    with pytest.raises(InvalidInput, match="trained for multiclass, model.json says binary"):
+        load_model_dir(tmp_path / "a")
+    four = ModelSpec(family=family, input_dim=pre.output_dim, output_dim=4, task="multiclass", class_labels=[0, 1, 2, 3])
+    save_model_dir(tmp_path / "b", four, raw, pre)
+    with pytest.raises(InvalidInput, match="predicts 3 classes, model.json says 4"):
+        load_model_dir(tmp_path / "b")
+    wider = ModelSpec(family=family, input_dim=pre.output_dim + 2, output_dim=3, task="multiclass", class_labels=[0, 1, 2])
+    save_model_dir(tmp_path / "c", wider, raw, pre)
+    with pytest.raises(InvalidInput, match=f"takes {pre.output_dim} inputs"):
+        load_model_dir(tmp_path / "c")
