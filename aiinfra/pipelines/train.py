@@ -260,7 +260,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
                     trials.append({"run_id": trial_run, "status": t.status, "epochs": t.epochs_run,
                                    "overrides": _json_safe(t.overrides), "val_loss": t.metrics.get("best_val_loss"),
                                    "error": t.error})
-                    log.note(f"trial {t.trial_id}: {t.status} after {t.epochs_run} epoch(s), "
+                    steps = "report(s)" if is_tree_family(cfg.model.family) else "epoch(s)"  # trees report per checkpoint
+                    log.note(f"trial {t.trial_id}: {t.status} after {t.epochs_run} {steps}, "
                              f"best val_loss {t.metrics.get('best_val_loss', float('nan')):.4f} {_json_safe(t.overrides)}"
                              + (f" ({t.error[:120]})" if t.error else ""))
                 final_cfg, best_state, history = found.best_config, found.best_state, found.history

@@ -232,3 +232,16 @@ def test_a_tree_model_asked_for_another_task_or_width_is_refused(family, custome
     save_model_dir(tmp_path / "c", wider, raw, pre)
     with pytest.raises(InvalidInput, match=f"takes {pre.output_dim} inputs"):
         load_model_dir(tmp_path / "c")
+
+
+def test_the_run_log_summarises_hundreds_of_rounds_and_names_a_resume():
+    from aiinfra.pipelines.train import _history_note
+
+    cfg = TrainConfig.model_validate(_raw("xgboost"))
+    history = [{"epoch": i, "val_loss": 1.0 / (i + 1) if i < 120 else 0.01 + i / 1e4, "start_epoch": 0 if i < 50 else 50}
+               for i in range(150)]
+    note = _history_note(cfg, history, 3.2)
+    assert note.startswith("150 round(s) in 3.2s") and "best 0.0083 at round 120" in note
+    assert "resumed from round 50 after a failure" in note and note.count(",") < 10  # not 150 values
+    mlp = TrainConfig.model_validate({**_raw("tabular_mlp"), "model": {"family": "tabular_mlp"}})
+    assert _history_note(mlp, history[:3], 1.0) == "3 epoch(s) in 1.0s; val_loss by epoch: 1.0000, 0.5000, 0.3333"
