@@ -143,7 +143,7 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
         mean, std = float(y.mean()), float(y.std()) or 1.0
     features, left_out = d.features, {}
     if features == "auto":  # inferred from the training rows; the resolved config registers what was inferred
-        features, left_out = _auto_features(cfg, train, version, time_column)
+        features, left_out = _auto_features(platform, cfg, train, version, time_column)
     pre = fit_features(train, features)
     resolved = cfg.model_copy(update={"data": d.model_copy(update={
         "dataset": version.ref, "features": features,
@@ -154,16 +154,15 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
     return data, holdout.reset_index(drop=True), resolved, list(pinned.values())
 
 
-def _auto_features(cfg: TrainConfig, train: pd.DataFrame, version: Any, time_column: str | None) -> tuple[Any, dict[str, str]]:
+def _auto_features(platform: Any, cfg: TrainConfig, train: pd.DataFrame, version: Any,
+                   time_column: str | None) -> tuple[Any, dict[str, str]]:
     """``features: auto``: the spec suggested from the training rows' profile, and the columns left out (why)."""
     d = cfg.data
     keys = list((version.spec or {}).get("key") or [])
     exclude = {}
-    if d.feature_view is not None:
-        fv = d.feature_view
-        entity = fv.entity if isinstance(fv, FeatureView) else None
-        if entity:
-            keys.append(entity)
+    if d.feature_view is not None:  # the view's entity is a key, whatever the dataset's spec says
+        fv = d.feature_view if isinstance(d.feature_view, FeatureView) else platform.features.get_view(d.feature_view)
+        keys.append(fv.entity)
     if time_column:
         exclude[time_column] = "the split's time column (the holdout is chosen by it)"
     if LABEL_TIME in train.columns:
