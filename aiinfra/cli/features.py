@@ -15,7 +15,7 @@ def _suggest(args: argparse.Namespace) -> None:
 
     version = _catalog(load_config()).get(args.dataset)
     columns = version.profile.columns
-    if args.label and args.label not in columns:
+    if args.label not in columns:
         from aiinfra.errors import InvalidInput
 
         raise InvalidInput(f"{version.ref} has no column {args.label!r} (--label); it has {', '.join(columns)}")
@@ -35,8 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fsub = features.add_subparsers(dest="features_command", required=True)
     suggest = fsub.add_parser("suggest", help="the transforms `features: auto` infers for DATASET, as YAML")
     suggest.add_argument("dataset", help="NAME (the latest version) or NAME@VERSION")
-    suggest.add_argument("--label", help="the label column (left out of the features)")
-    suggest.add_argument("--family", default="tabular_mlp", help="the model family (tree families skip the scaling)")
+    suggest.add_argument("--label", required=True, help="the label column (left out of the features)")
+    suggest.add_argument("--family", default="tabular_mlp", choices=["tabular_mlp", "image_cnn", "xgboost", "lightgbm"],
+                         help="the model family (tree families skip the scaling)")
     suggest.add_argument("--exclude", action="append", default=[], metavar="COLUMN", help="leave COLUMN out (repeatable)")
     suggest.add_argument("--max-one-hot", type=int, default=20, help="one-hot up to this many distinct values, else ordinal")
     suggest.add_argument("--json", action="store_true")

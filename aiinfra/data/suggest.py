@@ -74,8 +74,9 @@ def _why_not(name: str, kind: str, col: ColumnProfile) -> str | None:
         return f"constant ({col.min:g} in every row)"
     if kind in ("categorical", "boolean") and col.distinct is not None and col.distinct <= 1:
         return "constant (one value in every row)"
-    if kind == "integer" and _ID_NAME.search(name):
-        return "id-like (an integer named like an identifier)"
+    # Numeric too: pandas turns an integer column with a null into floats.
+    if kind in ("integer", "numeric") and _ID_NAME.search(name):
+        return "id-like (a number named like an identifier)"
     if kind == "categorical" and col.distinct is not None and not col.approximate and col.count >= 20 \
             and col.distinct >= ID_LIKE_SHARE * col.count:
         return f"id-like ({col.distinct:,} distinct values in {col.count:,} rows)"

@@ -246,6 +246,11 @@ def _check_model(family: str, params: dict[str, Any]) -> str | None:
     return None
 
 
+# The torch loop's settings, which the tree families' loop does not read: searching one runs identical trials.
+_IGNORED_BY_TREES = ("trainer.lr", "trainer.epochs", "trainer.batch_size", "trainer.optimizer", "trainer.weight_decay",
+                     "trainer.patience", "trainer.shuffle", "trainer.cache_shards", "trainer.bf16")
+
+
 def check_search_space(cfg: TrainConfig) -> None:
     """Refuse a model, or a search space that could draw an invalid value, before any worker starts.
 
@@ -258,11 +263,18 @@ def check_search_space(cfg: TrainConfig) -> None:
     if why:
         problems.append(f"model: {why}")
     base = cfg.model_dump(mode="json")
+    tree = is_tree_family(cfg.model.family)
     for path, dist in (cfg.tune.search_space.items() if cfg.tune else []):
+        if tree and path in _IGNORED_BY_TREES:
+            problems.append(f"tune.search_space.{path}: {cfg.model.family} does not use {path} "
+                            "(its rounds and rates are model.params.*)")
+            continue
         try:
             current = get_path(base, path)
         except (KeyError, TypeError):
             current = None
+        if current is None and tree and path.startswith("model.params."):  # a tree default, not written in the config
+            current = tree_params(cfg.model.family, cfg.model.params).model_dump().get(path.removeprefix("model.params."))
         if isinstance(current, int) and not isinstance(current, bool) and dist.kind in ("uniform", "loguniform"):
             problems.append(f"tune.search_space.{path}: {dist.kind} draws fractions but {path} is an integer; "
                             "use randint, choice or grid")

@@ -87,3 +87,9 @@ def test_a_config_may_say_features_auto():
     assert cfg.data.features == "auto"
     with pytest.raises(InvalidInput, match="cannot read feature spec .*autox"):  # any other string is a path
         load_train_config({**raw, "data": {**raw["data"], "features": "autox"}})
+
+
+def test_an_integer_id_with_a_null_is_still_left_out():
+    frame = pd.DataFrame({"customer_id": [1.0, 2.0, None] * 20, "x": np.arange(60.0), "label": np.arange(60) % 2})
+    s = suggest_features(profile_frame(frame), label="label")  # pandas made the ids floats
+    assert "id-like" in s.left_out["customer_id"] and [f.column for f in s.spec.features] == ["x"]

@@ -245,3 +245,12 @@ def test_the_run_log_summarises_hundreds_of_rounds_and_names_a_resume():
     assert "resumed from round 50 after a failure" in note and note.count(",") < 10  # not 150 values
     mlp = TrainConfig.model_validate({**_raw("tabular_mlp"), "model": {"family": "tabular_mlp"}})
     assert _history_note(mlp, history[:3], 1.0) == "3 epoch(s) in 1.0s; val_loss by epoch: 1.0000, 0.5000, 0.3333"
+
+
+def test_a_tree_search_over_an_integer_default_or_a_torch_setting_is_refused():
+    with pytest.raises(InvalidInput) as info:
+        load_train_config(_raw("xgboost", tune={"search_space": {"model.params.max_depth": {"uniform": [2, 10]},
+                                                                 "trainer.lr": {"loguniform": [0.001, 0.1]}}}))
+    message = info.value.message
+    assert "model.params.max_depth: uniform draws fractions" in message
+    assert "trainer.lr: xgboost does not use trainer.lr" in message
