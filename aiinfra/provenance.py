@@ -27,7 +27,7 @@ LOCK_KEY = "lock_sha256"
 PACKAGES = (
     "ray", "torch", "alibi-detect", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", "fastapi",
     "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2", "sqlalchemy", "psycopg", "river",
-    "xgboost-cpu", "lightgbm",
+    "xgboost-cpu", "lightgbm", "onnx", "onnxruntime", "onnxscript", "onnxmltools", "skl2onnx", "ml-dtypes",
 )
 
 

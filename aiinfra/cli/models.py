@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from aiinfra.cli.common import open_platform, print_json, when
+from aiinfra.cli.common import open_platform, print_json, stage_log, when
 from aiinfra.config import load_config
 from aiinfra.redaction import redact_text, redact_uri
 
@@ -96,6 +96,58 @@ def _models_audit(args: argparse.Namespace) -> None:
         print(f"{when(e.ts)}  {e.who:<24} {e.action:<12} v{e.version or '-':<4} {change}")
 
 
+def _models_import(args: argparse.Namespace) -> None:
+    from aiinfra.config import validate_as
+    from aiinfra.pipelines.model_import import import_onnx
+    from aiinfra.training.gate import GateConfig
+
+    gate = None
+    if args.gate_metric:
+        gate = validate_as(GateConfig, {"metric": args.gate_metric, "min_improvement": args.min_improvement}, "gate")
+    log = stage_log()
+    log.total = 4
+    with open_platform(load_config()) as p:
+        out = import_onnx(p, args.name, args.path, args.signature, holdout=args.holdout, label=args.label,
+                          slices=args.slice, gate=gate, log=log)
+    if args.json:
+        return print_json(out.to_dict())
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in out.metrics.items())
+    print(f"{out.model}: {metrics}; gate {'PASS' if out.verdict['passed'] else 'FAIL'}: {out.verdict['reason']}")
+    print(f"alias: {out.alias or 'none (set one with `aiinfra models alias`)'}")
+
+
+def _print_variant(out: Any) -> None:
+    print(f"{out.model or out.directory}: {out.method} of {out.parent}, checked on {out.rows:,} holdout rows: "
+          f"{out.metric} {out.variant_metric:.4f} (parent {out.parent_metric:.4f}), largest score difference "
+          f"{out.max_abs_difference:.2e}")
+    print(f"  size {out.parent_bytes:,} B -> {out.variant_bytes:,} B ({out.variant_bytes / out.parent_bytes:.2f}x); "
+          f"single-row predict {out.parent_latency_ms:.3f} ms -> {out.variant_latency_ms:.3f} ms")
+
+
+def _models_export(args: argparse.Namespace) -> None:
+    from aiinfra.pipelines.variants import export_version
+
+    log = stage_log()
+    log.total = 4 if args.register else 3
+    with open_platform(load_config()) as p:
+        out = export_version(p, args.ref, out=args.out, register=args.register, log=log)
+    if args.json:
+        return print_json(out.to_dict())
+    _print_variant(out)
+
+
+def _optimize(args: argparse.Namespace) -> None:
+    from aiinfra.pipelines.variants import optimize_version
+
+    log = stage_log()
+    log.total = 4
+    with open_platform(load_config()) as p:
+        out = optimize_version(p, args.ref, quantize=args.quantize, max_loss=args.max_loss, metric=args.metric, log=log)
+    if args.json:
+        return print_json(out.to_dict())
+    _print_variant(out)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
     ls = models.add_parser("ls", help="list models with their latest version and aliases")
@@ -122,3 +174,43 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--verify", action="store_true",
                        help="check the log's hash chain instead: exit 1 and name the first broken row if it is not intact")
     audit.set_defaults(func=_models_audit)
+    imp = models.add_parser("import", help="register an ONNX model trained elsewhere, scored and gated on your holdout",
+                            description="Register PATH (an .onnx graph with one (rows, inputs) float input) as the next "
+                                        "version of NAME. It is checked against the signature file, scored on the "
+                                        "holdout dataset, gated against NAME@champion on the same rows, and then served, "
+                                        "batch-scored and monitored like a model trained here.")
+    imp.add_argument("name")
+    imp.add_argument("path", help="the .onnx file")
+    imp.add_argument("--signature", required=True, help="YAML/JSON: task, class_labels, inputs (the graph's columns in "
+                                                         "order), optionally output and scores")
+    imp.add_argument("--holdout", required=True, help="the labelled dataset to score it on: DATASET or DATASET@VERSION")
+    imp.add_argument("--label", required=True, help="the holdout's label column")
+    imp.add_argument("--slice", action="append", default=[], help="a column to report (and gate) per value; repeatable")
+    imp.add_argument("--gate-metric", help="the gate's metric (default: roc_auc, accuracy or rmse by task)")
+    imp.add_argument("--min-improvement", type=float, default=0.0,
+                     help="how much better than the champion it must be (negative tolerates a loss)")
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=_models_import)
+    export = models.add_parser("export", help="a version as an ONNX model, checked to answer as the original does",
+                               description="Export NAME@VERSION (a torch or tree model) to ONNX over its preprocessed "
+                                           "inputs; its answers on the version's holdout rows must match the "
+                                           "original's within 1e-4. Written to --out as a model directory "
+                                           "(model.onnx, model.json, preprocess.json) and/or registered as the "
+                                           "next version with --register.")
+    export.add_argument("ref", help="NAME@VERSION or NAME@ALIAS")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", help="a new (or empty) directory to write the exported model directory to")
+    export.add_argument("--register", action="store_true", help="register the export as the next version of NAME")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=_models_export)
+    optimize = sub.add_parser("optimize", help="a compressed variant of a version, registered when it passes a gate",
+                              description="Make an int8-quantized variant of NAME@VERSION (onnxruntime's dynamic "
+                                          "quantization of its ONNX form), judge it on the version's holdout rows, "
+                                          "and register it as the next version only when it loses at most --max-loss "
+                                          "of the metric; its size and single-row latency are measured against the parent.")
+    optimize.add_argument("ref", help="NAME@VERSION or NAME@ALIAS")
+    optimize.add_argument("--quantize", choices=["int8"], required=True)
+    optimize.add_argument("--max-loss", type=float, help="default: 0.01 of AUC or accuracy, 1%% of the RMSE")
+    optimize.add_argument("--metric", help="default: roc_auc, accuracy or rmse by task")
+    optimize.add_argument("--json", action="store_true")
+    optimize.set_defaults(func=_optimize)

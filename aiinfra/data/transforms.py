@@ -11,7 +11,8 @@
 Numeric steps (impute, clip, log1p, standardize, min_max) chain, each fitted on the output of
 the one before; bucketize, one_hot, ordinal and datetime_parts end a chain. Categorical
 encodings keep an unknown bucket, so a value never seen in training is encoded, not refused.
-A numeric value still missing at the end becomes 0.
+A numeric value still missing at the end becomes 0, unless the pipeline keeps missing values (``keep_missing``:
+an imported ONNX graph gets NaN, which its own imputer or trees handle).
 
 ``FeaturePipeline.transform`` is one function of a DataFrame: Ray Data calls it on batches,
 serving calls it (through ``transform_rows``) on request rows, so both see identical features.
@@ -58,6 +59,12 @@ class Log1p(_Step):
     op: Literal["log1p"]
 
 
+class Passthrough(_Step):
+    """The number as it is: for a model that does its own preprocessing (an imported ONNX graph)."""
+
+    op: Literal["passthrough"]
+
+
 class Standardize(_Step):
     op: Literal["standardize"]
     mean: float | None = None
@@ -93,9 +100,9 @@ class DatetimeParts(_Step):
     )
 
 
-Step = Annotated[Impute | Clip | Log1p | Standardize | MinMax | Bucketize | OneHot | Ordinal | DatetimeParts,
+Step = Annotated[Impute | Clip | Log1p | Passthrough | Standardize | MinMax | Bucketize | OneHot | Ordinal | DatetimeParts,
                  Field(discriminator="op")]
-_NUMERIC_CHAIN = (Impute, Clip, Log1p, Standardize, MinMax)
+_NUMERIC_CHAIN = (Impute, Clip, Log1p, Passthrough, Standardize, MinMax)
 _TERMINAL = (Bucketize, OneHot, Ordinal, DatetimeParts)
 
 
@@ -210,6 +217,8 @@ def _apply_numeric(step: Any, v: np.ndarray) -> np.ndarray:
         return np.where(np.isnan(v), float(step.fitted), v)  # type: ignore[arg-type]
     if isinstance(step, Clip):
         return np.clip(v, step.min if step.min is not None else -np.inf, step.max if step.max is not None else np.inf)
+    if isinstance(step, Passthrough):
+        return v
     if isinstance(step, Log1p):
         return np.log1p(np.maximum(v, 0.0))  # defined for counts and amounts; negatives count as 0
     if isinstance(step, Standardize):
@@ -248,6 +257,8 @@ class FeaturePipeline(BaseModel):
 
     spec: FeatureSpec
     input_dtypes: dict[str, str] = Field(default_factory=dict)
+    # NaN for a missing number instead of 0: for a model that handles missing values itself.
+    keep_missing: bool = False
 
     @property
     def input_columns(self) -> list[str]:
@@ -284,6 +295,8 @@ class FeaturePipeline(BaseModel):
         """Each column is a pandas Series (batches) or a list (request rows): both give the same values."""
         blocks = [self._transform_feature(f, columns[f.column], n) for f in self.spec.features]
         out = np.hstack(blocks).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+        if self.keep_missing:
+            return out
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _transform_feature(self, f: Feature, values: Any, n: int) -> np.ndarray:

@@ -31,15 +31,15 @@ from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.features.offline import point_in_time_join
 from aiinfra.features.views import FeatureView
 from aiinfra.monitoring.profile import build_profile, write_profile
+from aiinfra.pipelines.judging import gate_against_champion, holdout_outputs, report_on
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.provenance import code_version, environment, environment_changes
 from aiinfra.training.config import TrainConfig, config_hash, load_train_config
-from aiinfra.training.evaluation import evaluate_predictions, render_html
-from aiinfra.training.gate import promotion_gate
-from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
+from aiinfra.training.evaluation import render_html
+from aiinfra.training.model_dir import ModelSpec, save_model_dir
 from aiinfra.training.ray_train import PreparedData, fit
 from aiinfra.training.search import apply_overrides, search
-from aiinfra.training.tabular import class_labels_for, encode_labels, signature_for
+from aiinfra.training.tabular import class_labels_for, signature_for
 from aiinfra.training.trees import is_tree_family
 
 __all__ = ["TRAINING_CONFIG", "TrainingOutcome", "prepare_data", "reproduce", "run_training"]
@@ -175,20 +175,13 @@ def _auto_features(platform: Any, cfg: TrainConfig, train: pd.DataFrame, version
 # -- evaluation ---------------------------------------------------------------------------------
 def _holdout_outputs(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig) -> tuple[ModelSpec, np.ndarray, np.ndarray]:
     """(spec, the saved model's outputs on ``holdout``, the true labels: class indexes or values)."""
-    spec, model, pre = load_model_dir(model_dir)
-    scores = model.scores(pre.transform(holdout))
-    # Regression: the label as it is (in the target's units, as the scores are), not standardized.
-    y = encode_labels(spec.task, holdout[cfg.data.label], spec.class_labels)
-    y_true = holdout[cfg.data.label].to_numpy(dtype=np.float64) if spec.task == "regression" else y.astype(np.int64)
-    return spec, scores, y_true
+    return holdout_outputs(model_dir, holdout, cfg.data.label)
 
 
 def evaluate_model(model_dir: Path, holdout: pd.DataFrame, cfg: TrainConfig,
                    outputs: tuple[ModelSpec, np.ndarray, np.ndarray] | None = None) -> Any:
     """The evaluation report of a saved model on ``holdout``, per slice as configured."""
-    spec, scores, y_true = outputs or _holdout_outputs(model_dir, holdout, cfg)
-    slices = {c: holdout[c].astype(str).to_numpy() for c in cfg.data.slices if c in holdout.columns}
-    return evaluate_predictions(spec.task, y_true, scores, class_labels=list(spec.class_labels) or None, slices=slices)  # type: ignore[arg-type]
+    return report_on(outputs or _holdout_outputs(model_dir, holdout, cfg), holdout, cfg.data.slices)
 
 
 def _write_profile(model_dir: Path, holdout: pd.DataFrame, data: PreparedData, cfg: TrainConfig,
@@ -352,19 +345,7 @@ def _with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def _gate(platform: Any, cfg: TrainConfig, report: Any, holdout: pd.DataFrame, workdir: Path) -> Any:
-    try:
-        champion = platform.registry.get(f"{cfg.name}@champion")
-    except NotFound:
-        return promotion_gate(report, None, cfg.gate)
-    champion_dir = platform.registry.download(champion, workdir / "champion")
-    try:
-        champion_report = evaluate_model(champion_dir, holdout, cfg)
-    except InvalidInput as e:
-        verdict = promotion_gate(report, None, cfg.gate)
-        return verdict.model_copy(update={"reason": f"champion {champion.ref} cannot be scored on these rows ({e.message}); "
-                                                    "the candidate passes on its own"})
-    verdict = promotion_gate(report, champion_report, cfg.gate)
-    return verdict.model_copy(update={"reason": f"vs champion {champion.ref}: {verdict.reason}"})
+    return gate_against_champion(platform, cfg.name, cfg.gate, report, holdout, cfg.data.label, cfg.data.slices, workdir)
 
 
 def _write_reports(platform: Any, run_id: str, model_dir: Path, report: Any, history: list[dict[str, Any]],

@@ -2,9 +2,10 @@
 
     model.json        family, hyperparameters, dimensions, task, class labels
     preprocess.json   the fitted FeaturePipeline
-    weights.safetensors (torch families), model.ubj (xgboost: UBJSON) or model.txt (lightgbm: its text model)
+    weights.safetensors (torch families), model.ubj (xgboost: UBJSON), model.txt (lightgbm: its text model)
+    or model.onnx (family "onnx": a graph imported, exported or quantized)
 
-JSON, safetensors and the tree libraries' own data formats only: nothing is ever unpickled from storage.
+JSON, safetensors, ONNX and the tree libraries' own data formats only: nothing is ever unpickled from storage.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 
 from aiinfra.data.transforms import FeaturePipeline
 from aiinfra.errors import InvalidInput
-from aiinfra.training.runtimes import WEIGHTS_FILE, TrainedModel, load_trained_model
+from aiinfra.training.runtimes import ONNX_FAMILY, WEIGHTS_FILE, TrainedModel, load_trained_model
 from aiinfra.training.trees import is_tree_family
 
 __all__ = ["ModelSpec", "load_model_dir", "save_model_dir"]
@@ -47,7 +48,7 @@ def save_model_dir(path: str | Path, spec: ModelSpec, weights: dict[str, torch.T
     """``weights``: a torch family's state dict, or a tree family's model as the library serialized it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if is_tree_family(spec.family):
+    if is_tree_family(spec.family) or spec.family == ONNX_FAMILY:
         if not isinstance(weights, bytes):
             raise TypeError(f"a {spec.family} model is saved from its serialized bytes")
         (path / WEIGHTS_FILE[spec.family]).write_bytes(weights)

@@ -4,7 +4,8 @@ Every path that runs a model (evaluation, the gate, serving, batch inference, th
 ``TrainedModel`` for ``scores(x)`` on the preprocessed inputs and gets the same thing whatever the family:
 P(class 1) for binary, class probabilities (n, k) for multiclass, predictions in the target's units for
 regression. The weights are read from the libraries' own non-executable formats: safetensors, XGBoost's UBJSON,
-LightGBM's text model. Nothing here unpickles.
+LightGBM's text model, ONNX (a graph imported from elsewhere, or one of ours exported or quantized; run by
+onnxruntime, ``aiinfra.training.onnx_format``). Nothing here unpickles.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import numpy as np
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["BoosterModel", "TrainedModel", "TorchModel", "WEIGHTS_FILE", "load_trained_model", "trained_for",
+__all__ = ["BoosterModel", "ONNX_FAMILY", "TrainedModel", "TorchModel", "WEIGHTS_FILE", "load_trained_model", "trained_for",
            "tree_model_from_bytes"]
 
 # The weights file of each kind of family, in the model directory.
-WEIGHTS_FILE = {"torch": "weights.safetensors", "xgboost": "model.ubj", "lightgbm": "model.txt"}
+WEIGHTS_FILE = {"torch": "weights.safetensors", "xgboost": "model.ubj", "lightgbm": "model.txt", "onnx": "model.onnx"}
+ONNX_FAMILY = "onnx"
 
 
 class TrainedModel(Protocol):
@@ -68,8 +70,8 @@ class BoosterModel:
         return out * self.spec.target_std + self.spec.target_mean if task == "regression" else out
 
     def to(self, device: str) -> None:
-        if device != "cpu":
-            raise InvalidInput(f"{self.family} models are served on CPU; set serve.model_gpus: 0 for this model")
+        """Boosters score on the CPU even in a deployment given a GPU: the pinned xgboost is the CPU build, and for
+        trees of this size the copy to the device would cost more than the scoring saves."""
 
 
 def tree_model_from_bytes(family: str, raw: bytes) -> Any:
@@ -126,6 +128,15 @@ def _check_trained_for(spec: Any, booster: Any) -> None:
 
 def load_trained_model(directory: Path, spec: Any) -> TrainedModel:
     from aiinfra.training.trees import is_tree_family
+
+    if spec.family == ONNX_FAMILY:
+        from aiinfra.training.onnx_format import OnnxModel, inspect_graph
+
+        raw = (directory / WEIGHTS_FILE[ONNX_FAMILY]).read_bytes()
+        info = inspect_graph(raw, what=f"{directory.name}/{WEIGHTS_FILE[ONNX_FAMILY]}")
+        if info.width != spec.input_dim:
+            raise InvalidInput(f"the stored ONNX model takes {info.width} inputs, model.json says {spec.input_dim}")
+        return OnnxModel(raw, spec)
 
     if is_tree_family(spec.family):
         raw = (directory / WEIGHTS_FILE[spec.family]).read_bytes()
