@@ -8,6 +8,7 @@ from typing import Any
 
 from aiinfra.cli.common import open_platform, print_json, stage_log, when
 from aiinfra.config import load_config
+from aiinfra.errors import InvalidInput
 from aiinfra.redaction import redact_text, redact_uri
 
 
@@ -141,8 +142,17 @@ def _optimize(args: argparse.Namespace) -> None:
 
     log = stage_log()
     log.total = 4
+    student = None
+    if args.student is not None:
+        try:
+            student = json.loads(args.student)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"--student must be a JSON object like '{{\"hidden\": [16]}}': {e}") from None
+        if not isinstance(student, dict):
+            raise InvalidInput("--student must be a JSON object of the student's hyperparameters (and optionally family)")
     with open_platform(load_config()) as p:
-        out = optimize_version(p, args.ref, quantize=args.quantize, max_loss=args.max_loss, metric=args.metric, log=log)
+        out = optimize_version(p, args.ref, quantize=args.quantize, distill=args.distill, student=student,
+                               prune=args.prune, alpha=args.alpha, max_loss=args.max_loss, metric=args.metric, log=log)
     if args.json:
         return print_json(out.to_dict())
     _print_variant(out)
@@ -204,12 +214,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=_models_export)
     optimize = sub.add_parser("optimize", help="a compressed variant of a version, registered when it passes a gate",
-                              description="Make an int8-quantized variant of NAME@VERSION (onnxruntime's dynamic "
-                                          "quantization of its ONNX form), judge it on the version's holdout rows, "
-                                          "and register it as the next version only when it loses at most --max-loss "
-                                          "of the metric; its size and single-row latency are measured against the parent.")
+                              description="Make a smaller variant of NAME@VERSION, judge it on the version's holdout "
+                                          "rows, and register it as the next version only when it loses at most "
+                                          "--max-loss of the metric; its size and single-row latency are measured "
+                                          "against the parent. One method: --quantize int8 (onnxruntime's dynamic "
+                                          "quantization of its ONNX form), --distill (a smaller student trained on the "
+                                          "parent's answers on its training rows) or --prune AMOUNT (that share of a "
+                                          "tabular_mlp's hidden neurons removed, then fine-tuned).")
     optimize.add_argument("ref", help="NAME@VERSION or NAME@ALIAS")
-    optimize.add_argument("--quantize", choices=["int8"], required=True)
+    method = optimize.add_mutually_exclusive_group(required=True)
+    method.add_argument("--quantize", choices=["int8"])
+    method.add_argument("--distill", action="store_true")
+    method.add_argument("--prune", type=float, metavar="AMOUNT", help="the share of hidden neurons to remove, e.g. 0.5")
+    optimize.add_argument("--student", help='--distill: the student as JSON, e.g. \'{"hidden": [16]}\' or '
+                                            '\'{"family": "tabular_mlp", "hidden": [32, 16]}\' (default: half the widths)')
+    optimize.add_argument("--alpha", type=float, default=0.5, help="--distill: the teacher's weight against the true labels")
     optimize.add_argument("--max-loss", type=float, help="default: 0.01 of AUC or accuracy, 1%% of the RMSE")
     optimize.add_argument("--metric", help="default: roc_auc, accuracy or rmse by task")
     optimize.add_argument("--json", action="store_true")

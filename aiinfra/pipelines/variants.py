@@ -13,6 +13,7 @@ variant serves once someone (or a canary) promotes it, like any challenger.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import statistics
 import tempfile
@@ -28,12 +29,15 @@ from aiinfra.errors import InvalidInput
 from aiinfra.inference.predictor import Predictor, rows_from_frame
 from aiinfra.monitoring.profile import PROFILE, PROFILE_META, build_profile, load_profile, write_profile
 from aiinfra.pipelines.progress import StageLog
+from aiinfra.training.compress import fit, prune_mlp, soft_targets
 from aiinfra.training.evaluation import evaluate_predictions
 from aiinfra.training.gate import GateConfig, promotion_gate
 from aiinfra.training.metrics import higher_is_better
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
+from aiinfra.training.models import build_model
 from aiinfra.training.onnx_export import export_to_onnx, quantize_int8
-from aiinfra.training.runtimes import ONNX_FAMILY, WEIGHTS_FILE
+from aiinfra.training.runtimes import ONNX_FAMILY, WEIGHTS_FILE, TorchModel
+from aiinfra.training.tabular import encode_labels
 
 __all__ = ["EXPORT_TOLERANCE", "VariantOutcome", "export_version", "optimize_version"]
 
@@ -87,7 +91,8 @@ def _single_row_ms(predictors: list[Predictor], row: dict[str, Any]) -> list[flo
     return [statistics.median(t) * 1000 for t in times]
 
 
-def _make_variant(platform: Any, ref: str, method: str, build: Callable[[ModelSpec, Any, Path], tuple[ModelSpec, bytes]],
+def _make_variant(platform: Any, ref: str, method: str,
+                  build: Callable[[ModelSpec, Any, Path], tuple[ModelSpec, dict[str, Any] | bytes]],
                   judge: Callable[[ModelSpec, dict[str, float], dict[str, float], float], tuple[bool, str]], *,
                   metric: str | None, register: bool, out: Path | None, log: StageLog) -> VariantOutcome:
     registry = platform.registry
@@ -110,8 +115,8 @@ def _make_variant(platform: Any, ref: str, method: str, build: Callable[[ModelSp
 
         with log.stage(f"make the variant ({method})"):
             variant_dir = workdir / "variant"
-            variant_spec, raw = build(spec, model, parent_dir)
-            save_model_dir(variant_dir, variant_spec, raw, pre)
+            variant_spec, weights = build(spec, model, parent_dir)
+            save_model_dir(variant_dir, variant_spec, weights, pre)
             for name in KEPT:
                 if (parent_dir / name).exists():
                     shutil.copy2(parent_dir / name, variant_dir / name)
@@ -158,7 +163,7 @@ def _make_variant(platform: Any, ref: str, method: str, build: Callable[[ModelSp
             outcome.directory = str(out)
         if register:
             with log.stage("register the variant with its lineage"):
-                digest = hashlib.sha256((variant_dir / WEIGHTS_FILE[ONNX_FAMILY]).read_bytes()).hexdigest()
+                digest = hashlib.sha256(_weights(variant_dir, variant_spec).read_bytes()).hexdigest()
                 lineage = {**{k: v for k, v in parent.lineage.model_dump().items() if k in
                               ("dataset_version", "feature_view", "run_id", "code_version")},
                            "parent_version": parent.version, "parent": parent.ref, "method": method,
@@ -168,7 +173,8 @@ def _make_variant(platform: Any, ref: str, method: str, build: Callable[[ModelSp
                            "size_bytes": {"parent": p_bytes, "variant": v_bytes},
                            "single_row_ms": {"parent": round(latency[0], 4), "variant": round(latency[1], 4)}}
                 version = registry.register(parent.name, variant_dir, metrics=v_metrics,
-                                            params={**parent.params, "family": ONNX_FAMILY, "method": method},
+                                            params={**parent.params, "family": variant_spec.family,
+                                                    **variant_spec.params, "method": method},
                                             signature=parent.signature, lineage=lineage,
                                             idempotency_key=f"variant-{parent.ref}-{method}-{digest[:24]}")
                 outcome.model = version.ref
@@ -199,28 +205,99 @@ def export_version(platform: Any, ref: str, *, out: str | Path | None = None, re
                          out=None if out is None else Path(out), log=log)
 
 
-def optimize_version(platform: Any, ref: str, *, quantize: str = "int8", max_loss: float | None = None,
-                     metric: str | None = None, log: StageLog | None = None) -> VariantOutcome:
+def _training_rows(platform: Any, parent_dir: Path, spec: ModelSpec, pre: Any) -> dict[str, np.ndarray]:
+    """The parent's training and validation rows, through its fitted transforms: read again from the dataset
+    versions its recipe pins (training_config.json), split as training split them."""
+    from aiinfra.pipelines.train import TRAINING_CONFIG, prepare_data
+    from aiinfra.training.config import load_train_config
+
+    recipe = parent_dir / TRAINING_CONFIG
+    if not recipe.exists():
+        raise InvalidInput("distillation and pruning train on the parent's training rows, and this version has no "
+                           f"{TRAINING_CONFIG} (it was imported, not trained here); quantize it instead")
+    cfg = load_train_config(json.loads(recipe.read_text()))
+    data, _, _, _ = prepare_data(platform, cfg)
+
+    def encoded(frame: Any) -> np.ndarray:
+        return encode_labels(spec.task, frame[data.label], spec.class_labels, spec.target_mean, spec.target_std)
+
+    return {"x": pre.transform(data.train), "y": encoded(data.train), "x_val": pre.transform(data.val),
+            "y_val": encoded(data.val), "lr": cfg.trainer.lr, "batch_size": cfg.trainer.batch_size,
+            "epochs": cfg.trainer.epochs, "seed": cfg.trainer.seed, "patience": cfg.trainer.patience or cfg.trainer.epochs}
+
+
+def _default_student(spec: ModelSpec) -> dict[str, Any]:
+    """Half the teacher's widths (an MLP or CNN teacher), else a small MLP."""
+    if spec.family == "tabular_mlp":
+        return {"family": "tabular_mlp", "hidden": [max(1, h // 2) for h in spec.params.get("hidden", [32, 16])]}
+    if spec.family == "image_cnn":
+        return {"family": "image_cnn", **{k: v for k, v in spec.params.items() if k != "channels"},
+                "channels": [max(1, c // 2) for c in spec.params.get("channels", [16, 32])]}
+    return {"family": "tabular_mlp", "hidden": [32]}
+
+
+def optimize_version(platform: Any, ref: str, *, quantize: str | None = None, distill: bool = False,
+                     student: dict[str, Any] | None = None, prune: float | None = None, alpha: float = 0.5,
+                     max_loss: float | None = None, metric: str | None = None,
+                     log: StageLog | None = None) -> VariantOutcome:
     """A compressed variant of ``ref``, registered when it loses at most ``max_loss`` of ``metric`` (default: 0.01
-    for AUC or accuracy, 1% of the parent's RMSE for regression) on the parent's holdout rows."""
-    if quantize != "int8":
+    for AUC or accuracy, 1% of the parent's RMSE for regression) on the parent's holdout rows.
+
+    Exactly one method: ``quantize="int8"`` (onnxruntime's dynamic quantization of its ONNX form), ``distill``
+    (a ``student`` (family and hyperparameters; default: half the widths) trained on the parent's answers on its
+    training rows, ``alpha`` the teacher's weight against the true labels) or ``prune`` (that share of each hidden
+    layer's neurons removed from a tabular_mlp, then fine-tuned on the training rows).
+    """
+    chosen = [m for m, on in (("quantize", quantize is not None), ("distill", distill), ("prune", prune is not None)) if on]
+    if len(chosen) != 1:
+        raise InvalidInput(f"choose exactly one of quantize, distill and prune (got {', '.join(chosen) or 'none'})")
+    if quantize is not None and quantize != "int8":
         raise InvalidInput(f"quantize: {quantize!r} is not supported; use int8")
     if max_loss is not None and not max_loss >= 0:
         raise InvalidInput(f"max_loss must be at least 0 (the most of the metric the variant may lose), got {max_loss}")
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidInput(f"alpha (the teacher's weight in the student's loss) must be in [0, 1], got {alpha}")
+    if student is not None and not distill:
+        raise InvalidInput("student applies to distill")
     log = log or StageLog(total=4)
-    method = "quantize:int8"
+    method = "quantize:int8" if quantize else "distill" if distill else f"prune:{prune:g}"
 
-    def build(spec: ModelSpec, model: Any, parent_dir: Path) -> tuple[ModelSpec, bytes]:
-        if spec.family == ONNX_FAMILY:
-            onnx_spec, raw = spec, (parent_dir / WEIGHTS_FILE[ONNX_FAMILY]).read_bytes()
-        else:
-            onnx_spec, raw = export_to_onnx(spec, model, method=method)
-        return quantize_int8(onnx_spec, raw)
+    def build(spec: ModelSpec, model: Any, parent_dir: Path) -> tuple[ModelSpec, dict[str, Any] | bytes]:
+        if quantize:
+            if spec.family == ONNX_FAMILY:
+                onnx_spec, raw = spec, (parent_dir / WEIGHTS_FILE[ONNX_FAMILY]).read_bytes()
+            else:
+                onnx_spec, raw = export_to_onnx(spec, model, method=method)
+            return quantize_int8(onnx_spec, raw)
+        _, _, pre = load_model_dir(parent_dir)
+        rows = _training_rows(platform, parent_dir, spec, pre)
+        budget = {k: rows[k] for k in ("epochs", "batch_size", "lr", "seed", "patience")}
+        if prune is not None:
+            if spec.family != "tabular_mlp" or not isinstance(model, TorchModel):
+                raise InvalidInput(f"pruning applies to tabular_mlp models; this one is {spec.family} (quantize or distill it)")
+            pruned, widths = prune_mlp(model.module, prune)
+            log.note(f"hidden widths {spec.params.get('hidden', [32, 16])} -> {widths}; fine-tuning on "
+                     f"{len(rows['x']):,} training rows")
+            tuned, history = fit(pruned, spec.task, rows["x"], rows["y"], rows["x_val"], rows["y_val"],
+                                 **{**budget, "epochs": max(3, budget["epochs"] // 2), "lr": budget["lr"] / 3})
+            log.note(f"fine-tune: {len(history)} epoch(s), best val_loss {min(h['val_loss'] for h in history):.4f}")
+            return spec.model_copy(update={"params": {**spec.params, "hidden": widths}}), tuned.state_dict()
+        chosen_student = dict(student) if student is not None else _default_student(spec)
+        family = chosen_student.pop("family", "tabular_mlp")
+        module = build_model(family, spec.input_dim, spec.output_dim, chosen_student)
+        teacher = model.scores(rows["x"])
+        soft = soft_targets(spec.task, teacher, spec.target_mean, spec.target_std)
+        log.note(f"student {family} {chosen_student} ({sum(p.numel() for p in module.parameters()):,} parameters), "
+                 f"trained on the teacher's answers on {len(rows['x']):,} training rows (alpha {alpha})")
+        trained, history = fit(module, spec.task, rows["x"], rows["y"], rows["x_val"], rows["y_val"], soft=soft,
+                               alpha=alpha, **budget)
+        log.note(f"{len(history)} epoch(s), best val_loss {min(h['val_loss'] for h in history):.4f}")
+        return spec.model_copy(update={"family": family, "params": chosen_student}), trained.state_dict()
 
     def judge(spec: ModelSpec, p: dict[str, float], v: dict[str, float], diff: float) -> tuple[bool, str]:
         name = metric or DEFAULT_METRIC[spec.task]
         allowed = max_loss if max_loss is not None else (0.01 * p[name] if name in ("rmse", "mae") else 0.01)
-        verdict = promotion_gate(_Report(v), _Report(p), GateConfig(metric=name, min_improvement=-allowed,
+        verdict = promotion_gate(_Report(v), _Report(p), GateConfig(metric=name, min_improvement=-allowed,  # type: ignore[arg-type]
                                                                     max_slice_regression=None))
         return verdict.passed, f"{name} {v[name]:.4f} vs parent {p[name]:.4f} (loss allowed {allowed:.4g}); " \
                                f"largest score difference {diff:.3g}"

@@ -187,6 +187,116 @@ def test_batch_predict_scores_a_dataset_with_the_trained_trees(cluster, customer
     assert shown["lineage"]["model"] == "churn-job@1" and shown["row_count"] == 2_000
 
 
+def test_the_trained_trees_export_to_onnx_with_the_same_answers(cluster, trained, tmp_path):
+    """`aiinfra models export NAME@ALIAS --format onnx`: written out and registered as the next version."""
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    out_dir = tmp_path / "exported"
+    exported = aiinfra(cluster["env"], "models", "export", "churn-job@champion", "--format", "onnx", "--out", str(out_dir),
+                       "--register", "--json")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    result = json.loads(exported.stdout)
+    assert result["max_abs_difference"] <= 1e-4 and result["rows"] > 100
+    assert abs(result["variant_metric"] - result["parent_metric"]) < 1e-3
+    assert (out_dir / "model.onnx").exists() and (out_dir / "preprocess.json").exists()
+    version = json.loads(aiinfra(cluster["env"], "models", "show", result["model"], "--json").stdout)
+    assert version["lineage"]["parent_version"] == 1 and version["lineage"]["method"] == "export:onnx"
+    assert version["params"]["family"] == "onnx" and "model.onnx" in version["files"]
+    # Trees have no matrix products to quantize: refused, naming why.
+    refused = aiinfra(cluster["env"], "optimize", result["model"], "--quantize", "int8")
+    assert refused.returncode == 2 and "tree ensembles are already compact" in refused.stderr
+
+
+def test_the_trained_trees_distil_into_an_mlp_that_prunes_smaller(cluster, trained):
+    """`aiinfra optimize --distill` (an MLP student on the trees' answers over their training rows) and then
+    `--prune` of that student: each gated on the parent's holdout rows, registered with its lineage."""
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    env = cluster["env"]
+    distilled = aiinfra(env, "optimize", "churn-job@champion", "--distill", "--student", '{"hidden": [32, 16]}',
+                        "--max-loss", "0.03", "--json")
+    assert distilled.returncode == 0, distilled.stderr[-3000:]
+    student = json.loads(distilled.stdout)
+    assert student["parent"] == "churn-job@1" and student["parent_metric"] - student["variant_metric"] <= 0.03
+    assert "trained on the teacher's answers on" in distilled.stderr
+    pruned = aiinfra(env, "optimize", student["model"], "--prune", "0.5", "--max-loss", "0.03", "--json")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    small = json.loads(pruned.stdout)
+    assert small["variant_bytes"] < student["variant_bytes"] and "hidden widths [32, 16] -> [16, 8]" in pruned.stderr
+    version = json.loads(aiinfra(env, "models", "show", small["model"], "--json").stdout)
+    assert version["lineage"]["method"] == "prune:0.5" and version["params"]["hidden"] == [16, 8]
+    assert f"churn-job@{version['lineage']['parent_version']}" == student["model"]
+
+
+def test_an_onnx_model_trained_elsewhere_is_imported_quantized_served_and_batch_scored(cluster, customers, tmp_path):
+    """A scikit-learn MLP converted with skl2onnx, as a team would bring it: `aiinfra models import`, then
+    `aiinfra optimize --quantize int8`, then served over HTTP (and OIP) and batch-scored like a trained model."""
+    import httpx
+    import numpy as np
+    import yaml
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _, _, version = customers
+    env = cluster["env"]
+    cols = ["tenure_months", "monthly_charges", "support_calls"]
+    elsewhere = make_customers(3_000, seed=11)  # not the rows it is judged on
+    clf = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0))
+    clf.fit(elsewhere[cols].to_numpy(np.float32), elsewhere["churned"])
+    graph = tmp_path / "churn.onnx"
+    graph.write_bytes(to_onnx(clf, initial_types=[("input", FloatTensorType([None, 3]))], target_opset=17).SerializeToString())
+    sig = tmp_path / "signature.yaml"
+    sig.write_text(yaml.safe_dump({"task": "binary", "class_labels": [0, 1], "inputs": [
+        {"name": "tenure_months", "dtype": "float64"}, {"name": "monthly_charges", "dtype": "float64"},
+        {"name": "support_calls", "dtype": "int64"}]}))
+    holdout = ["--holdout", f"customers@{version}", "--label", "churned", "--slice", "plan"]
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07garbage" * 20)
+    bad = aiinfra(env, "models", "import", "churn-onnx", str(garbage), "--signature", str(sig), *holdout)
+    assert bad.returncode == 2 and "garbage.onnx is not an ONNX model" in bad.stderr, bad.stderr[-2000:]
+
+    imported = aiinfra(env, "models", "import", "churn-onnx", str(graph), "--signature", str(sig), *holdout, "--json")
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    first = json.loads(imported.stdout)
+    assert first["model"] == "churn-onnx@1" and first["alias"] == "champion" and first["metrics"]["roc_auc"] > 0.6
+    assert first["producer"].startswith("skl2onnx")
+
+    quantized = aiinfra(env, "optimize", "churn-onnx@1", "--quantize", "int8", "--json")
+    assert quantized.returncode == 0, quantized.stderr[-3000:]
+    q = json.loads(quantized.stdout)
+    assert q["model"] == "churn-onnx@2" and q["parent_metric"] - q["variant_metric"] <= 0.01
+    assert q["variant_bytes"] < q["parent_bytes"]
+    assert aiinfra(env, "models", "alias", "churn-onnx", "2", "champion").returncode == 0
+
+    deployed = aiinfra(env, "serve", "deploy", "churn-onnx@champion", "--json")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    url = json.loads(deployed.stdout)["url"]
+    auth = {"Authorization": f"Bearer {(cluster['home'] / 'api_token').read_text().strip()}"}
+    risky = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6}
+    calm = {"tenure_months": 60.0, "monthly_charges": 30.0, "support_calls": 0}
+    r = httpx.post(url, json={"instances": [risky, calm]}, headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "churn-onnx" and body["version"] == 2
+    assert body["predictions"][0]["probability"] > body["predictions"][1]["probability"]
+    base = url.split("/predict/")[0]
+    oip = httpx.post(f"{base}/v2/models/churn-onnx/infer", headers=auth, timeout=30, json={"inputs": [
+        {"name": c, "shape": [1], "datatype": "INT64" if c == "support_calls" else "FP64", "data": [risky[c]]} for c in cols]})
+    assert oip.status_code == 200, oip.text
+    prob = {o["name"]: o for o in oip.json()["outputs"]}["probability"]["data"][0]
+    # Dynamic int8 quantizes each call's activations with one scale for the whole batch, so a row's answer moves
+    # slightly with its batch-mates (here 1 row against 2): about 1e-4, never near a decision.
+    assert prob == pytest.approx(body["predictions"][0]["probability"], abs=1e-3)
+    wrong = httpx.post(url, json={"instances": [{**risky, "support_calls": "six"}]}, headers=auth, timeout=30)
+    assert wrong.status_code == 422 and "support_calls" in wrong.text
+
+    scored = aiinfra(env, "predict", "churn-onnx@champion", f"customers@{version}", "--json")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads(scored.stdout)["rows"] == 2_000
+
+
 def test_down_stops_exactly_that_cluster(cluster):
     marker = Path(cluster["info"]["session_dir"]).name
     stopped = aiinfra(cluster["env"], "down")

@@ -162,3 +162,68 @@ def test_what_cannot_be_varied_is_refused(local, tmp_path):
         export_version(local, exported, register=True)
     with pytest.raises(InvalidInput, match="is not supported; use int8"):
         optimize_version(local, ref, quantize="int4")
+
+
+# -- distillation and pruning: trained on the parent's training rows, read again from its recipe -------------------
+def _trained_here(platform, tmp_path, task: str = "binary", hidden=(64, 32)) -> str:
+    """A parent as the training pipeline leaves it: its dataset in the catalog and its recipe beside the weights."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aiinfra.data.catalog import DatasetCatalog, DatasetVersion
+    from aiinfra.data.profile import DatasetProfile
+
+    frame, label = _table(task)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    platform.store.write_bytes("staging/t/part-0.parquet", buf.getvalue())
+    manifest = DatasetVersion(name="table", version="abcd0002", created_at=0.0, source_uri="memory://t", source_format="parquet",
+                              schema=[], row_count=len(frame), rows_in=len(frame), quarantined_count=0, files={},
+                              profile=DatasetProfile(row_count=len(frame), sample_rows=0, columns={}))
+    dataset = DatasetCatalog(platform.store).commit(manifest, {"part-0.parquet": "staging/t/part-0.parquet"}, {}).ref
+    ref = _register(platform, tmp_path, task, "mlp", hidden=hidden)
+    version = platform.registry.get(ref)
+    local = platform.registry.download(version, tmp_path / "recipe")
+    features = [f.name for f in version.signature.inputs]
+    recipe = {"name": version.name, "task": task,
+              "data": {"dataset": dataset, "label": label, "split": {"holdout_fraction": 0.2},
+                       "features": {"features": [{"column": c, "steps": [{"op": "standardize"}]} for c in features]}},
+              "model": {"family": "tabular_mlp", "params": {"hidden": list(hidden)}},
+              "trainer": {"epochs": 100, "batch_size": 32, "lr": 0.01, "patience": 10}}
+    (local / "training_config.json").write_text(json.dumps(recipe))
+    return platform.registry.register(version.name, local, signature=version.signature, lineage={"dataset_version": dataset}).ref
+
+
+def test_a_pruned_mlp_is_really_smaller_and_gated(local, tmp_path):
+    ref = _trained_here(local, tmp_path)
+    out = optimize_version(local, ref, prune=0.5)
+    version = local.registry.get(out.model)
+    assert version.lineage.model_extra["method"] == "prune:0.5" and version.lineage.parent_version == 2
+    assert version.params["family"] == "tabular_mlp" and version.params["hidden"] == [32, 16]
+    assert out.variant_bytes < 0.6 * out.parent_bytes  # neurons cut out, not zeroed
+    assert out.parent_metric - out.variant_metric <= 0.01
+    spec, model, _ = load_model_dir(local.registry.download(version, tmp_path / "pruned"))
+    assert [m.out_features for m in model.module if isinstance(m, torch.nn.Linear)] == [32, 16, 1]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_a_distilled_student_learns_from_the_teacher_and_is_gated(local, tmp_path, task):
+    ref = _trained_here(local, tmp_path, task)
+    out = optimize_version(local, ref, distill=True, student={"hidden": [16]})
+    version = local.registry.get(out.model)
+    assert version.lineage.model_extra["method"] == "distill" and version.params["hidden"] == [16]
+    assert out.variant_bytes < out.parent_bytes / 4
+    assert out.parent_metric - out.variant_metric <= 0.01
+
+
+def test_distillation_and_pruning_need_a_recipe_and_one_method(local, tmp_path):
+    ref = _register(local, tmp_path, "binary", "mlp")  # no training_config.json: as an imported model
+    with pytest.raises(InvalidInput, match="no training_config.json"):
+        optimize_version(local, ref, distill=True)
+    with pytest.raises(InvalidInput, match="exactly one of quantize, distill and prune"):
+        optimize_version(local, ref, quantize="int8", prune=0.3)
+    with pytest.raises(InvalidInput, match="prune amount must be between 0 and 1"):
+        optimize_version(local, _trained_here(local, tmp_path), prune=1.5)
