@@ -77,7 +77,7 @@ def prepare(home: Path) -> tuple[str, dict]:
     with open_local(config) as p:
         v = p.registry.register(MODEL, model_dir, signature=sig)
         exported = export_version(p, v.ref, register=True, log=quiet)
-        quantized = optimize_version(p, exported.model, log=quiet)
+        quantized = optimize_version(p, exported.model, quantize="int8", log=quiet)
     db = open_metadata_db(config.metadata_url)
     try:
         token = TokenStore(db).create("predict", who="benchmark")

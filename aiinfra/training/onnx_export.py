@@ -12,6 +12,7 @@ slightly (about 1e-4 in a probability) with the rows it is batched with.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +34,9 @@ QUANTIZABLE_OPS = {"MatMul", "Gemm", "Conv"}
 def _export_torch(model: TorchModel, spec: ModelSpec) -> tuple[bytes, str, str]:
     import torch
 
+    # The exporter logs a warning per torchvision operator it cannot register (torchvision is not installed, and
+    # our families use none of them): noise in every `aiinfra models export`.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     module = model.module.cpu().eval()
     example = (torch.zeros(2, spec.input_dim),)  # 2 rows: torch.export specializes a dimension of size 1
     with warnings.catch_warnings():
