@@ -36,36 +36,20 @@ VERSIONS = {1: "torch (safetensors)", 2: "ONNX fp32 (onnxruntime)", 3: "ONNX int
 def prepare(home: Path) -> tuple[str, dict]:
     """bench@1 (torch), @2 (its ONNX export), @3 (int8); returns a predict token and the variants' own figures."""
     import numpy as np
-    import torch
 
     from aiinfra.data.synthetic import LABEL, make_customers
-    from aiinfra.data.transforms import fit_features, load_feature_spec
-    from aiinfra.demo.configs import example_config
     from aiinfra.monitoring.profile import build_profile, write_profile
     from aiinfra.pipelines.progress import StageLog
     from aiinfra.pipelines.variants import export_version, optimize_version
     from aiinfra.platform import open_local
     from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
-    from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
-    from aiinfra.training.models import build_model
+    from aiinfra.training.model_dir import load_model_dir, save_model_dir
     from aiinfra.training.tabular import signature_for
 
     df = make_customers(6_000, seed=7)
     train, holdout = df.iloc[:5_000], df.iloc[5_000:]
-    pre = fit_features(train, load_feature_spec(example_config("customers_features.yaml")))
-    x = torch.from_numpy(pre.transform(train))
-    y = torch.from_numpy(train[LABEL].to_numpy(np.float32)).reshape(-1, 1)
-    torch.manual_seed(7)
-    spec = ModelSpec(family="tabular_mlp", params={"hidden": [256, 128]}, input_dim=pre.output_dim, output_dim=1)
-    model = build_model(spec.family, spec.input_dim, 1, spec.params)
-    opt = torch.optim.Adam(model.parameters(), lr=0.003)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(15):
-        for i in range(0, len(x), 250):
-            opt.zero_grad()
-            loss_fn(model(x[i:i + 250]), y[i:i + 250]).backward()
-            opt.step()
+    spec, model, pre, _ = serving.fit_churn_mlp(train, [256, 128], epochs=15, batch=250, lr=0.003)
     model_dir = save_model_dir(home / "model", spec, model.state_dict(), pre)
     _, trained, _ = load_model_dir(model_dir)
     sig = signature_for(pre)

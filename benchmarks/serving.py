@@ -64,40 +64,47 @@ def _config(home: str, port: int, champion_in_router: bool = True):
 
 # -- set-up: model, registry, token (no Ray) ---------------------------------------------------------
 
-def prepare(home: Path) -> str:
-    """Fit and register `bench` (alias champion) in `home`; return a `predict` token."""
+def fit_churn_mlp(df, hidden: list[int], *, epochs: int, batch: int, lr: float):
+    """An MLP on the churn demo's features, fitted in this process: (spec, module, fitted transforms, final loss)."""
     import numpy as np
     import torch
 
-    from aiinfra.data.synthetic import LABEL, make_customers
+    from aiinfra.data.synthetic import LABEL
     from aiinfra.data.transforms import fit_features, load_feature_spec
     from aiinfra.demo.configs import example_config
-    from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
-    from aiinfra.storage import open_metadata_db
-    from aiinfra.training.model_dir import ModelSpec, save_model_dir
+    from aiinfra.training.model_dir import ModelSpec
     from aiinfra.training.models import build_model
-    from aiinfra.training.tabular import signature_for
 
-    df = make_customers(5_000, seed=7)
     pre = fit_features(df, load_feature_spec(example_config("customers_features.yaml")))
     x = torch.from_numpy(pre.transform(df))
     y = torch.from_numpy(df[LABEL].to_numpy(np.float32)).reshape(-1, 1)
     torch.manual_seed(7)
-    spec = ModelSpec(family="tabular_mlp", params={"hidden": [32, 16]}, input_dim=pre.output_dim, output_dim=1)
+    spec = ModelSpec(family="tabular_mlp", params={"hidden": hidden}, input_dim=pre.output_dim, output_dim=1)
     model = build_model(spec.family, spec.input_dim, 1, spec.params)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(30):
-        for i in range(0, len(x), 500):
+    for _ in range(epochs):
+        for i in range(0, len(x), batch):
             opt.zero_grad()
-            loss_fn(model(x[i:i + 500]), y[i:i + 500]).backward()
+            loss_fn(model(x[i:i + batch]), y[i:i + batch]).backward()
             opt.step()
+    return spec, model, pre, float(loss_fn(model(x), y).detach())
+
+
+def prepare(home: Path) -> str:
+    """Fit and register `bench` (alias champion) in `home`; return a `predict` token."""
+    from aiinfra.data.synthetic import make_customers
+    from aiinfra.platform import open_local
+    from aiinfra.serving.auth import TokenStore
+    from aiinfra.storage import open_metadata_db
+    from aiinfra.training.model_dir import save_model_dir
+    from aiinfra.training.tabular import signature_for
+
+    spec, model, pre, loss = fit_churn_mlp(make_customers(5_000, seed=7), [32, 16], epochs=30, batch=500, lr=0.01)
     model_dir = save_model_dir(home / "model", spec, model.state_dict(), pre)
     config = _config(str(home), 8000)
     with open_local(config) as p:
-        v = p.registry.register(MODEL, model_dir, metrics={"train_loss": float(loss_fn(model(x), y).detach())},
-                                signature=signature_for(pre))
+        v = p.registry.register(MODEL, model_dir, metrics={"train_loss": loss}, signature=signature_for(pre))
         p.registry.set_alias(MODEL, v.version, "champion")
     db = open_metadata_db(config.metadata_url)
     try:

@@ -73,6 +73,8 @@ class PartialProfile:
     categorical: dict[str, CategoricalPartial] = field(default_factory=dict)
     sample: pa.Table | None = None
     sample_keys: np.ndarray | None = None
+    # Nulls of the columns with no statistics of their own (timestamps, dates, nested types): "always null" needs them.
+    other_nulls: dict[str, int] = field(default_factory=dict)
 
     def merge(self, o: PartialProfile) -> PartialProfile:
         numeric = {k: self.numeric.get(k, NumericPartial()).merge(o.numeric.get(k, NumericPartial()))
@@ -80,7 +82,8 @@ class PartialProfile:
         categorical = {k: self.categorical.get(k, CategoricalPartial()).merge(o.categorical.get(k, CategoricalPartial()))
                        for k in {*self.categorical, *o.categorical}}
         sample, keys = _merge_samples(self.sample, self.sample_keys, o.sample, o.sample_keys)
-        return PartialProfile(self.rows + o.rows, numeric, categorical, sample, keys)
+        other = {k: self.other_nulls.get(k, 0) + o.other_nulls.get(k, 0) for k in {*self.other_nulls, *o.other_nulls}}
+        return PartialProfile(self.rows + o.rows, numeric, categorical, sample, keys, other)
 
 
 def _merge_samples(a: pa.Table | None, ka: np.ndarray | None, b: pa.Table | None, kb: np.ndarray | None):
@@ -133,6 +136,8 @@ def profile_batch(table: pa.Table, row_hashes: np.ndarray) -> PartialProfile:
             p.categorical[name] = CategoricalPartial(
                 len(col) - nulls, nulls, {str(c["values"]): int(c["counts"]) for c in counts}, truncated
             )
+        else:
+            p.other_nulls[name] = nulls
     if table.num_rows:
         p.sample, p.sample_keys = _bottom_k(table, np.asarray(row_hashes, dtype=np.uint64))
     return p
@@ -187,7 +192,8 @@ def finalize(p: PartialProfile, schema: pa.Schema) -> DatasetProfile:
             columns[name] = ColumnProfile(type=str(f.type), count=c.count, nulls=c.nulls, top=top,
                                           distinct=len(c.counts), approximate=c.truncated)
         else:
-            columns[name] = ColumnProfile(type=str(f.type), count=p.rows, nulls=0)
+            nulls = p.other_nulls.get(name, 0)
+            columns[name] = ColumnProfile(type=str(f.type), count=p.rows - nulls, nulls=nulls)
     return DatasetProfile(row_count=p.rows, sample_rows=0 if p.sample is None else p.sample.num_rows, columns=columns)
 
 

@@ -87,7 +87,18 @@ def _why_not(name: str, kind: str, col: ColumnProfile) -> str | None:
 
 def profile_frame(frame: pd.DataFrame) -> DatasetProfile:
     """The profile ingestion computes, of an in-memory table (a training run's rows)."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        bad = []
+        for name in frame.columns:
+            try:
+                pa.array(frame[name], from_pandas=True)
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                kinds = sorted({type(v).__name__ for v in frame[name].dropna()})
+                bad.append(f"{name} ({', '.join(kinds[:4])})")
+        raise InvalidInput(f"column(s) {', '.join(bad) or '?'} mix value types, so no one type can be inferred for "
+                           "them: clean them, or ingest the table with a spec that types them") from None
     return finalize(profile_batch(table, np.arange(len(frame), dtype=np.uint64)), table.schema)
 
 
@@ -108,7 +119,9 @@ def suggest_features(profile: DatasetProfile, *, label: str | None, keys: Sequen
             left_out[name] = why
             continue
         if kind == "timestamp":
-            steps: list[dict] = [{"op": "datetime_parts", "parts": ["dayofweek", "hour", "month"]}]
+            # A date has no time of day: its hour would be 0 in every row.
+            parts = ["dayofweek", "month"] if col.type.lower().startswith("date") else ["dayofweek", "hour", "month"]
+            steps: list[dict] = [{"op": "datetime_parts", "parts": parts}]
         elif kind == "boolean":
             steps = [{"op": "impute", "strategy": "most_frequent"}]
         elif kind == "categorical":

@@ -45,10 +45,11 @@ def prune_mlp(module: nn.Module, amount: float) -> tuple[nn.Module, list[int]]:
     from torch.nn.utils import prune
 
     model = copy.deepcopy(module).cpu().eval()
-    linears = _linear_layers(model)
+    deep = getattr(model, "deep", model)  # wide & deep: the deep part is pruned, the linear part kept
+    linears = _linear_layers(deep)
     if len(linears) < 2:
         raise InvalidInput("this MLP has no hidden layer to prune")
-    layers = list(model)
+    layers = list(deep)
     widths: list[int] = []
     for i, layer in enumerate(linears[:-1]):
         n_remove = min(int(round(amount * layer.out_features)), layer.out_features - 1)

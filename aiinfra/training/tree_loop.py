@@ -131,6 +131,10 @@ class _Rounds:
         s = self.state
         metrics = {**s.history[-1], "best_epoch": s.best_round, "rounds": s.rounds, "stopped_early": int(s.stopped_early),
                    "mean_round_s": (time.perf_counter() - self._t0) / max(1, s.rounds - self.start)}
+        if not s.cut_to_best:
+            # Early stopping off: the model keeps every round, so its loss is the last round's, not the best one's
+            # (Tune and the run's summary compare the models that are kept).
+            metrics.update(best_val_loss=s.history[-1]["val_loss"], best_epoch=s.rounds - 1)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:

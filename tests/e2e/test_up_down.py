@@ -187,6 +187,45 @@ def test_batch_predict_scores_a_dataset_with_the_trained_trees(cluster, customer
     assert shown["lineage"]["model"] == "churn-job@1" and shown["row_count"] == 2_000
 
 
+def test_the_tree_champion_retrains_on_its_labelled_production_rows(cluster, trained):
+    """`aiinfra retrain` (the job the autopilot submits) for an XGBoost champion: the rows it served, labelled
+    through /feedback, join its reference data in a new dataset version; the retrained trees are gated against
+    the champion and registered without an alias (the autopilot canaries them)."""
+    import httpx
+
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    env = cluster["env"]
+    deployed = aiinfra(env, "serve", "deploy", "churn-job@champion", "--json")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    url = json.loads(deployed.stdout)["url"]
+    base = url.split("/predict/")[0]
+    auth = {"Authorization": f"Bearer {(cluster['home'] / 'api_token').read_text().strip()}"}
+    served = make_customers(60, seed=21)
+    cols = ["tenure_months", "monthly_charges", "support_calls", "plan", "region"]
+    asked = []
+    for row, label in zip(served[cols].to_dict("records"), served["churned"]):
+        r = httpx.post(url, json={"instances": [row]}, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        asked.append((r.json()["request_id"], int(label)))
+    items = [{"request_id": rid, "label": label} for rid, label in asked]
+    deadline, accepted = time.monotonic() + 90, 0
+    while time.monotonic() < deadline and accepted < 30:  # served requests reach the monitor within seconds
+        time.sleep(2)
+        r = httpx.post(f"{base}/feedback/churn-job", json={"items": items}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        accepted = max(accepted, r.json()["accepted"])
+    assert accepted >= 30, r.text
+    retrained = subprocess.run([str(BIN / "aiinfra"), "retrain", "churn-job", "--config", "tests/e2e/configs/churn_small.yaml",
+                                "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    result = json.loads(retrained.stdout)
+    assert result["production_rows"] >= 30 and result["gate"] is not None
+    version = json.loads(aiinfra(env, "models", "show", result["model"], "--json").stdout)
+    assert version["params"]["family"] == "xgboost" and "champion" not in version["aliases"]
+    assert version["lineage"]["retrain"]["production_rows"] == result["production_rows"]
+    assert version["lineage"]["dataset_version"] == result["dataset_version"] != version["lineage"].get("parent")
+
+
 def test_the_trained_trees_export_to_onnx_with_the_same_answers(cluster, trained, tmp_path):
     """`aiinfra models export NAME@ALIAS --format onnx`: written out and registered as the next version."""
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -291,6 +330,16 @@ def test_an_onnx_model_trained_elsewhere_is_imported_quantized_served_and_batch_
     assert prob == pytest.approx(body["predictions"][0]["probability"], abs=1e-3)
     wrong = httpx.post(url, json={"instances": [{**risky, "support_calls": "six"}]}, headers=auth, timeout=30)
     assert wrong.status_code == 422 and "support_calls" in wrong.text
+    # Its drift monitor watches the served version against the reference profile the import built.
+    deadline, status = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        shown = aiinfra(env, "monitor", "status", "churn-onnx", "--json")
+        status = json.loads(shown.stdout) if shown.returncode == 0 else {}
+        if status.get("running") and status.get("version") == "churn-onnx@2":
+            break
+        time.sleep(2)
+    assert status.get("version") == "churn-onnx@2", status
+    assert sorted(status["features"]["numeric"]) == sorted(cols)
 
     scored = aiinfra(env, "predict", "churn-onnx@champion", f"customers@{version}", "--json")
     assert scored.returncode == 0, scored.stderr[-3000:]

@@ -46,6 +46,29 @@ def _run_name(what: str) -> str:
     return f"test-{what}-{uuid.uuid4().hex[:8]}"
 
 
+def _worker_killer(run_dir: Path, killed: dict[str, object], *, settle_s: float, poll_s: float) -> threading.Thread:
+    """A thread that SIGKILLs one Ray Train worker once ``run_dir`` holds a checkpoint (and ``settle_s`` more),
+    recording its pid in ``killed``."""
+
+    import psutil
+
+    def kill() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+                time.sleep(settle_s)
+                # Ray names a worker process after its actor class: "ray::RayTrainWorker...".
+                workers = [p for p in psutil.process_iter(["cmdline"])
+                           if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed["pid"] = workers[-1].pid
+                    return
+            time.sleep(poll_s)
+
+    return threading.Thread(target=kill, daemon=True)
+
+
 def test_two_worker_ddp_matches_one_worker_on_the_same_global_batch(platform_config):
     """Full-batch SGD: one worker on N rows must equal two workers on N/2 rows each, step for step,
     only if DDP really averages the two gradients (without it, each rank would step on half the data)."""
@@ -64,29 +87,13 @@ def test_two_worker_ddp_matches_one_worker_on_the_same_global_batch(platform_con
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platform_config):
-    import psutil
 
     epochs = 30
     data = _prepared(3000)
     run = _run_name("resume")
     run_dir = Path(platform_config.storage_root) / "checkpoints" / run
     killed: dict[str, object] = {}
-
-    def kill_a_worker_mid_run() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
-            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
-                time.sleep(2.0)  # a few more epochs, so the kill lands mid-run
-                # Ray names a worker process after its actor class: "ray::RayTrainWorker...".
-                workers = [p for p in psutil.process_iter(["cmdline"])
-                           if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
-                if workers:
-                    os.kill(workers[-1].pid, signal.SIGKILL)
-                    killed["pid"] = workers[-1].pid
-                    return
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
+    killer = _worker_killer(run_dir, killed, settle_s=2.0, poll_s=0.2)  # a few more epochs: the kill lands mid-run
     killer.start()
     result = fit(_config(num_workers=2, batch_size=32, epochs=epochs, max_failures=2), data,
                  storage_root=platform_config.storage_root, run_name=run)
@@ -284,28 +291,14 @@ def _tree_config(family: str, **params) -> TrainConfig:
 
 
 def test_a_killed_tree_worker_resumes_from_the_last_checkpointed_round_not_from_round_0(platform_config):
-    import psutil
 
     rounds = 60
     data = _prepared(4000, val=500)
     run = _run_name("tree-resume")
     run_dir = Path(platform_config.storage_root) / "checkpoints" / run
     killed: dict[str, object] = {}
-
-    def kill_a_worker_after_the_first_checkpoint() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
-            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
-                time.sleep(1.0)  # the checkpoint registered with the controller, and a few more rounds
-                workers = [p for p in psutil.process_iter(["cmdline"])
-                           if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
-                if workers:
-                    os.kill(workers[-1].pid, signal.SIGKILL)
-                    killed["pid"] = workers[-1].pid
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    # The checkpoint registered with the controller, and a few more rounds.
+    killer = _worker_killer(run_dir, killed, settle_s=1.0, poll_s=0.05)
     killer.start()
     cfg = _tree_config("xgboost", num_boost_round=rounds, early_stopping_rounds=None, checkpoint_every=3,
                        learning_rate=0.05, max_depth=4)

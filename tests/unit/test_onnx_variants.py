@@ -17,7 +17,7 @@ from aiinfra.pipelines.variants import export_version, optimize_version
 from aiinfra.platform import open_local
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
 from aiinfra.training.models import build_model, seed_everything
-from aiinfra.training.tabular import class_labels_for, encode_labels, signature_for
+from aiinfra.training.tabular import class_labels_for, encode_labels, predict_scores, signature_for
 
 pytest.importorskip("onnxruntime")
 
@@ -125,9 +125,9 @@ def test_int8_quantization_is_gated_on_the_parents_holdout(local, tmp_path):
     assert out.variant_latency_ms > 0 and out.parent_latency_ms > 0
     # A variant of the export (already ONNX) quantizes the graph itself.
     exported = export_version(local, ref, register=True).model
-    assert optimize_version(local, exported).model == "binary-mlp@4"
+    assert optimize_version(local, exported, quantize="int8").model == "binary-mlp@4"
     with pytest.raises(InvalidInput, match="max_loss must be at least 0"):
-        optimize_version(local, ref, max_loss=-0.1)
+        optimize_version(local, ref, quantize="int8", max_loss=-0.1)
 
 
 def test_a_variant_that_loses_accuracy_is_refused_and_nothing_is_registered(local, tmp_path, monkeypatch):
@@ -145,18 +145,18 @@ def test_a_variant_that_loses_accuracy_is_refused_and_nothing_is_registered(loca
     ref = _register(local, tmp_path, "binary", "mlp")
     monkeypatch.setattr(variants, "quantize_int8", broken)
     with pytest.raises(InvalidInput, match=r"refused, nothing registered: roc_auc 0\.\d+ vs parent 0\.9\d+ \(loss allowed 0\.01\)"):
-        optimize_version(local, ref)
+        optimize_version(local, ref, quantize="int8")
     assert len(local.registry.list_versions("binary-mlp")) == 1
 
 
 def test_what_cannot_be_varied_is_refused(local, tmp_path):
     ref = _register(local, tmp_path, "binary", "xgboost")
     with pytest.raises(InvalidInput, match="tree ensembles are already compact"):
-        optimize_version(local, ref)
+        optimize_version(local, ref, quantize="int8")
     with pytest.raises(InvalidInput, match="say where the export goes"):
         export_version(local, ref)
     with pytest.raises(InvalidInput, match="unknown metric|metric 'nope'"):
-        optimize_version(local, _register(local, tmp_path, "binary", "mlp"), metric="nope")
+        optimize_version(local, _register(local, tmp_path, "binary", "mlp"), quantize="int8", metric="nope")
     exported = export_version(local, ref, register=True).model
     with pytest.raises(InvalidInput, match="already an ONNX model"):
         export_version(local, exported, register=True)
@@ -227,3 +227,50 @@ def test_distillation_and_pruning_need_a_recipe_and_one_method(local, tmp_path):
         optimize_version(local, ref, quantize="int8", prune=0.3)
     with pytest.raises(InvalidInput, match="prune amount must be between 0 and 1"):
         optimize_version(local, _trained_here(local, tmp_path), prune=1.5)
+
+
+def test_the_image_cnn_exports_and_quantizes_its_convolutions():
+    from aiinfra.training.onnx_export import export_to_onnx, quantize_int8
+    from aiinfra.training.onnx_format import OnnxModel
+    from aiinfra.training.runtimes import TorchModel
+
+    seed_everything(0)
+    spec = ModelSpec(family="image_cnn", params={"channels": [8, 16]}, input_dim=64, output_dim=10, task="multiclass",
+                     class_labels=list(range(10)))
+    torch_model = TorchModel(build_model("image_cnn", 64, 10, spec.params).eval(), spec)
+    x = np.random.default_rng(0).random((33, 64)).astype(np.float32)
+    onnx_spec, raw = export_to_onnx(spec, torch_model, method="export:onnx")
+    exported = OnnxModel(raw, onnx_spec)
+    np.testing.assert_allclose(exported.scores(x), torch_model.scores(x), atol=1e-5)
+    np.testing.assert_allclose(exported.scores(x[:1]), torch_model.scores(x[:1]), atol=1e-5)  # one row: a free dimension
+    int8_spec, int8 = quantize_int8(onnx_spec, raw)
+    import onnx
+
+    assert "ConvInteger" in {n.op_type for n in onnx.load_model_from_string(int8).graph.node}
+    quantized = OnnxModel(int8, int8_spec)
+    assert np.abs(quantized.scores(x) - torch_model.scores(x)).max() < 0.05
+    assert int8_spec.params["source"] == "quantize:int8"
+
+
+def test_a_wide_and_deep_mlp_learns_a_linear_truth_prunes_its_deep_part_and_exports():
+    from aiinfra.training.compress import fit, prune_mlp
+    from aiinfra.training.onnx_export import export_to_onnx
+    from aiinfra.training.onnx_format import OnnxModel
+    from aiinfra.training.runtimes import TorchModel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 6)).astype(np.float32)
+    y = (x @ np.array([2.0, -1.0, 0.5, 0, 0, 1.5]) > 0).astype(np.float32)
+    seed_everything(0)
+    module = build_model("tabular_mlp", 6, 1, {"hidden": [16, 8], "wide": True})
+    assert {k.split(".")[0] for k in module.state_dict()} == {"deep", "wide"}
+    module, history = fit(module, "binary", x[:2500], y[:2500], x[2500:], y[2500:], epochs=15, lr=0.01)
+    spec = ModelSpec(family="tabular_mlp", params={"hidden": [16, 8], "wide": True}, input_dim=6, output_dim=1)
+    scores = predict_scores(module, spec, x[2500:])
+    assert ((scores > 0.5) == (y[2500:] > 0.5)).mean() > 0.95
+    pruned, widths = prune_mlp(module, 0.5)
+    assert widths == [8, 4] and pruned.wide.weight.shape == (1, 6)
+    onnx_spec, raw = export_to_onnx(spec, TorchModel(module, spec), method="export:onnx")
+    np.testing.assert_allclose(OnnxModel(raw, onnx_spec).scores(x[:50]), predict_scores(module, spec, x[:50]), atol=1e-5)
+    with pytest.raises(InvalidInput, match="wide must be true or false"):
+        build_model("tabular_mlp", 6, 1, {"wide": "yes"})

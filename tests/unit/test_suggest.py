@@ -93,3 +93,23 @@ def test_an_integer_id_with_a_null_is_still_left_out():
     frame = pd.DataFrame({"customer_id": [1.0, 2.0, None] * 20, "x": np.arange(60.0), "label": np.arange(60) % 2})
     s = suggest_features(profile_frame(frame), label="label")  # pandas made the ids floats
     assert "id-like" in s.left_out["customer_id"] and [f.column for f in s.spec.features] == ["x"]
+
+
+def test_a_column_of_mixed_value_types_is_named_not_a_raw_arrow_error():
+    frame = pd.DataFrame({"code": [1, "x", None], "amount": [1.0, 2.0, 3.0]})
+    with pytest.raises(InvalidInput, match=r"column\(s\) code \(int, str\) mix value types"):
+        profile_frame(frame)
+
+
+def test_a_date_gets_no_hour_and_an_always_null_timestamp_is_left_out():
+    import datetime as dt
+
+    frame = pd.DataFrame({"day": [dt.date(2026, 1, i + 1) for i in range(30)],
+                          "never": pd.Series([pd.NaT] * 30, dtype="datetime64[ns]"),
+                          "x": np.arange(30.0), "y": [0, 1] * 15})
+    profile = profile_frame(frame)
+    assert (profile.columns["never"].count, profile.columns["never"].nulls) == (0, 30)
+    s = suggest_features(profile, label="y")
+    assert s.left_out["never"] == "always null"
+    parts = {f.column: f.steps[-1] for f in s.spec.features}
+    assert parts["day"].parts == ["dayofweek", "month"]
