@@ -83,6 +83,11 @@ def inspect_graph(raw: bytes, *, what: str = "the ONNX model") -> GraphInfo:
         raise InvalidInput(f"{what} is not an ONNX model (it does not parse: {str(e)[:200] or type(e).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise InvalidInput(f"{what} is not an ONNX model: it has no graph")
+    if _external_tensors(model):
+        # An external tensor names a file to read the weights from: a path an imported model must not choose
+        # (it could point anywhere on the serving host). One self-contained file only.
+        raise InvalidInput(f"{what} keeps weights in external files ({', '.join(_external_tensors(model)[:3])}); "
+                           "save it as one file: onnx.save_model(model, path, save_as_external_data=False)")
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001 - onnx.checker.ValidationError, or a C++ error for a malformed graph
@@ -133,6 +138,15 @@ def inspect_graph(raw: bytes, *, what: str = "the ONNX model") -> GraphInfo:
             outputs.append(OutputInfo(o.name, "other", None, ()))
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p) or "unknown"
     return GraphInfo(entry.name, dtype, int(width), tuple(outputs), opsets, producer)
+
+
+def _external_tensors(model: Any) -> list[str]:
+    import onnx
+
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return [t.name or "(unnamed)" for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def pick_output(info: GraphInfo, task: str, classes: int, name: str | None = None) -> str:

@@ -249,3 +249,21 @@ def test_a_graph_answering_logits_unannounced_is_refused(local, tmp_path):
     out = import_onnx(local, "lin", path, _signature(scores="logits"), holdout=local.holdout, label="diagnosis")
     assert out.model == "lin@1"
     assert json.loads(local.registry.download("lin@1", tmp_path / "d").joinpath("model.json").read_text())["params"]["scores"] == "logits"
+
+
+def test_a_graph_with_external_weights_is_refused():
+    import onnx
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 1), np.float32), "w")
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["input", "w"], ["y"])], "lin",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [None, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 1])], [w]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "../../../etc/passwd"
+    with pytest.raises(InvalidInput, match="keeps weights in external files"):
+        inspect_graph(model.SerializeToString(), what="m.onnx")
