@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from aiinfra.config import read_yaml, validate_as
 from aiinfra.errors import InvalidInput
 
-__all__ = ["FeaturePipeline", "FeatureSpec", "fit_features", "load_feature_spec"]
+__all__ = ["FeaturePipeline", "FeatureSpec", "RawColumns", "fit_features", "load_feature_spec", "load_preprocess"]
 
 UNKNOWN = "__unknown__"
 DATETIME_PARTS = ("year", "month", "day", "dayofweek", "hour", "minute")
@@ -370,3 +370,60 @@ def fit_features(df: pd.DataFrame, spec: FeatureSpec) -> FeaturePipeline:
             _fit_numeric(step, v)
             v = _apply_numeric(step, v)
     return FeaturePipeline(spec=fitted, input_dtypes=dtypes)
+
+
+class RawColumns(BaseModel):
+    """The request's columns as they are, for a model that takes one input per column and does all of its own
+    preprocessing (an imported ONNX graph over a scikit-learn ColumnTransformer): ``transform`` gives an object
+    array (rows, columns) of Python values, None where missing, which the model splits into its inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["raw_columns"] = "raw_columns"
+    columns: list[str] = Field(min_length=1)
+    input_dtypes: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.columns)
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.columns)
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise InvalidInput(f"missing feature column(s): {', '.join(missing)}")
+        return self._stack({c: df[c] for c in self.columns}, len(df))
+
+    def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        rows = list(rows)
+        return self._stack({c: [r.get(c) for r in rows] for c in self.columns}, len(rows))
+
+    def transform_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        return self._stack({c: columns[c] if c in columns else [None] * n for c in self.columns}, n)
+
+    def _stack(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        out = np.empty((n, len(self.columns)), dtype=object)
+        for j, c in enumerate(self.columns):
+            values = columns[c]
+            values = values.tolist() if isinstance(values, (pd.Series, np.ndarray)) else list(values)
+            out[:, j] = [None if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v) else v
+                         for v in values]
+        return out
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def load_preprocess(text: str) -> FeaturePipeline | RawColumns:
+    """A model directory's preprocess.json: fitted transforms, or the raw columns of a per-column model."""
+    data = json.loads(text)
+    if isinstance(data, dict) and data.get("kind") == "raw_columns":
+        return RawColumns.model_validate(data)
+    return FeaturePipeline.model_validate(data)

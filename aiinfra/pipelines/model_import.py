@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aiinfra.config import read_yaml, validate_as
 from aiinfra.data.catalog import DatasetCatalog
-from aiinfra.data.transforms import Feature, FeaturePipeline, FeatureSpec, Passthrough
+from aiinfra.data.transforms import Feature, FeaturePipeline, FeatureSpec, Passthrough, RawColumns
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.monitoring.profile import build_profile, write_profile
 from aiinfra.pipelines.judging import gate_against_champion, holdout_outputs, report_on
@@ -42,7 +42,7 @@ from aiinfra.provenance import environment
 from aiinfra.registry.types import FieldSpec, Signature, validate_name
 from aiinfra.training.gate import GateConfig
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
-from aiinfra.training.onnx_format import inspect_graph, pick_output
+from aiinfra.training.onnx_format import GraphInfo, inspect_graph, pick_output
 
 __all__ = ["ImportOutcome", "ImportSignature", "import_onnx", "load_import_signature"]
 
@@ -54,8 +54,8 @@ class ImportField(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=128)
-    # Numbers and booleans: the graph takes one float tensor. Strings need encoding before export.
-    dtype: Literal["float32", "float64", "int32", "int64", "bool"]
+    # Numbers and booleans for a graph over one float tensor; strings too for a graph with one input per column.
+    dtype: Literal["float32", "float64", "int32", "int64", "bool", "string"]
     nullable: bool = False
     description: str | None = None
 
@@ -126,6 +126,29 @@ class ImportOutcome:
                 "holdout": self.holdout, "sha256": self.sha256, "producer": self.producer}
 
 
+# Which tensor element types a signature's field may feed, in the columns layout.
+_FITS = {"string": ("object",), "bool": ("bool",), "int32": ("int32", "int64", "float32", "float64"),
+         "int64": ("int64", "float32", "float64"), "float32": ("float32", "float64"), "float64": ("float32", "float64")}
+
+
+def _column_inputs(info: GraphInfo, sig: ImportSignature, what: str) -> list[dict[str, Any]]:
+    """The graph's column inputs in the signature's order; InvalidInput naming any mismatch."""
+    graph = {i.name: i for i in info.inputs}
+    fields = {f.name: f for f in sig.inputs}
+    problems = [f"the graph has no input {n!r}" for n in fields if n not in graph]
+    problems += [f"the signature has no field for the graph's input {n!r}" for n in graph if n not in fields]
+    for name, f in fields.items():
+        i = graph.get(name)
+        if i is not None and i.dtype not in _FITS[f.dtype]:
+            problems.append(f"{name}: the signature says {f.dtype}, the graph's input holds "
+                            f"{'strings' if i.dtype == 'object' else i.dtype}")
+        if i is not None and f.nullable and i.dtype not in ("object", "float32", "float64"):
+            problems.append(f"{name}: nullable, but the graph's {i.dtype} input cannot hold a missing value")
+    if problems:
+        raise InvalidInput(f"{what}'s inputs do not match the signature: " + "; ".join(problems))
+    return [{"name": n, "dtype": graph[n].dtype, "rank": graph[n].rank} for n in fields]
+
+
 def _passthrough(sig: ImportSignature) -> FeaturePipeline:
     """The signature's fields in order, as numbers, missing ones as NaN: the graph does its own preprocessing."""
     spec = FeatureSpec(features=[Feature(column=f.name, steps=[Passthrough(op="passthrough")]) for f in sig.inputs])
@@ -133,9 +156,15 @@ def _passthrough(sig: ImportSignature) -> FeaturePipeline:
 
 
 def _probe(model_dir: Path, sig: ImportSignature) -> None:
-    """The graph answers two rows of zeros with the scores the task needs; InvalidInput naming what it gave."""
+    """The graph answers two rows of zeros (empty strings, false) with the scores the task needs; InvalidInput
+    naming what it gave."""
     spec, model, pre = load_model_dir(model_dir)
-    out = model.scores(np.zeros((2, spec.input_dim), dtype=np.float32))
+    if isinstance(pre, RawColumns):
+        zero = {"string": "", "bool": False}
+        x = pre.transform_rows([{f.name: zero.get(f.dtype, 0) for f in sig.inputs}] * 2)
+    else:
+        x = np.zeros((2, spec.input_dim), dtype=np.float32)
+    out = model.scores(x)
     want = (2, sig.classes) if sig.task == "multiclass" else (2,)
     if out.shape != want:
         raise InvalidInput(f"the graph answered scores of shape {list(out.shape)} for 2 rows; a {sig.task} model "
@@ -177,21 +206,34 @@ def _import(platform: Any, name: str, path: Path, sig: ImportSignature, workdir:
         except OSError as e:
             raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
         info = inspect_graph(raw, what=path.name)
-        if info.width != len(sig.inputs):
-            raise InvalidInput(f"{path.name} takes {info.width} inputs per row ({info.input!r}); the signature lists "
-                               f"{len(sig.inputs)} fields ({', '.join(f.name for f in sig.inputs)})")
+        params: dict[str, Any] = {"layout": info.layout}
+        if info.layout == "matrix":
+            if info.width != len(sig.inputs):
+                raise InvalidInput(f"{path.name} takes {info.width} inputs per row ({info.input!r}); the signature lists "
+                                   f"{len(sig.inputs)} fields ({', '.join(f.name for f in sig.inputs)})")
+            strings = [f.name for f in sig.inputs if f.dtype == "string"]
+            if strings:
+                raise InvalidInput(f"{path.name} takes one float tensor, so the signature's string field(s) "
+                                   f"{', '.join(strings)} cannot reach it: encode them in the graph (one input per "
+                                   "column) or before export")
+            params.update(input=info.input, input_dtype=info.input_dtype)
+            pre: FeaturePipeline | RawColumns = _passthrough(sig)
+            shape = f"input {info.input!r} ({info.input_dtype}, {info.width} wide)"
+        else:
+            params["inputs"] = _column_inputs(info, sig, path.name)
+            pre = RawColumns(columns=[f.name for f in sig.inputs], input_dtypes={f.name: f.dtype for f in sig.inputs})
+            shape = f"{info.width} column inputs"
         output = pick_output(info, sig.task, sig.classes, sig.output)
         kind = "values" if sig.task == "regression" else (sig.scores or "probabilities")
         sha256 = hashlib.sha256(raw).hexdigest()
+        params.update(output=output, scores=kind, producer=info.producer, opsets=info.opsets, source="import")
         spec = ModelSpec(family="onnx", input_dim=info.width, output_dim=sig.classes, task=sig.task,
-                         class_labels=list(sig.class_labels or []),
-                         params={"input": info.input, "input_dtype": info.input_dtype, "output": output, "scores": kind,
-                                 "producer": info.producer, "opsets": info.opsets, "source": "import"})
+                         class_labels=list(sig.class_labels or []), params=params)
         model_dir = workdir / "model"
-        save_model_dir(model_dir, spec, raw, _passthrough(sig))
+        save_model_dir(model_dir, spec, raw, pre)
         _probe(model_dir, sig)
-        log.note(f"{info.producer}, opsets {info.opsets}; input {info.input!r} ({info.input_dtype}, {info.width} wide), "
-                 f"scores from {output!r} ({kind}); sha256 {sha256[:16]}...")
+        log.note(f"{info.producer}, opsets {info.opsets}; {shape}, scores from {output!r} ({kind}); "
+                 f"sha256 {sha256[:16]}...")
 
     with log.stage(f"score the holdout {holdout}"):
         catalog = DatasetCatalog(platform.store)

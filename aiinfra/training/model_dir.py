@@ -1,7 +1,7 @@
 """The on-disk form of a trained model, as registered and as served.
 
     model.json        family, hyperparameters, dimensions, task, class labels
-    preprocess.json   the fitted FeaturePipeline
+    preprocess.json   the fitted FeaturePipeline (or RawColumns: an imported graph with one input per column)
     weights.safetensors (torch families), model.ubj (xgboost: UBJSON), model.txt (lightgbm: its text model)
     or model.onnx (family "onnx": a graph imported, exported or quantized)
 
@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import save_file
 
-from aiinfra.data.transforms import FeaturePipeline
+from aiinfra.data.transforms import FeaturePipeline, RawColumns, load_preprocess
 from aiinfra.errors import InvalidInput
 from aiinfra.training.runtimes import ONNX_FAMILY, WEIGHTS_FILE, TrainedModel, load_trained_model
 from aiinfra.training.trees import is_tree_family
@@ -44,7 +44,8 @@ class ModelSpec(BaseModel):
     target_std: float = 1.0
 
 
-def save_model_dir(path: str | Path, spec: ModelSpec, weights: dict[str, torch.Tensor] | bytes, pre: FeaturePipeline) -> Path:
+def save_model_dir(path: str | Path, spec: ModelSpec, weights: dict[str, torch.Tensor] | bytes,
+                   pre: FeaturePipeline | RawColumns) -> Path:
     """``weights``: a torch family's state dict, or a tree family's model as the library serialized it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -63,11 +64,11 @@ def save_model_dir(path: str | Path, spec: ModelSpec, weights: dict[str, torch.T
     return path
 
 
-def load_model_dir(path: str | Path) -> tuple[ModelSpec, TrainedModel, FeaturePipeline]:
+def load_model_dir(path: str | Path) -> tuple[ModelSpec, TrainedModel, FeaturePipeline | RawColumns]:
     path = Path(path)
     try:
         spec = ModelSpec.model_validate(json.loads((path / SPEC).read_text()))
-        pre = FeaturePipeline.from_json((path / PREPROCESS).read_text())
+        pre = load_preprocess((path / PREPROCESS).read_text())
         model = load_trained_model(path, spec)
     except FileNotFoundError as e:
         raise InvalidInput(f"{path} is not a model directory: {Path(e.filename).name} is missing") from None

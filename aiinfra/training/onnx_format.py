@@ -7,8 +7,10 @@ onnxmltools for XGBoost and LightGBM, ``torch.onnx.export`` with a dynamic batch
 one output: class probabilities ((rows, classes), (rows,) for the positive class, or skl2onnx's ZipMap
 sequence of maps), logits, or the predicted values.
 
-Graphs with one input per column (a scikit-learn ColumnTransformer over strings) are refused with that
-reason: their rows would need a second, per-column preprocessing path through serving's batching.
+A graph may instead take **one input per column** (a scikit-learn ColumnTransformer over strings and numbers:
+skl2onnx's ``StringTensorType([None, 1])`` / ``FloatTensorType([None, 1])`` per column), each named as the
+signature's field. Its rows travel through serving as an object array of the raw values (``RawColumns``), split
+into the graph's inputs here.
 """
 
 from __future__ import annotations
@@ -42,13 +44,22 @@ class OutputInfo:
 
 
 @dataclass(frozen=True)
+class InputInfo:
+    name: str
+    dtype: str  # numpy's name; "object" for strings
+    rank: int
+
+
+@dataclass(frozen=True)
 class GraphInfo:
-    input: str
-    input_dtype: str  # "float32" | "float64"
-    width: int
+    input: str  # the matrix layout's one input ("" for the columns layout)
+    input_dtype: str  # "float32" | "float64" (the matrix layout)
+    width: int  # the matrix's width, or the number of column inputs
     outputs: tuple[OutputInfo, ...]
     opsets: dict[str, int]
     producer: str
+    layout: str = "matrix"  # "matrix": one (rows, inputs) tensor; "columns": one input per column
+    inputs: tuple[InputInfo, ...] = ()
 
     def output(self, name: str) -> OutputInfo:
         for o in self.outputs:
@@ -106,14 +117,31 @@ def inspect_graph(raw: bytes, *, what: str = "the ONNX model") -> GraphInfo:
 
     initializers = {i.name for i in model.graph.initializer}  # old opsets list the weights as inputs too
     inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        raise InvalidInput(f"{what} has {len(inputs)} inputs ({names}); the platform serves graphs with one input of "
-                           "shape (rows, inputs), the signature's fields in order. Export the model over one float "
-                           "tensor (skl2onnx: initial_types=[('input', FloatTensorType([None, n]))])")
-    (entry,) = inputs
-    if not entry.type.HasField("tensor_type"):
-        raise InvalidInput(f"{what}'s input {entry.name!r} is not a tensor")
+    if not inputs:
+        raise InvalidInput(f"{what} has no inputs")
+    for entry in inputs:
+        if not entry.type.HasField("tensor_type"):
+            raise InvalidInput(f"{what}'s input {entry.name!r} is not a tensor")
+    columns: tuple[InputInfo, ...] = ()
+    if len(inputs) == 1:
+        name, dtype, width = _matrix_input(inputs[0], what)
+        layout = "matrix"
+    else:
+        columns = tuple(_column_input(entry, what) for entry in inputs)
+        name, dtype, width, layout = "", "", len(columns), "columns"
+    outputs = []
+    for o in model.graph.output:
+        if o.type.HasField("tensor_type"):
+            outputs.append(OutputInfo(o.name, "tensor", _elem_dtype(o.type.tensor_type.elem_type), _dims(o.type)))
+        elif o.type.HasField("sequence_type") and o.type.sequence_type.elem_type.HasField("map_type"):
+            outputs.append(OutputInfo(o.name, "map-sequence", None, ()))
+        else:
+            outputs.append(OutputInfo(o.name, "other", None, ()))
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p) or "unknown"
+    return GraphInfo(name, dtype, int(width), tuple(outputs), opsets, producer, layout, columns)
+
+
+def _matrix_input(entry: Any, what: str) -> tuple[str, str, int]:
     dtype = _elem_dtype(entry.type.tensor_type.elem_type)
     if dtype not in ("float32", "float64"):
         raise InvalidInput(f"{what}'s input {entry.name!r} holds {dtype or 'an unknown type'}; it must be float32 or float64")
@@ -127,17 +155,25 @@ def inspect_graph(raw: bytes, *, what: str = "the ONNX model") -> GraphInfo:
     if not isinstance(width, int) or width <= 0:
         raise InvalidInput(f"{what}'s input {entry.name!r} has a dynamic width ({width!r}); the signature can only be "
                            "checked against a fixed number of inputs: export it with the width fixed")
+    return entry.name, dtype, width
 
-    outputs = []
-    for o in model.graph.output:
-        if o.type.HasField("tensor_type"):
-            outputs.append(OutputInfo(o.name, "tensor", _elem_dtype(o.type.tensor_type.elem_type), _dims(o.type)))
-        elif o.type.HasField("sequence_type") and o.type.sequence_type.elem_type.HasField("map_type"):
-            outputs.append(OutputInfo(o.name, "map-sequence", None, ()))
-        else:
-            outputs.append(OutputInfo(o.name, "other", None, ()))
-    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p) or "unknown"
-    return GraphInfo(entry.name, dtype, int(width), tuple(outputs), opsets, producer)
+
+COLUMN_DTYPES = ("float32", "float64", "int32", "int64", "bool", "object")
+
+
+def _column_input(entry: Any, what: str) -> InputInfo:
+    dtype = _elem_dtype(entry.type.tensor_type.elem_type)
+    if dtype not in COLUMN_DTYPES:
+        raise InvalidInput(f"{what}'s input {entry.name!r} holds {dtype or 'an unknown type'}; a column input holds "
+                           "floats, integers, booleans or strings")
+    dims = _dims(entry.type)
+    if len(dims) not in (1, 2) or (len(dims) == 2 and dims[1] not in (1, None)) and not isinstance(dims[1], str):
+        raise InvalidInput(f"{what}'s input {entry.name!r} has shape {list(dims)}; with one input per column each "
+                           "must be (rows, 1) or (rows,)")
+    if isinstance(dims[0], int) and dims[0] > 0:
+        raise InvalidInput(f"{what}'s input {entry.name!r} takes exactly {dims[0]} row(s) per call; export it with a "
+                           "free (dynamic) first dimension so that requests can be batched")
+    return InputInfo(entry.name, dtype, len(dims))
 
 
 def _external_tensors(model: Any) -> list[str]:
@@ -257,7 +293,9 @@ class OnnxModel:
     def __init__(self, raw: bytes, spec: Any, *, device: str = "cpu") -> None:
         self.raw, self.spec = raw, spec
         params = spec.params
-        self.input, self.output = params["input"], params["output"]
+        self.input, self.output = params.get("input", ""), params["output"]
+        # The columns layout: [{"name", "dtype", "rank"}] in the order of the RawColumns' columns.
+        self.columns: list[dict[str, Any]] | None = params.get("inputs") if params.get("layout") == "columns" else None
         self.kind = params.get("scores", "values" if spec.task == "regression" else "probabilities")
         self.dtype = np.dtype(params.get("input_dtype", "float32"))
         self.session = onnx_session(raw, device=device)
@@ -266,10 +304,28 @@ class OnnxModel:
         spec = self.spec
         if len(x) == 0:
             return np.zeros((0, spec.output_dim) if spec.task == "multiclass" else (0,))
-        (out,) = self.session.run([self.output], {self.input: np.ascontiguousarray(x, dtype=self.dtype)})
+        feed = self._feed(x) if self.columns is not None else {self.input: np.ascontiguousarray(x, dtype=self.dtype)}
+        (out,) = self.session.run([self.output], feed)
         return scores_from_output(out, task=spec.task, classes=spec.output_dim, kind=self.kind,
                                   class_labels=spec.class_labels, target_mean=spec.target_mean,
                                   target_std=spec.target_std)
+
+    def _feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """An object array of raw values (rows, columns) as the graph's column inputs."""
+        feed = {}
+        for j, inp in enumerate(self.columns or []):
+            column = x[:, j]
+            if inp["dtype"] == "object":
+                values = np.array(["" if v is None else str(v) for v in column], dtype=object)
+            elif inp["dtype"].startswith("float"):
+                values = np.array([np.nan if v is None else v for v in column], dtype=inp["dtype"])
+            else:
+                if any(v is None for v in column):
+                    raise InvalidInput(f"{inp['name']}: a missing value cannot be given to the graph's {inp['dtype']} "
+                                       "input; send a value")
+                values = np.array(list(column), dtype=inp["dtype"])
+            feed[inp["name"]] = values.reshape(-1, 1) if inp["rank"] == 2 else values
+        return feed
 
     def to(self, device: str) -> None:
         if device != "cpu":

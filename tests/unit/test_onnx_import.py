@@ -120,7 +120,7 @@ def test_graphs_the_platform_cannot_serve_are_refused_with_the_reason(classifier
         [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [None, 3]) for n in "ab"],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 3])]),
         opset_imports=[onnx.helper.make_opsetid("", 17)])
-    with pytest.raises(InvalidInput, match="has 2 inputs"):
+    with pytest.raises(InvalidInput, match=r"with one input per column each must be \(rows, 1\)"):
         inspect_graph(two.SerializeToString())
     ints = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["x"], ["y"])], "ints",
@@ -156,7 +156,7 @@ def test_multiclass_zipmap_is_read_in_class_label_order():
     ({"class_labels": None}, "needs class_labels"),
     ({"class_labels": [0, 1, 2]}, "exactly 2 class_labels"),
     ({"inputs": [{"name": "a", "dtype": "float64"}, {"name": "a", "dtype": "float64"}]}, "more than once"),
-    ({"inputs": [{"name": "plan", "dtype": "string"}]}, "inputs.0.dtype"),
+    ({"inputs": [{"name": "signup", "dtype": "timestamp"}]}, "inputs.0.dtype"),
     ({"task": "ranking"}, "task"),
 ])
 def test_a_bad_signature_file_is_refused_naming_the_field(change, message):
@@ -267,3 +267,82 @@ def test_a_graph_with_external_weights_is_refused():
     entry.key, entry.value = "location", "../../../etc/passwd"
     with pytest.raises(InvalidInput, match="keeps weights in external files"):
         inspect_graph(model.SerializeToString(), what="m.onnx")
+
+
+# -- one input per column: a ColumnTransformer over strings and numbers -------------------------------------------
+@pytest.fixture
+def customers():
+    from aiinfra.data.synthetic import make_customers
+
+    return make_customers(3_000, seed=5)
+
+
+def _column_graph(customers) -> tuple[bytes, object]:
+    from skl2onnx.common.data_types import Int64TensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    numbers, texts = ["tenure_months", "monthly_charges"], ["plan", "region"]
+    model = make_pipeline(ColumnTransformer([("num", make_pipeline(SimpleImputer(), StandardScaler()), numbers),
+                                             ("cat", OneHotEncoder(handle_unknown="ignore"), texts),
+                                             ("calls", "passthrough", ["support_calls"])]),
+                          LogisticRegression(max_iter=1000))
+    model.fit(customers[[*numbers, *texts, "support_calls"]], customers["churned"])
+    types = [(c, FloatTensorType([None, 1])) for c in numbers] + [(c, StringTensorType([None, 1])) for c in texts] \
+        + [("support_calls", Int64TensorType([None, 1]))]
+    onx = skl2onnx.to_onnx(model, initial_types=types, target_opset=17, options={id(model.steps[-1][1]): {"zipmap": False}})
+    return onx.SerializeToString(), model
+
+
+def _column_signature(**changes) -> dict:
+    inputs = [{"name": "tenure_months", "dtype": "float64"}, {"name": "monthly_charges", "dtype": "float64", "nullable": True},
+              {"name": "plan", "dtype": "string", "nullable": True}, {"name": "region", "dtype": "string"},
+              {"name": "support_calls", "dtype": "int64"}]
+    return {"task": "binary", "class_labels": [0, 1], "inputs": inputs, **changes}
+
+
+def test_a_column_transformer_graph_is_imported_and_served_with_string_inputs(local, customers, tmp_path):
+    raw, model = _column_graph(customers)
+    info = inspect_graph(raw)
+    assert info.layout == "columns" and {i.name: i.dtype for i in info.inputs}["plan"] == "object"
+    path = tmp_path / "ct.onnx"
+    path.write_bytes(raw)
+    holdout = _commit(local.store, "customers", customers.tail(800).reset_index(drop=True), version="abcd0003")
+    out = import_onnx(local, "churn-ct", path, _column_signature(), holdout=holdout, label="churned", slices=["plan"])
+    assert out.alias == "champion" and out.metrics["roc_auc"] > 0.7
+    version = local.registry.get(out.model)
+    assert [f.dtype for f in version.signature.inputs][2] == "string"
+    served = Predictor(version, local.registry.download(version, tmp_path / "served"))
+    rows = customers[["tenure_months", "monthly_charges", "plan", "region", "support_calls"]].head(6).to_dict("records")
+    got = [a["probability"] for a in served.predict(rows)]
+    np.testing.assert_allclose(got, model.predict_proba(pd.DataFrame(rows))[:, 1], atol=1e-5)
+    # A missing category is the empty string to the graph, which its one-hot encoder ignores as unknown.
+    answer = served.predict([{**rows[0], "plan": None, "monthly_charges": None}])
+    assert 0.0 <= answer[0]["probability"] <= 1.0
+    with pytest.raises(InvalidInput, match="region: must be a string"):
+        served.predict([{**rows[0], "region": 3}])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"inputs": _column_signature()["inputs"][:4]}, "no field for the graph's input 'support_calls'"),
+    ({"inputs": [*_column_signature()["inputs"][:4], {"name": "support_calls", "dtype": "string"}]},
+     "support_calls: the signature says string, the graph's input holds int64"),
+    ({"inputs": [*_column_signature()["inputs"][:4], {"name": "support_calls", "dtype": "int64", "nullable": True}]},
+     "nullable, but the graph's int64 input cannot hold a missing value"),
+])
+def test_a_column_graph_whose_inputs_do_not_match_the_signature_is_refused(local, customers, tmp_path, change, message):
+    raw, _ = _column_graph(customers)
+    path = tmp_path / "ct.onnx"
+    path.write_bytes(raw)
+    with pytest.raises(InvalidInput, match=message):
+        import_onnx(local, "churn-ct", path, _column_signature(**change), holdout=local.holdout, label="diagnosis")
+    assert local.registry.list_models() == []
+
+
+def test_a_string_field_cannot_reach_a_one_tensor_graph(local, classifier, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_graph(classifier, 4))
+    sig = _signature()
+    sig["inputs"][3] = {"name": "worst_area", "dtype": "string"}
+    with pytest.raises(InvalidInput, match="string field\\(s\\) worst_area cannot reach it"):
+        import_onnx(local, "cancer", path, sig, holdout=local.holdout, label="diagnosis")
