@@ -89,6 +89,7 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
     # Here, not at the top: the platform loads the stores (pyarrow, pandas), and the CLI imports this
     # module at startup for `status` and `down`, which do not need them.
     from aiinfra.platform import connect
+    from aiinfra.serving.grpc_oip import start_options
 
     if started:
         config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -97,8 +98,7 @@ def up(config: PlatformConfig, *, port: int = 6379, dashboard_port: int = 8265, 
     cfg = config.model_copy(update={"ray_address": address})
     platform = connect(cfg)
     try:
-        serve.start(http_options={"host": config.serve.host, "port": config.serve.port,
-                                  "request_timeout_s": config.serve.request_timeout_s})
+        serve.start(**start_options(config))
         session_dir = ray._private.worker._global_node.get_session_dir_path()  # private, pinned
         dashboard = ray._private.worker.get_dashboard_url()  # private, pinned
     finally:

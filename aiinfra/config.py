@@ -55,6 +55,7 @@ class _Env:
     RAY_ADDRESS = EnvVar("RAY_ADDRESS", "join this Ray cluster instead of starting a local one")
     API_TOKEN = EnvVar("AIINFRA_API_TOKEN", "bearer token a client sends to the HTTP API")
     SERVE_PORT = EnvVar("AIINFRA_SERVE_PORT", "HTTP port of Ray Serve")
+    SERVE_GRPC_PORT = EnvVar("AIINFRA_SERVE_GRPC_PORT", "port of Ray Serve's gRPC proxy (OIP v2 over gRPC); unset: off")
     SHARED_LOCAL_STATE = EnvVar("AIINFRA_SHARED_LOCAL_STATE",
                                 "1: every node mounts the same AIINFRA_HOME (one machine, NFS), so local state is shared")
 
@@ -68,6 +69,10 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The Open Inference Protocol over gRPC (KServe's and Triton's GRPCInferenceService) on this port, through
+    # Serve's gRPC proxy; None: no gRPC server. Off by default because Serve's gRPC proxy listens on every
+    # interface (it has no host setting): open it where the network allows it (every call needs a token).
+    grpc_port: int | None = Field(default=None, ge=1, le=65535)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     request_timeout_s: float = Field(default=30.0, gt=0)
     # While a model has a `challenger` alias, this share of its requests (by a hash of the request id)
@@ -323,6 +328,9 @@ def load_config(
     port = (os.environ if environ is None else environ).get(ENV.SERVE_PORT.name)
     if port:
         data["serve"] = {**data.get("serve", {}), "port": port}
+    grpc_port = (os.environ if environ is None else environ).get(ENV.SERVE_GRPC_PORT.name)
+    if grpc_port:
+        data["serve"] = {**data.get("serve", {}), "grpc_port": grpc_port}
     submitted = ENV.SUBMITTED_CONFIG.get(environ)
     if submitted:  # a job's config is its submitter's (fields left out of it, credentials, come from here)
         try:

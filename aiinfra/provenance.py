@@ -28,6 +28,7 @@ PACKAGES = (
     "ray", "torch", "alibi-detect", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", "fastapi",
     "pydantic", "pyyaml", "safetensors", "httpx", "psutil", "matplotlib", "jinja2", "sqlalchemy", "psycopg", "river",
     "xgboost-cpu", "lightgbm", "onnx", "onnxruntime", "onnxscript", "onnxmltools", "skl2onnx", "ml-dtypes",
+    "tritonclient", "grpcio",
 )
 
 

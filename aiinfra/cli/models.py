@@ -185,7 +185,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="check the log's hash chain instead: exit 1 and name the first broken row if it is not intact")
     audit.set_defaults(func=_models_audit)
     imp = models.add_parser("import", help="register an ONNX model trained elsewhere, scored and gated on your holdout",
-                            description="Register PATH (an .onnx graph with one (rows, inputs) float input) as the next "
+                            description="Register PATH (an .onnx graph over one (rows, inputs) float tensor, or with one input per "
+                                        "column) as the next "
                                         "version of NAME. It is checked against the signature file, scored on the "
                                         "holdout dataset, gated against NAME@champion on the same rows, and then served, "
                                         "batch-scored and monitored like a model trained here.")

@@ -22,13 +22,13 @@ def _serve_deploy(args: argparse.Namespace) -> None:
 
     from aiinfra.platform import connect
     from aiinfra.serving.app import build_app
+    from aiinfra.serving.grpc_oip import start_options
 
     with connect(config) as platform:
         version = platform.registry.get(args.ref)  # an unknown model fails here, before Serve is touched
         if version.signature is None:
             raise InvalidInput(f"{version.ref} has no signature; register it with one to serve it")
-        serve.start(http_options={"host": config.serve.host, "port": config.serve.port,
-                                  "request_timeout_s": config.serve.request_timeout_s})
+        serve.start(**start_options(config))
         print(f"deploying {args.ref} (now {version.ref}) as Serve app 'aiinfra' ...", file=sys.stderr, flush=True)
         serve.run(build_app(config, args.ref), name="aiinfra", route_prefix="/")  # returns once it is healthy
     base = f"http://{config.serve.host}:{config.serve.port}"

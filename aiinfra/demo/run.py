@@ -63,6 +63,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         from ray import serve
 
         from aiinfra.serving.app import build_app
+        from aiinfra.serving.grpc_oip import start_options
 
         log.note(f"Ray {'started here' if platform.started_ray else 'joined'}; registry actor 'registry' in namespace {config.namespace!r}")
     try:
@@ -95,8 +96,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
         with log.stage("materialize features online and deploy the champion on Ray Serve"):
             report = platform.features.materialize(FEATURE_VIEW)
             log.note(f"{report.entities_written:,} customers' latest profiles in the online store ({report.batches} batch(es))")
-            serve.start(http_options={"host": config.serve.host, "port": config.serve.port,
-                                      "request_timeout_s": config.serve.request_timeout_s})
+            serve.start(**start_options(config))
             serve.run(build_app(config, f"{MODEL_NAME}@champion"), name="aiinfra", route_prefix="/")
             base = f"http://{config.serve.host}:{config.serve.port}"
             token = ENV.API_TOKEN.get() or read_token_file(config.token_file)

@@ -1,7 +1,7 @@
 """Bring your own model: register an ONNX graph trained anywhere, judged like one trained here.
 
-    check the file (parse, ONNX checker, opset, one (rows, inputs) float input that matches the signature)
-    -> a model directory (model.onnx + the signature's fields passed through as they are)
+    check the file (parse, ONNX checker, opset; one (rows, inputs) float input, or one input per column, that
+    matches the signature) -> a model directory (model.onnx + the signature's fields passed through as they are)
     -> onnxruntime loads it and answers a probe -> scored on your labelled holdout dataset (evaluation, slices)
     -> the promotion gate against the champion on the same rows -> the monitor's reference profile
     -> registered with lineage (file name, SHA-256, producer, holdout version) -> champion or challenger alias
@@ -11,7 +11,7 @@ The signature file (YAML or JSON):
 
     task: binary                         # binary | multiclass | regression
     class_labels: [0, 1]                 # classifiers: the classes in the graph's output order
-    inputs:                              # the graph's input columns, in order
+    inputs:                              # the graph's input columns, in order (strings: one input per column)
       - {name: tenure_months, dtype: float64}
       - {name: monthly_charges, dtype: float64, nullable: true}   # null -> NaN for the graph
     output: probabilities                # optional: which output holds the scores

@@ -39,11 +39,15 @@ __all__ = ["production_frame", "run_retrain"]
 
 
 def production_frame(rows: list[dict[str, Any]], base: pd.DataFrame, *, label: str, entity: str | None,
-                     timestamp: str | None) -> pd.DataFrame:
+                     timestamp: str | None, keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """Labelled production rows shaped like ``base``: same columns, same dtypes where they convert.
 
+    The entity and the dataset's ``keys`` (its spec's unique key) get new ids past the dataset's: a served
+    request carries neither when the model's inputs are the features themselves, and the ingestion gate
+    quarantines a row whose key is missing or repeats one.
+
     Raises:
-        InvalidInput: a column of ``base`` the rows cannot fill (not a model input, label, entity or time).
+        InvalidInput: a column of ``base`` the rows cannot fill (not a model input, label, entity, key or time).
     """
     frame = pd.DataFrame.from_records(rows)
     out = pd.DataFrame(index=range(len(frame)))
@@ -52,7 +56,7 @@ def production_frame(rows: list[dict[str, Any]], base: pd.DataFrame, *, label: s
             out[column] = frame["label"]
         elif column in frame.columns:
             out[column] = frame[column]
-        elif column == entity:
+        elif column == entity or column in keys:
             ids = base[column]
             if pd.api.types.is_integer_dtype(ids):
                 start = int(ids.max()) + 1 if len(ids) else 0
@@ -66,7 +70,7 @@ def production_frame(rows: list[dict[str, Any]], base: pd.DataFrame, *, label: s
         else:
             raise InvalidInput(
                 f"production rows cannot fill column {column!r} of the training dataset: it is not a model input, "
-                f"the label {label!r}, the entity or the event time"
+                f"the label {label!r}, the entity, a key of the dataset or the event time"
             )
     for column in base.columns:  # keep the dataset's types (a label sent as "1" is the integer 1 here)
         try:
@@ -86,6 +90,8 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
     """
     config = platform.config
     log = log or StageLog(total=7)
+    if not log.total:  # the CLI's log: this pipeline says how many stages it runs
+        log.total = 7
     cfg = load_train_config(training_config)
     if cfg.name != model:
         raise InvalidInput(f"{training_config} trains {cfg.name!r}, not {model!r}")
@@ -109,7 +115,8 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
     dataset_ref = base_version.ref
     if rows:
         with log.stage(f"version the training window as a new version of {base_version.name}"):
-            prod = production_frame(rows, base, label=cfg.data.label, entity=entity, timestamp=timestamp)
+            keys = tuple((base_version.spec or {}).get("key") or ())
+            prod = production_frame(rows, base, label=cfg.data.label, entity=entity, timestamp=timestamp, keys=keys)
             window = pd.concat([reference, prod], ignore_index=True)
             spec = ValidationSpec.model_validate(base_version.spec) if base_version.spec else None
             with tempfile.TemporaryDirectory() as tmp:

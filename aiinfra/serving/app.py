@@ -38,9 +38,10 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from ray import serve
 
+import aiinfra
 from aiinfra.cluster_access import require_shared_state
 from aiinfra.config import PlatformConfig, load_config
-from aiinfra.errors import InvalidInput, NotFound
+from aiinfra.errors import AiInfraError, InvalidInput, NotFound
 from aiinfra.features.client import FeatureStoreClient
 from aiinfra.inference.versions import LoadedVersions
 from aiinfra.monitoring.client import MonitorClient
@@ -48,6 +49,7 @@ from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import parse_ref
 from aiinfra.serving.auth import TokenStore
 from aiinfra.serving.deployments import REPLICA_ENV, DeploymentHandles, ModelVersions
+from aiinfra.serving.grpc_oip import grpc_code, infer_body, infer_response, metadata_response, pb, token_of
 from aiinfra.serving.http import (
     FeedbackItem,
     FeedbackRequest,
@@ -88,6 +90,7 @@ class ModelServer:
 
     def __init__(self, config: PlatformConfig, model_ref: str, champion: Any, challenger: Any, shadow: Any) -> None:
         self.config = config
+        pb()  # gRPC requests arrive pickled from Serve's gRPC proxy: their classes' module must be importable here
         require_shared_state(config)  # a replica on one node must not serve from another node's local state
         # create=True: a RayService's router may start before anything made the registry actor.
         registry = RegistryClient.on_cluster(config, create=True)
@@ -207,6 +210,60 @@ class ModelServer:
                 return response
             content, length = encode_binary_response(response, which)
             return Response(content, media_type="application/octet-stream", headers={HEADER: str(length)})
+
+    # -- OIP v2 over gRPC (grpc_oip.py): Serve's gRPC proxy calls these by the service's method names --------
+    def _grpc_served(self, name: str, grpc_context: Any) -> Any:
+        """As ``_served``: the token first (from the call's metadata), then the model name."""
+        principal = self.router.authorize(token_of(grpc_context.invocation_metadata()), "predict")
+        self.router.check_name(name)
+        return principal
+
+    @staticmethod
+    def _grpc_error(grpc_context: Any, error: AiInfraError, empty: Any) -> Any:
+        grpc_context.set_code(grpc_code(error))
+        grpc_context.set_details(error.message)
+        return empty
+
+    def ServerLive(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802 - the protocol's method names
+        return pb().ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return pb().ServerReadyResponse(ready=True)
+
+    def ServerMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return pb().ServerMetadataResponse(name="aiinfra", version=aiinfra.__version__, extensions=[])
+
+    def ModelReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        try:
+            self._grpc_served(request.name, grpc_context)
+        except AiInfraError as e:
+            return self._grpc_error(grpc_context, e, pb().ModelReadyResponse())
+        return pb().ModelReadyResponse(ready=True)
+
+    def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        try:
+            self._grpc_served(request.name, grpc_context)
+        except AiInfraError as e:
+            return self._grpc_error(grpc_context, e, pb().ModelMetadataResponse())
+        version = self.router.primary
+        return metadata_response(self.router.name, version.version, version.signature, "aiinfra")
+
+    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        """The REST infer route's path, from the same checks to the same monitor and canary hooks."""
+        router = self.router
+        try:
+            with router.admitted():
+                principal = self._grpc_served(request.model_name, grpc_context)
+                rows, request_id, wanted = decode_infer_request(infer_body(request), router.primary.signature)
+                request_id = request_id or router.request_id(None)
+                role, version = router.route(request_id)
+                predictions = await router.answer(role, version, rows)
+                router.answered(request_id, rows, predictions, version, principal.token_id)
+                return infer_response(encode_infer_response(predictions, version.signature, model=version.name,
+                                                            version=version.version, request_id=request_id,
+                                                            wanted=wanted))
+        except AiInfraError as e:
+            return self._grpc_error(grpc_context, e, pb().ModelInferResponse())
 
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:

@@ -78,23 +78,25 @@ def served(platform, platform_config, tmp_path_factory):
     predict_token, labeller_token = tokens.create("predict", who="test"), tokens.create("labeller", who="test")
     db.close()
 
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     # Monitoring off: a sampled request would start a `monitor:` actor for nothing.
     cfg = platform_config.model_copy(update={
         # The champion in its own model deployment (batching, back-pressure from its queue limits); the
         # default, the champion answered in the router, has its own test at the end.
-        "serve": platform_config.serve.model_copy(update={"port": port, "champion_in_router": False}),
+        "serve": platform_config.serve.model_copy(update={"port": port, "grpc_port": grpc_port, "champion_in_router": False}),
         "monitoring": platform_config.monitoring.model_copy(update={"enabled": False}),
     })
     # The back-pressure app also has FastAPI's docs routes on (serve.docs); the main app keeps the default, off.
     tight = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1,
                                                                          "docs": True})})
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 30})
+    from aiinfra.serving.grpc_oip import start_options
+
+    serve.start(**start_options(cfg))  # HTTP, and the OIP gRPC service on grpc_port
     ref = f"{MODEL}@{version.version}"
     try:
         serve.run(build_app(cfg, ref), name="httpcheck", route_prefix="/")
         serve.run(build_app(tight, ref), name="httpcheck-bp", route_prefix=BP)
-        yield {"base": f"http://127.0.0.1:{port}", "version": version.version, "config": cfg,
+        yield {"base": f"http://127.0.0.1:{port}", "grpc": f"127.0.0.1:{grpc_port}", "version": version.version, "config": cfg,
                "auth": {"Authorization": f"Bearer {predict_token}"},
                "labeller_only": {"Authorization": f"Bearer {labeller_token}"}}
     finally:
@@ -676,3 +678,82 @@ def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(serve
                 assert "at capacity" in json.loads(text)["error"], text[:200]
     finally:
         serve.delete("httpcheck-local")
+
+
+# -- OIP v2 over gRPC, with Triton's own client ---------------------------------------------------------------------
+APP = {"application": "httpcheck"}  # two Serve apps run here: gRPC calls name theirs (Serve's proxy routes by it)
+GRPC_ROWS = [("tenure_months", "FP64", [2.0, 60.0]), ("monthly_charges", "FP64", [150.0, 30.0]),
+             ("support_calls", "INT64", [6, 0]), ("plan", "BYTES", ["basic", "premium"]),
+             ("region", "BYTES", ["north", "north"]), ("autopay", "BOOL", [False, True])]
+
+
+def _grpc_inputs(rows=GRPC_ROWS, **swap):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    numpy_type = {"FP64": np.float64, "FP32": np.float32, "INT64": np.int64, "BYTES": object, "BOOL": bool}
+    out = []
+    for name, datatype, values in rows:
+        datatype, values = swap.get(name, (datatype, values))
+        t = grpcclient.InferInput(name, [len(values)], datatype)
+        t.set_data_from_numpy(np.array(values, dtype=numpy_type[datatype]))  # raw_input_contents, as Triton sends
+        out.append(t)
+    return out
+
+
+def _grpc_headers(served) -> dict[str, str]:
+    return {"authorization": served["auth"]["Authorization"], **APP}
+
+
+def test_tritonclient_grpc_round_trips_with_the_rest_routes_answers(served):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(served["grpc"])
+    headers = _grpc_headers(served)
+    assert client.is_server_live(headers=APP) and client.is_server_ready(headers=APP)
+    assert client.is_model_ready(MODEL, headers=headers)
+    meta = client.get_model_metadata(MODEL, headers=headers, as_json=True)
+    assert meta["versions"] == [str(served["version"])]
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]}["plan"] == "BYTES"
+    result = client.infer(MODEL, _grpc_inputs(), headers=headers, request_id="grpc-1")
+    assert result.get_response().id == "grpc-1" and result.get_response().model_version == str(served["version"])
+    probability = result.as_numpy("probability")
+    body = {"inputs": [{"name": n, "datatype": d, "shape": [len(v)], "data": v} for n, d, v in GRPC_ROWS]}
+    rest = httpx.post(f"{served['base']}/v2/models/{MODEL}/infer", json=body, headers=served["auth"]).json()
+    rest_p = next(o for o in rest["outputs"] if o["name"] == "probability")["data"]
+    assert probability.tolist() == pytest.approx(rest_p, abs=1e-6)
+    labels = result.as_numpy("label").tolist()
+    assert labels == next(o for o in rest["outputs"] if o["name"] == "label")["data"]
+
+
+@pytest.mark.parametrize("case, code, needle", [
+    ("no token", "UNAUTHENTICATED", "token"),
+    ("labeller token", "PERMISSION_DENIED", "predict"),
+    ("unknown model", "NOT_FOUND", "nope"),
+    ("wrong datatype", "INVALID_ARGUMENT", "plan"),
+    ("rows disagree", "INVALID_ARGUMENT", "rows"),
+    ("unknown input", "INVALID_ARGUMENT", "unknown input"),
+])
+def test_bad_grpc_calls_get_the_matching_status_and_the_server_keeps_answering(served, case, code, needle):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(served["grpc"])
+    headers, model, inputs = _grpc_headers(served), MODEL, _grpc_inputs()
+    if case == "no token":
+        headers = dict(APP)
+    elif case == "labeller token":
+        headers = {"authorization": served["labeller_only"]["Authorization"], **APP}
+    elif case == "unknown model":
+        model = "nope"
+    elif case == "wrong datatype":
+        inputs = _grpc_inputs(plan=("FP32", [1.0, 2.0]))
+    elif case == "rows disagree":
+        inputs = _grpc_inputs(region=("BYTES", ["north", "north", "south"]))
+    elif case == "unknown input":
+        inputs = _grpc_inputs(rows=[*GRPC_ROWS, ("colour", "BYTES", ["red", "blue"])])
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(model, inputs, headers=headers)
+    assert e.value.status() == f"StatusCode.{code}", e.value
+    assert needle in e.value.message()
+    assert client.infer(MODEL, _grpc_inputs(), headers=_grpc_headers(served)).as_numpy("probability").shape == (2,)

@@ -40,6 +40,14 @@ def test_a_dataset_column_production_rows_cannot_fill_is_named():
         production_frame(rows, BASE, label="churned", entity="customer_id", timestamp="event_ts")
 
 
+def test_a_dataset_key_gets_fresh_ids_when_the_model_has_no_feature_view():
+    rows = [{"charges": 30.0, "plan": "basic", "label": 1, "served_at": 1_790_000_000.0}]
+    with pytest.raises(InvalidInput, match="'customer_id'"):
+        production_frame(rows, BASE, label="churned", entity=None, timestamp="event_ts")
+    out = production_frame(rows, BASE, label="churned", entity=None, timestamp="event_ts", keys=("customer_id",))
+    assert out["customer_id"].tolist() == [251]
+
+
 POLICY = {"model": "churn", "retrain": {"training_config": "/configs/churn.yaml"},
           "canary": {"share": 0.25, "min_requests": 10, "min_labelled": 10}}
 
