@@ -11,7 +11,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from aiinfra.cli import autopilot, cluster, data, demo, features, models, monitoring, runs, serving, training
+from aiinfra.cli import (
+    autopilot,
+    cluster,
+    common,
+    data,
+    demo,
+    features,
+    models,
+    monitoring,
+    runs,
+    serving,
+    training,
+)
 from aiinfra.cli.common import open_platform
 from aiinfra.config import ENV
 from aiinfra.errors import AiInfraError
@@ -34,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rc = args.func(args)
+        if getattr(args, "json", False):
+            # `--json` keeps stdout for its one JSON document: everything else printed meanwhile (Ray forwards its
+            # workers' stdout to ours: XGBoost's round log, Ray Train's reports) goes to stderr.
+            with common.json_stdout():
+                rc = args.func(args)
+        else:
+            rc = args.func(args)
     except AiInfraError as e:
         # A message may quote a driver's or pyarrow's text: no URI credentials, nor the configured ones, in it.
         print(f"error: {redact_text(e.message, [ENV.METADATA_URL.get(), ENV.STORAGE_ROOT.get()])}", file=sys.stderr)

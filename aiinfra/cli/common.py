@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
 
 from aiinfra.cluster_access import running_cluster, use_cluster_auth
 from aiinfra.pipelines.progress import StageLog
+
+_JSON_OUT: list[Any] = []  # where print_json writes while json_stdout() holds stdout for it
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[None]:
+    """While inside: stdout is stderr, and ``print_json`` writes to the real stdout."""
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_OUT.pop()
 
 
 def print_json(value: Any) -> None:
@@ -21,8 +36,10 @@ def print_json(value: Any) -> None:
             return o.to_dict()
         return str(o)
 
-    json.dump(value, sys.stdout, default=default, indent=2)
-    sys.stdout.write("\n")
+    out = _JSON_OUT[-1] if _JSON_OUT else sys.stdout
+    json.dump(value, out, default=default, indent=2)
+    out.write("\n")
+    out.flush()
 
 
 def when(ts: float) -> str:

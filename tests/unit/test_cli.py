@@ -133,3 +133,22 @@ def test_token_create_refuses_bad_options(home, capsys, argv, needle):
     assert cli.main(["token", "create", *argv]) == 2
     err = capsys.readouterr()
     assert needle in err.err and err.out == ""
+
+
+def test_json_output_keeps_stdout_for_the_document(capsys, monkeypatch):
+    """What a Ray worker prints (forwarded to the driver's stdout) lands on stderr while a --json verb runs."""
+    from aiinfra import cli as cli_module
+    from aiinfra.cli import common
+
+    def noisy(args):
+        print("[0] train-logloss:0.69")  # as XGBoost's round log arrives from a worker
+        common.print_json({"ok": True})
+
+    parser = cli_module.build_parser()
+    monkeypatch.setattr(cli_module, "build_parser", lambda: parser)
+    args = parser.parse_args(["models", "ls", "--json"])
+    monkeypatch.setattr(parser, "parse_args", lambda argv=None: args)
+    args.func = noisy
+    assert cli_module.main(["models", "ls", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"ok": True} and "train-logloss" in out.err
