@@ -100,3 +100,36 @@ def test_serve_starts_the_grpc_proxy_only_where_a_port_is_set():
     import importlib
 
     assert callable(getattr(importlib.import_module(module), function))  # the proxy imports it by this path
+
+
+def test_fuzzed_infer_requests_decode_or_get_a_named_invalid_input():
+    """Any ModelInferRequest a client can build (names, datatypes, shapes, contents, raw bytes) is decoded or
+    refused with InvalidInput: never another exception, which a replica would answer as INTERNAL."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    datatypes = st.sampled_from(["FP64", "FP32", "INT64", "INT32", "BYTES", "BOOL", "UINT8", "FP16", "BF16", "", "X"])
+    names = st.sampled_from(["x", "plan", "n", "", "other"])
+    tensors = st.lists(st.tuples(names, datatypes, st.lists(st.integers(-2, 5), max_size=3),
+                                 st.lists(st.floats(allow_nan=True), max_size=4), st.binary(max_size=24)), max_size=4)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(tensors, st.booleans(), st.text(max_size=8))
+    def check(spec, raw, request_id):
+        req = pb().ModelInferRequest(model_name="m", id=request_id)
+        for name, datatype, shape, numbers, blob in spec:
+            t = req.inputs.add(name=name, datatype=datatype, shape=shape)
+            if raw:
+                req.raw_input_contents.append(blob)
+            elif datatype == "BYTES":
+                t.contents.bytes_contents.append(blob)
+            elif datatype in ("FP64",):
+                t.contents.fp64_contents.extend(numbers)
+            elif datatype == "INT64":
+                t.contents.int64_contents.extend(int(v) for v in numbers if v == v and abs(v) < 2**62)
+        try:
+            decode_infer_request(infer_body(req), SIG)
+        except InvalidInput:
+            pass
+
+    check()
