@@ -42,6 +42,7 @@ from aiinfra.autopilot.retrain_result import read_retrain_result, retrain_result
 from aiinfra.errors import NotFound
 from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.core import DriftReport, read_concept_drift, read_reports
+from aiinfra.registry.approvals import AliasRequest
 from aiinfra.storage import ArtifactStore, MetadataDB
 
 __all__ = ["AutopilotExecutor"]
@@ -210,8 +211,15 @@ class AutopilotExecutor:
         self._registry.set_alias(pilot.model, version, "challenger", share=pilot.policy.canary.share)
 
     def _promote(self, model: str, version: int) -> None:
-        self._registry.set_alias(model, version, "champion")
+        moved = self._registry.alias_or_request(model, version, "champion",
+                                                reason="the autopilot's canary passed its non-inferiority test")
         self._remove_challenger(model)
+        if isinstance(moved, AliasRequest):
+            # A protected champion (approvals.py): the canary ends, the champion keeps serving, and the move waits
+            # for its approvers (`aiinfra models approve`); a retried promote finds the same pending request.
+            self._event(model, "approval_requested", f"champion is protected: request {moved.id} for version {version} "
+                        f"needs {moved.needed} approval(s) (`aiinfra models requests {model}`)")
+            return
         self._monitors.rebase(model)  # the new champion's data is the reference now
 
     def _remove_challenger(self, model: str) -> None:

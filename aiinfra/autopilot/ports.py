@@ -27,6 +27,9 @@ class Aliases(Protocol):
 
     def remove_alias(self, name: str, alias: str) -> None: ...
 
+    def alias_or_request(self, name: str, version: int, alias: str, *, reason: str = "") -> Any:
+        """Move the alias, or (a protected one) request the move: an ``AliasRequest`` then."""
+
 
 class Monitors(Protocol):
     def performance_snapshot(self, model: str) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from aiinfra.cli import common
 from aiinfra.cli.common import open_platform, print_json, stage_log, when
 from aiinfra.config import load_config
 from aiinfra.errors import InvalidInput
@@ -117,6 +118,104 @@ def _models_import(args: argparse.Namespace) -> None:
     print(f"alias: {out.alias or 'none (set one with `aiinfra models alias`)'}")
 
 
+# -- protected aliases -------------------------------------------------------------------------------------
+def _token_identity(config: Any, args: argparse.Namespace, action: str, model: str | None) -> str | None:
+    """``token:<id>`` of the API token given (``--token-file``, else AIINFRA_API_TOKEN), checked to exist and to
+    allow ``action`` on ``model``; None when none is given and ``action`` is not ``approve``."""
+    import os
+
+    from aiinfra.config import ENV
+    from aiinfra.serving.auth import TokenStore
+    from aiinfra.storage import open_metadata_db
+
+    token = None
+    if getattr(args, "token_file", None):
+        try:
+            token = open(args.token_file).read().strip()  # noqa: SIM115 - read once
+        except OSError as e:
+            raise InvalidInput(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
+    token = token or os.environ.get(ENV.API_TOKEN.name)
+    if not token:
+        if action == "approve":
+            raise InvalidInput("approving or refusing takes an API token of the approver (or admin) role: "
+                               "--token-file PATH, or AIINFRA_API_TOKEN (`aiinfra token create --role approver`)")
+        return None
+    db = open_metadata_db(config.metadata_url)
+    try:
+        principal = TokenStore(db).verify(f"Bearer {token}")
+    finally:
+        db.close()
+    if action == "approve":
+        principal.require("approve", model=model)
+    return f"token:{principal.token_id}"
+
+
+def _print_request(r: Any) -> None:
+    approvals = ", ".join(a.who for a in r.approvals) or "none yet"
+    print(f"{r.id}  {r.model}@{r.version} -> {r.alias}  {r.status}  {len(r.approvals)}/{r.needed} approvals ({approvals})")
+    print(f"    requested by {r.requested_by} at {when(r.created_at)}, expires {when(r.expires_at)}"
+          + (f"; {r.reason}" if r.reason else "") + (f"; decided by {r.decided_by}" if r.decided_by else ""))
+
+
+def _models_policy(args: argparse.Namespace) -> None:
+    from aiinfra.config import read_yaml
+
+    with open_platform(load_config()) as p:
+        policy = p.registry.set_policy(args.name, read_yaml(args.file, "alias policy")) if args.file \
+            else p.registry.get_policy(args.name)
+    if args.json:
+        return print_json(policy.model_dump(mode="json"))
+    if not policy.aliases:
+        print(f"{args.name}: no protected aliases (set some with `aiinfra models policy {args.name} FILE.yaml`)")
+    for alias, rule in policy.aliases.items():
+        print(f"{args.name}@{alias}: {rule.approvals} approval(s) within {rule.expires / 3600:g} h"
+              + ("; the requester's own counts" if rule.self_approval else "; not from the requester"))
+
+
+def _models_request(args: argparse.Namespace) -> None:
+    config = load_config()
+    who = _token_identity(config, args, "request", args.name)
+    with open_platform(config) as p:
+        registry = p.registry.acting_as(who) if who else p.registry
+        request = registry.request_alias(args.name, args.version, args.alias, reason=args.reason)
+    if args.json:
+        return print_json(request.model_dump(mode="json"))
+    _print_request(request)
+
+
+def _models_requests(args: argparse.Namespace) -> None:
+    with open_platform(load_config()) as p:
+        requests = p.registry.list_requests(args.name, pending_only=not args.all)
+    if args.json:
+        return print_json([r.model_dump(mode="json") for r in requests])
+    if not requests:
+        print(f"{args.name}: no {'' if args.all else 'pending '}alias requests")
+    for r in requests:
+        _print_request(r)
+
+
+def _models_decide(args: argparse.Namespace) -> None:
+    config = load_config()
+    with open_platform(config) as p:
+        request = p.registry.get_request(args.request_id)
+        who = _token_identity(config, args, "approve", request.model)
+        registry = p.registry.acting_as(who or "unknown")
+        request = registry.approve(args.request_id) if args.decision == "approve" else \
+            registry.refuse(args.request_id, reason=args.reason)
+        if request.status == "applied" and request.alias == "champion" and common.cluster_running(config):
+            # The monitor compares traffic with the champion's reference: the new champion's, from now on.
+            from aiinfra.monitoring.client import MonitorClient
+
+            monitor = MonitorClient.if_running(config, request.model)
+            if monitor is not None:
+                monitor.rebase()
+    if args.json:
+        return print_json(request.model_dump(mode="json"))
+    _print_request(request)
+    if request.status == "applied":
+        print(f"{request.model}@{request.alias} -> {request.version}")
+
+
 def _print_variant(out: Any) -> None:
     print(f"{out.model or out.directory}: {out.method} of {out.parent}, checked on {out.rows:,} holdout rows: "
           f"{out.metric} {out.variant_metric:.4f} (parent {out.parent_metric:.4f}), largest score difference "
@@ -184,6 +283,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--verify", action="store_true",
                        help="check the log's hash chain instead: exit 1 and name the first broken row if it is not intact")
     audit.set_defaults(func=_models_audit)
+    policy = models.add_parser("policy", help="show NAME's protected aliases, or set them from a YAML file",
+                               description="Protected aliases move only by approved requests. FILE holds, e.g., "
+                                           "'aliases: {champion: {approvals: 2, expires: 24h}}' (self_approval: true lets "
+                                           "the requester's own approval count); an empty 'aliases: {}' removes them.")
+    policy.add_argument("name")
+    policy.add_argument("file", nargs="?")
+    policy.add_argument("--json", action="store_true")
+    policy.set_defaults(func=_models_policy)
+    request = models.add_parser("request", help="ask to point a protected ALIAS at VERSION (approvers approve it)")
+    request.add_argument("name")
+    request.add_argument("version", type=int)
+    request.add_argument("alias")
+    request.add_argument("--reason", default="")
+    request.add_argument("--token-file", help="request as this API token (default: AIINFRA_API_TOKEN, else this user)")
+    request.add_argument("--json", action="store_true")
+    request.set_defaults(func=_models_request)
+    requests = models.add_parser("requests", help="NAME's pending alias requests (--all: every one)")
+    requests.add_argument("name")
+    requests.add_argument("--all", action="store_true")
+    requests.add_argument("--json", action="store_true")
+    requests.set_defaults(func=_models_requests)
+    for decision in ("approve", "refuse"):
+        decide = models.add_parser(decision, help=f"{decision} an alias request, with an approver (or admin) token")
+        decide.add_argument("request_id")
+        if decision == "refuse":
+            decide.add_argument("--reason", default="")
+        decide.add_argument("--token-file", help="the approver's API token (default: AIINFRA_API_TOKEN)")
+        decide.add_argument("--json", action="store_true")
+        decide.set_defaults(func=_models_decide, decision=decision)
     imp = models.add_parser("import", help="register an ONNX model trained elsewhere, scored and gated on your holdout",
                             description="Register PATH (an .onnx graph over one (rows, inputs) float tensor, or with one input per "
                                         "column) as the next "

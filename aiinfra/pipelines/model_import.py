@@ -39,6 +39,7 @@ from aiinfra.monitoring.profile import build_profile, write_profile
 from aiinfra.pipelines.judging import gate_against_champion, holdout_outputs, report_on
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.provenance import environment
+from aiinfra.registry.approvals import AliasRequest
 from aiinfra.registry.types import FieldSpec, Signature, validate_name
 from aiinfra.training.gate import GateConfig
 from aiinfra.training.model_dir import ModelSpec, load_model_dir, save_model_dir
@@ -275,12 +276,16 @@ def _import(platform: Any, name: str, path: Path, sig: ImportSignature, workdir:
             champion = registry.get(f"{name}@champion")
         except NotFound:
             champion = None
-        alias = None
+        alias, note = None, " without an alias: the gate refused it"
         if verdict.passed and (champion is None or champion.version != version.version):
-            alias = "champion" if champion is None else "challenger"
-            registry.set_alias(name, version.version, alias)
+            wanted = "champion" if champion is None else "challenger"
+            moved = registry.alias_or_request(name, version.version, wanted, reason=f"imported {path.name}, gate passed")
+            if isinstance(moved, AliasRequest):
+                note = f"; alias {wanted} is protected: request {moved.id} needs {moved.needed} approval(s)"
+            else:
+                alias = wanted
         elif champion is not None and champion.version == version.version:
             alias = "champion"  # the same file imported again: the registry returned the version it made the first time
-        log.note(f"registered {version.ref}" + (f", alias {alias}" if alias else " without an alias: the gate refused it"))
+        log.note(f"registered {version.ref}" + (f", alias {alias}" if alias else note))
     return ImportOutcome(model=version.ref, metrics=report.metrics, verdict=verdict.model_dump(mode="json"), alias=alias,
                          holdout=hv.ref, sha256=sha256, producer=info.producer)

@@ -34,6 +34,7 @@ from aiinfra.monitoring.profile import build_profile, write_profile
 from aiinfra.pipelines.judging import gate_against_champion, holdout_outputs, report_on
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.provenance import code_version, environment, environment_changes
+from aiinfra.registry.approvals import AliasRequest
 from aiinfra.training.config import TrainConfig, config_hash, load_train_config
 from aiinfra.training.evaluation import render_html
 from aiinfra.training.model_dir import ModelSpec, save_model_dir
@@ -389,8 +390,13 @@ def _register(platform: Any, cfg: TrainConfig, outcome: TrainingOutcome, model_d
     if verdict is not None and verdict.passed and not set_alias and champion is not None:
         log.note(f"registered {version.ref}; it passed the gate against {champion.ref} (no alias set: its canary is the caller's)")
     elif verdict is not None and verdict.passed:
-        outcome.alias = "champion" if champion is None else "challenger"
-        registry.set_alias(cfg.name, version.version, outcome.alias)
+        alias = "champion" if champion is None else "challenger"
+        moved = registry.alias_or_request(cfg.name, version.version, alias, reason=f"run {outcome.run_id} passed the gate")
+        if isinstance(moved, AliasRequest):  # a protected alias: it moves when its approvers approve
+            log.note(f"registered {version.ref}; alias {alias} is protected: request {moved.id} needs {moved.needed} "
+                     f"approval(s) (`aiinfra models approve {moved.id}`)")
+            return
+        outcome.alias = alias
         log.note(f"registered {version.ref}, alias {outcome.alias}"
                  + ("" if champion is None else f"; champion stays {champion.ref} until a canary promotes the challenger"))
     else:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from aiinfra.config import PlatformConfig
+from aiinfra.errors import Forbidden
 from aiinfra.registry.actor import REGISTRY
+from aiinfra.registry.approvals import AliasRequest, ModelPolicy
 from aiinfra.registry.files import fetch_version_files, stage_model_dir
 from aiinfra.registry.runs import Run
 from aiinfra.registry.types import (
@@ -53,6 +55,10 @@ class RegistryClient:
         self._backend = backend
         self.store = store
         self.who = who or default_principal()
+
+    def acting_as(self, who: str) -> RegistryClient:
+        """This client recording ``who`` in the audit log (an approver's verified token, say)."""
+        return RegistryClient(self._backend, self.store, who=who)
 
     @classmethod
     def on_cluster(cls, config: PlatformConfig, *, create: bool = False, store: ArtifactStore | None = None,
@@ -113,6 +119,36 @@ class RegistryClient:
     def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None) -> ModelVersion:
         """Point ``alias`` at ``version``; ``share``: the traffic its holder gets (a canary's), read by the router."""
         return self._backend.call("set_alias", name, version, alias, share=share, who=self.who)
+
+    def alias_or_request(self, name: str, version: int, alias: str, *, reason: str = "") -> AliasRequest | ModelVersion:
+        """Point ``alias`` at ``version``, or, where the alias is protected, request that (the pending request):
+        what a pipeline that sets aliases by itself does, so a protected alias waits for its approvers."""
+        try:
+            return self.set_alias(name, version, alias)
+        except Forbidden:
+            return self.request_alias(name, version, alias, reason=reason)
+
+    # -- protected aliases (approvals.py) ------------------------------------------------------------------
+    def set_policy(self, name: str, policy: ModelPolicy | dict[str, Any]) -> ModelPolicy:
+        return self._backend.call("set_policy", name, policy, who=self.who)
+
+    def get_policy(self, name: str) -> ModelPolicy:
+        return self._backend.call("get_policy", name)
+
+    def request_alias(self, name: str, version: int, alias: str, *, reason: str = "") -> AliasRequest:
+        return self._backend.call("request_alias", name, version, alias, who=self.who, reason=reason)
+
+    def approve(self, request_id: str) -> AliasRequest:
+        return self._backend.call("approve", request_id, who=self.who)
+
+    def refuse(self, request_id: str, *, reason: str = "") -> AliasRequest:
+        return self._backend.call("refuse", request_id, who=self.who, reason=reason)
+
+    def list_requests(self, name: str, *, pending_only: bool = False) -> list[AliasRequest]:
+        return self._backend.call("list_requests", name, pending_only=pending_only)
+
+    def get_request(self, request_id: str) -> AliasRequest:
+        return self._backend.call("get_request", request_id)
 
     def remove_alias(self, name: str, alias: str) -> None:
         self._backend.call("remove_alias", name, alias, who=self.who)

@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
+from pydantic import ValidationError
+
+from aiinfra.config import format_validation_error
+from aiinfra.errors import ArtifactCorrupted, Conflict, Forbidden, InvalidInput, NotFound
+from aiinfra.registry.approvals import AliasPolicy, AliasRequest, Approval, ModelPolicy
 from aiinfra.registry.files import StagedUpload
 from aiinfra.registry.runs import Run, RunStore
 from aiinfra.registry.types import (
@@ -92,6 +97,32 @@ MIGRATIONS = (
     Migration(4, (
         "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
         "ALTER TABLE audit_log ADD COLUMN row_hash TEXT",
+    )),
+    # v5: protected aliases (approvals.py): each model's policy, and the requests to move a protected alias.
+    Migration(5, (
+        """CREATE TABLE alias_policies (
+            name TEXT NOT NULL REFERENCES models(name),
+            alias TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (name, alias)
+        )""",
+        """CREATE TABLE alias_requests (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL REFERENCES models(name),
+            alias TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            requested_by TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            status TEXT NOT NULL,
+            approvals TEXT NOT NULL,
+            needed INTEGER NOT NULL,
+            decided_at DOUBLE PRECISION,
+            decided_by TEXT
+        )""",
+        "CREATE INDEX alias_requests_model ON alias_requests (name, status)",
     )),
 )
 
@@ -249,23 +280,186 @@ class ModelRegistry:
             raise InvalidInput(f"alias share must be a number from 0 to 1, got {share!r}")
         now = self._clock()
         with self.db.transaction() as tx:
+            policy = self._alias_policy(tx, name, alias)
+            if policy is not None:
+                held = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+                if not (held and int(held[0]["version"]) == version):  # pointing it where it is changes nothing
+                    raise Forbidden(f"alias {alias!r} of {name!r} is protected ({policy.approvals} approval(s)): "
+                                    f"request the move with `aiinfra models request {name} {version} {alias}` and have "
+                                    "an approver approve it")
+            return self._move_alias(tx, now, who, name, alias, version, share)
+
+    def _move_alias(self, tx: Transaction, now: float, who: str, name: str, alias: str, version: int,
+                    share: float | None, *, request: str | None = None) -> ModelVersion:
+        target = self._load_version(tx, name, version)
+        if target.status == "archived":
+            raise Conflict(f"{name}@{version} is archived; an alias can only point at an active version")
+        rows = tx.query("SELECT version, share FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+        before = ({"alias": alias, "version": int(rows[0]["version"]),
+                   **({"share": rows[0]["share"]} if rows[0]["share"] is not None else {})} if rows else None)
+        tx.execute(
+            "INSERT INTO aliases (name, alias, version, updated_at, share) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at, "
+            "share = excluded.share",
+            (name, alias, version, now, None if share is None else float(share)),
+        )
+        self._audit(
+            tx, now, who, name, "set_alias", version, before,
+            {"alias": alias, "version": version, **({"share": float(share)} if share is not None else {}),
+             **({"request": request} if request else {})},
+        )
+        return self._load_version(tx, name, version)
+
+    # -- protected aliases (approvals.py) -----------------------------------------------------------
+    @staticmethod
+    def _alias_policy(q: MetadataDB | Transaction, name: str, alias: str) -> AliasPolicy | None:
+        rows = q.query("SELECT policy FROM alias_policies WHERE name = ? AND alias = ?", (name, alias))
+        return AliasPolicy.model_validate_json(rows[0]["policy"]) if rows else None
+
+    def set_policy(self, name: str, policy: ModelPolicy | dict[str, Any], *, who: str = "unknown") -> ModelPolicy:
+        """Replace the model's alias protection (an empty policy removes it); audited with before and after."""
+        validate_name("model name", name)
+        if not isinstance(policy, ModelPolicy):
+            try:
+                policy = ModelPolicy.model_validate(policy)
+            except ValidationError as e:
+                raise InvalidInput(format_validation_error("alias policy", e)) from None
+        for alias in policy.aliases:
+            validate_alias(alias)
+        now = self._clock()
+        with self.db.transaction() as tx:
+            if not tx.query("SELECT 1 FROM models WHERE name = ?", (name,)):
+                raise NotFound(f"model {name!r} is not registered")
+            before = self._policy(tx, name)
+            tx.execute("DELETE FROM alias_policies WHERE name = ?", (name,))
+            for alias, p in policy.aliases.items():
+                tx.execute("INSERT INTO alias_policies (name, alias, policy, updated_at) VALUES (?, ?, ?, ?)",
+                           (name, alias, p.model_dump_json(), now))
+            self._audit(tx, now, who, name, "set_policy", None, before.model_dump() if before.aliases else None,
+                        policy.model_dump() if policy.aliases else None)
+        return policy
+
+    def get_policy(self, name: str) -> ModelPolicy:
+        validate_name("model name", name)
+        self._require_model(name)
+        return self._policy(self.db, name)
+
+    @staticmethod
+    def _policy(q: MetadataDB | Transaction, name: str) -> ModelPolicy:
+        rows = q.query("SELECT alias, policy FROM alias_policies WHERE name = ? ORDER BY alias", (name,))
+        return ModelPolicy(aliases={r["alias"]: AliasPolicy.model_validate_json(r["policy"]) for r in rows})
+
+    def request_alias(self, name: str, version: int, alias: str, *, who: str = "unknown", reason: str = "") -> AliasRequest:
+        """A request to point a protected ``alias`` at ``version``: the pending one for that move if there is
+        one (a retried request is the same request), else a new one."""
+        validate_name("model name", name)
+        alias = validate_alias(alias)
+        version = self._check_version_number(version)
+        if not isinstance(reason, str) or len(reason) > 1000:
+            raise InvalidInput("reason must be text of at most 1,000 characters")
+        now = self._clock()
+        with self.db.transaction() as tx:
+            self._expire(tx, now, name)
+            policy = self._alias_policy(tx, name, alias)
+            if policy is None:
+                self._load_version(tx, name, version)  # NotFound first, for an unknown model or version
+                raise InvalidInput(f"alias {alias!r} of {name!r} is not protected: set it directly "
+                                   f"(`aiinfra models alias {name} {version} {alias}`)")
             target = self._load_version(tx, name, version)
             if target.status == "archived":
                 raise Conflict(f"{name}@{version} is archived; an alias can only point at an active version")
-            rows = tx.query("SELECT version, share FROM aliases WHERE name = ? AND alias = ?", (name, alias))
-            before = ({"alias": alias, "version": int(rows[0]["version"]),
-                       **({"share": rows[0]["share"]} if rows[0]["share"] is not None else {})} if rows else None)
+            rows = tx.query("SELECT * FROM alias_requests WHERE name = ? AND alias = ? AND version = ? AND status = 'pending'",
+                            (name, alias, version))
+            if rows:
+                return self._row_to_request(rows[0])
+            request_id = f"req-{uuid.uuid4().hex[:12]}"
             tx.execute(
-                "INSERT INTO aliases (name, alias, version, updated_at, share) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at, "
-                "share = excluded.share",
-                (name, alias, version, now, None if share is None else float(share)),
+                "INSERT INTO alias_requests (id, name, alias, version, requested_by, reason, created_at, expires_at,"
+                " status, approvals, needed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]', ?)",
+                (request_id, name, alias, version, who, reason, now, now + policy.expires, policy.approvals),
             )
-            self._audit(
-                tx, now, who, name, "set_alias", version, before,
-                {"alias": alias, "version": version, **({"share": float(share)} if share is not None else {})},
-            )
-            return self._load_version(tx, name, version)
+            self._audit(tx, now, who, name, "request_alias", version, None,
+                        {"request": request_id, "alias": alias, "version": version, "needed": policy.approvals,
+                         **({"reason": reason} if reason else {})})
+            return self._load_request(tx, request_id)
+
+    def approve(self, request_id: str, *, who: str = "unknown") -> AliasRequest:
+        """Approve a pending request; the approval that reaches the policy's count moves the alias (same transaction)."""
+        now = self._clock()
+        with self.db.transaction() as tx:
+            request = self._pending(tx, request_id, now)
+            policy = self._alias_policy(tx, request.model, request.alias)
+            needed = request.needed if policy is None else policy.approvals
+            if who == request.requested_by and not (policy is not None and policy.self_approval):
+                raise Forbidden(f"{who} asked for {request_id} and may not approve it; another approver must")
+            if any(a.who == who for a in request.approvals):
+                raise Conflict(f"{who} has already approved {request_id} ({len(request.approvals)} of {needed})")
+            approvals = [*request.approvals, Approval(who=who, at=now)]
+            tx.execute("UPDATE alias_requests SET approvals = ? WHERE id = ?",
+                       (json.dumps([a.model_dump() for a in approvals]), request_id))
+            self._audit(tx, now, who, request.model, "approve", request.version, None,
+                        {"request": request_id, "alias": request.alias, "approvals": len(approvals), "needed": needed})
+            if len(approvals) >= needed:
+                self._move_alias(tx, now, who, request.model, request.alias, request.version, None, request=request_id)
+                tx.execute("UPDATE alias_requests SET status = 'applied', decided_at = ?, decided_by = ? WHERE id = ?",
+                           (now, who, request_id))
+            return self._load_request(tx, request_id)
+
+    def refuse(self, request_id: str, *, who: str = "unknown", reason: str = "") -> AliasRequest:
+        now = self._clock()
+        with self.db.transaction() as tx:
+            request = self._pending(tx, request_id, now)
+            tx.execute("UPDATE alias_requests SET status = 'refused', decided_at = ?, decided_by = ?, reason = ? WHERE id = ?",
+                       (now, who, (request.reason + ("; " if request.reason and reason else "") + reason)[:2000], request_id))
+            self._audit(tx, now, who, request.model, "refuse", request.version, None,
+                        {"request": request_id, "alias": request.alias, **({"reason": reason} if reason else {})})
+            return self._load_request(tx, request_id)
+
+    def list_requests(self, name: str, *, pending_only: bool = False) -> list[AliasRequest]:
+        validate_name("model name", name)
+        self._require_model(name)
+        with self.db.transaction() as tx:
+            self._expire(tx, self._clock(), name)
+            rows = tx.query("SELECT * FROM alias_requests WHERE name = ?" + (" AND status = 'pending'" if pending_only else "")
+                            + " ORDER BY created_at DESC, id", (name,))
+            return [self._row_to_request(r) for r in rows]
+
+    def get_request(self, request_id: str) -> AliasRequest:
+        return self._load_request(self.db, request_id)
+
+    def _pending(self, tx: Transaction, request_id: str, now: float) -> AliasRequest:
+        request = self._load_request(tx, request_id)
+        self._expire(tx, now, request.model)
+        request = self._load_request(tx, request_id)
+        if request.status != "pending":
+            raise Conflict(f"request {request_id} is {request.status}" + (
+                f" (by {request.decided_by})" if request.decided_by and request.status != "expired" else "")
+                + "; make a new one with `aiinfra models request`")
+        return request
+
+    def _expire(self, tx: Transaction, now: float, name: str) -> None:
+        """Pending requests past their time become expired, each audited (the alias stays where it is)."""
+        for row in tx.query("SELECT id, version, alias FROM alias_requests WHERE name = ? AND status = 'pending' "
+                            "AND expires_at <= ?", (name, now)):
+            tx.execute("UPDATE alias_requests SET status = 'expired', decided_at = ? WHERE id = ?", (now, row["id"]))
+            self._audit(tx, now, "registry", name, "request_expired", int(row["version"]), None,
+                        {"request": row["id"], "alias": row["alias"]})
+
+    def _load_request(self, q: MetadataDB | Transaction, request_id: str) -> AliasRequest:
+        if not isinstance(request_id, str) or not request_id.startswith("req-") or len(request_id) > 40:
+            raise InvalidInput(f"{request_id!r} is not a request id (they look like req-0123456789ab)")
+        rows = q.query("SELECT * FROM alias_requests WHERE id = ?", (request_id,))
+        if not rows:
+            raise NotFound(f"no alias request {request_id!r}")
+        return self._row_to_request(rows[0])
+
+    @staticmethod
+    def _row_to_request(row: dict[str, Any]) -> AliasRequest:
+        return AliasRequest(id=row["id"], model=row["name"], alias=row["alias"], version=int(row["version"]),
+                            requested_by=row["requested_by"], reason=row["reason"], created_at=row["created_at"],
+                            expires_at=row["expires_at"], status=row["status"],
+                            approvals=[Approval.model_validate(a) for a in json.loads(row["approvals"])],
+                            needed=int(row["needed"]), decided_at=row["decided_at"], decided_by=row["decided_by"])
 
     def remove_alias(self, name: str, alias: str, *, who: str = "unknown") -> None:
         validate_name("model name", name)

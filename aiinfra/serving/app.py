@@ -30,6 +30,7 @@ status of its AiInfraError (``http.py``); a client's mistake is never a 500, and
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from fastapi import Request
@@ -60,6 +61,7 @@ from aiinfra.serving.http import (
     parse_json,
     raw_body,
 )
+from aiinfra.serving.metrics import record_request
 from aiinfra.serving.oip import decode_infer_request, encode_infer_response, tensor_metadata
 from aiinfra.serving.oip_binary import (
     HEADER,
@@ -249,21 +251,32 @@ class ModelServer:
         return metadata_response(self.router.name, version.version, version.signature, "aiinfra")
 
     async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        """The REST infer route's path, from the same checks to the same monitor and canary hooks."""
-        router = self.router
+        """The REST infer route's path, from the same checks to the same monitor and canary hooks; measured as
+        the HTTP routes are (route ``grpc:ModelInfer``, the status its HTTP twin would have)."""
+        router, start = self.router, time.perf_counter()
+        status, model, version_tag, rows_n = 200, "(unknown)", "", 0
         try:
             with router.admitted():
                 principal = self._grpc_served(request.model_name, grpc_context)
+                model = router.name  # only a name found served tags a metric
                 rows, request_id, wanted = decode_infer_request(infer_body(request), router.primary.signature)
                 request_id = request_id or router.request_id(None)
                 role, version = router.route(request_id)
                 predictions = await router.answer(role, version, rows)
+                version_tag, rows_n = str(version.version), len(predictions)
                 router.answered(request_id, rows, predictions, version, principal.token_id)
                 return infer_response(encode_infer_response(predictions, version.signature, model=version.name,
                                                             version=version.version, request_id=request_id,
                                                             wanted=wanted))
         except AiInfraError as e:
+            status = e.status_code
             return self._grpc_error(grpc_context, e, pb().ModelInferResponse())
+        except Exception:
+            status = 500
+            raise
+        finally:
+            record_request(model=model, version=version_tag, route="grpc:ModelInfer", status=status,
+                           latency_ms=(time.perf_counter() - start) * 1000, rows=rows_n)
 
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ``admin`` may do everything; ``predict`` may call inference routes and not label; ``feedback`` may call
 inference routes and label the requests it made itself (an application that predicts and later reports
 the outcome); ``labeller`` may label any request (a labelling service) but not predict; ``approver`` has no
-HTTP permission: it is the role that approvals of alias moves are to be asked of.
+HTTP permission: it approves (or refuses) requests to move a protected alias (``aiinfra models approve``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,6 @@ ROLES = ("admin", "predict", "feedback", "labeller", "approver")
 # What each route family needs; admin is allowed everywhere. A predict token may not label: labels
 # steer the autopilot (drift, retrain rows, the canary's verdict), so they take a role of their own.
 PERMISSIONS = {"predict": {"admin", "predict", "feedback"}, "feedback": {"admin", "feedback", "labeller"},
-               "admin": {"admin"}}
+               "admin": {"admin"}, "approve": {"admin", "approver"}}
 # The roles whose labels are accepted for any request; any other token's, only for requests it made.
 LABEL_ANY = frozenset({"admin", "labeller"})

@@ -52,10 +52,12 @@ class UpCluster:
     test passes alone and in any order; the module's end stops it."""
 
     def __init__(self, home: Path) -> None:
-        gcs, self.dashboard_port, serve_port = _free_port(), _free_port(), _free_port()
+        gcs, self.dashboard_port, serve_port, self.grpc_port = _free_port(), _free_port(), _free_port(), _free_port()
         self.gcs_port = gcs
         self.home = home
-        self.env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(serve_port)}
+        # The OIP gRPC service too (off by default): `up` starts Serve with it.
+        self.env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(serve_port),
+                    "AIINFRA_SERVE_GRPC_PORT": str(self.grpc_port)}
         self.env.pop("RAY_ADDRESS", None)
         self.first_up: str | None = None
 
@@ -69,7 +71,7 @@ class UpCluster:
             self.first_up = self.first_up or started.stdout
         info = json.loads((self.home / "cluster.json").read_text())
         return {"env": self.env, "home": self.home, "info": info, "dashboard": f"http://127.0.0.1:{self.dashboard_port}",
-                "up": self.first_up}
+                "up": self.first_up, "grpc": f"127.0.0.1:{self.grpc_port}"}
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +173,21 @@ def test_serve_deploy_puts_a_registered_model_on_http_and_status_shows_it(cluste
     assert r.json()["model"] == "churn-job" and r.json()["version"] == 1
     st = json.loads(aiinfra(cluster["env"], "serve", "status", "--json").stdout)
     assert st["apps"]["aiinfra"]["serving"]["model"] == "churn-job"
+    # The same model over OIP v2 gRPC (Serve's gRPC proxy, which `up` started on AIINFRA_SERVE_GRPC_PORT),
+    # with Triton's client, as a team's existing client code would call it.
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(cluster["grpc"])
+    inputs = []
+    for name, value in row.items():
+        datatype = "BYTES" if isinstance(value, str) else ("INT64" if isinstance(value, int) else "FP64")
+        t = grpcclient.InferInput(name, [1], datatype)
+        t.set_data_from_numpy(np.array([value.encode() if isinstance(value, str) else value],
+                                       dtype=object if datatype == "BYTES" else None))
+        inputs.append(t)
+    answer = client.infer("churn-job", inputs, headers={"authorization": f"Bearer {token}"})
+    assert answer.as_numpy("probability")[0] == pytest.approx(r.json()["predictions"][0]["probability"], abs=1e-6)
     missing = aiinfra(cluster["env"], "serve", "deploy", "no-such-model@champion")
     assert missing.returncode == 2 and "no-such-model" in missing.stderr
 

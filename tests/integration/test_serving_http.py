@@ -724,6 +724,14 @@ def test_tritonclient_grpc_round_trips_with_the_rest_routes_answers(served):
     assert probability.tolist() == pytest.approx(rest_p, abs=1e-6)
     labels = result.as_numpy("label").tolist()
     assert labels == next(o for o in rest["outputs"] if o["name"] == "label")["data"]
+    # Measured as the HTTP routes are, by model, version and route.
+    tags = (f'model="{MODEL}"', 'route="grpc:ModelInfer"', 'status="200"')
+
+    def measured(text: str) -> bool:
+        return any(line.startswith("ray_aiinfra_requests") and all(t in line for t in tags) for line in text.splitlines())
+
+    text = _scrape_metrics(measured, timeout_s=60)
+    assert measured(text), [line for line in text.splitlines() if "grpc" in line][:5]
 
 
 @pytest.mark.parametrize("case, code, needle", [

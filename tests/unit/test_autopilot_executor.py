@@ -230,3 +230,20 @@ def test_a_restart_mid_canary_restores_the_challenger_alias(world):
     restarted = executor()
     restarted.tick()
     assert p.registry.get(f"{MODEL}@challenger").alias_shares == {"challenger": 0.25}
+
+
+def test_a_protected_champion_is_requested_not_moved_when_the_canary_holds_up(world):
+    p, _, clock, monitors, _, _ = world
+    ex, _ = _to_canary(world)
+    p.registry.set_policy(MODEL, {"aliases": {"champion": {"approvals": 1}}})
+    monitors.arms = {"1": {"requests": 900, "errors": 0, "labelled": 900, "correct": 800},
+                     "2": {"requests": 300, "errors": 0, "labelled": 300, "correct": 285}}
+    clock.now += 60
+    assert [d["action"] for d in ex.tick()] == ["promote"]
+    assert p.registry.get(f"{MODEL}@champion").version == 1  # it waits for its approver
+    (request,) = p.registry.list_requests(MODEL, pending_only=True)
+    assert (request.version, request.alias, request.needed) == (2, "champion", 1)
+    assert "challenger" not in p.registry.get(f"{MODEL}@2").aliases and "rebase" not in monitors.calls
+    assert any(e["action"] == "approval_requested" and request.id in e["reason"] for e in ex.status(MODEL)["events"])
+    p.registry.acting_as("token:approver1").approve(request.id)
+    assert p.registry.get(f"{MODEL}@champion").version == 2

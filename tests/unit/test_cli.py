@@ -152,3 +152,39 @@ def test_json_output_keeps_stdout_for_the_document(capsys, monkeypatch):
     assert cli_module.main(["models", "ls", "--json"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out) == {"ok": True} and "train-logloss" in out.err
+
+
+def test_a_protected_champion_through_the_cli(home, capsys, tmp_path, monkeypatch):
+    """policy -> request -> approve (with approver tokens) -> the alias moves; a predict token may not approve."""
+    from aiinfra.config import load_config
+    from aiinfra.serving.auth import TokenStore
+    from aiinfra.storage import open_metadata_db
+
+    assert cli.main(["models", "alias", "churn", "1", "champion"]) == 0
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("aliases:\n  champion: {approvals: 1, expires: 2h}\n")
+    assert cli.main(["models", "policy", "churn", str(policy)]) == 0
+    assert "1 approval(s) within 2 h" in capsys.readouterr().out
+    assert cli.main(["models", "alias", "churn", "2", "champion"]) == 2
+    assert "protected" in capsys.readouterr().err
+    assert cli.main(["models", "request", "churn", "2", "champion", "--reason", "gate passed", "--json"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["status"] == "pending" and request["needed"] == 1
+
+    db = open_metadata_db(load_config().metadata_url)
+    tokens = TokenStore(db)
+    approver, predictor = tokens.create("approver", who="test"), tokens.create("predict", who="test")
+    db.close()
+    monkeypatch.delenv("AIINFRA_API_TOKEN", raising=False)
+    assert cli.main(["models", "approve", request["id"]]) == 2
+    assert "takes an API token of the approver" in capsys.readouterr().err
+    monkeypatch.setenv("AIINFRA_API_TOKEN", predictor)
+    assert cli.main(["models", "approve", request["id"]]) == 2
+    assert "may not approve" in capsys.readouterr().err
+    (tmp_path / "approver").write_text(approver)
+    assert cli.main(["models", "approve", request["id"], "--token-file", str(tmp_path / "approver")]) == 0
+    out = capsys.readouterr().out
+    assert "applied" in out and "churn@champion -> 2" in out
+    assert cli.main(["models", "requests", "churn", "--all", "--json"]) == 0
+    (done,) = json.loads(capsys.readouterr().out)
+    assert done["approvals"][0]["who"].startswith("token:") and done["status"] == "applied"
