@@ -66,8 +66,11 @@ __all__ = [
     "save_policy",
 ]
 
-Action = Literal["none", "retrain", "start_canary", "promote", "rollback", "abort"]
-StateName = Literal["watching", "retraining", "canary"]
+Action = Literal["none", "retrain", "start_canary", "promote", "rollback", "abort", "await_approval",
+                 "approved", "not_approved"]
+# awaiting_approval: the canary passed but ``champion`` is protected (registry/approvals.py): the promotion waits
+# for its approvers, the champion keeps serving, and nothing starts a new cycle meanwhile.
+StateName = Literal["watching", "retraining", "canary", "awaiting_approval"]
 DAY_S = 86_400.0
 MAX_DECISIONS = 1000
 
@@ -174,6 +177,7 @@ class _State(BaseModel):
     canary_share: float | None = None
     champion_stats: ArmStats | None = None  # the latest cumulative counters of the canary
     challenger_stats: ArmStats | None = None
+    approval_request: str | None = None  # awaiting_approval: the registry's request for the champion
 
     def end_cycle(self, now: float, cooldown_s: float, outcome: str) -> _State:
         return _State(
@@ -716,10 +720,50 @@ class Autopilot:
             state=row["state"], at=float(row["at"]), seq=int(row["seq"]),
         )
 
+    # -- a protected champion -------------------------------------------------------------------------
+    def approval_requested(self, request_id: str, version: int, needed: int) -> Decision:
+        """The promotion just decided became a request (the champion is protected): wait for its approvers.
+
+        Safe to repeat with the same request (a restart right after requesting)."""
+        now = self._clock()
+        with self.db.transaction() as tx:
+            st = self._load(tx)
+            if st.state == "awaiting_approval" and st.approval_request == request_id:
+                return self._none(st, now, f"already awaiting approval of {request_id}")
+            new = _State(state="awaiting_approval", last_window_id=st.last_window_id, last_concept_id=st.last_concept_id,
+                         cycle_trigger=st.cycle_trigger, challenger_version=version, approval_request=request_id)
+            reason = (f"champion is protected: promotion of version {version} waits for {needed} approval(s) of "
+                      f"request {request_id} (`aiinfra models approve {request_id}`)")
+            return self._commit(tx, new, now, "await_approval", reason, {"request": request_id,
+                                                                         "challenger_version": version})
+
+    def approval_resolved(self, request_id: str, status: str, decided_by: str | None = None) -> Decision:
+        """The request was applied (the version is champion: the cycle ends promoted), refused or expired (it ends
+        with the champion as it was); a request still pending is a ``none``."""
+        now = self._clock()
+        with self.db.transaction() as tx:
+            st = self._load(tx)
+            if st.state != "awaiting_approval" or st.approval_request != request_id:
+                return self._none(st, now, f"not awaiting request {request_id}")
+            if status == "pending":
+                return self._none(st, now, f"awaiting approval of {request_id}")
+            version = st.challenger_version
+            evidence = {"request": request_id, "status": status, "decided_by": decided_by, "challenger_version": version}
+            if status == "applied":
+                new = st.end_cycle(now, self.policy.cooldown_s, "promoted")
+                reason = f"version {version} is champion: request {request_id} was approved"
+                return self._commit(tx, new, now, "approved", reason, {**evidence, "cooldown_until": new.cooldown_until})
+            new = st.end_cycle(now, self.policy.cooldown_s, "not_approved")
+            reason = f"request {request_id} was {status}" + (f" by {decided_by}" if decided_by else "") + \
+                f": version {version} is not promoted, the champion stays"
+            return self._commit(tx, new, now, "not_approved", reason, {**evidence, "cooldown_until": new.cooldown_until})
+
     @staticmethod
     def _busy(st: _State) -> str:
         if st.state == "retraining":
             return f"retraining in progress (job {st.job_id or 'not yet submitted'})"
+        if st.state == "awaiting_approval":
+            return f"promotion of version {st.challenger_version} awaiting approval ({st.approval_request})"
         return f"canary of version {st.challenger_version} in progress"
 
 

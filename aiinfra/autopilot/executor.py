@@ -166,6 +166,9 @@ class AutopilotExecutor:
                 self._submit(pilot)
             else:
                 taken += self._check_job(pilot, st["job_id"])
+        elif st["state"] == "awaiting_approval":
+            request = self._registry.get_request(st["approval_request"])
+            taken += self._act(pilot, pilot.approval_resolved(request.id, request.status, request.decided_by))
         elif st["state"] == "canary":
             arms = self._monitors.arm_stats(model).get("arms", {})
             champion = self._registry.get(f"{model}@champion").version
@@ -201,7 +204,11 @@ class AutopilotExecutor:
             self._monitors.reset_arms(model)
             self._start_canary(pilot, int(ev["challenger_version"]))
         elif decision.action == "promote":
-            self._promote(model, int(ev["challenger_version"]))
+            request = self._promote(model, int(ev["challenger_version"]))
+            if request is not None:
+                return [decision, pilot.approval_requested(request.id, request.version, request.needed)]
+        elif decision.action == "approved":
+            self._monitors.rebase(model)  # the new champion's data is the reference now
         elif decision.action == "rollback":
             self._remove_challenger(model)
         return [decision]
@@ -210,17 +217,17 @@ class AutopilotExecutor:
         # The share travels with the alias: the router reads both in one registry call.
         self._registry.set_alias(pilot.model, version, "challenger", share=pilot.policy.canary.share)
 
-    def _promote(self, model: str, version: int) -> None:
+    def _promote(self, model: str, version: int) -> AliasRequest | None:
+        """Move ``champion``; where it is protected, the registry's request for the move instead (None: moved)."""
         moved = self._registry.alias_or_request(model, version, "champion",
                                                 reason="the autopilot's canary passed its non-inferiority test")
         self._remove_challenger(model)
         if isinstance(moved, AliasRequest):
             # A protected champion (approvals.py): the canary ends, the champion keeps serving, and the move waits
             # for its approvers (`aiinfra models approve`); a retried promote finds the same pending request.
-            self._event(model, "approval_requested", f"champion is protected: request {moved.id} for version {version} "
-                        f"needs {moved.needed} approval(s) (`aiinfra models requests {model}`)")
-            return
+            return moved
         self._monitors.rebase(model)  # the new champion's data is the reference now
+        return None
 
     def _remove_challenger(self, model: str) -> None:
         try:
@@ -238,7 +245,9 @@ class AutopilotExecutor:
         if d.action == "start_canary" and pilot.state()["state"] == "canary":
             self._start_canary(pilot, int(version))
         elif d.action == "promote":
-            self._promote(pilot.model, int(version))
+            request = self._promote(pilot.model, int(version))
+            if request is not None:
+                pilot.approval_requested(request.id, request.version, request.needed)
         elif d.action in ("rollback", "abort"):
             self._remove_challenger(pilot.model)
 

@@ -30,6 +30,9 @@ class Aliases(Protocol):
     def alias_or_request(self, name: str, version: int, alias: str, *, reason: str = "") -> Any:
         """Move the alias, or (a protected one) request the move: an ``AliasRequest`` then."""
 
+    def get_request(self, request_id: str) -> Any:
+        """The registry's ``AliasRequest``: its status (pending, applied, refused, expired) and who decided."""
+
 
 class Monitors(Protocol):
     def performance_snapshot(self, model: str) -> dict[str, Any] | None:

@@ -91,6 +91,8 @@ def _autopilot_status(args: argparse.Namespace) -> None:
             extra = f" (job {st['job_id']})"
         elif st["state"] == "canary":
             extra = f" (version {st['challenger_version']} on {st['canary_share']:.0%} of traffic)"
+        elif st["state"] == "awaiting_approval":
+            extra = f" (version {st['challenger_version']}: `aiinfra models approve {st['approval_request']}`)"
         print(f"{model}: {st['state']}{extra}; drift streak {st['drift_streak']}; retrains in 24 h {st['retrains_last_24h']}"
               + ("; in cooldown" if st["in_cooldown"] else ""))
         if s["last_error"]:

@@ -232,18 +232,43 @@ def test_a_restart_mid_canary_restores_the_challenger_alias(world):
     assert p.registry.get(f"{MODEL}@challenger").alias_shares == {"challenger": 0.25}
 
 
-def test_a_protected_champion_is_requested_not_moved_when_the_canary_holds_up(world):
+def _protected_canary_passes(world) -> AutopilotExecutor:
     p, _, clock, monitors, _, _ = world
     ex, _ = _to_canary(world)
     p.registry.set_policy(MODEL, {"aliases": {"champion": {"approvals": 1}}})
     monitors.arms = {"1": {"requests": 900, "errors": 0, "labelled": 900, "correct": 800},
                      "2": {"requests": 300, "errors": 0, "labelled": 300, "correct": 285}}
     clock.now += 60
-    assert [d["action"] for d in ex.tick()] == ["promote"]
+    assert [d["action"] for d in ex.tick()] == ["promote", "await_approval"]
+    return ex
+
+
+def test_a_protected_champion_waits_for_its_approval_then_the_cycle_ends_promoted(world):
+    p, _, clock, monitors, _, executor = world
+    ex = _protected_canary_passes(world)
     assert p.registry.get(f"{MODEL}@champion").version == 1  # it waits for its approver
     (request,) = p.registry.list_requests(MODEL, pending_only=True)
     assert (request.version, request.alias, request.needed) == (2, "champion", 1)
     assert "challenger" not in p.registry.get(f"{MODEL}@2").aliases and "rebase" not in monitors.calls
-    assert any(e["action"] == "approval_requested" and request.id in e["reason"] for e in ex.status(MODEL)["events"])
+    state = ex.status(MODEL)["models"][MODEL]["state"]
+    assert state["state"] == "awaiting_approval" and state["approval_request"] == request.id
+    assert ex.tick() == []  # still pending: nothing decided, no new cycle starts
+    assert executor().tick() == []  # a restarted autopilot keeps waiting on the same request
     p.registry.acting_as("token:approver1").approve(request.id)
-    assert p.registry.get(f"{MODEL}@champion").version == 2
+    clock.now += 5
+    (approved,) = ex.tick()
+    assert approved["action"] == "approved" and request.id in approved["reason"]
+    assert p.registry.get(f"{MODEL}@champion").version == 2 and monitors.calls[-1] == "rebase"
+    state = ex.status(MODEL)["models"][MODEL]["state"]
+    assert state["state"] == "watching" and state["last_outcome"] == "promoted" and state["in_cooldown"]
+
+
+def test_a_refused_promotion_ends_the_cycle_with_the_champion_unchanged(world):
+    p, _, clock, monitors, _, _ = world
+    ex = _protected_canary_passes(world)
+    (request,) = p.registry.list_requests(MODEL, pending_only=True)
+    p.registry.acting_as("token:approver1").refuse(request.id, reason="not this week")
+    (decided,) = ex.tick()
+    assert decided["action"] == "not_approved" and "refused by token:approver1" in decided["reason"]
+    assert p.registry.get(f"{MODEL}@champion").version == 1 and "rebase" not in monitors.calls
+    assert ex.status(MODEL)["models"][MODEL]["state"]["last_outcome"] == "not_approved"
