@@ -169,12 +169,23 @@ def test_tune_with_asha_stops_a_trial_early_and_the_pipeline_registers_full_line
     assert "plan" in pd.read_json(platform.store.path(f"reports/{outcome.run_id}/evaluation.json"), typ="series")["slices"]
 
 
-def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers):
-    from aiinfra.pipelines.train import reproduce, run_training
+@pytest.fixture(scope="module")
+def gated(platform, customers):
+    """``churn-gated@1``, trained once for the module: the champion the gate, batch inference and the monitor
+    tests use, so each of them passes alone and in any order."""
+    from aiinfra.pipelines.train import run_training
     from aiinfra.training.config import load_train_config
 
     first = run_training(platform, load_train_config(_pipeline_config("churn-gated")))
     assert first.alias == "champion"
+    return first
+
+
+def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers, gated):
+    from aiinfra.pipelines.train import reproduce, run_training
+    from aiinfra.training.config import load_train_config
+
+    first = gated
     # A model that cannot be better: a learning rate too small to leave its random start.
     weak = load_train_config(_pipeline_config("churn-gated", trainer={"num_workers": 2, "epochs": 1, "lr": 1e-6, "seed": 9,
                                                                     "patience": None}))
@@ -192,7 +203,7 @@ def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers
     assert child.kind == "reproduce" and child.parent_run_id == first.run_id
 
 
-def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage(platform, customers):
+def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage(platform, customers, gated):
     """Batch (Ray Data, actor pool) and online (the Predictor the Serve deployment runs) agree row by row."""
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.inference.predictor import Predictor
@@ -223,7 +234,8 @@ def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage
         batch_predict(platform, version.ref, bare.ref)
 
 
-def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(platform, platform_config, customers):
+def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(platform, platform_config, customers,
+                                                                               gated):
     """`monitor:<model>`: reference from the champion's training data; a window of shifted traffic is
     flagged naming the shifted feature; after the actor is killed and restarted the reports are still there."""
     import ray
