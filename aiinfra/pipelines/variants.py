@@ -191,6 +191,8 @@ def export_version(platform: Any, ref: str, *, out: str | Path | None = None, re
     parent's holdout rows must match the parent's within ``tolerance``."""
     if out is None and not register:
         raise InvalidInput("say where the export goes: an output directory, or register it as a version")
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise InvalidInput(f"{out} exists and is not an empty directory; name a new one")  # before any work
     log = log or StageLog(total=4 if register else 3)
 
     def build(spec: ModelSpec, model: Any, _: Path) -> tuple[ModelSpec, bytes]:

@@ -155,6 +155,10 @@ def test_what_cannot_be_varied_is_refused(local, tmp_path):
         optimize_version(local, ref, quantize="int8")
     with pytest.raises(InvalidInput, match="say where the export goes"):
         export_version(local, ref)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("mine")
+    with pytest.raises(InvalidInput, match="is not an empty directory"):
+        export_version(local, ref, out=tmp_path / "taken")
     with pytest.raises(InvalidInput, match="unknown metric|metric 'nope'"):
         optimize_version(local, _register(local, tmp_path, "binary", "mlp"), quantize="int8", metric="nope")
     exported = export_version(local, ref, register=True).model
