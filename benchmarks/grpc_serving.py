@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _timing import percentiles  # noqa: E402
+from _timing import phased_load  # noqa: E402
 from serving import MODEL, REF, ROWS, _config, _free_port, _load, prepare  # noqa: E402
 
 CONCURRENCY = (1, 16)
@@ -68,39 +68,20 @@ async def _grpc_load(target: str, token: str, clients: int, seconds: float, meta
 
     body = pb().ModelInferRequest.FromString(grpc_request())
     headers = (("authorization", f"Bearer {token}"), *metadata)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
     async with grpc.aio.insecure_channel(target) as channel:
         from tritonclient.grpc import service_pb2_grpc
 
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         await stub.ModelInfer(body, metadata=headers, timeout=30)  # the server answers before the clock starts
-        phase = {"measure": False, "stop": False}
 
-        async def client() -> None:
-            while not phase["stop"]:
-                t0 = time.perf_counter()
-                try:
-                    await stub.ModelInfer(body, metadata=headers, timeout=30)
-                    ok = True
-                except grpc.aio.AioRpcError as e:
-                    ok, code = False, str(e.code())
-                if phase["measure"]:
-                    if ok:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors[code] = errors.get(code, 0) + 1
+        async def call() -> str | None:
+            try:
+                await stub.ModelInfer(body, metadata=headers, timeout=30)
+                return None
+            except grpc.aio.AioRpcError as e:
+                return str(e.code())
 
-        tasks = [asyncio.create_task(client()) for _ in range(clients)]
-        await asyncio.sleep(1.0)
-        phase["measure"] = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(seconds)
-        phase["measure"] = False
-        elapsed = time.perf_counter() - t0
-        phase["stop"] = True
-        await asyncio.gather(*tasks)
-    return {"rps": len(latencies) / elapsed, "errors": errors, **percentiles(latencies)}
+        return await phased_load(call, clients, seconds, warmup_s=1.0)
 
 
 def measure_grpc(label: str, target: str, token: str, seconds: float, metadata: tuple = ()) -> dict[int, dict]:

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _timing import percentiles
+from _timing import phased_load
 from fastapi import Request  # module level: FastAPI resolves route annotations through the module's globals
 
 MODEL = "bench"
@@ -122,34 +122,15 @@ async def _load(url: str, token: str, clients: int, seconds: float, warmup_s: fl
 
     body = json.dumps({"instances": [ROWS[0]]}).encode() if body is None else body
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(extra_headers or {})}
-    latencies: list[float] = []
-    errors: dict[int, int] = {}
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        phase = {"measure": False, "stop": False}
 
-        async def client() -> None:
-            while not phase["stop"]:
-                t0 = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    status = r.status
-                if phase["measure"]:
-                    if status == 200:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors[status] = errors.get(status, 0) + 1
+        async def call() -> int | None:
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                return None if r.status == 200 else r.status
 
-        tasks = [asyncio.create_task(client()) for _ in range(clients)]
-        await asyncio.sleep(warmup_s)
-        phase["measure"] = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(seconds)
-        phase["measure"] = False
-        elapsed = time.perf_counter() - t0
-        phase["stop"] = True
-        await asyncio.gather(*tasks)
-    return {"rps": len(latencies) / elapsed, "errors": errors, **percentiles(latencies)}
+        return await phased_load(call, clients, seconds, warmup_s)
 
 
 def measure(label: str, url: str, token: str, seconds: float) -> dict[int, dict]:

@@ -227,10 +227,16 @@ def _print_variant(out: Any) -> None:
 def _models_export(args: argparse.Namespace) -> None:
     from aiinfra.pipelines.variants import export_version
 
+    _run_variant(args, 4 if args.register else 3,
+                 lambda p, log: export_version(p, args.ref, out=args.out, register=args.register, log=log))
+
+
+def _run_variant(args: argparse.Namespace, stages: int, make: Any) -> None:
+    """``make(platform, log)`` on the configured platform, its outcome printed (or as JSON)."""
     log = stage_log()
-    log.total = 4 if args.register else 3
+    log.total = stages
     with open_platform(load_config()) as p:
-        out = export_version(p, args.ref, out=args.out, register=args.register, log=log)
+        out = make(p, log)
     if args.json:
         return print_json(out.to_dict())
     _print_variant(out)
@@ -239,8 +245,6 @@ def _models_export(args: argparse.Namespace) -> None:
 def _optimize(args: argparse.Namespace) -> None:
     from aiinfra.pipelines.variants import optimize_version
 
-    log = stage_log()
-    log.total = 4
     student = None
     if args.student is not None:
         try:
@@ -249,12 +253,9 @@ def _optimize(args: argparse.Namespace) -> None:
             raise InvalidInput(f"--student must be a JSON object like '{{\"hidden\": [16]}}': {e}") from None
         if not isinstance(student, dict):
             raise InvalidInput("--student must be a JSON object of the student's hyperparameters (and optionally family)")
-    with open_platform(load_config()) as p:
-        out = optimize_version(p, args.ref, quantize=args.quantize, distill=args.distill, student=student,
-                               prune=args.prune, alpha=args.alpha, max_loss=args.max_loss, metric=args.metric, log=log)
-    if args.json:
-        return print_json(out.to_dict())
-    _print_variant(out)
+    _run_variant(args, 4, lambda p, log: optimize_version(
+        p, args.ref, quantize=args.quantize, distill=args.distill, student=student, prune=args.prune, alpha=args.alpha,
+        max_loss=args.max_loss, metric=args.metric, log=log))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
