@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from aiinfra.data.catalog import DatasetCatalog
+from aiinfra.data.fitting import Passes, frame_passes
+from aiinfra.data.splits import HOLDOUT, TRAIN, VALIDATION, SplitRule, time_threshold
 from aiinfra.data.suggest import profile_frame, suggest_features
 from aiinfra.data.transforms import fit_features
 from aiinfra.errors import InvalidInput, NotFound
@@ -49,6 +51,7 @@ TRAINING_CONFIG = "training_config.json"
 EVALUATION = "evaluation.json"
 REPORT_HTML = "evaluation.html"
 LABEL_TIME = "label_ts"
+RAY_ENGINE_ROWS = 2_000_000  # data.engine: auto builds larger tables on Ray Data
 
 
 @dataclass
@@ -82,7 +85,8 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None
         raise InvalidInput(f"{what} has no column(s) {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}")
 
 
-def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset: str, pinned: dict[str, str]) -> pd.DataFrame:
+def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset: str,
+                   pinned: dict[str, str]) -> tuple[pd.DataFrame, FeatureView]:
     """Point-in-time features for each labelled row, as of the time its label became known."""
     spec = cfg.data.feature_view
     fv = platform.features.register_view(spec) if isinstance(spec, FeatureView) else platform.features.get_view(spec)
@@ -97,46 +101,50 @@ def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset
     keep = [fv.entity, fv.timestamp, cfg.data.label, *[c for c in cfg.data.slices if c not in fv.features]]
     labels = frame[list(dict.fromkeys(keep))].rename(columns={fv.timestamp: LABEL_TIME})
     labels[LABEL_TIME] = labels[LABEL_TIME] + pd.Timedelta(seconds=cfg.data.label_delay_s)
-    return point_in_time_join(labels, fv, source, timestamp_column=LABEL_TIME)
+    return point_in_time_join(labels, fv, source, timestamp_column=LABEL_TIME), fv
 
 
 def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.DataFrame, TrainConfig, list[str]]:
-    """(training data, holdout rows, the config with every dataset version pinned, those versions)."""
+    """(training data, holdout rows, the config with every dataset version pinned, those versions).
+
+    The table is built in this process (``data.engine: memory``) or on Ray Data (``ray``; ``auto`` picks by the
+    version's size): the same rows on the same sides of the split and the same fitted transforms either way.
+    """
     catalog = DatasetCatalog(platform.store)
     d = cfg.data
     version = catalog.get(d.dataset)
+    if use_ray_engine(d.engine, version):
+        from aiinfra.pipelines.training_table import prepare_on_ray
+
+        return prepare_on_ray(platform, cfg, version)
     pinned: dict[str, str] = {"dataset": version.ref}
     table = catalog.load(version).to_pandas()
+    view = None
     if d.feature_view:
-        table = _with_features(platform, cfg, table, version.ref, pinned)
+        table, view = _with_features(platform, cfg, table, version.ref, pinned)
     holdout = None
     if d.split.holdout_dataset:
         hv = catalog.get(d.split.holdout_dataset)
         pinned["holdout"] = hv.ref
         holdout = catalog.load(hv).to_pandas()
         if d.feature_view:
-            holdout = _with_features(platform, cfg, holdout, hv.ref, pinned)
+            holdout, _ = _with_features(platform, cfg, holdout, hv.ref, pinned)
     needed = [d.label, *([] if d.features == "auto" else [f.column for f in d.features.features]), *d.slices]
     _require_columns(table, needed, f"the training table from {version.ref}")
     table = table.dropna(subset=[d.label]).reset_index(drop=True)
-    rng = np.random.default_rng(cfg.trainer.seed)
     time_column = d.split.time_column or (LABEL_TIME if d.feature_view else None)
-    if holdout is None:
-        if time_column:
-            _require_columns(table, [time_column], f"the training table from {version.ref}")
-            order = table[time_column].sort_values(kind="stable").index.to_numpy()
-        else:
-            order = rng.permutation(len(table))
-        cut = int(len(order) * (1 - d.split.holdout_fraction))
-        train_all, holdout = table.iloc[order[:cut]], table.iloc[order[cut:]]
-    else:
+    if holdout is not None:
         _require_columns(holdout, needed, f"the holdout table from {pinned['holdout']}")
-        train_all = table
-    if len(train_all) < 10 or len(holdout) < 1:
-        raise InvalidInput(f"{version.ref} gives {len(train_all)} training and {len(holdout)} holdout rows: too few to train on")
-    perm = rng.permutation(len(train_all))
-    n_val = max(1, int(len(perm) * d.split.validation_fraction))
-    val, train = train_all.iloc[perm[:n_val]], train_all.iloc[perm[n_val:]]
+    elif time_column:
+        _require_columns(table, [time_column], f"the training table from {version.ref}")
+    rule = split_rule(cfg, version, list(table.columns), view, frame_passes(table),
+                      time_column=None if holdout is not None else time_column, separate_holdout=holdout is not None)
+    side = rule.assign(table)
+    if holdout is None:
+        holdout = table[side == HOLDOUT]
+    train, val = table[side == TRAIN], table[side == VALIDATION]
+    if len(train) < 10 or len(holdout) < 1:
+        raise InvalidInput(f"{version.ref} gives {len(train)} training and {len(holdout)} holdout rows: too few to train on")
     labels = class_labels_for(cfg.task, train[d.label])
     mean, std = 0.0, 1.0
     if cfg.task == "regression":
@@ -144,18 +152,42 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
         mean, std = float(y.mean()), float(y.std()) or 1.0
     features, left_out = d.features, {}
     if features == "auto":  # inferred from the training rows; the resolved config registers what was inferred
-        features, left_out = _auto_features(platform, cfg, train, version, time_column)
+        features, left_out = _auto_features(platform, cfg, profile_frame(train), version, time_column)
     pre = fit_features(train, features)
-    resolved = cfg.model_copy(update={"data": d.model_copy(update={
-        "dataset": version.ref, "features": features,
-        "split": d.split.model_copy(update={"holdout_dataset": pinned.get("holdout")}),
-    })})
+    resolved = resolve_config(cfg, version, features, pinned)
     data = PreparedData(train=train.reset_index(drop=True), val=val.reset_index(drop=True), pre=pre, label=d.label,
                         task=cfg.task, class_labels=labels, target_mean=mean, target_std=std, left_out=left_out)
     return data, holdout.reset_index(drop=True), resolved, list(pinned.values())
 
 
-def _auto_features(platform: Any, cfg: TrainConfig, train: pd.DataFrame, version: Any,
+def use_ray_engine(engine: str, version: Any) -> bool:
+    """``data.engine``: ``auto`` builds the table on Ray Data from ``RAY_ENGINE_ROWS`` rows of the version up."""
+    return engine == "ray" or (engine == "auto" and (version.row_count or 0) >= RAY_ENGINE_ROWS)
+
+
+def split_rule(cfg: TrainConfig, version: Any, columns: list[str], view: FeatureView | None, passes: Passes, *,
+               time_column: str | None, separate_holdout: bool) -> SplitRule:
+    """The run's split (aiinfra/data/splits.py): rows hashed by the dataset's key (its own columns without one;
+    never the view's features), the time threshold from ``passes`` over the table."""
+    s = cfg.data.split
+    key = [LABEL_TIME if view is not None and c == view.timestamp else c for c in (version.spec or {}).get("key") or []]
+    own = [c for c in columns if view is None or c not in view.features]
+    hash_columns = tuple(key if key and all(c in columns for c in key) else own)
+    threshold = time_threshold(passes, time_column, s.holdout_fraction) if time_column else None
+    return SplitRule(holdout_fraction=0.0 if separate_holdout else s.holdout_fraction,
+                     validation_fraction=s.validation_fraction, seed=cfg.trainer.seed, hash_columns=hash_columns,
+                     time_column=time_column, time_threshold_ns=threshold)
+
+
+def resolve_config(cfg: TrainConfig, version: Any, features: Any, pinned: dict[str, str]) -> TrainConfig:
+    d = cfg.data
+    return cfg.model_copy(update={"data": d.model_copy(update={
+        "dataset": version.ref, "features": features,
+        "split": d.split.model_copy(update={"holdout_dataset": pinned.get("holdout")}),
+    })})
+
+
+def _auto_features(platform: Any, cfg: TrainConfig, profile: Any, version: Any,
                    time_column: str | None) -> tuple[Any, dict[str, str]]:
     """``features: auto``: the spec suggested from the training rows' profile, and the columns left out (why)."""
     d = cfg.data
@@ -166,9 +198,9 @@ def _auto_features(platform: Any, cfg: TrainConfig, train: pd.DataFrame, version
         keys.append(fv.entity)
     if time_column:
         exclude[time_column] = "the split's time column (the holdout is chosen by it)"
-    if LABEL_TIME in train.columns:
+    if LABEL_TIME in profile.columns:
         exclude.setdefault(LABEL_TIME, "when the label became known (the feature view's join time)")
-    suggestion = suggest_features(profile_frame(train), label=d.label, keys=keys, exclude=exclude,
+    suggestion = suggest_features(profile, label=d.label, keys=keys, exclude=exclude,
                                   for_trees=is_tree_family(cfg.model.family), source=f"the training rows of {version.ref}")
     return suggestion.spec, suggestion.left_out
 
@@ -218,7 +250,7 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
 
     with log.stage(f"load {cfg.data.dataset} and build the training table"):
         data, holdout, resolved, dataset_versions = prepare_data(platform, cfg)
-        log.note(f"{', '.join(dataset_versions)}: train {len(data.train):,}, validation {len(data.val):,}, "
+        log.note(f"{', '.join(dataset_versions)}: train {data.n_train:,}, validation {data.n_val:,}, "
                  f"holdout {len(holdout):,} rows; {data.pre.output_dim} model inputs"
                  + (f"; classes {data.class_labels}" if data.class_labels else ""))
         if cfg.data.features == "auto":

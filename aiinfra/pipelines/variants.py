@@ -218,6 +218,9 @@ def _training_rows(platform: Any, parent_dir: Path, spec: ModelSpec, pre: Any) -
         raise InvalidInput("distillation and pruning train on the parent's training rows, and this version has no "
                            f"{TRAINING_CONFIG} (it was imported, not trained here); quantize it instead")
     cfg = load_train_config(json.loads(recipe.read_text()))
+    # The student trains in this process: the rows come here whatever engine built the parent's table
+    # (both engines split alike, so these are the rows the parent trained on).
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"engine": "memory"})})
     data, _, _, _ = prepare_data(platform, cfg)
 
     def encoded(frame: Any) -> np.ndarray:

@@ -73,6 +73,11 @@ class DataSettings(_Strict):
     label_delay_s: float = Field(0.0, ge=0.0, description="a label becomes known this long after the row's timestamp")
     split: SplitSettings = SplitSettings()
     slices: list[str] = Field(default_factory=list, description="categorical columns to report metrics per value of")
+    engine: Literal["auto", "memory", "ray"] = Field(
+        "auto", description="where the training table is built: in the job's driver (`memory`), on Ray Data across the "
+                            "cluster (`ray`: read, point-in-time join, split and fit without gathering the rows), or "
+                            "`auto`: Ray Data from 2,000,000 rows of the dataset version up. Both give the same rows, "
+                            "split and fitted transforms")
 
     @property
     def feature_view_name(self) -> str | None:

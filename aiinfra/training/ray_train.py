@@ -41,8 +41,8 @@ __all__ = ["FitResult", "PreparedData", "fit", "fit_keeping_sigint", "load_check
 class PreparedData:
     """What the pipeline hands to training: split rows, fitted transforms, and the label encoding."""
 
-    train: pd.DataFrame
-    val: pd.DataFrame
+    train: Any  # a DataFrame, or a Ray Dataset when the table was built on Ray Data (train_rows / val_rows count it)
+    val: Any
     pre: FeaturePipeline
     label: str
     task: str
@@ -50,6 +50,16 @@ class PreparedData:
     target_mean: float = 0.0
     target_std: float = 1.0
     left_out: dict[str, str] = field(default_factory=dict)  # features: auto's columns left out, and why
+    train_rows: int | None = None  # the Datasets' row counts (a DataFrame's is its len)
+    val_rows: int | None = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train) if isinstance(self.train, pd.DataFrame) else int(self.train_rows or 0)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val) if isinstance(self.val, pd.DataFrame) else int(self.val_rows or 0)
 
     @property
     def output_dim(self) -> int:
@@ -75,20 +85,29 @@ def make_datasets(data: PreparedData, num_workers: int) -> dict[str, Any]:
     kwargs = {"pre": data.pre, "label": data.label, "task": data.task, "class_labels": data.class_labels,
               "target_mean": data.target_mean, "target_std": data.target_std}
     out = {}
-    for name, frame in (("train", data.train), ("val", data.val)):
-        if len(frame) == 0:
+    for name, rows, n in (("train", data.train, data.n_train), ("val", data.val, data.n_val)):
+        if n == 0:
             continue
         # Transformed once, not once per epoch: a materialized dataset only streams its blocks to
         # the workers again (the per-epoch transform cost was most of a small epoch's time).
-        out[name] = ray.data.from_pandas(frame, override_num_blocks=max(2, num_workers)).map_batches(
-            to_training_batch, fn_kwargs=kwargs, batch_format="pandas", batch_size=4096,
-        ).materialize()
+        if isinstance(rows, pd.DataFrame):
+            ds = ray.data.from_pandas(rows, override_num_blocks=max(2, num_workers))
+            out[name] = ds.map_batches(to_training_batch, fn_kwargs=kwargs, batch_format="pandas", batch_size=4096).materialize()
+        else:  # a table built on Ray Data stays there; its batches converted by pyarrow, as in one process
+            out[name] = rows.map_batches(_arrow_training_batch, fn_kwargs=kwargs, batch_format="pyarrow",
+                                         batch_size=4096).materialize()
     return out
+
+
+def _arrow_training_batch(batch: Any, **kwargs: Any) -> dict[str, Any]:
+    # pyarrow's conversion, not Ray's pandas batches (pandas' Arrow-backed dtypes): the numbers the fitted
+    # transforms saw when they were fitted.
+    return to_training_batch(batch.to_pandas(), **kwargs)
 
 
 def loop_config(cfg: TrainConfig, data: PreparedData) -> LoopConfig:
     return LoopConfig(task=cfg.task, family=cfg.model.family, params=cfg.model.params,
-                      input_dim=data.pre.output_dim, output_dim=data.output_dim, has_val=len(data.val) > 0,
+                      input_dim=data.pre.output_dim, output_dim=data.output_dim, has_val=data.n_val > 0,
                       trainer=cfg.trainer)
 
 
@@ -161,7 +180,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     if is_tree_family(family):
         # A plain dict at Ray Train's boundary; each worker validates it back into a TreeLoopConfig.
         loop = TreeLoopConfig(task=cfg.task, family=family, params=cfg.model.params, num_classes=len(data.class_labels),
-                              has_val=len(data.val) > 0, trainer=t).model_dump()
+                              has_val=data.n_val > 0, trainer=t).model_dump()
         # "val" whole on every worker: each computes the same validation loss (see tree_loop).
         split = DataConfig(datasets_to_split=["train"])
         if family == "xgboost":

@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(900)
 
+# Enough epochs that the run is still going when its first checkpoint appears and a node is killed, and after
+# a replacement node joins (an epoch of 4,000 rows at batch 64 and its checkpoint take about a second here).
+EPOCHS = 20
+
 WORKLOAD = """
 import json, os, sys
 import ray
@@ -38,6 +42,7 @@ from aiinfra.demo.configs import example_config
 from aiinfra.training.config import TrainConfig
 from aiinfra.training.ray_train import PreparedData, fit
 
+EPOCHS = int(sys.argv[3])
 ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
 df = make_customers(4000, seed=3)
 features = load_feature_spec(example_config("customers_features.yaml"))
@@ -45,7 +50,7 @@ pre = fit_features(df, features)
 cfg = TrainConfig.model_validate({
     "name": "autoscale", "data": {"dataset": "x", "label": LABEL, "features": features},
     "model": {"family": "tabular_mlp", "params": {"hidden": [16]}},
-    "trainer": {"num_workers": 2, "cpus_per_worker": 1, "epochs": 40, "batch_size": 16, "patience": None,
+    "trainer": {"num_workers": 2, "cpus_per_worker": 1, "epochs": EPOCHS, "batch_size": 64, "patience": None,
                 "max_failures": 3},
 })
 data = PreparedData(train=df, val=df.iloc[:0], pre=pre, label=LABEL, task="binary", class_labels=[0, 1])
@@ -125,7 +130,7 @@ def test_training_scales_the_cluster_up_survives_a_lost_node_and_the_cluster_sca
     assert _worker_nodes(env, address) == 0  # the head alone, with no CPUs
     run = f"autoscale-{uuid.uuid4().hex[:8]}"
     storage = tmp / "storage"
-    proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(storage), run], env={**env, "PYTHONPATH": str(ROOT)},
+    proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(storage), run, str(EPOCHS)], env={**env, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
@@ -153,7 +158,7 @@ def test_training_scales_the_cluster_up_survives_a_lost_node_and_the_cluster_sca
     assert peak >= 2, f"the autoscaler never added the 2 one-CPU nodes the run needs (peak {peak})"
     assert killed is not None, "no worker node was killed"
     history = json.loads(next(line for line in output if line.startswith("HISTORY "))[len("HISTORY "):])
-    assert [h["epoch"] for h in history] == list(range(40))
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
     starts = sorted({h["start_epoch"] for h in history})
     assert len(starts) >= 2 and starts[-1] > 0, (starts, "".join(output[-40:]))  # resumed after losing the node
 
