@@ -89,7 +89,7 @@ def _commit(store, name: str, folder: Path) -> str:
         staged[f.name] = f"staging/{name}/{f.name}"
         rows += pq.ParquetFile(f).metadata.num_rows
     schema = [{"name": fld.name, "type": str(fld.type)} for fld in pq.read_schema(next(folder.iterdir()))]
-    manifest = DatasetVersion(name=name, version=f"bench{rows}", created_at=0.0, source_uri=str(folder), source_format="parquet",
+    manifest = DatasetVersion(name=name, version=f"{rows:x}"[-16:].rjust(4, "0"), created_at=0.0, source_uri=str(folder), source_format="parquet",
                               schema=schema, row_count=rows, rows_in=rows, quarantined_count=0, files={},
                               profile=DatasetProfile(row_count=rows, sample_rows=0, columns={}))
     return DatasetCatalog(store).commit(manifest, staged, {}).ref

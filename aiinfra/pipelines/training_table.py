@@ -286,7 +286,8 @@ def prepare_on_ray(platform: Any, cfg: Any, version: DatasetVersion, *,
         return table.map_batches(_on_side, fn_kwargs={"rule": rule, "side": s}, batch_format="pyarrow", batch_size=None,
                                  num_cpus=TASK_CPUS)
 
-    train, val = side(TRAIN), side(VALIDATION)
+    # The training rows are read by every fitting pass and by the trainer: split out once, not re-hashed each time.
+    train, val = side(TRAIN).materialize(), side(VALIDATION)
 
     def label_stats(df: pd.DataFrame) -> tuple[np.ndarray, set[Any], Moments]:
         s = rule.assign(df)
