@@ -113,7 +113,7 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
     catalog = DatasetCatalog(platform.store)
     d = cfg.data
     version = catalog.get(d.dataset)
-    if use_ray_engine(d.engine, version):
+    if use_ray_engine(d.engine, version, _feature_source_rows(platform, cfg)):
         from aiinfra.pipelines.training_table import prepare_on_ray
 
         return prepare_on_ray(platform, cfg, version)
@@ -160,9 +160,18 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
     return data, holdout.reset_index(drop=True), resolved, list(pinned.values())
 
 
-def use_ray_engine(engine: str, version: Any) -> bool:
-    """``data.engine``: ``auto`` builds the table on Ray Data from ``RAY_ENGINE_ROWS`` rows of the version up."""
-    return engine == "ray" or (engine == "auto" and (version.row_count or 0) >= RAY_ENGINE_ROWS)
+def use_ray_engine(engine: str, version: Any, source_rows: int = 0) -> bool:
+    """``data.engine``: ``auto`` builds the table on Ray Data from ``RAY_ENGINE_ROWS`` rows of the version, or of
+    the feature view's source (which the in-memory join loads whole), up."""
+    return engine == "ray" or (engine == "auto" and max(version.row_count or 0, source_rows) >= RAY_ENGINE_ROWS)
+
+
+def _feature_source_rows(platform: Any, cfg: TrainConfig) -> int:
+    spec = cfg.data.feature_view
+    if spec is None or cfg.data.engine != "auto":
+        return 0
+    source = spec.source if isinstance(spec, FeatureView) else platform.features.get_view(spec).source
+    return DatasetCatalog(platform.store).get(source).row_count or 0
 
 
 def split_rule(cfg: TrainConfig, version: Any, columns: list[str], view: FeatureView | None, passes: Passes, *,

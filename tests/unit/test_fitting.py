@@ -54,7 +54,7 @@ def _by_arrow_batches(frame, rows):
     return run
 
 
-@pytest.mark.parametrize("rows", [1, 7, 1000, 1_000_000])
+@pytest.mark.parametrize("rows", [7, 1000, 1_000_000])
 def test_the_demo_spec_fits_the_same_in_passes(rows):
     frame = make_customers(3_000, seed=3)
     frame.loc[frame.index[::13], "monthly_charges"] = np.nan
@@ -176,3 +176,14 @@ def test_the_holdout_and_validation_hashes_are_independent_on_numbers_alone():
     side = SplitRule(0.2, 0.1, seed=0, hash_columns=tuple(frame.columns)).assign(frame)
     assert np.mean(side == HOLDOUT) == pytest.approx(0.2, abs=0.03)
     assert np.mean(side == VALIDATION) == pytest.approx(0.08, abs=0.02)
+
+
+def test_auto_builds_large_tables_on_ray_data():
+    from types import SimpleNamespace
+
+    from aiinfra.pipelines.train import RAY_ENGINE_ROWS, use_ray_engine
+
+    small, large = SimpleNamespace(row_count=1_000), SimpleNamespace(row_count=RAY_ENGINE_ROWS)
+    assert not use_ray_engine("auto", small) and use_ray_engine("auto", large)
+    assert use_ray_engine("auto", small, source_rows=RAY_ENGINE_ROWS)  # a large feature source is joined whole in memory
+    assert use_ray_engine("ray", small) and not use_ray_engine("memory", large)
