@@ -282,15 +282,15 @@ def fit_in_passes(spec: FeatureSpec, passes: Passes) -> FeaturePipeline:
     # One pass per step depth: moments and counts for each numeric step that learns something, on the
     # values the steps before it give; then the medians' order statistics.
     for d in range(max((len(f.steps) for f in numeric), default=0)):
-        todo = []
+        to_fit = []
         for f in numeric:
             chain = f.steps[:next((i for i, s in enumerate(f.steps) if isinstance(s, Bucketize)), len(f.steps))]
             if d < len(chain) and _needs_fit(chain[d]):
-                todo.append((f, chain[d]))
-        if not todo:
+                to_fit.append((f, chain[d]))
+        if not to_fit:
             continue
-        getters = {f.column: _prefix_values(f, d) for f, _ in todo}
-        wants_counts = {f.column for f, s in todo if isinstance(s, Impute) and s.strategy == "most_frequent"}
+        getters = {f.column: _prefix_values(f, d) for f, _ in to_fit}
+        wants_counts = {f.column for f, s in to_fit if isinstance(s, Impute) and s.strategy == "most_frequent"}
 
         def moments(df: pd.DataFrame, getters: dict[str, Any] = getters, wants_counts: set[str] = wants_counts) -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -311,7 +311,7 @@ def fit_in_passes(spec: FeatureSpec, passes: Passes) -> FeaturePipeline:
 
         merged = passes(moments, merge_moments) or {}
         medians = []
-        for f, step in todo:
+        for f, step in to_fit:
             m, counts = merged[f.column]
             if isinstance(step, Standardize):
                 step.mean, step.std = (m.mean if m.n else 0.0), (m.std if m.n and m.std > 0 else 1.0)
