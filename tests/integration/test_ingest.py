@@ -77,10 +77,16 @@ def test_same_content_same_id_across_formats_order_and_partitioning(platform_con
     assert d.version != a.version and d.parent_version == a.version
 
 
-def test_duplicate_keys_go_to_quarantine(platform_config, customers, tmp_path):
+@pytest.mark.parametrize("where", ["driver", "shuffle"])
+def test_duplicate_keys_go_to_quarantine(platform_config, customers, tmp_path, monkeypatch, where):
+    """Up to KEYS_PER_PARTITION keys are counted in the driver, beyond on a Ray Data shuffle: the same answer."""
+    import aiinfra.pipelines.ingest as ingestion
+
+    if where == "shuffle":
+        monkeypatch.setattr(ingestion, "KEYS_PER_PARTITION", 1_000)
     dup = pd.concat([customers, customers.iloc[:3]])
     dup.to_parquet(tmp_path / "dup.parquet", index=False)
-    v = ingest(platform_config, "cust_dup", str(tmp_path / "dup.parquet"), spec=SPEC).version
+    v = ingest(platform_config, f"cust_dup_{where}", str(tmp_path / "dup.parquet"), spec=SPEC).version
     # every row of a repeated key is quarantined: which copy is "right" is not ours to guess
     assert v.row_count == 4000 - 3 and v.quarantined_count == 6
     assert v.quarantine_reasons == {"customer_id: duplicate key": 6}
