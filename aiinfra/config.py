@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from aiinfra.errors import InvalidInput
 
 __all__ = [
-    "ENV", "EnvVar", "JobSettings", "MetadataSettings", "MonitoringSettings", "PlatformConfig", "PostgresMetadata", "SQLiteMetadata",
+    "BatchSettings", "ENV", "EnvVar", "JobSettings", "MetadataSettings", "MonitoringSettings", "PlatformConfig", "PostgresMetadata", "SQLiteMetadata",
     "ServeSettings", "load_config", "local_state_problem", "read_yaml", "validate_as",
 ]
 
@@ -125,6 +125,37 @@ class JobSettings(BaseModel):
     entrypoint_num_cpus: float = Field(default=0.0, ge=0.0)
     entrypoint_memory_bytes: int = Field(default=0, ge=0)
     entrypoint_resources: dict[str, float] = Field(default_factory=dict)
+
+
+class BatchSettings(BaseModel):
+    """Batch inference (``aiinfra predict``, jobs/batch_predict.py): Ray Data streams a dataset version's files
+    through a pool of scoring actors, each holding the model once.
+
+    The pool autoscales between ``min_actors`` and ``max_actors``: Ray Data adds an actor while batches wait
+    and every actor is busy, and stops at what the cluster can place (on an autoscaling cluster, pending actors
+    ask the autoscaler for nodes). ``max_actors`` unset: as many as the cluster's CPUs hold at ``actor_cpus``
+    each, counted when the job starts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_actors: int = Field(default=1, ge=1)
+    max_actors: int | None = Field(default=None, ge=1)
+    # Half a CPU: the embedded default's 2 CPUs also hold Serve (about 0.7) and the reads (a quarter each).
+    actor_cpus: float = Field(default=0.5, gt=0.0)
+    # A batch is also one Parquet file of the output version: ingestion's batch size, not a request's.
+    batch_rows: int = Field(default=65_536, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> BatchSettings:
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) is below min_actors ({self.min_actors})")
+        return self
+
+    def pool_bounds(self, cluster_cpus: float) -> tuple[int, int]:
+        """(min, max) actors for a cluster of ``cluster_cpus`` CPUs."""
+        top = self.max_actors if self.max_actors is not None else int(cluster_cpus // self.actor_cpus)
+        return self.min_actors, max(self.min_actors, top)
 
 
 class MonitoringSettings(BaseModel):
@@ -240,6 +271,7 @@ class PlatformConfig(BaseModel):
     serve: ServeSettings = ServeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     jobs: JobSettings = JobSettings()
+    batch: BatchSettings = BatchSettings()
 
     @model_validator(mode="after")
     def _resolve(self) -> PlatformConfig:

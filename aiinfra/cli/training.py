@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from aiinfra import jobs
 from aiinfra.cli.common import print_json, stage_log
-from aiinfra.config import load_config
+from aiinfra.config import BatchSettings, load_config, validate_as
 from aiinfra.errors import InvalidInput
 
 
@@ -53,10 +55,22 @@ def _predict(args: argparse.Namespace) -> None:
     from aiinfra.platform import connect
     from aiinfra.registry.client import default_principal
 
-    print(f"scoring {args.dataset} with {args.model} on Ray Data ({args.pool_size} actor(s)) ...", file=sys.stderr, flush=True)
-    with connect(load_config()) as platform:
+    config = load_config()
+    flags = {k: v for k, v in (("min_actors", args.min_actors), ("max_actors", args.max_actors)) if v is not None}
+    settings = validate_as(BatchSettings, {**config.batch.model_dump(), **flags}, "--min-actors/--max-actors")
+    pool = f"{args.pool_size} actor(s)" if args.pool_size else (
+        f"{settings.min_actors} to {settings.max_actors if settings.max_actors else 'the cluster CPUs / ' + str(settings.actor_cpus)} actors")
+    print(f"scoring {args.dataset} with {args.model} on Ray Data ({pool}) ...", file=sys.stderr, flush=True)
+    last = [time.monotonic()]
+
+    def progress(stats: Any) -> None:
+        if time.monotonic() - last[0] >= 2.0:
+            last[0] = time.monotonic()
+            print(f"  {stats.rows_in:,} rows scored", file=sys.stderr, flush=True)
+
+    with connect(config) as platform:
         result = batch_predict(platform, args.model, args.dataset, output=args.output, pool_size=args.pool_size,
-                               who=default_principal())
+                               settings=settings, who=default_principal(), progress=progress)
     print(f"{result['rows']:,} rows scored in {result['seconds']:.1f}s -> {result['output']}"
           f"{'' if result['created'] else ' (same content as an existing version)'}", file=sys.stderr)
     if args.json:
@@ -75,6 +89,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("model", help="NAME@VERSION or NAME@ALIAS")
     predict.add_argument("dataset", help="NAME or NAME@VERSION")
     predict.add_argument("--output", help="the output dataset's name (default: <dataset>_<model>_predictions)")
-    predict.add_argument("--pool-size", type=int, default=1, help="scoring actors")
+    predict.add_argument("--pool-size", type=int, help="a fixed number of scoring actors (default: an autoscaling pool)")
+    predict.add_argument("--min-actors", type=int, help="the autoscaling pool's minimum (config: batch.min_actors, 1)")
+    predict.add_argument("--max-actors", type=int,
+                         help="the autoscaling pool's maximum (config: batch.max_actors; default: the cluster's CPUs / batch.actor_cpus)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=_predict)

@@ -6,8 +6,6 @@ reference reuse it, unit tests call it directly. Validation is against the versi
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,67 +15,15 @@ import pandas as pd
 import torch
 
 from aiinfra.errors import InvalidInput, ServiceUnavailable
+from aiinfra.inference.checks import column_fits, row_problems
 from aiinfra.inference.columns import Columns, plain
 from aiinfra.registry.types import FieldSpec, ModelVersion
 from aiinfra.training.model_dir import load_model_dir
 from aiinfra.training.tabular import postprocess
 
-__all__ = ["Predictor", "rows_from_frame"]
+__all__ = ["MAX_INSTANCES", "Predictor", "rows_from_frame"]
 
 MAX_INSTANCES = 10_000
-
-
-def _check_value(field: FieldSpec, value: Any) -> str | None:
-    """Why ``value`` does not fit ``field``, or None when it does."""
-    if value is None:
-        return None if field.nullable else "must not be null"
-    if field.dtype in ("float32", "float64"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"must be a number, got {type(value).__name__}"
-        if isinstance(value, int) and abs(value) > sys.float_info.max:  # math.isfinite would raise OverflowError
-            return "is out of range"
-        if not math.isfinite(value):
-            return "must be finite"
-    elif field.dtype in ("int32", "int64"):
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            return f"must be an integer, got {value!r}"
-        bits = 31 if field.dtype == "int32" else 63
-        if not -(2**bits) <= value < 2**bits:
-            return f"is out of range for {field.dtype}"
-    elif field.dtype == "bool":
-        if not isinstance(value, bool):
-            return f"must be true or false, got {type(value).__name__}"
-    elif field.dtype == "string" and not isinstance(value, str):
-        return f"must be a string, got {type(value).__name__}"
-    elif field.dtype == "timestamp":
-        if not isinstance(value, str):
-            return f"must be an ISO 8601 timestamp string, got {type(value).__name__}"
-        try:
-            pd.Timestamp(value)
-        except (ValueError, TypeError):
-            return f"must be an ISO 8601 timestamp, got {value!r}"
-    return None
-
-
-def _column_fits(field: FieldSpec, values: Sequence[Any]) -> bool:
-    """A whole column passes ``_check_value`` (True), or may not (False: the row checks decide)."""
-    if field.dtype in ("float32", "float64"):
-        if not all(type(v) is float or type(v) is int for v in values):  # bool is not a number here
-            return False
-        try:
-            return bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
-        except OverflowError:  # an int beyond float range
-            return False
-    if field.dtype in ("int32", "int64"):
-        if not all(type(v) is int for v in values):  # integral floats are fine too, but the row checks say so
-            return False
-        bits = 31 if field.dtype == "int32" else 63
-        return all(-(2**bits) <= v < 2**bits for v in values)
-    if field.dtype == "bool":
-        return all(type(v) is bool for v in values)
-    if field.dtype == "string":
-        return all(type(v) is str for v in values)
-    return False  # timestamps (and anything new): the row checks
 
 
 def rows_from_frame(frame: pd.DataFrame, fields: Sequence[FieldSpec]) -> list[dict[str, Any]]:
@@ -120,24 +66,7 @@ class Predictor:
             raise InvalidInput("instances must be a non-empty list of objects")
         if len(instances) > MAX_INSTANCES:
             raise InvalidInput(f"at most {MAX_INSTANCES} instances per request, got {len(instances)}")
-        problems: list[str] = []
-        for i, row in enumerate(instances):
-            if not isinstance(row, dict):
-                problems.append(f"instances[{i}]: must be an object, got {type(row).__name__}")
-                continue
-            for name in sorted(set(row) - set(self._fields)):
-                problems.append(f"instances[{i}].{name}: unknown field")
-            for name, field in self._fields.items():
-                if name not in row:
-                    if not field.nullable:
-                        problems.append(f"instances[{i}].{name}: missing")
-                    continue
-                why = _check_value(field, row[name])
-                if why:
-                    problems.append(f"instances[{i}].{name}: {why}")
-            if len(problems) >= 20:
-                problems.append("(further problems not listed)")
-                break
+        problems = row_problems(self._fields, instances)
         if problems:
             raise InvalidInput("invalid input: " + "; ".join(problems))
         return instances  # type: ignore[return-value]
@@ -154,7 +83,7 @@ class Predictor:
                 if not field.nullable:
                     return False
                 continue
-            if not _column_fits(field, values):
+            if not column_fits(field, values):
                 return False
         return True
 
@@ -165,6 +94,10 @@ class Predictor:
         if isinstance(valid, Columns):  # no dict per row: the columns go to the transforms as they are
             return self.preprocessor.transform_columns(valid.columns, len(valid))
         return self.preprocessor.transform_rows(valid)
+
+    def transform_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """Model inputs for ``n`` rows given column by column that are already checked (``tables.table_columns``)."""
+        return self.preprocessor.transform_columns(columns, n)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's raw scores, one entry (or row) per input row."""

@@ -1,8 +1,12 @@
 """``jobs/batch_predict.py``: score a dataset version with a registered model, write a new dataset version.
 
-dataset version (Ray Data, read from the lake) -> map_batches on an actor pool of ``BatchScorer``
-(the serving path's validation, transforms and model) -> Parquet in a staging area -> the ingestion
-gate, which versions it as ``<output>`` with lineage to the model version and the input version.
+dataset version (Ray Data, read from the lake) -> map_batches on an autoscaling actor pool, each actor holding
+the model once: the serving path's checks (column by column), transforms and model, then the ingestion gate's
+per-batch step (hash, profile, write Parquet into staging) in the same actor -> the driver merges the batches'
+statistics and commits the version ``<output>``, with lineage to the model version and the input version.
+
+The predictions are written once, by the actor that made them: no Parquet between scoring and the gate to be
+written and read back (that round trip was half of a small job's time; BENCHMARKS.md, "Batch inference").
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ import time
 import uuid
 from typing import Any
 
+import pyarrow as pa
+
+from aiinfra.config import BatchSettings
 from aiinfra.data.catalog import DatasetCatalog
-from aiinfra.errors import InvalidInput
+from aiinfra.errors import AiInfraError, InvalidInput
 from aiinfra.inference.batch import BatchScorer
-from aiinfra.pipelines.ingest import ingest
+from aiinfra.pipelines.ingest import ingest_staged, process_batch, refused_batch
 
-__all__ = ["batch_predict"]
+__all__ = ["batch_predict", "pool_strategy"]
 
 
-# What the read and write tasks reserve: a share, so that they fit beside the scoring actors and Serve's
-# replicas on a small cluster (a default task asks for a whole CPU).
+# What the read tasks reserve: a share, so that they fit beside the scoring actors and Serve's replicas on a
+# small cluster (a default task asks for a whole CPU).
 READ_CPUS = 0.25
 
 
@@ -40,13 +47,52 @@ def _read(data: Any, paths: list[str], filesystem: Any) -> Any:
         ctx.use_datasource_v2 = previous
 
 
+class ScoreAndStage(BatchScorer):
+    """A scoring actor that also stages what it scored: the gate's per-batch step on the predictions (no spec:
+    the rows are the platform's own), returning the batch's statistics instead of its rows."""
+
+    def __init__(self, storage_root: str, version: dict[str, Any], staging: str, what: str) -> None:
+        super().__init__(storage_root, version)
+        self._storage_root, self._staging, self._what = storage_root, staging, what
+
+    def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
+        try:
+            scored = super().__call__(batch)
+        except AiInfraError as e:  # a bad row: the job stops with the row checks' message, typed
+            return refused_batch(batch.num_rows, type(e)(f"{self._what}: {e}"))
+        return process_batch(scored, storage_root=self._storage_root, staging=self._staging, spec=None)
+
+
+def pool_strategy(data: Any, settings: BatchSettings, cluster_cpus: float, pool_size: int | None = None) -> Any:
+    """The scoring actors' pool: ``pool_size`` actors when given, else autoscaling within ``settings``' bounds."""
+    if pool_size is not None:
+        if pool_size < 1:
+            raise InvalidInput(f"pool size must be at least 1, got {pool_size}")
+        return data.ActorPoolStrategy(size=pool_size)
+    low, high = settings.pool_bounds(cluster_cpus)
+    return data.ActorPoolStrategy(min_size=low, max_size=high)
+
+
 def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: str | None = None,
-                  pool_size: int = 1, batch_size: int = 4096, who: str = "unknown") -> dict[str, Any]:
+                  pool_size: int | None = None, settings: BatchSettings | None = None,
+                  who: str = "unknown", progress=None) -> dict[str, Any]:
+    """Score ``dataset_ref`` with ``model_ref``; the predictions become the dataset version ``output``.
+
+    ``pool_size``: a fixed number of scoring actors; by default the pool autoscales (``batch`` in the config).
+    ``progress``: called with the merged statistics (``rows_in``: rows scored so far) as batches finish.
+
+    Raises:
+        InvalidInput: the model has no signature, the dataset lacks a column the model needs, or a row does not
+            fit the signature (named as the HTTP API names it, ``instances[i].field: why``, ``i`` counted within
+            its batch). No version is created.
+    """
     # Ray inside: `aiinfra predict` imports this module before connect() sets RAY_AUTH_MODE, which Ray
     # reads once, when it is imported.
+    import ray
     import ray.data
 
     config, store = platform.config, platform.store
+    settings = settings or config.batch
     version = platform.registry.get(model_ref)
     if version.signature is None:
         raise InvalidInput(f"{version.ref} has no signature; batch inference needs one to check the rows")
@@ -59,19 +105,22 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
     t0 = time.perf_counter()
     paths = [store.path(f"{dataset.key}/{rel}") for rel in sorted(dataset.files) if not rel.startswith("_")]
     staging = f"staging/batch-{uuid.uuid4().hex}"
-    scored = _read(ray.data, paths, store.fs).map_batches(
-        BatchScorer, fn_constructor_kwargs={"storage_root": config.storage_root, "version": version.model_dump(mode="json")},
-        batch_format="pandas", batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=pool_size), num_cpus=0.5,
-    )
-    try:
-        scored.write_parquet(store.path(staging), filesystem=store.fs, ray_remote_args={"num_cpus": READ_CPUS})
-        result = ingest(config, output, store.openable_uri_for(staging), who=who, lineage={
-            "model": version.ref, "model_version": version.version, "input_dataset": dataset.ref,
-            "run_id": version.lineage.run_id,
-        })
-    finally:
-        store.delete_dir(staging)
+    compute = pool_strategy(ray.data, settings, ray.cluster_resources().get("CPU", 1.0), pool_size)
+
+    def gated() -> Any:
+        return _read(ray.data, paths, store.fs).map_batches(
+            ScoreAndStage, fn_constructor_kwargs={
+                "storage_root": config.storage_root, "version": version.model_dump(mode="json"), "staging": staging,
+                "what": f"{dataset.ref} scored by {version.ref}"},
+            batch_format="pyarrow", batch_size=settings.batch_rows, compute=compute, num_cpus=settings.actor_cpus,
+        )
+
+    result = ingest_staged(config, output, gated, staging, source_uri=f"aiinfra://datasets/{dataset.ref}",
+                           source_format="parquet", who=who, progress=progress, lineage={
+                               "model": version.ref, "model_version": version.version, "input_dataset": dataset.ref,
+                               "run_id": version.lineage.run_id,
+                           })
     out = result.version
     return {"model": version.ref, "input": dataset.ref, "output": out.ref, "rows": out.row_count,
-            "created": result.created, "seconds": round(time.perf_counter() - t0, 2)}
+            "created": result.created, "seconds": round(time.perf_counter() - t0, 2),
+            "actors": {"min": compute.min_size, "max": compute.max_size}}

@@ -35,7 +35,7 @@ from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.registry.types import validate_name
 from aiinfra.storage import ArtifactStore, open_artifact_store
 
-__all__ = ["IngestResult", "ingest"]
+__all__ = ["IngestResult", "ingest", "ingest_staged", "process_batch", "refused_batch"]
 
 BATCH_ROWS = 65_536
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Invalid)\w*: ")
@@ -97,7 +97,16 @@ def process_batch(batch: pa.Table, *, storage_root: str, staging: str, spec: Val
     try:
         stats = _process(batch, storage_root, staging, spec, duplicate_keys)
     except AiInfraError as e:
-        stats = BatchStats(rows_in=batch.num_rows, error=e)
+        return refused_batch(batch.num_rows, e)
+    return _stats_table(stats)
+
+
+def refused_batch(rows: int, error: AiInfraError) -> pa.Table:
+    """``process_batch``'s answer for a batch refused as a whole: ingestion (or scoring) stops with ``error``."""
+    return _stats_table(BatchStats(rows_in=rows, error=error))
+
+
+def _stats_table(stats: BatchStats) -> pa.Table:
     return pa.table({"stats": pa.array([pickle.dumps(stats)], pa.binary())})
 
 
@@ -177,14 +186,21 @@ def _explain(e: BaseException, uri: str) -> AiInfraError:
 
 def _run_pass(source: Source, spec: ValidationSpec | None, config: PlatformConfig, staging: str,
               duplicate_keys: set[tuple[Any, ...]] | None, progress) -> BatchStats:
-    total = BatchStats()
-    try:
-        # Inside the try: some readers (Parquet) open their files while the plan is built.
-        ds = _read(source, spec).map_batches(
+    def gated():
+        # Inside the try of merge_stats: some readers (Parquet) open their files while the plan is built.
+        return _read(source, spec).map_batches(
             process_batch, batch_format="pyarrow", batch_size=BATCH_ROWS,
             fn_kwargs={"storage_root": config.storage_root, "staging": staging, "spec": spec, "duplicate_keys": duplicate_keys},
         )
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    return merge_stats(gated, source.uri, progress)
+
+
+def merge_stats(gated, uri: str, progress) -> BatchStats:
+    """Run ``gated()`` (a Dataset of ``process_batch``'s one-row stats tables) and merge what its batches saw;
+    the first batch's error, or Ray Data's, is raised as ours, naming ``uri``."""
+    total = BatchStats()
+    try:
+        for batch in gated().iter_batches(batch_format="pyarrow", batch_size=None):
             for blob in batch.column("stats").to_pylist():
                 total = total.merge(pickle.loads(blob))
                 if total.error is not None:
@@ -193,7 +209,7 @@ def _run_pass(source: Source, spec: ValidationSpec | None, config: PlatformConfi
     except AiInfraError:
         raise
     except Exception as e:  # noqa: BLE001 - Ray Data wraps user errors in its own types
-        raise _explain(e, source.uri) from None
+        raise _explain(e, uri) from None
     return total
 
 
@@ -238,7 +254,6 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
     validate_name("dataset name", name)
     source = resolve_source(uri)
     store = open_artifact_store(config.storage_root)
-    catalog = DatasetCatalog(store)
     progress = progress or (lambda stats: None)
     staging = f"staging/ingest-{uuid.uuid4().hex}"
     try:
@@ -249,31 +264,57 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
                 store.delete_dir(staging)
                 staging = f"staging/ingest-{uuid.uuid4().hex}"
                 stats = _run_pass(source, spec, config, staging, dups, progress)
-        _check(stats, spec, redact_uri(uri))
-        assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
-        vid = version_id(stats.schema, stats.digest)
-        if catalog.exists(name, vid):
-            return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
-        parent = catalog.versions(name)
-        profile = finalize(stats.profile, stats.schema)
-        if stats.profile.sample is not None:
-            _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
-        manifest = DatasetVersion(
-            name=name, version=vid, created_at=0.0, created_by=who, source_uri=redact_uri(source.uri.split("?", 1)[0]),
-            source_format=source.format, parent_version=parent[-1].version if parent else None,
-            spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
-            schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
-            row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
-            quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
-            lineage=lineage or {},
-        )
-        staged = {f: f"{staging}/data/{f}" for f in stats.files}
-        if stats.profile.sample is not None:
-            staged[SAMPLE] = f"{staging}/{SAMPLE}"
-        version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files})
-        return IngestResult(version, created=True)
+        return _commit(config, name, stats, staging, spec=spec, uri=uri, source_uri=source.uri.split("?", 1)[0],
+                       source_format=source.format, who=who, lineage=lineage)
     finally:
         store.delete_dir(staging)
+
+
+def ingest_staged(config: PlatformConfig, name: str, gated, staging: str, *, source_uri: str, source_format: str,
+                  who: str = "unknown", progress=None, lineage: dict[str, Any] | None = None) -> IngestResult:
+    """Version rows that aiinfra computed on Ray Data (batch predictions) without writing them twice.
+
+    ``gated()`` is a Dataset whose batches already went through ``process_batch`` (no spec: the rows are the
+    platform's own) into ``staging``: the rows are written once, by the tasks that made them, and committed as
+    an ingested file would be. ``staging`` is deleted afterwards, whatever happens.
+    """
+    store = open_artifact_store(config.storage_root)
+    try:
+        stats = merge_stats(gated, source_uri, progress or (lambda stats: None))
+        return _commit(config, name, stats, staging, spec=None, uri=source_uri, source_uri=source_uri,
+                       source_format=source_format, who=who, lineage=lineage)
+    finally:
+        store.delete_dir(staging)
+
+
+def _commit(config: PlatformConfig, name: str, stats: BatchStats, staging: str, *, spec: ValidationSpec | None,
+            uri: str, source_uri: str, source_format: str, who: str, lineage: dict[str, Any] | None) -> IngestResult:
+    """The checks over the whole input, then the version: its files moved from ``staging``, its manifest written."""
+    store = open_artifact_store(config.storage_root)
+    catalog = DatasetCatalog(store)
+    _check(stats, spec, redact_uri(uri))
+    assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
+    vid = version_id(stats.schema, stats.digest)
+    if catalog.exists(name, vid):
+        return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
+    parent = catalog.versions(name)
+    profile = finalize(stats.profile, stats.schema)
+    if stats.profile.sample is not None:
+        _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
+    manifest = DatasetVersion(
+        name=name, version=vid, created_at=0.0, created_by=who, source_uri=redact_uri(source_uri),
+        source_format=source_format, parent_version=parent[-1].version if parent else None,
+        spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
+        schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
+        row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
+        quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
+        lineage=lineage or {},
+    )
+    staged = {f: f"{staging}/data/{f}" for f in stats.files}
+    if stats.profile.sample is not None:
+        staged[SAMPLE] = f"{staging}/{SAMPLE}"
+    version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files})
+    return IngestResult(version, created=True)
 
 
 def _check(stats: BatchStats, spec: ValidationSpec | None, uri: str) -> None:

@@ -203,6 +203,13 @@ def test_a_second_model_meets_the_gate_and_reproduce_matches(platform, customers
     assert child.kind == "reproduce" and child.parent_run_id == first.run_id
 
 
+def customers_frame_with_a_null(frame: pd.DataFrame, column: str, row: int) -> pd.DataFrame:
+    out = frame.head(5).copy()
+    out[column] = out[column].astype("float64")
+    out.loc[out.index[row], column] = np.nan
+    return out
+
+
 def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage(platform, customers, gated):
     """Batch (Ray Data, actor pool) and online (the Predictor the Serve deployment runs) agree row by row."""
     from aiinfra.data.catalog import DatasetCatalog
@@ -226,12 +233,23 @@ def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage
     assert [a["label"] for a in answers] == scored["prediction"].tolist()
     np.testing.assert_allclose([a["probability"] for a in answers], scored["probability"].to_numpy(), atol=1e-9)
 
-    with pytest.raises(Exception, match="lacks the input column"):
-        platform.store.write_bytes("raw/x.csv", b"customer_id,event_ts\n1,2026-01-01T00:00:00\n")
-        from aiinfra.pipelines.ingest import ingest
+    from aiinfra.errors import InvalidInput
+    from aiinfra.pipelines.ingest import ingest
 
+    with pytest.raises(InvalidInput, match="lacks the input column"):
+        platform.store.write_bytes("raw/x.csv", b"customer_id,event_ts\n1,2026-01-01T00:00:00\n")
         bare = ingest(platform.config, "bare", platform.store.path("raw/x.csv")).version
         batch_predict(platform, version.ref, bare.ref)
+
+    # A value the signature refuses (a null where the model takes none) stops the job with the HTTP API's words
+    # for it, and no version of the output appears.
+    bad = customers_frame_with_a_null(scored[features], "monthly_charges", row=2)
+    platform.store.write_bytes("raw/bad.csv", bad.to_csv(index=False).encode())
+    holey = ingest(platform.config, "holey", platform.store.path("raw/bad.csv")).version
+    with pytest.raises(InvalidInput, match=r"holey@\w+ scored by churn-gated@\d+: invalid input: "
+                                           r"instances\[2\]\.monthly_charges: must not be null"):
+        batch_predict(platform, version.ref, holey.ref, output="holey_scored", pool_size=1)
+    assert catalog.versions("holey_scored") == []
 
 
 def test_the_drift_monitor_actor_flags_shifted_traffic_and_survives_a_restart(platform, platform_config, customers,

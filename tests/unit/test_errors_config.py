@@ -66,3 +66,15 @@ def test_config_is_frozen_and_picklable(config: PlatformConfig):
     with pytest.raises(Exception):
         config.namespace = "other"  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_the_batch_pool_autoscales_up_to_the_cluster_cpus_unless_bounded(tmp_path):
+    from aiinfra.config import BatchSettings, validate_as
+
+    default = PlatformConfig(home=tmp_path).batch
+    assert default.pool_bounds(2.0) == (1, 4)  # half a CPU each
+    assert default.pool_bounds(0.25) == (1, 1)  # never below the minimum
+    assert BatchSettings(min_actors=2, max_actors=3).pool_bounds(64.0) == (2, 3)
+    assert BatchSettings(actor_cpus=2.0).pool_bounds(16.0) == (1, 8)
+    with pytest.raises(errors.InvalidInput, match=r"max_actors \(1\) is below min_actors \(2\)"):
+        validate_as(BatchSettings, {"min_actors": 2, "max_actors": 1}, "batch")
