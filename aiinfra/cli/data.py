@@ -95,6 +95,8 @@ def _data_show(args: argparse.Namespace) -> None:
     print(f"  created   {when(v.created_at)} by {v.created_by}")
     print(f"  source    {v.source_uri} ({v.source_format})")
     print(f"  parent    {v.parent_version or '-'}; spec {v.spec_hash or 'none'}")
+    if v.partition_by:
+        print(f"  files     {len(v.files):,}, partitioned by {', '.join(v.partition_by)} (col=value/ directories)")
     for reason, count in v.quarantine_reasons.items():
         print(f"  quarantined {count:,}: {reason}")
     print("  columns:")

@@ -70,7 +70,8 @@ def _predict(args: argparse.Namespace) -> None:
 
     with connect(config) as platform:
         result = batch_predict(platform, args.model, args.dataset, output=args.output, pool_size=args.pool_size,
-                               settings=settings, who=default_principal(), progress=progress)
+                               settings=settings, who=default_principal(), progress=progress,
+                               partition_by=[c for c in (args.partition_by or "").split(",") if c])
     print(f"{result['rows']:,} rows scored in {result['seconds']:.1f}s -> {result['output']}"
           f"{'' if result['created'] else ' (same content as an existing version)'}", file=sys.stderr)
     if args.json:
@@ -93,5 +94,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--min-actors", type=int, help="the autoscaling pool's minimum (config: batch.min_actors, 1)")
     predict.add_argument("--max-actors", type=int,
                          help="the autoscaling pool's maximum (config: batch.max_actors; default: the cluster's CPUs / batch.actor_cpus)")
+    predict.add_argument("--partition-by", metavar="COL[,COL]",
+                         help="write the predictions' files by these columns' values (col=value/ directories)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=_predict)

@@ -51,6 +51,8 @@ class DatasetVersion(BaseModel):
     profile: DatasetProfile
     # Where the rows came from beyond the source file, e.g. the model version that predicted them.
     lineage: dict[str, Any] = Field(default_factory=dict)
+    # The columns the files are partitioned by (``col=value/part-....parquet``, aiinfra/data/partitions.py).
+    partition_by: list[str] = Field(default_factory=list)
 
     model_config = {"populate_by_name": True}
 

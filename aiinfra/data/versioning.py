@@ -59,7 +59,11 @@ def content_digest(h1: np.ndarray, h2: np.ndarray) -> ContentDigest:
         return ContentDigest(len(h1), int(h1.sum(dtype=np.uint64)), int(h2.sum(dtype=np.uint64)))
 
 
-def version_id(schema: pa.Schema, digest: ContentDigest) -> str:
+def version_id(schema: pa.Schema, digest: ContentDigest, layout: str = "") -> str:
+    """The version's id: its schema and content, and its file layout where the files are partitioned (the same
+    rows partitioned by a column are another version: readers find other files)."""
     h = hashlib.sha256(schema_fingerprint(schema).encode())
     h.update(f"|{digest.rows}|{digest.sum1:016x}|{digest.sum2:016x}".encode())
+    if layout:
+        h.update(f"|partition_by={layout}".encode())
     return h.hexdigest()[:16]

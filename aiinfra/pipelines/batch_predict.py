@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from aiinfra.config import BatchSettings
 from aiinfra.data.catalog import DatasetCatalog
+from aiinfra.data.partitions import check_partition_columns
 from aiinfra.errors import AiInfraError, InvalidInput
 from aiinfra.inference.batch import BatchScorer
 from aiinfra.pipelines.ingest import ingest_staged, process_batch, refused_batch
@@ -42,7 +44,8 @@ def _read(data: Any, paths: list[str], filesystem: Any) -> Any:
     previous = ctx.use_datasource_v2
     ctx.use_datasource_v2 = False  # read_parquet copies the context when it is called: only this read is affected
     try:
-        return data.read_parquet(paths, filesystem=filesystem, num_cpus=READ_CPUS)
+        # No Hive partitioning from the paths: a partitioned version keeps its partition columns in its files.
+        return data.read_parquet(paths, filesystem=filesystem, num_cpus=READ_CPUS, partitioning=None)
     finally:
         ctx.use_datasource_v2 = previous
 
@@ -51,16 +54,26 @@ class ScoreAndStage(BatchScorer):
     """A scoring actor that also stages what it scored: the gate's per-batch step on the predictions (no spec:
     the rows are the platform's own), returning the batch's statistics instead of its rows."""
 
-    def __init__(self, storage_root: str, version: dict[str, Any], staging: str, what: str) -> None:
+    def __init__(self, storage_root: str, version: dict[str, Any], staging: str, what: str,
+                 partition_by: Sequence[str] = ()) -> None:
         super().__init__(storage_root, version)
         self._storage_root, self._staging, self._what = storage_root, staging, what
+        self._partition_by = list(partition_by)
 
     def __call__(self, batch: pa.Table) -> pa.Table:  # type: ignore[override]
         try:
             scored = super().__call__(batch)
         except AiInfraError as e:  # a bad row: the job stops with the row checks' message, typed
             return refused_batch(batch.num_rows, type(e)(f"{self._what}: {e}"))
-        return process_batch(scored, storage_root=self._storage_root, staging=self._staging, spec=None)
+        return process_batch(scored, storage_root=self._storage_root, staging=self._staging, spec=None,
+                             partition_by=self._partition_by)
+
+
+def _prediction_type(version: Any) -> str:
+    """The ``prediction`` column's Arrow type name: the signature's first output (a label, or a regression's value)."""
+    outputs = version.signature.outputs
+    dtype = outputs[0].dtype if outputs else "float64"
+    return {"float64": "double", "float32": "float"}.get(dtype, dtype)
 
 
 def pool_strategy(data: Any, settings: BatchSettings, cluster_cpus: float, pool_size: int | None = None) -> Any:
@@ -75,11 +88,13 @@ def pool_strategy(data: Any, settings: BatchSettings, cluster_cpus: float, pool_
 
 def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: str | None = None,
                   pool_size: int | None = None, settings: BatchSettings | None = None,
-                  who: str = "unknown", progress=None) -> dict[str, Any]:
+                  who: str = "unknown", progress=None, partition_by: Sequence[str] = ()) -> dict[str, Any]:
     """Score ``dataset_ref`` with ``model_ref``; the predictions become the dataset version ``output``.
 
     ``pool_size``: a fixed number of scoring actors; by default the pool autoscales (``batch`` in the config).
     ``progress``: called with the merged statistics (``rows_in``: rows scored so far) as batches finish.
+    ``partition_by``: write the predictions' files by the values of these columns (an input column, or
+    ``prediction``), each actor its own, as ``col=value/part-....parquet`` (aiinfra/data/partitions.py).
 
     Raises:
         InvalidInput: the model has no signature, the dataset lacks a column the model needs, or a row does not
@@ -101,6 +116,12 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
                if f.name not in {c["name"] for c in dataset.schema_} and not f.nullable]
     if missing:
         raise InvalidInput(f"{dataset.ref} lacks the input column(s) {', '.join(missing)} that {version.ref} needs")
+    if partition_by:
+        types = {c["name"]: c["type"] for c in dataset.schema_} | {"model": "string", "model_version": "int64"}
+        types["prediction"] = _prediction_type(version)
+        if any(o.name == "probability" for o in version.signature.outputs):
+            types["probability"] = "double"
+        check_partition_columns(list(partition_by), types)
     output = output or f"{dataset.name}_{version.name}_predictions"
     t0 = time.perf_counter()
     paths = [store.path(f"{dataset.key}/{rel}") for rel in sorted(dataset.files) if not rel.startswith("_")]
@@ -111,7 +132,7 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
         return _read(ray.data, paths, store.fs).map_batches(
             ScoreAndStage, fn_constructor_kwargs={
                 "storage_root": config.storage_root, "version": version.model_dump(mode="json"), "staging": staging,
-                "what": f"{dataset.ref} scored by {version.ref}"},
+                "what": f"{dataset.ref} scored by {version.ref}", "partition_by": list(partition_by)},
             batch_format="pyarrow", batch_size=settings.batch_rows, compute=compute, num_cpus=settings.actor_cpus,
         )
 
@@ -119,7 +140,7 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
                            source_format="parquet", who=who, progress=progress, lineage={
                                "model": version.ref, "model_version": version.version, "input_dataset": dataset.ref,
                                "run_id": version.lineage.run_id,
-                           })
+                           }, partition_by=partition_by)
     out = result.version
     return {"model": version.ref, "input": dataset.ref, "output": out.ref, "rows": out.row_count,
             "created": result.created, "seconds": round(time.perf_counter() - t0, 2),

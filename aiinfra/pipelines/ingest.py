@@ -15,6 +15,7 @@ import pickle
 import re
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from aiinfra.config import PlatformConfig
 from aiinfra.data.catalog import SAMPLE, DatasetCatalog, DatasetVersion
+from aiinfra.data.partitions import split_by
 from aiinfra.data.profile import PartialProfile, finalize, profile_batch
 from aiinfra.data.sources import Source, resolve_source
 from aiinfra.data.spec import ValidationSpec
@@ -92,10 +94,13 @@ def _write_parquet(store: ArtifactStore, key: str, table: pa.Table) -> None:
 
 
 def process_batch(batch: pa.Table, *, storage_root: str, staging: str, spec: ValidationSpec | None,
-                  duplicate_keys: set[tuple[Any, ...]] | None = None) -> pa.Table:
-    """One batch through the gate. Runs in a Ray Data task; returns one row of pickled BatchStats."""
+                  duplicate_keys: set[tuple[Any, ...]] | None = None, partition_by: Sequence[str] = ()) -> pa.Table:
+    """One batch through the gate. Runs in a Ray Data task; returns one row of pickled BatchStats.
+
+    ``partition_by``: the kept rows are written one file per value of these columns, under ``col=value/``.
+    """
     try:
-        stats = _process(batch, storage_root, staging, spec, duplicate_keys)
+        stats = _process(batch, storage_root, staging, spec, duplicate_keys, partition_by)
     except AiInfraError as e:
         return refused_batch(batch.num_rows, e)
     return _stats_table(stats)
@@ -111,7 +116,7 @@ def _stats_table(stats: BatchStats) -> pa.Table:
 
 
 def _process(batch: pa.Table, storage_root: str, staging: str, spec: ValidationSpec | None,
-             duplicate_keys: set[tuple[Any, ...]] | None) -> BatchStats:
+             duplicate_keys: set[tuple[Any, ...]] | None, partition_by: Sequence[str] = ()) -> BatchStats:
     source = batch.column(SOURCE_COLUMN)[0].as_py() if SOURCE_COLUMN in batch.column_names and batch.num_rows else None
     if spec is not None:
         result = validate_batch(batch, spec)
@@ -139,9 +144,10 @@ def _process(batch: pa.Table, storage_root: str, staging: str, spec: ValidationS
         h1, h2 = row_hashes(good)
         stats.digest = content_digest(h1, h2)
         stats.profile = profile_batch(good, h1)
-        name = f"part-{uuid.uuid4().hex[:16]}.parquet"
-        _write_parquet(store, f"{staging}/data/{name}", good)
-        stats.files.append(name)
+        for directory, rows in split_by(good, partition_by):
+            name = f"{directory}/part-{uuid.uuid4().hex[:16]}.parquet" if directory else f"part-{uuid.uuid4().hex[:16]}.parquet"
+            _write_parquet(store, f"{staging}/data/{name}", rows)
+            stats.files.append(name)
     if bad is not None and bad.num_rows:
         name = f"part-{uuid.uuid4().hex[:16]}.parquet"
         _write_parquet(store, f"{staging}/quarantine/{name}", bad)
@@ -271,30 +277,34 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
 
 
 def ingest_staged(config: PlatformConfig, name: str, gated, staging: str, *, source_uri: str, source_format: str,
-                  who: str = "unknown", progress=None, lineage: dict[str, Any] | None = None) -> IngestResult:
+                  who: str = "unknown", progress=None, lineage: dict[str, Any] | None = None,
+                  partition_by: Sequence[str] = ()) -> IngestResult:
     """Version rows that aiinfra computed on Ray Data (batch predictions) without writing them twice.
 
     ``gated()`` is a Dataset whose batches already went through ``process_batch`` (no spec: the rows are the
     platform's own) into ``staging``: the rows are written once, by the tasks that made them, and committed as
-    an ingested file would be. ``staging`` is deleted afterwards, whatever happens.
+    an ingested file would be. ``staging`` is deleted afterwards, whatever happens. ``partition_by``: the
+    columns ``process_batch`` partitioned the files by (recorded in the manifest, and part of the version id).
     """
+    validate_name("dataset name", name)
     store = open_artifact_store(config.storage_root)
     try:
         stats = merge_stats(gated, source_uri, progress or (lambda stats: None))
         return _commit(config, name, stats, staging, spec=None, uri=source_uri, source_uri=source_uri,
-                       source_format=source_format, who=who, lineage=lineage)
+                       source_format=source_format, who=who, lineage=lineage, partition_by=partition_by)
     finally:
         store.delete_dir(staging)
 
 
 def _commit(config: PlatformConfig, name: str, stats: BatchStats, staging: str, *, spec: ValidationSpec | None,
-            uri: str, source_uri: str, source_format: str, who: str, lineage: dict[str, Any] | None) -> IngestResult:
+            uri: str, source_uri: str, source_format: str, who: str, lineage: dict[str, Any] | None,
+            partition_by: Sequence[str] = ()) -> IngestResult:
     """The checks over the whole input, then the version: its files moved from ``staging``, its manifest written."""
     store = open_artifact_store(config.storage_root)
     catalog = DatasetCatalog(store)
     _check(stats, spec, redact_uri(uri))
     assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
-    vid = version_id(stats.schema, stats.digest)
+    vid = version_id(stats.schema, stats.digest, layout=",".join(partition_by))
     if catalog.exists(name, vid):
         return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
     parent = catalog.versions(name)
@@ -308,7 +318,7 @@ def _commit(config: PlatformConfig, name: str, stats: BatchStats, staging: str, 
         schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
         row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
         quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
-        lineage=lineage or {},
+        lineage=lineage or {}, partition_by=list(partition_by),
     )
     staged = {f: f"{staging}/data/{f}" for f in stats.files}
     if stats.profile.sample is not None:

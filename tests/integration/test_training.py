@@ -236,6 +236,16 @@ def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage
     from aiinfra.errors import InvalidInput
     from aiinfra.pipelines.ingest import ingest
 
+    # Partitioned by a column: a file per plan in each actor's batch, under plan=<value>/, the same rows.
+    by_plan = catalog.get(batch_predict(platform, version.ref, customers.ref, output="customers_scored",
+                                        partition_by=["plan"])["output"])
+    assert by_plan.partition_by == ["plan"] and by_plan.version != out.version
+    assert {rel.split("/")[0] for rel in by_plan.files if not rel.startswith("_")} == {f"plan={p}" for p in set(scored["plan"])}
+    again = catalog.load(by_plan).to_pandas().sort_values("customer_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(again[list(scored.columns)], scored)
+    with pytest.raises(InvalidInput, match="cannot partition by 'probability': its type is double"):
+        batch_predict(platform, version.ref, customers.ref, partition_by=["probability"])
+
     with pytest.raises(InvalidInput, match="lacks the input column"):
         platform.store.write_bytes("raw/x.csv", b"customer_id,event_ts\n1,2026-01-01T00:00:00\n")
         bare = ingest(platform.config, "bare", platform.store.path("raw/x.csv")).version
