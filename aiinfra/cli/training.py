@@ -27,7 +27,10 @@ def _train(args: argparse.Namespace) -> int | None:
         except ValueError:
             raise InvalidInput(f"{args.config} is outside this directory, which is what the job uploads; "
                                "run from a directory that contains the config") from None
+        estimate = _driver_estimate(config, cfg)
         job_id = jobs.submit(config, f"python jobs/train.py {rel}", working_dir=".", name=f"train-{cfg.name}")
+        if estimate is not None:
+            print(f"the job's driver will hold {estimate}", file=sys.stderr, flush=True)
         print(f"submitted {job_id} to {jobs.job_server(config)}; logs follow (Ctrl-C stops following, not the job)",
               file=sys.stderr, flush=True)
         status = jobs.follow(config, job_id, out=sys.stderr)
@@ -47,6 +50,36 @@ def _train(args: argparse.Namespace) -> int | None:
     else:
         print(outcome.model or outcome.run_id)
     return None
+
+
+def _driver_estimate(config: Any, cfg: Any) -> Any:
+    """The training job's driver memory, estimated from the manifests here; refused past jobs.entrypoint_memory_bytes.
+    None (and a note) where this machine cannot read the manifests (a cluster's storage it has no credentials for)."""
+    from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.errors import AiInfraError
+    from aiinfra.features.views import FeatureView
+    from aiinfra.pipelines.budgets import check_driver_budget, training_driver_estimate
+    from aiinfra.pipelines.train import use_ray_engine
+    from aiinfra.platform import open_local
+
+    try:
+        with open_local(config) as platform:
+            catalog = DatasetCatalog(platform.store)
+            version = catalog.get(cfg.data.dataset)
+            view = cfg.data.feature_view
+            if view is not None and not isinstance(view, FeatureView):
+                view = platform.features.get_view(view)
+            source = catalog.get(view.source) if view is not None else None
+    except AiInfraError as e:
+        print(f"the driver's memory is not estimated: {e}", file=sys.stderr)
+        return None
+    except Exception as e:  # noqa: BLE001 - the estimate is advice: a store this machine cannot reach must not stop the job
+        print(f"the driver's memory is not estimated (the manifests cannot be read here: {type(e).__name__})", file=sys.stderr)
+        return None
+    engine = "ray" if use_ray_engine(cfg.data.engine, version, source.row_count if source else 0) else "memory"
+    estimate = training_driver_estimate(cfg, version, source=source, engine=engine)
+    check_driver_budget(estimate, config.jobs.entrypoint_memory_bytes, f"training {cfg.name} on {version.ref}")
+    return estimate
 
 
 def _predict(args: argparse.Namespace) -> None:

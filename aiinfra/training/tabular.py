@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from aiinfra.data.transforms import FeaturePipeline
+from aiinfra.data.transforms import FeaturePipeline, Impute
 from aiinfra.errors import InvalidInput
 from aiinfra.registry.types import FieldSpec, Signature
 from aiinfra.training.model_dir import ModelSpec
@@ -104,12 +104,18 @@ def postprocess(spec: ModelSpec, scores: np.ndarray) -> list[dict[str, Any]]:
 
 
 def signature_for(pre: FeaturePipeline, task: str = "binary", class_labels: Sequence[Any] = (0, 1)) -> Signature:
-    """Inputs as the fitted features expect them; outputs by task."""
+    """Inputs as the fitted features expect them; outputs by task.
+
+    A feature with an ``impute`` step takes a missing value (null, or NaN in a table): the step fills it, so the
+    signature lets it through (the data the model was made for has gaps there). Without one, a null is refused.
+    """
     inputs = []
     for f in pre.spec.features:
         last = f.steps[-1]
         categories = getattr(last, "categories", None) if f.kind == "categorical" else None
-        inputs.append(FieldSpec(name=f.column, dtype=pre.input_dtypes.get(f.column, "float64"), categories=categories))  # type: ignore[arg-type]
+        imputed = any(isinstance(step, Impute) for step in f.steps)
+        inputs.append(FieldSpec(name=f.column, dtype=pre.input_dtypes.get(f.column, "float64"),  # type: ignore[arg-type]
+                                categories=categories, nullable=imputed))
     if task == "regression":
         outputs = [FieldSpec(name="value", dtype="float64")]
     else:

@@ -251,13 +251,19 @@ def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage
         bare = ingest(platform.config, "bare", platform.store.path("raw/x.csv")).version
         batch_predict(platform, version.ref, bare.ref)
 
-    # A value the signature refuses (a null where the model takes none) stops the job with the HTTP API's words
-    # for it, and no version of the output appears.
-    bad = customers_frame_with_a_null(scored[features], "monthly_charges", row=2)
+    # A gap where the model imputes (monthly_charges) is scored as online scores a null there; a null where it
+    # does not (tenure_months) stops the job with the HTTP API's words for it, and no version of the output appears.
+    gap = customers_frame_with_a_null(scored[features], "monthly_charges", row=2)
+    platform.store.write_bytes("raw/gap.csv", gap.to_csv(index=False).encode())
+    gappy = ingest(platform.config, "gappy", platform.store.path("raw/gap.csv")).version
+    filled = catalog.load(catalog.get(batch_predict(platform, version.ref, gappy.ref, pool_size=1)["output"])).to_pandas()
+    row = {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in gap.iloc[2].items()}
+    assert filled["probability"].iloc[2] == online.predict([row])[0]["probability"]
+    bad = customers_frame_with_a_null(scored[features], "tenure_months", row=2)
     platform.store.write_bytes("raw/bad.csv", bad.to_csv(index=False).encode())
     holey = ingest(platform.config, "holey", platform.store.path("raw/bad.csv")).version
     with pytest.raises(InvalidInput, match=r"holey@\w+ scored by churn-gated@\d+: invalid input: "
-                                           r"instances\[2\]\.monthly_charges: must not be null"):
+                                           r"instances\[2\]\.tenure_months: must not be null"):
         batch_predict(platform, version.ref, holey.ref, output="holey_scored", pool_size=1)
     assert catalog.versions("holey_scored") == []
 
