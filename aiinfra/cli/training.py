@@ -57,19 +57,14 @@ def _driver_estimate(config: Any, cfg: Any) -> Any:
     None (and a note) where this machine cannot read the manifests (a cluster's storage it has no credentials for)."""
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.errors import AiInfraError
-    from aiinfra.features.views import FeatureView
     from aiinfra.pipelines.budgets import check_driver_budget, training_driver_estimate
-    from aiinfra.pipelines.train import use_ray_engine
+    from aiinfra.pipelines.train import feature_source, use_ray_engine
     from aiinfra.platform import open_local
 
     try:
         with open_local(config) as platform:
-            catalog = DatasetCatalog(platform.store)
-            version = catalog.get(cfg.data.dataset)
-            view = cfg.data.feature_view
-            if view is not None and not isinstance(view, FeatureView):
-                view = platform.features.get_view(view)
-            source = catalog.get(view.source) if view is not None else None
+            version = DatasetCatalog(platform.store).get(cfg.data.dataset)
+            source = feature_source(platform, cfg)
     except AiInfraError as e:
         print(f"the driver's memory is not estimated: {e}", file=sys.stderr)
         return None

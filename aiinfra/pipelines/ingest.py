@@ -145,7 +145,8 @@ def _process(batch: pa.Table, storage_root: str, staging: str, spec: ValidationS
         stats.digest = content_digest(h1, h2)
         stats.profile = profile_batch(good, h1)
         for directory, rows in split_by(good, partition_by):
-            name = f"{directory}/part-{uuid.uuid4().hex[:16]}.parquet" if directory else f"part-{uuid.uuid4().hex[:16]}.parquet"
+            name = f"part-{uuid.uuid4().hex[:16]}.parquet"
+            name = f"{directory}/{name}" if directory else name
             _write_parquet(store, f"{staging}/data/{name}", rows)
             stats.files.append(name)
     if bad is not None and bad.num_rows:
@@ -270,7 +271,7 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
                 store.delete_dir(staging)
                 staging = f"staging/ingest-{uuid.uuid4().hex}"
                 stats = _run_pass(source, spec, config, staging, dups, progress)
-        return _commit(config, name, stats, staging, spec=spec, uri=uri, source_uri=source.uri.split("?", 1)[0],
+        return _commit(store, name, stats, staging, spec=spec, uri=uri, source_uri=source.uri.split("?", 1)[0],
                        source_format=source.format, who=who, lineage=lineage)
     finally:
         store.delete_dir(staging)
@@ -290,17 +291,16 @@ def ingest_staged(config: PlatformConfig, name: str, gated, staging: str, *, sou
     store = open_artifact_store(config.storage_root)
     try:
         stats = merge_stats(gated, source_uri, progress or (lambda stats: None))
-        return _commit(config, name, stats, staging, spec=None, uri=source_uri, source_uri=source_uri,
+        return _commit(store, name, stats, staging, spec=None, uri=source_uri, source_uri=source_uri,
                        source_format=source_format, who=who, lineage=lineage, partition_by=partition_by)
     finally:
         store.delete_dir(staging)
 
 
-def _commit(config: PlatformConfig, name: str, stats: BatchStats, staging: str, *, spec: ValidationSpec | None,
+def _commit(store: ArtifactStore, name: str, stats: BatchStats, staging: str, *, spec: ValidationSpec | None,
             uri: str, source_uri: str, source_format: str, who: str, lineage: dict[str, Any] | None,
             partition_by: Sequence[str] = ()) -> IngestResult:
     """The checks over the whole input, then the version: its files moved from ``staging``, its manifest written."""
-    store = open_artifact_store(config.storage_root)
     catalog = DatasetCatalog(store)
     _check(stats, spec, redact_uri(uri))
     assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant

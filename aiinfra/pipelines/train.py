@@ -167,11 +167,19 @@ def use_ray_engine(engine: str, version: Any, source_rows: int = 0) -> bool:
 
 
 def _feature_source_rows(platform: Any, cfg: TrainConfig) -> int:
-    spec = cfg.data.feature_view
-    if spec is None or cfg.data.engine != "auto":
+    if cfg.data.engine != "auto":
         return 0
+    source = feature_source(platform, cfg)
+    return (source.row_count or 0) if source is not None else 0
+
+
+def feature_source(platform: Any, cfg: TrainConfig) -> Any:
+    """The dataset version the config's feature view reads its features from (its latest), or None without a view."""
+    spec = cfg.data.feature_view
+    if spec is None:
+        return None
     source = spec.source if isinstance(spec, FeatureView) else platform.features.get_view(spec).source
-    return DatasetCatalog(platform.store).get(source).row_count or 0
+    return DatasetCatalog(platform.store).get(source)
 
 
 def split_rule(cfg: TrainConfig, version: Any, columns: list[str], view: FeatureView | None, passes: Passes, *,
