@@ -232,9 +232,11 @@ def _training_rows(platform: Any, parent_dir: Path, spec: ModelSpec, pre: Any) -
 
 
 def _default_student(spec: ModelSpec) -> dict[str, Any]:
-    """Half the teacher's widths (an MLP or CNN teacher), else a small MLP."""
+    """Half the teacher's widths and its other settings (a wide & deep teacher gets a wide & deep student; an MLP
+    or CNN teacher), else a small MLP."""
     if spec.family == "tabular_mlp":
-        return {"family": "tabular_mlp", "hidden": [max(1, h // 2) for h in spec.params.get("hidden", [32, 16])]}
+        return {"family": "tabular_mlp", **{k: v for k, v in spec.params.items() if k != "hidden"},
+                "hidden": [max(1, h // 2) for h in spec.params.get("hidden", [32, 16])]}
     if spec.family == "image_cnn":
         return {"family": "image_cnn", **{k: v for k, v in spec.params.items() if k != "channels"},
                 "channels": [max(1, c // 2) for c in spec.params.get("channels", [16, 32])]}

@@ -105,8 +105,14 @@ class TrainerSettings(_Strict):
     min_delta: float = Field(0.0, ge=0.0)
     max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts from the last checkpoint")
     shuffle: bool = True
-    cache_shards: bool = Field(True, description="keep each worker's data shard in memory after the first epoch; "
-                                                 "turn off for data larger than a worker's memory")
+    cache_shards: bool | Literal["auto"] = Field(
+        "auto", description="keep each worker's data shard in memory as tensors, read once (`true`), stream it from Ray "
+                            "Data every epoch (`false`), or `auto`: cache only when the shard fits shard_cache_bytes")
+    shard_cache_bytes: int | None = Field(
+        None, ge=0, description="auto: the memory a worker may use to cache its train and validation shards, counting "
+                                "the moment both the batches and their concatenation exist (twice the shard). Unset: a "
+                                "quarter of the node's memory (its cgroup limit where lower) shared by its training "
+                                "workers")
 
 
 class SearchDistribution(_Strict):
@@ -253,7 +259,8 @@ def _check_model(family: str, params: dict[str, Any]) -> str | None:
 
 # The torch loop's settings, which the tree families' loop does not read: searching one runs identical trials.
 _IGNORED_BY_TREES = ("trainer.lr", "trainer.epochs", "trainer.batch_size", "trainer.optimizer", "trainer.weight_decay",
-                     "trainer.patience", "trainer.shuffle", "trainer.cache_shards", "trainer.bf16")
+                     "trainer.patience", "trainer.shuffle", "trainer.cache_shards", "trainer.shard_cache_bytes",
+                     "trainer.bf16")
 
 
 def check_search_space(cfg: TrainConfig) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,8 @@ from aiinfra.training.checkpoints import TrainingState, epoch_seed, load_checkpo
 from aiinfra.training.config import Task, TrainerSettings
 from aiinfra.training.models import build_model, seed_everything
 
-__all__ = ["LoopConfig", "loss_function", "make_optimizer", "train_loop"]
+__all__ = ["LoopConfig", "loss_function", "make_optimizer", "node_memory_bytes", "shard_bytes", "shard_cache_budget",
+           "should_cache", "train_loop"]
 
 
 class LoopConfig(BaseModel):
@@ -43,6 +45,46 @@ class LoopConfig(BaseModel):
     output_dim: int = Field(ge=1)
     has_val: bool
     trainer: TrainerSettings
+    # The datasets' row counts (all workers together), for the shard-cache decision; 0: not known, cache as before.
+    train_rows: int = Field(0, ge=0)
+    val_rows: int = Field(0, ge=0)
+
+
+def shard_bytes(rows: int, num_workers: int, input_dim: int, task: str) -> int:
+    """One worker's share of ``rows`` as the loop's tensors: float32 inputs and the label (int64 for classes)."""
+    per_worker = -(-rows // max(num_workers, 1))
+    return per_worker * (4 * input_dim + (8 if task == "multiclass" else 4))
+
+
+def node_memory_bytes() -> int:
+    """This node's memory: psutil's total, or the container's cgroup limit where that is lower (a Kubernetes pod
+    sees the whole machine in /proc/meminfo but is killed at its own limit)."""
+    import psutil
+
+    total = int(psutil.virtual_memory().total)
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def shard_cache_budget(explicit: int | None, local_workers: int) -> int:
+    """``shard_cache_bytes`` as given, else a quarter of the node's memory shared by its training workers."""
+    if explicit is not None:
+        return explicit
+    return node_memory_bytes() // 4 // max(local_workers, 1)
+
+
+def should_cache(setting: bool | str, need_bytes: int, budget_bytes: int) -> bool:
+    """``cache_shards``: forced either way, or (``auto``) when twice the shard fits the budget: the batches and
+    their concatenation coexist for a moment while the cache is built. A shard of unknown size (0) is cached."""
+    if isinstance(setting, bool):
+        return setting
+    return 2 * need_bytes <= budget_bytes
 
 
 def loss_function(task: str) -> nn.Module:
@@ -75,10 +117,11 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _load_shard(shard: Any, dtypes: dict[str, torch.dtype], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's whole shard as two tensors (one streaming pass, large batches)."""
+def _load_shard(shard: Any, dtypes: dict[str, torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's whole shard as two CPU tensors (one streaming pass, large batches). Kept in host memory even
+    on GPU: each batch is moved to the device when it is used, so the device never holds the whole shard."""
     xs, ys = [], []
-    for batch in shard.iter_torch_batches(batch_size=65_536, dtypes=dtypes, device=device):
+    for batch in shard.iter_torch_batches(batch_size=65_536, dtypes=dtypes, device="cpu"):
         xs.append(batch["x"])
         ys.append(batch["y"])
     if not xs:
@@ -86,11 +129,12 @@ def _load_shard(shard: Any, dtypes: dict[str, torch.dtype], device: torch.device
     return torch.cat(xs), torch.cat(ys)
 
 
-def _cached_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+def _cached_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+                    device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(len(y))
     for start in range(0, len(y), batch_size):
         idx = order[start:start + batch_size]
-        yield {"x": x[idx], "y": y[idx]}
+        yield {"x": x[idx].to(device, non_blocking=True), "y": y[idx].to(device, non_blocking=True)}
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -128,10 +172,20 @@ def train_loop(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if run.has_val else None
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    # A shard that fits in memory is read once and kept as tensors: re-streaming it from Ray Data
-    # every epoch cost 2 to 3 times the epoch's compute on small tabular data (benchmarks/train.py).
-    train_cache = _load_shard(train_shard, dtypes, device) if t.cache_shards else None
-    val_cache = _load_shard(val_shard, dtypes, device) if t.cache_shards and val_shard is not None else None
+    # A shard that fits the worker's budget is read once and kept as tensors: re-streaming it from Ray Data
+    # every epoch cost 2 to 3 times the epoch's compute on small tabular data (benchmarks/train.py). One that
+    # does not is streamed every epoch, so a table larger than a worker's memory still trains.
+    world = ctx.get_world_size()
+    need = (shard_bytes(run.train_rows, world, run.input_dim, task)
+            + (shard_bytes(run.val_rows, world, run.input_dim, task) if run.has_val else 0))
+    budget = shard_cache_budget(t.shard_cache_bytes, ctx.get_local_world_size())
+    cached = should_cache(t.cache_shards, need, budget)
+    if rank == 0:
+        print(f"aiinfra: each worker's shard is about {need / 2**20:.1f} MiB; "
+              + ("cached in memory" if cached else "streamed from Ray Data every epoch")
+              + f" (cache_shards={t.cache_shards}, budget {budget / 2**20:.0f} MiB per worker)", flush=True)
+    train_cache = _load_shard(train_shard, dtypes) if cached else None
+    val_cache = _load_shard(val_shard, dtypes) if cached and val_shard is not None else None
 
     for epoch in range(start_epoch, epochs):
         seed_everything(epoch_seed(seed, rank, epoch))
@@ -140,7 +194,7 @@ def train_loop(config: dict[str, Any]) -> None:
         model.train()
         total, count = 0.0, 0
         if train_cache is not None:
-            batches = _cached_batches(*train_cache, batch_size, t.shuffle, epoch_seed(seed, rank, epoch))
+            batches = _cached_batches(*train_cache, batch_size, t.shuffle, epoch_seed(seed, rank, epoch), device)
         else:
             local = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": epoch_seed(seed, rank, epoch)}
             batches = train_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device,
@@ -162,7 +216,7 @@ def train_loop(config: dict[str, Any]) -> None:
             model.eval()
             v_total, v_count = 0.0, 0
             with torch.no_grad(), autocast():
-                val_batches = (_cached_batches(*val_cache, max(batch_size, 1024), False, 0) if val_cache is not None
+                val_batches = (_cached_batches(*val_cache, max(batch_size, 1024), False, 0, device) if val_cache is not None
                                else val_shard.iter_torch_batches(batch_size=max(batch_size, 1024), dtypes=dtypes, device=device))
                 for batch in val_batches:
                     v_total += float(loss_fn(_outputs(model, batch["x"], task).float(), batch["y"]))
@@ -182,7 +236,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best_val_loss": state.best_val_loss,
             "best_epoch": state.best_epoch, "start_epoch": start_epoch, "epoch_time_s": time.perf_counter() - t0,
             "epoch_started_at": started_at,
-            "world_size": ctx.get_world_size(), "stopped_early": int(stop),
+            "world_size": world, "stopped_early": int(stop), "shard_cached": int(cached),
         }
         state.history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:

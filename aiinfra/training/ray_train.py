@@ -108,7 +108,7 @@ def _arrow_training_batch(batch: Any, **kwargs: Any) -> dict[str, Any]:
 def loop_config(cfg: TrainConfig, data: PreparedData) -> LoopConfig:
     return LoopConfig(task=cfg.task, family=cfg.model.family, params=cfg.model.params,
                       input_dim=data.pre.output_dim, output_dim=data.output_dim, has_val=data.n_val > 0,
-                      trainer=cfg.trainer)
+                      trainer=cfg.trainer, train_rows=data.n_train, val_rows=data.n_val)
 
 
 def planned_reports(cfg: TrainConfig) -> int:

@@ -69,17 +69,23 @@ def _worker_killer(run_dir: Path, killed: dict[str, object], *, settle_s: float,
     return threading.Thread(target=kill, daemon=True)
 
 
-def test_two_worker_ddp_matches_one_worker_on_the_same_global_batch(platform_config):
+@pytest.mark.parametrize("two_workers", ["cached", "streamed"])
+def test_two_worker_ddp_matches_one_worker_on_the_same_global_batch(platform_config, two_workers):
     """Full-batch SGD: one worker on N rows must equal two workers on N/2 rows each, step for step,
-    only if DDP really averages the two gradients (without it, each rank would step on half the data)."""
+    only if DDP really averages the two gradients (without it, each rank would step on half the data).
+    The two workers either cache their shards or (a budget of 1 byte) stream them from Ray Data every epoch:
+    the same steps either way."""
     n = 1000
     data = _prepared(n)
     root = platform_config.storage_root
     one = fit(_config(num_workers=1, batch_size=n, epochs=4, optimizer="sgd", lr=0.5, shuffle=False), data,
               storage_root=root, run_name=_run_name("ddp1"))
-    two = fit(_config(num_workers=2, batch_size=n // 2, epochs=4, optimizer="sgd", lr=0.5, shuffle=False), data,
+    budget = {"cached": {}, "streamed": {"shard_cache_bytes": 1}}[two_workers]
+    two = fit(_config(num_workers=2, batch_size=n // 2, epochs=4, optimizer="sgd", lr=0.5, shuffle=False, **budget), data,
               storage_root=root, run_name=_run_name("ddp2"))
     assert [h["world_size"] for h in two.history] == [2] * 4
+    assert [h["shard_cached"] for h in two.history] == [int(two_workers == "cached")] * 4
+    assert [h["shard_cached"] for h in one.history] == [1] * 4  # 1,000 rows fit the default budget
     np.testing.assert_allclose([h["train_loss"] for h in one.history], [h["train_loss"] for h in two.history], atol=1e-5)
     assert one.history[-1]["train_loss"] < one.history[0]["train_loss"]  # it did learn
     for name, w in one.best_state.items():

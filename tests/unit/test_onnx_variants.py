@@ -278,3 +278,14 @@ def test_a_wide_and_deep_mlp_learns_a_linear_truth_prunes_its_deep_part_and_expo
     np.testing.assert_allclose(OnnxModel(raw, onnx_spec).scores(x[:50]), predict_scores(module, spec, x[:50]), atol=1e-5)
     with pytest.raises(InvalidInput, match="wide must be true or false"):
         build_model("tabular_mlp", 6, 1, {"wide": "yes"})
+
+
+def test_the_default_student_halves_the_widths_and_keeps_the_teachers_other_settings():
+    from aiinfra.pipelines.variants import _default_student
+
+    wide = ModelSpec(family="tabular_mlp", params={"hidden": [16], "wide": True, "dropout": 0.1}, input_dim=8, output_dim=1)
+    assert _default_student(wide) == {"family": "tabular_mlp", "hidden": [8], "wide": True, "dropout": 0.1}
+    plain = ModelSpec(family="tabular_mlp", params={}, input_dim=8, output_dim=1)
+    assert _default_student(plain) == {"family": "tabular_mlp", "hidden": [16, 8]}
+    trees = ModelSpec(family="xgboost", params={"max_depth": 3}, input_dim=8, output_dim=1)
+    assert _default_student(trees) == {"family": "tabular_mlp", "hidden": [32]}

@@ -119,7 +119,7 @@ def test_churn_yaml_reads_features_relative_to_the_config_file(tmp_path, monkeyp
     assert cfg.data.features == load_feature_spec(CONFIGS / "customers_features.yaml")
     assert cfg.data.feature_view_name == "customer_profile"
     assert cfg.experiment_name == "churn"
-    assert cfg.trainer.epochs == 8 and cfg.data.slices == ["plan", "region"]
+    assert cfg.trainer.epochs == 20 and cfg.model.params["wide"] is True and cfg.data.slices == ["plan", "region"]
 
     # A copy somewhere else resolves against its own directory.
     sub = tmp_path / "configs"
@@ -566,10 +566,43 @@ def test_loop_config_carries_the_typed_trainer_settings(customers, customers_pre
     back = LoopConfig.model_validate(run.model_dump())
     assert back == run and back.trainer == cfg.trainer
     assert (back.trainer.lr, back.trainer.epochs) == (0.02, TrainerSettings().epochs)
+    assert (run.train_rows, run.val_rows) == (len(customers), 0)  # for the shard-cache decision
     with pytest.raises(ValidationError):
         LoopConfig.model_validate({**run.model_dump(), "epochs": 3})  # a trainer field belongs under trainer
     with pytest.raises(ValidationError):
         LoopConfig.model_validate({**run.model_dump(), "trainer": {"epochs": 0}})
+
+
+def test_a_worker_caches_its_shard_only_when_twice_it_fits_the_budget():
+    from aiinfra.training.ddp import shard_bytes, should_cache
+
+    # 1,001 rows over 2 workers: the larger share, 501 rows of 10 float32 inputs and a float32 label.
+    assert shard_bytes(1_001, 2, 10, "binary") == 501 * 44
+    assert shard_bytes(1_000, 1, 10, "multiclass") == 1_000 * 48  # class labels are int64
+    need = shard_bytes(1_000_000, 2, 25, "binary")
+    assert should_cache("auto", need, 2 * need) and not should_cache("auto", need, 2 * need - 1)
+    assert should_cache(True, need, 0) and not should_cache(False, 0, 10**12)
+    assert should_cache("auto", 0, 0)  # rows not known: cached, as before
+
+
+def test_the_default_cache_budget_is_a_quarter_of_the_node_shared_by_its_workers():
+    import psutil
+
+    from aiinfra.training.ddp import node_memory_bytes, shard_cache_budget
+
+    memory = node_memory_bytes()
+    assert 0 < memory <= psutil.virtual_memory().total
+    assert shard_cache_budget(None, 2) == memory // 4 // 2
+    assert shard_cache_budget(123, 2) == 123  # as configured
+
+
+def test_cache_shards_takes_true_false_or_auto():
+    assert TrainerSettings().cache_shards == "auto"
+    assert TrainerSettings.model_validate({"cache_shards": False}).cache_shards is False
+    with pytest.raises(ValidationError, match="cache_shards"):
+        TrainerSettings.model_validate({"cache_shards": "sometimes"})
+    with pytest.raises(ValidationError, match="shard_cache_bytes"):
+        TrainerSettings.model_validate({"shard_cache_bytes": -1})
 
 
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
