@@ -4,6 +4,15 @@ A version lives in the lake under ``datasets/<name>/<version>/``: Parquet parts,
 profile's reference sample (``_sample.parquet``) and ``_manifest.json``, written last.
 A version exists exactly when its manifest does, so a failed or interrupted ingest is never
 visible, and the catalog needs no database: the data pipeline stays stateless.
+
+The version index: each commit also writes ``datasets/<name>/_index/<created ns>-<version>``, a
+small marker whose name sorts by creation time. Finding the latest version, or the one a prefix
+names, lists only those markers and reads one manifest; it used to list every file of every
+version (on S3, one paged listing of all the data) and read every manifest. A marker is written
+just before its manifest, so a commit interrupted between the two leaves a marker without a
+manifest, which readers skip: still nothing half-written is visible. A dataset written before the
+index existed has no markers; it is read by the full listing, and its first new commit writes
+the markers for the versions already there.
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ import io
 import json
 import re
 import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +39,7 @@ __all__ = ["DatasetCatalog", "DatasetVersion", "parse_dataset_ref"]
 
 MANIFEST = "_manifest.json"
 SAMPLE = "_sample.parquet"
+INDEX = "_index"
 _VERSION_RE = re.compile(r"^[0-9a-f]{4,16}$")
 
 
@@ -94,12 +106,23 @@ class DatasetCatalog:
     def versions(self, name: str) -> list[DatasetVersion]:
         """Oldest first."""
         validate_name("dataset name", name)
-        out = []
-        for rel in self.store.list_files(f"datasets/{name}"):
-            parts = rel.split("/")
-            if len(parts) == 2 and parts[1] == MANIFEST:
-                out.append(self._read(f"datasets/{name}/{rel}"))
-        return sorted(out, key=lambda v: (v.created_at, v.version))
+        indexed = self._index(name)
+        if not indexed:
+            return self._scan(name)
+        return [v for v in (self._read_if_there(name, version) for version in indexed) if v is not None]
+
+    def latest(self, name: str) -> DatasetVersion | None:
+        """The newest version, from the index (one manifest read), or None."""
+        validate_name("dataset name", name)
+        indexed = self._index(name)
+        if not indexed:
+            scanned = self._scan(name)
+            return scanned[-1] if scanned else None
+        for version in reversed(indexed):
+            found = self._read_if_there(name, version)
+            if found is not None:
+                return found
+        return None
 
     def get(self, ref: str) -> DatasetVersion:
         """``name`` (the latest version), ``name@<version>`` or a unique prefix of one."""
@@ -108,34 +131,83 @@ class DatasetCatalog:
             key = f"datasets/{name}/{version}/{MANIFEST}"
             if self.store.exists(key):
                 return self._read(key)
-        versions = self.versions(name)
-        if not versions:
-            raise NotFound(f"dataset {name!r} has no versions; ingest one with `aiinfra data ingest {name} URI`")
         if version is None:
-            return versions[-1]
-        matches = [v for v in versions if v.version.startswith(version)]
-        if not matches:
+            latest = self.latest(name)
+            if latest is None:
+                raise NotFound(f"dataset {name!r} has no versions; ingest one with `aiinfra data ingest {name} URI`")
+            return latest
+        indexed = self._index(name)
+        candidates = indexed or [v.version for v in self._scan(name)]
+        if not candidates:
+            raise NotFound(f"dataset {name!r} has no versions; ingest one with `aiinfra data ingest {name} URI`")
+        matches = [v for v in candidates if v.startswith(version)]
+        found = [m for m in (self._read_if_there(name, v) for v in matches) if m is not None]
+        if not found:
             raise NotFound(f"dataset {name!r} has no version {version!r}")
-        if len(matches) > 1:
-            raise Conflict(f"{ref!r} matches {len(matches)} versions; give more characters")
-        return matches[0]
+        if len(found) > 1:
+            raise Conflict(f"{ref!r} matches {len(found)} versions; give more characters")
+        return found[0]
+
+    def _index(self, name: str) -> list[str]:
+        """The indexed version ids, oldest first (marker names sort by creation time)."""
+        out = []
+        for rel in self.store.list_files(f"datasets/{name}/{INDEX}"):
+            _, sep, version = rel.partition("-")
+            if sep and "/" not in rel and _VERSION_RE.match(version):
+                out.append(version)
+        return out
+
+    def _scan(self, name: str) -> list[DatasetVersion]:
+        """Every manifest under the dataset: the whole listing (a dataset from before the index)."""
+        out = []
+        for rel in self.store.list_files(f"datasets/{name}"):
+            parts = rel.split("/")
+            if len(parts) == 2 and parts[1] == MANIFEST:
+                out.append(self._read(f"datasets/{name}/{rel}"))
+        return sorted(out, key=lambda v: (v.created_at, v.version))
+
+    def _read_if_there(self, name: str, version: str) -> DatasetVersion | None:
+        try:
+            return self._read(f"datasets/{name}/{version}/{MANIFEST}")
+        except NotFound:  # a marker whose commit stopped before its manifest: not a version
+            return None
+
+    def _mark(self, name: str, version: str, created_at: float) -> None:
+        body = json.dumps({"version": version, "created_at": created_at}).encode()
+        self.store.write_bytes(f"datasets/{name}/{INDEX}/{int(created_at * 1e9):020d}-{version}", body)
 
     def exists(self, name: str, version: str) -> bool:
         return self.store.exists(f"datasets/{name}/{version}/{MANIFEST}")
 
-    def commit(self, manifest: DatasetVersion, staged: dict[str, str], staged_quarantine: dict[str, str]) -> DatasetVersion:
-        """Copy staged files into the version's place, then write the manifest (which makes it visible).
+    def commit(self, manifest: DatasetVersion, staged: dict[str, str], staged_quarantine: dict[str, str], *,
+               digests: Mapping[str, FileDigest] | None = None) -> DatasetVersion:
+        """Move staged files into the version's place, then write the manifest (which makes it visible).
 
-        ``staged`` maps a final file name to its staging key. Copies are re-hashed, so the
-        recorded SHA-256 is of what is stored.
+        ``staged`` maps a final file name to its staging key. ``digests`` (by staging key) are the SHA-256s
+        the writing tasks took: those files are moved without passing through this process (a rename, or a
+        server-side copy) and recorded with that digest. A file without one is copied and hashed here.
         """
-        files: dict[str, FileDigest] = {}
-        for rel, src in sorted(staged.items()):
-            files[rel] = self.store.copy(src, f"{manifest.key}/{rel}")
-        quarantine: dict[str, FileDigest] = {}
-        for rel, src in sorted(staged_quarantine.items()):
-            quarantine[rel] = self.store.copy(src, f"quarantine/{manifest.name}/{manifest.version}/{rel}")
+        digests = digests or {}
+
+        def place(src: str, dst: str) -> FileDigest:
+            if src in digests:
+                self.store.move(src, dst)
+                return digests[src]
+            return self.store.copy(src, dst)
+
+        moves = [(rel, src, f"{manifest.key}/{rel}") for rel, src in sorted(staged.items())]
+        moves += [("quarantine:" + rel, src, f"quarantine/{manifest.name}/{manifest.version}/{rel}")
+                  for rel, src in sorted(staged_quarantine.items())]
+        # Many small requests to an object store: a few in flight at once (each is a server-side copy).
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(moves)))) as pool:
+            placed = dict(zip([m[0] for m in moves], pool.map(lambda m: place(m[1], m[2]), moves)))
+        files = {rel: placed[rel] for rel in sorted(staged)}
+        quarantine = {rel: placed["quarantine:" + rel] for rel in sorted(staged_quarantine)}
         final = manifest.model_copy(update={"files": files, "quarantine_files": quarantine, "created_at": time.time()})
+        if not self._index(manifest.name):  # the versions from before the index get their markers first
+            for earlier in self._scan(manifest.name):
+                self._mark(earlier.name, earlier.version, earlier.created_at)
+        self._mark(final.name, final.version, final.created_at)
         self.store.write_bytes(f"{manifest.key}/{MANIFEST}", final.model_dump_json(by_alias=True, indent=2).encode())
         return final
 

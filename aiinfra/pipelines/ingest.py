@@ -3,7 +3,7 @@
 One streaming pass: each batch is validated, its good and bad rows are written to a staging
 area of the lake by the task that saw them, and the task returns only small statistics (counts,
 reasons, a content digest, a partial profile). The driver merges those, never the rows. Only
-when every check passes are the staged files copied into ``datasets/<name>/<version>/`` and the
+when every check passes are the staged files moved into ``datasets/<name>/<version>/`` and the
 manifest written, which is the moment the version becomes visible.
 """
 
@@ -35,7 +35,7 @@ from aiinfra.data.versioning import ContentDigest, content_digest, row_hashes, s
 from aiinfra.errors import AiInfraError, InvalidInput
 from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.registry.types import validate_name
-from aiinfra.storage import ArtifactStore, open_artifact_store
+from aiinfra.storage import ArtifactStore, FileDigest, open_artifact_store
 
 __all__ = ["IngestResult", "ingest", "ingest_staged", "process_batch", "refused_batch"]
 
@@ -58,6 +58,9 @@ class BatchStats:
     files: list[str] = field(default_factory=list)
     quarantine_files: list[str] = field(default_factory=list)
     first_source: str | None = None
+    # Each staged file's SHA-256 and size, taken by the task that wrote it (keyed by its place under staging:
+    # data/<name> or quarantine/<name>): the commit moves the files and records these, not a second hash.
+    digests: dict[str, FileDigest] = field(default_factory=dict)
     # A problem with a batch as a whole travels back as data: Ray Data keeps only the text
     # of an exception raised in a task, and the caller deserves the typed error.
     error: AiInfraError | None = None
@@ -72,7 +75,7 @@ class BatchStats:
             self.rows_in + o.rows_in, self.kept + o.kept, self.quarantined + o.quarantined,
             self.reasons + o.reasons, self.digest.merge(o.digest), self.profile.merge(o.profile),
             self.schema or o.schema, self.files + o.files, self.quarantine_files + o.quarantine_files,
-            self.first_source or o.first_source, self.error or o.error,
+            self.first_source or o.first_source, digests={**self.digests, **o.digests}, error=self.error or o.error,
         )
 
 
@@ -87,10 +90,10 @@ def _store(uri: str) -> ArtifactStore:
     return open_artifact_store(uri)
 
 
-def _write_parquet(store: ArtifactStore, key: str, table: pa.Table) -> None:
+def _write_parquet(store: ArtifactStore, key: str, table: pa.Table) -> FileDigest:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    store.write_bytes(key, buf.getvalue())
+    return store.write_bytes(key, buf.getvalue())
 
 
 def process_batch(batch: pa.Table, *, storage_root: str, staging: str, spec: ValidationSpec | None,
@@ -147,11 +150,11 @@ def _process(batch: pa.Table, storage_root: str, staging: str, spec: ValidationS
         for directory, rows in split_by(good, partition_by):
             name = f"part-{uuid.uuid4().hex[:16]}.parquet"
             name = f"{directory}/{name}" if directory else name
-            _write_parquet(store, f"{staging}/data/{name}", rows)
+            stats.digests[f"data/{name}"] = _write_parquet(store, f"{staging}/data/{name}", rows)
             stats.files.append(name)
     if bad is not None and bad.num_rows:
         name = f"part-{uuid.uuid4().hex[:16]}.parquet"
-        _write_parquet(store, f"{staging}/quarantine/{name}", bad)
+        stats.digests[f"quarantine/{name}"] = _write_parquet(store, f"{staging}/quarantine/{name}", bad)
         stats.quarantine_files.append(name)
     return stats
 
@@ -307,13 +310,14 @@ def _commit(store: ArtifactStore, name: str, stats: BatchStats, staging: str, *,
     vid = version_id(stats.schema, stats.digest, layout=",".join(partition_by))
     if catalog.exists(name, vid):
         return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
-    parent = catalog.versions(name)
+    parent = catalog.latest(name)
     profile = finalize(stats.profile, stats.schema)
+    digests = {f"{staging}/{rel}": d for rel, d in stats.digests.items()}
     if stats.profile.sample is not None:
-        _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
+        digests[f"{staging}/{SAMPLE}"] = _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
     manifest = DatasetVersion(
         name=name, version=vid, created_at=0.0, created_by=who, source_uri=redact_uri(source_uri),
-        source_format=source_format, parent_version=parent[-1].version if parent else None,
+        source_format=source_format, parent_version=parent.version if parent else None,
         spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
         schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
         row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
@@ -323,7 +327,8 @@ def _commit(store: ArtifactStore, name: str, stats: BatchStats, staging: str, *,
     staged = {f: f"{staging}/data/{f}" for f in stats.files}
     if stats.profile.sample is not None:
         staged[SAMPLE] = f"{staging}/{SAMPLE}"
-    version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files})
+    version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files},
+                             digests=digests)
     return IngestResult(version, created=True)
 
 

@@ -94,6 +94,18 @@ class ArtifactStore:
         except FileNotFoundError:
             raise NotFound(f"artifact {self.uri_for(src_key)} does not exist") from None
 
+    def move(self, src_key: str, dst_key: str) -> None:
+        """Move a file within the store without reading it here: a rename on a local disk, a server-side copy
+        (then a delete of the source) on S3 and GCS. The destination appears whole or not at all."""
+        final = self.path(dst_key)
+        parent = posixpath.dirname(final)
+        if parent:
+            self.fs.create_dir(parent, recursive=True)
+        try:
+            self.fs.move(self.path(src_key), final)
+        except FileNotFoundError:
+            raise NotFound(f"artifact {self.uri_for(src_key)} does not exist") from None
+
     def _atomic_write(self, key: str, chunks: Iterable[bytes]) -> FileDigest:
         final = self.path(key)
         parent = posixpath.dirname(final)

@@ -119,7 +119,7 @@ def test_churn_yaml_reads_features_relative_to_the_config_file(tmp_path, monkeyp
     assert cfg.data.features == load_feature_spec(CONFIGS / "customers_features.yaml")
     assert cfg.data.feature_view_name == "customer_profile"
     assert cfg.experiment_name == "churn"
-    assert cfg.trainer.epochs == 20 and cfg.model.params["wide"] is True and cfg.data.slices == ["plan", "region"]
+    assert cfg.trainer.epochs == 8 and cfg.model.params["wide"] is True and cfg.data.slices == ["plan", "region"]
 
     # A copy somewhere else resolves against its own directory.
     sub = tmp_path / "configs"
