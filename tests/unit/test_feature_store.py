@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from aiinfra.errors import InvalidInput, NotFound
-from aiinfra.features.offline import point_in_time_join
+from aiinfra.features.offline import FOUND, NONE_BEFORE, NULL_KEY, point_in_time_join
 from aiinfra.features.online import OnlineStore
 from aiinfra.features.views import FeatureView, load_feature_views, parse_duration
 from aiinfra.storage import open_metadata_db
@@ -127,3 +127,39 @@ def test_point_in_time_across_timestamp_resolutions():
     source = SOURCE.assign(event_ts=SOURCE["event_ts"].astype("datetime64[us]"))
     entities = pd.DataFrame({"customer_id": [1], "event_ts": pd.to_datetime(["2026-01-02 01:00"]).astype("datetime64[ns]")})
     assert point_in_time_join(entities, VIEW, source)["calls"].tolist() == [2]
+
+
+def test_null_keys_and_times_get_null_features_flagged_and_never_match_each_other():
+    source = pd.concat([SOURCE, pd.DataFrame({"customer_id": [None, 2.0], "event_ts": [ts("2026-01-01"), pd.NaT],
+                                              "calls": [99, 98], "spend": [990.0, 980.0]})], ignore_index=True)
+    assert source["customer_id"].dtype == "float64"  # a null made the key floats
+    entities = pd.DataFrame({
+        "customer_id": [1, None, 2, 1, 7],
+        "event_ts": [ts("2026-01-01 23:00"), ts("2026-01-02"), ts("2026-01-02"), pd.NaT, ts("2026-01-02")],
+    })
+    out = point_in_time_join(entities, VIEW, source, status_column="pit")
+    # The null key is not joined to the source's null-key row (99); the source's row without a time (98) is
+    # ignored; the int key 1 matches the float key 1.0.
+    assert [None if pd.isna(v) else int(v) for v in out["calls"]] == [1, None, 10, None, None]
+    assert out["pit"].tolist() == [FOUND, NULL_KEY, FOUND, NULL_KEY, NONE_BEFORE]
+    assert out["customer_id"].isna().tolist() == [False, True, False, False, False]  # the rows as they came
+    with pytest.raises(InvalidInput, match="status column 'calls'"):
+        point_in_time_join(entities, VIEW, source, status_column="calls")
+
+
+def test_keys_compare_by_value_across_numeric_types_and_fractions_never_match_integers():
+    entities = pd.DataFrame({"customer_id": [1.0, 1.5], "event_ts": [ts("2026-01-03"), ts("2026-01-03")]})
+    out = point_in_time_join(entities, VIEW, SOURCE, status_column="pit")
+    assert out["calls"].tolist()[0] == 2 and pd.isna(out["calls"].tolist()[1])
+    assert out["pit"].tolist() == [FOUND, NONE_BEFORE]
+    text = pd.DataFrame({"customer_id": ["1"], "event_ts": [ts("2026-01-03")]})
+    assert point_in_time_join(text, VIEW, SOURCE)["calls"].tolist() == [2]  # compared as text
+
+
+def test_times_in_mixed_zones_compare_in_utc_and_non_times_are_named():
+    # 2026-01-02 00:30 in Berlin is 2026-01-01 23:30 UTC: before customer 1's second value (Jan 2, 00:00 UTC).
+    mixed = pd.DataFrame({"customer_id": [1, 1], "event_ts": pd.Series(
+        [pd.Timestamp("2026-01-02 00:30", tz="Europe/Berlin"), pd.Timestamp("2026-01-02 00:30")], dtype=object)})
+    assert point_in_time_join(mixed, VIEW, SOURCE)["calls"].tolist() == [1, 2]  # the naive one is taken as UTC
+    with pytest.raises(InvalidInput, match="entity frame column 'event_ts' must hold timestamps"):
+        point_in_time_join(pd.DataFrame({"customer_id": [1], "event_ts": ["not a time"]}), VIEW, SOURCE)
