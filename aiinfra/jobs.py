@@ -96,14 +96,31 @@ def _client(config: PlatformConfig, address: str | None) -> Any:
 
 def submit(config: PlatformConfig, entrypoint: str, *, name: str, working_dir: str | Path | None = None,
            submission_id: str | None = None, metadata: dict[str, str] | None = None,
-           address: str | None = None) -> str:
-    """Submit ``entrypoint`` as a Ray job carrying ``config``; its submission id (``name-<8 hex>`` by default)."""
+           address: str | None = None, entrypoint_memory: int | None = None) -> str:
+    """Submit ``entrypoint`` as a Ray job carrying ``config``; its submission id (``name-<8 hex>`` by default).
+    ``entrypoint_memory``: the driver's memory request where ``jobs.entrypoint_memory_bytes`` sets none."""
     runtime_env: dict[str, Any] = {"env_vars": {ENV.SUBMITTED_CONFIG.name: json.dumps(shippable_config(config))}}
     if working_dir is not None:
         runtime_env["working_dir"] = str(working_dir)
+    options = entrypoint_options(config)
+    if entrypoint_memory and "entrypoint_memory" not in options:
+        options["entrypoint_memory"] = int(entrypoint_memory)
     return _client(config, address).submit_job(
         entrypoint=entrypoint, submission_id=submission_id or f"{name}-{uuid.uuid4().hex[:8]}",
-        runtime_env=runtime_env, metadata=metadata or {}, **entrypoint_options(config))
+        runtime_env=runtime_env, metadata=metadata or {}, **options)
+
+
+def node_memory(config: PlatformConfig, *, address: str | None = None) -> list[int]:
+    """Each alive node's memory for tasks (Ray's logical ``memory`` resource), from the cluster's state API;
+    empty where it cannot be read (the job is then sent without a memory request)."""
+    use_cluster_auth(config)
+    try:
+        from ray.util.state import list_nodes
+
+        nodes = list_nodes(address=job_server(config, address), filters=[("state", "=", "ALIVE")], timeout=10)
+    except Exception:  # noqa: BLE001 - advice for the request, never a reason not to submit
+        return []
+    return [int(n.resources_total.get("memory", 0)) for n in nodes if n.resources_total.get("memory")]
 
 
 def entrypoint_options(config: PlatformConfig) -> dict[str, Any]:

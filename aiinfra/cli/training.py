@@ -27,10 +27,19 @@ def _train(args: argparse.Namespace) -> int | None:
         except ValueError:
             raise InvalidInput(f"{args.config} is outside this directory, which is what the job uploads; "
                                "run from a directory that contains the config") from None
+        from aiinfra.pipelines.budgets import driver_memory_request
+
         estimate = _driver_estimate(config, cfg)
-        job_id = jobs.submit(config, f"python jobs/train.py {rel}", working_dir=".", name=f"train-{cfg.name}")
+        request = driver_memory_request(estimate, config.jobs.entrypoint_memory_bytes,
+                                        jobs.node_memory(config) if estimate is not None else [],
+                                        f"training {cfg.name}")
+        job_id = jobs.submit(config, f"python jobs/train.py {rel}", working_dir=".", name=f"train-{cfg.name}",
+                             entrypoint_memory=request)
         if estimate is not None:
-            print(f"the job's driver will hold {estimate}", file=sys.stderr, flush=True)
+            asked = (f"; it asks for {request / (1 << 30):.2f} GiB of a node's memory" if request else
+                     "; its budget is jobs.entrypoint_memory_bytes" if config.jobs.entrypoint_memory_bytes else
+                     "; the cluster's nodes could not be read, so it asks for no memory")
+            print(f"the job's driver will hold {estimate}{asked}", file=sys.stderr, flush=True)
         print(f"submitted {job_id} to {jobs.job_server(config)}; logs follow (Ctrl-C stops following, not the job)",
               file=sys.stderr, flush=True)
         status = jobs.follow(config, job_id, out=sys.stderr)

@@ -4,7 +4,9 @@ A Ray job's driver runs wherever its entrypoint resources fit, on the head node 
 clusters/aws.yaml's head, 8 GiB on the KubeRay head). One that outgrows its node is killed halfway through, by the
 OOM killer, with little said. ``aiinfra train --submit`` estimates the driver's peak from the dataset version's
 manifest (rows, column types, the profile's top values for text) and, where ``jobs.entrypoint_memory_bytes`` sets a
-budget, refuses a job whose estimate exceeds it, saying what to change.
+budget, refuses a job whose estimate exceeds it, saying what to change. Without a budget the job asks for its
+estimate as ``entrypoint_memory``, so Ray starts its driver only on a node with that much memory left for tasks, and
+a job that no node could hold is refused before it is sent (it would wait, PENDING, for ever).
 
 The estimate, per engine (``data.engine``):
 - ``memory``: the table about four times over at its peak (the Arrow read, the pandas frame, the split's copies and
@@ -21,7 +23,7 @@ from typing import Any
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["DriverEstimate", "check_driver_budget", "row_bytes", "training_driver_estimate"]
+__all__ = ["DriverEstimate", "check_driver_budget", "driver_memory_request", "row_bytes", "training_driver_estimate"]
 
 PROCESS_BYTES = 600 << 20
 MEMORY_ENGINE_COPIES = 4
@@ -87,3 +89,24 @@ def check_driver_budget(estimate: DriverEstimate, budget_bytes: int, what: str) 
         "raise jobs.entrypoint_memory_bytes, or lower data.split.holdout_fraction")
     raise InvalidInput(f"{what}: its driver would hold {estimate}, more than its budget of {_gib(budget_bytes)} "
                        f"(jobs.entrypoint_memory_bytes); {advice}")
+
+
+def driver_memory_request(estimate: DriverEstimate | None, budget_bytes: int, node_memory: list[int], what: str) -> int | None:
+    """The ``entrypoint_memory`` a job asks for when ``jobs.entrypoint_memory_bytes`` is unset: its estimate.
+
+    None where a budget is configured (the job asks for that), where there is no estimate, or where the cluster's
+    nodes are not known. ``node_memory``: each alive node's memory for tasks (Ray's ``memory`` resource).
+
+    Raises:
+        InvalidInput: the estimate is more than any node has: Ray would never start the driver.
+    """
+    if budget_bytes or estimate is None or not node_memory:
+        return None
+    largest = max(node_memory)
+    if estimate.bytes > largest:
+        advice = ("set data.engine: ray in the training config (the driver then holds statistics)"
+                  if estimate.engine == "memory" else "lower data.split.holdout_fraction")
+        raise InvalidInput(f"{what}: its driver would hold {estimate}, more than any node of the cluster has for tasks "
+                           f"(the largest: {_gib(largest)}); {advice}, add a larger node, or set "
+                           "jobs.entrypoint_memory_bytes to choose the budget yourself")
+    return estimate.bytes

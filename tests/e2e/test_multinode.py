@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -270,6 +271,9 @@ def test_training_runs_one_ddp_worker_on_each_node(cluster, client, shared_state
     assert run["status"] == "finished" and run["dataset_versions"][0].startswith("customers@")
     listed = shared_state["s3"].list_objects_v2(Bucket="lake", Prefix=f"{shared_state['prefix']}/checkpoints/")
     assert listed.get("KeyCount", 0) > 0  # the workers' checkpoints, under the storage root in object storage
+    # No jobs.entrypoint_memory_bytes here: the job asked for its estimate, which a node of this cluster can hold.
+    assert re.search(r"the job's driver will hold about \d+\.\d\d GiB .*; it asks for \d+\.\d\d GiB of a node's memory",
+                     trained.stderr), trained.stderr[-3000:]
 
 
 def test_router_replicas_on_both_nodes_answer_authenticated_predictions(cluster, client, deployed, token):

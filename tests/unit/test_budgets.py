@@ -9,7 +9,13 @@ import pytest
 from aiinfra.data.profile import ColumnProfile, DatasetProfile
 from aiinfra.demo.configs import example_config
 from aiinfra.errors import InvalidInput
-from aiinfra.pipelines.budgets import PROCESS_BYTES, check_driver_budget, row_bytes, training_driver_estimate
+from aiinfra.pipelines.budgets import (
+    PROCESS_BYTES,
+    check_driver_budget,
+    driver_memory_request,
+    row_bytes,
+    training_driver_estimate,
+)
 from aiinfra.training.config import load_train_config
 
 
@@ -48,3 +54,17 @@ def test_a_job_past_its_budget_is_refused_before_it_is_sent_with_what_to_change(
         check_driver_budget(estimate, 8 << 30, "training churn")
     check_driver_budget(estimate, 0, "training churn")  # no budget: nothing to refuse
     check_driver_budget(training_driver_estimate(cfg, _version(12_000_000), engine="ray"), 8 << 30, "training churn")
+
+
+def test_without_a_budget_the_job_asks_for_its_estimate_and_one_no_node_could_hold_is_refused():
+    cfg = load_train_config(example_config("churn.yaml"))
+    small = training_driver_estimate(cfg, _version(10_000), engine="memory")
+    nodes = [4 << 30, 6 << 30]  # each alive node's memory for tasks
+    assert driver_memory_request(small, 0, nodes, "training churn") == small.bytes
+    assert driver_memory_request(small, 8 << 30, nodes, "training churn") is None  # the configured budget is asked for
+    assert driver_memory_request(None, 0, nodes, "training churn") is None  # no estimate (manifests not readable)
+    assert driver_memory_request(small, 0, [], "training churn") is None  # nodes not known: no request
+    big = training_driver_estimate(cfg, _version(12_000_000), engine="memory")
+    with pytest.raises(InvalidInput, match=r"more than any node of the cluster has for tasks \(the largest: 6\.00 GiB\); "
+                                           r"set data.engine: ray"):
+        driver_memory_request(big, 0, nodes, "training churn")
