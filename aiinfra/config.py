@@ -107,6 +107,11 @@ class ServeSettings(BaseModel):
     # GPUs per replica of each model deployment (champion, challenger, shadow); above 0 their models run on
     # CUDA. The router has no GPU, so this needs champion_in_router: false.
     model_gpus: float = Field(default=0.0, ge=0.0)
+    # Model versions one replica keeps loaded, over all the models an endpoint serves (the router's, for
+    # champions answered there, and each model deployment's, as Serve's @serve.multiplexed bound): the
+    # least recently used is unloaded past it, and loaded again (download hash-checked) when next asked.
+    # At least 2, so the old and the new version of a model both answer while its alias moves.
+    max_models_per_replica: int = Field(default=8, ge=2)
     # FastAPI's docs routes (/docs, /redoc, /openapi.json): off by default, as they answer without a token.
     docs: bool = False
 

@@ -46,8 +46,8 @@ def _status(args: argparse.Namespace) -> None:
     for name, s in st["services"].items():
         print(f"service       {name:<14} {'alive (pid ' + str(s['pid']) + ')' if s['alive'] else 'NOT RUNNING'}")
     for app, a in st["serve"].items():
-        serving = a.get("serving")
-        what = f"{serving['model']}@{serving['version']}" if serving else "-"
+        models = (a.get("serving") or {}).get("models") or {}
+        what = ", ".join(f"{m['model']}@{m['version']}" for m in models.values()) or "-"
         replicas = ", ".join(f"{d}: {r['replicas']}" for d, r in a["deployments"].items())
         print(f"serve app     {app:<14} {a['status']:<10} serving {what}; replicas {replicas}")
 

@@ -1,12 +1,18 @@
 """The Ray Serve application: a thin FastAPI ingress over the router, in front of model deployments that answer.
 
-The graph, per served model::
+The graph of one endpoint, whatever the number of models it serves::
 
-    HTTP -> ModelServer (the ingress: HTTP in and out, over a Router: auth, admission, feature lookup,
-            canary / shadow routing, alias following, monitor sampling, /feedback)
-         -> champion | challenger | shadow   (ModelVersions deployments, one per served role, each with
-            its own replicas and autoscaling; @serve.batch runs concurrent requests through the model
-            in one forward pass)
+    HTTP, gRPC -> ModelServer (the ingress: HTTP and gRPC in and out, over one Router per served model:
+                  auth, admission, feature lookup, canary / shadow routing, alias following, monitor
+                  sampling, /feedback)
+               -> champion | challenger | shadow   (ModelVersions deployments, one per served role, each
+                  with its own replicas and autoscaling, shared by all the models: versions are Serve's
+                  multiplexed models, loaded on demand up to serve.max_models_per_replica; @serve.batch
+                  runs concurrent requests through each version in one forward pass)
+
+Models are added to a running endpoint and removed from it without a redeploy (``endpoint.py``,
+``aiinfra serve deploy`` / ``serve remove``): each replica starts or stops that model's router on its
+follower's next step, and the other models' routers are not touched.
 
 With ``serve.champion_in_router`` (the default) the router answers the champion in its own process
 and the graph has no champion deployment: for a small model the hop to another replica costs more
@@ -29,8 +35,10 @@ status of its AiInfraError (``http.py``); a client's mistake is never a 500, and
 # must see real classes (Request), not strings.
 
 import asyncio
+import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
@@ -44,12 +52,13 @@ from aiinfra.cluster_access import require_shared_state
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.errors import AiInfraError, InvalidInput, NotFound
 from aiinfra.features.client import FeatureStoreClient
-from aiinfra.inference.versions import LoadedVersions
+from aiinfra.inference.versions import LoadedModels
 from aiinfra.monitoring.client import MonitorClient
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import parse_ref
-from aiinfra.serving.auth import TokenStore
+from aiinfra.serving.auth import Principal, TokenStore
 from aiinfra.serving.deployments import REPLICA_ENV, DeploymentHandles, ModelVersions
+from aiinfra.serving.endpoint import ServedModels
 from aiinfra.serving.grpc_oip import grpc_code, infer_body, infer_response, metadata_response, pb, token_of
 from aiinfra.serving.http import (
     FeedbackItem,
@@ -70,49 +79,116 @@ from aiinfra.serving.oip_binary import (
     encode_binary_response,
     split_body,
 )
-from aiinfra.serving.router import Router
+from aiinfra.serving.router import Admission, Router
 from aiinfra.storage import open_metadata_db
 
 __all__ = ["ModelServer", "ModelVersions", "app_builder", "build_app"]
 
+log = logging.getLogger("aiinfra.serving")
+
 
 # -- the ingress -----------------------------------------------------------------------------------------
+
+def _app_name() -> str:
+    """The Serve application this replica belongs to: the key of the models added to it (``ServedModels``)."""
+    return serve.get_replica_context().app_name
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": REPLICA_ENV}},
                   max_ongoing_requests=64, max_queued_requests=256)
 @serve.ingress(api)
 class ModelServer:
-    """Serves the model a reference names (``churn@champion``): HTTP in and out, the decisions in ``Router``.
+    """Serves the models its application declared and those added to it since: HTTP and gRPC in and out,
+    one ``Router`` per model for the decisions.
 
-    A background thread calls ``Router.refresh`` every ``FOLLOW_INTERVAL_S`` while the reference is an
-    alias: the versions it, ``NAME@challenger`` and ``NAME@shadow`` name now are warmed and swapped in.
+    A background thread, every ``FOLLOW_INTERVAL_S``: starts a router for a model added to the application
+    (``ServedModels``, written by ``aiinfra serve deploy``), stops the router of one removed, and calls
+    each router's ``refresh`` (the versions its reference, ``NAME@challenger`` and ``NAME@shadow`` name now
+    are warmed and swapped in). The routers are one dict, replaced whole (copy-on-write): a request reads
+    it once, and a model added or removed never pauses the others.
     """
 
     FOLLOW_INTERVAL_S = Router.FOLLOW_INTERVAL_S
+    RETRY_S = 30.0  # an added model whose router could not start (a deleted version, no signature) is retried
 
-    def __init__(self, config: PlatformConfig, model_ref: str, champion: Any, challenger: Any, shadow: Any) -> None:
+    def __init__(self, config: PlatformConfig, models: tuple[str, ...], champion: Any, challenger: Any,
+                 shadow: Any) -> None:
         self.config = config
         pb()  # gRPC requests arrive pickled from Serve's gRPC proxy: their classes' module must be importable here
         require_shared_state(config)  # a replica on one node must not serve from another node's local state
         # create=True: a RayService's router may start before anything made the registry actor.
-        registry = RegistryClient.on_cluster(config, create=True)
-        name = parse_ref(model_ref).name
+        self._registry = RegistryClient.on_cluster(config, create=True)
         self._db = open_metadata_db(config.metadata_url, create=False)
-        self.router = Router(
-            config, model_ref, registry=registry, tokens=TokenStore(self._db),
-            models=DeploymentHandles(config, {"champion": champion, "challenger": challenger, "shadow": shadow}),
-            # serve.champion_in_router: the champion answers here, in this process (no hop to a deployment).
-            local=LoadedVersions(registry, name) if champion is None else None,
-            # The monitor starts on the first rows sampled to it.
-            features=FeatureStoreClient.on_cluster(config, create=True), monitor=MonitorClient.for_model(config, name),
-        )
+        self._tokens = TokenStore(self._db)
+        self._added = ServedModels(self._db)
+        self._app = _app_name()
+        self._declared = {parse_ref(ref).name: ref for ref in models}
+        self._deployments = DeploymentHandles(config, {"champion": champion, "challenger": challenger, "shadow": shadow})
+        sv = config.serve
+        # serve.champion_in_router: the champions answer here, in this process (no hop to a deployment), from
+        # one cache of loaded versions over all the models; the router then sheds load itself, past the
+        # model deployment's own limits, for all its models together.
+        self._local = LoadedModels(self._registry, keep=sv.max_models_per_replica) if champion is None else None
+        self._admission = Admission(sv.max_ongoing_requests + sv.max_queued_requests if champion is None else None)
+        self._features = FeatureStoreClient.on_cluster(config, create=True)
+        self.routers: dict[str, Router] = {}
+        self._problems: dict[str, dict[str, Any]] = {}  # name -> why its router could not start, and when
+        for name, ref in self._declared.items():  # a declared model that cannot be served fails the deployment
+            self.routers = {**self.routers, name: self._router(ref)}
+        self._sync()
         self._stop = threading.Event()
-        if self.router.follows:
-            threading.Thread(target=self._follow, name=f"follow-{model_ref}", daemon=True).start()
+        threading.Thread(target=self._follow, name=f"follow-{self._app}", daemon=True).start()
+
+    def _router(self, ref: str) -> Router:
+        name = parse_ref(ref).name
+        return Router(
+            self.config, ref, registry=self._registry, tokens=self._tokens, models=self._deployments,
+            local=None if self._local is None else self._local.of(name), admission=self._admission,
+            # The monitor starts on the first rows sampled to it.
+            features=self._features, monitor=MonitorClient.for_model(self.config, name),
+        )
+
+    def _sync(self) -> None:
+        """Start the routers of models added to the application, stop those of models removed (never raises)."""
+        try:
+            wanted = {**self._added.of(self._app), **self._declared}  # a declared model is never replaced
+        except Exception:  # noqa: BLE001 - the metadata DB away for a moment: keep serving what we have
+            log.exception("could not read the models added to %s; serving %s", self._app, sorted(self.routers))
+            return
+        now = time.monotonic()
+        for name, ref in wanted.items():
+            current = self.routers.get(name)
+            if current is not None and current.model_ref == ref:
+                continue
+            problem = self._problems.get(name)
+            if problem is not None and problem["ref"] == ref and now < problem["retry_at"]:
+                continue
+            try:
+                router = self._router(ref)
+            except Exception as e:  # noqa: BLE001 - one model that cannot start must not stop the others
+                message = e.message if isinstance(e, AiInfraError) else f"{type(e).__name__}: {e}"
+                self._problems[name] = {"ref": ref, "error": message, "retry_at": now + self.RETRY_S}
+                log.error("cannot serve %s on %s: %s (retrying every %.0f s)", ref, self._app, message, self.RETRY_S)
+                continue
+            self._problems.pop(name, None)
+            self.routers = {**self.routers, name: router}  # one assignment: requests see the old dict or the new
+            log.info("%s: now serving %s%s", self._app, ref, "" if current is None else f" (was {current.model_ref})")
+            if current is not None:
+                current.close()
+        for name in set(self.routers) - set(wanted):
+            gone = self.routers[name]
+            self.routers = {n: r for n, r in self.routers.items() if n != name}
+            gone.close()  # requests in flight on it finish: they hold the router itself
+            log.info("%s: stopped serving %s", self._app, gone.model_ref)
+        for name in set(self._problems) - set(wanted):
+            del self._problems[name]
 
     def _follow(self) -> None:
         while not self._stop.wait(self.FOLLOW_INTERVAL_S):
-            self.router.refresh()
+            self._sync()
+            for router in self.routers.values():
+                if router.follows:
+                    router.refresh()
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -120,23 +196,42 @@ class ModelServer:
             stop.set()
 
     def served(self) -> dict[str, Any]:
-        """What this application serves (for `aiinfra status`; not an HTTP route)."""
-        return self.router.served()
+        """What this application serves (for `aiinfra status`; not an HTTP route): each model's router's
+        account, whether the application declared it (else it was added, and may be removed), the models
+        added that could not start, with why, and the versions loaded in this replica (least recent first)."""
+        return {
+            "models": {name: {**router.served(), "declared": name in self._declared}
+                       for name, router in sorted(self.routers.items())},
+            "problems": {name: {"ref": p["ref"], "error": p["error"]} for name, p in self._problems.items()},
+            "loaded": None if self._local is None else [f"{n}@{v}" for n, v in self._local.keys],
+        }
 
-    def _served(self, name: str, request: Request, *, action: str) -> None:
-        """The caller may ``action`` and this app serves ``name`` (else 401/403, then 404).
+    def _router_for(self, name: str, authorization: str | None, action: str) -> tuple[Router, Principal]:
+        """The caller may ``action`` on ``name`` and this app serves it (else 401/403, then 404).
 
         The token first: a caller without one learns nothing of which models are served, and only a name
         found served here tags the request's metrics (``Measure``), so made-up names make no series.
         """
-        request.state.principal = self.router.authorize(request.headers.get("authorization"), action)
-        self.router.check_name(name)
-        request.state.model = name
+        principal = self._tokens.verify(authorization)
+        principal.require(action, model=name)
+        router = self.routers.get(name)
+        if router is None:
+            served = sorted(self.routers)
+            # Only a token that may act on any model learns which are served (a scoped one was refused above).
+            listed = f"; this endpoint serves {served[:20]}" + (" and more" if len(served) > 20 else "")
+            raise NotFound(f"model {name!r} is not served here" + (listed if principal.model is None else ""))
+        return router, principal
 
-    async def _parsed(self, model: type[BaseModel], what: str, name: str, request: Request, *, action: str) -> Any:
+    def _served(self, name: str, request: Request, *, action: str) -> Router:
+        router, request.state.principal = self._router_for(name, request.headers.get("authorization"), action)
+        request.state.model = name
+        return router
+
+    async def _parsed(self, model: type[BaseModel], what: str, name: str, request: Request, *,
+                      action: str) -> tuple[Router, Any]:
         """The caller may ``action`` on this model, and the JSON body is a valid ``model`` (else 4xx)."""
-        self._served(name, request, action=action)
-        return parse_body(model, what, await json_body(request, self.config.serve.max_body_bytes))
+        router = self._served(name, request, action=action)
+        return router, parse_body(model, what, await json_body(request, self.config.serve.max_body_bytes))
 
     def _docs(self) -> None:
         """The docs routes answer only where ``serve.docs`` is set; else as any path without a route (404)."""
@@ -168,8 +263,7 @@ class ModelServer:
 
     @api.get("/v2/models/{name}")
     def metadata(self, name: str, request: Request) -> dict[str, Any]:
-        router = self.router
-        self._served(name, request, action="predict")
+        router = self._served(name, request, action="predict")
         version = router.primary
         sig = version.signature
         return {
@@ -187,9 +281,8 @@ class ModelServer:
 
     @api.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> Any:
-        router = self.router
-        with router.admitted():
-            self._served(name, request, action="predict")
+        with self._admission.admitted():
+            router = self._served(name, request, action="predict")
             # OIP clients may send JSON without a JSON Content-Type: the body is parsed regardless. With the
             # binary extension the JSON is the first Inference-Header-Content-Length bytes, tensors after it.
             raw = await raw_body(request, self.config.serve.max_body_bytes)
@@ -214,11 +307,9 @@ class ModelServer:
             return Response(content, media_type="application/octet-stream", headers={HEADER: str(length)})
 
     # -- OIP v2 over gRPC (grpc_oip.py): Serve's gRPC proxy calls these by the service's method names --------
-    def _grpc_served(self, name: str, grpc_context: Any) -> Any:
+    def _grpc_served(self, name: str, grpc_context: Any) -> tuple[Router, Principal]:
         """As ``_served``: the token first (from the call's metadata), then the model name."""
-        principal = self.router.authorize(token_of(grpc_context.invocation_metadata()), "predict")
-        self.router.check_name(name)
-        return principal
+        return self._router_for(name, token_of(grpc_context.invocation_metadata()), "predict")
 
     @staticmethod
     def _grpc_error(grpc_context: Any, error: AiInfraError, empty: Any) -> Any:
@@ -244,20 +335,20 @@ class ModelServer:
 
     def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
         try:
-            self._grpc_served(request.name, grpc_context)
+            router, _ = self._grpc_served(request.name, grpc_context)
         except AiInfraError as e:
             return self._grpc_error(grpc_context, e, pb().ModelMetadataResponse())
-        version = self.router.primary
-        return metadata_response(self.router.name, version.version, version.signature, "aiinfra")
+        version = router.primary
+        return metadata_response(router.name, version.version, version.signature, "aiinfra")
 
     async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
         """The REST infer route's path, from the same checks to the same monitor and canary hooks; measured as
         the HTTP routes are (route ``grpc:ModelInfer``, the status its HTTP twin would have)."""
-        router, start = self.router, time.perf_counter()
+        start = time.perf_counter()
         status, model, version_tag, rows_n = 200, "(unknown)", "", 0
         try:
-            with router.admitted():
-                principal = self._grpc_served(request.model_name, grpc_context)
+            with self._admission.admitted():
+                router, principal = self._grpc_served(request.model_name, grpc_context)
                 model = router.name  # only a name found served tags a metric
                 rows, request_id, wanted = decode_infer_request(infer_body(request), router.primary.signature)
                 request_id = request_id or router.request_id(None)
@@ -280,9 +371,8 @@ class ModelServer:
 
     @api.post("/predict/{name}")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
-        router = self.router
-        with router.admitted():
-            req = await self._parsed(PredictRequest, "predict request", name, request, action="predict")
+        with self._admission.admitted():
+            router, req = await self._parsed(PredictRequest, "predict request", name, request, action="predict")
             if (req.instances is None) == (req.entity_ids is None):
                 raise InvalidInput("send exactly one of 'instances' (feature objects) or 'entity_ids'")
             request_id = router.request_id(request.headers.get("x-request-id"))
@@ -296,7 +386,7 @@ class ModelServer:
     @api.post("/feedback/{name}")
     async def feedback(self, name: str, request: Request) -> dict[str, Any]:
         """Ground truth for served requests, by the request_id each answer carried."""
-        req = await self._parsed(FeedbackRequest, "feedback", name, request, action="feedback")
+        router, req = await self._parsed(FeedbackRequest, "feedback", name, request, action="feedback")
         if (req.items is None) == (req.request_id is None):
             raise InvalidInput("send either 'request_id' with 'label' (or 'labels'), or 'items': a list of those")
         items = req.items or [FeedbackItem.model_validate(req.model_dump(exclude={"items"}, exclude_unset=True))]
@@ -304,14 +394,20 @@ class ModelServer:
             if ("label" in item.model_fields_set) == (item.labels is not None):
                 raise InvalidInput(f"feedback item {i}: give exactly one of 'label' or 'labels'")
         # The monitor's call blocks: off the event loop, as every other request goes on meanwhile.
-        result = await asyncio.to_thread(self.router.feedback, [it.model_dump(exclude_unset=True) for it in items],
+        result = await asyncio.to_thread(router.feedback, [it.model_dump(exclude_unset=True) for it in items],
                                          request.state.principal)
         request.state.rows = len(items)
         return result
 
 
-def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
-    parse_ref(model_ref)  # a bad reference fails here, not inside a replica
+def build_app(config: PlatformConfig, models: str | Sequence[str] = ()) -> serve.Application:
+    """The Serve application serving ``models`` (references, ``NAME@ALIAS`` or ``NAME@VERSION``, one per
+    model name), and whatever ``aiinfra serve deploy`` adds to it later (``ServedModels``)."""
+    refs = (models,) if isinstance(models, str) else tuple(models)
+    names = [parse_ref(ref).name for ref in refs]  # a bad reference fails here, not inside a replica
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidInput(f"an endpoint serves one reference per model; {twice} named more than once")
     require_shared_state(config)  # and a cluster of several nodes on one node's state, too
     sv = config.serve
     if sv.max_replicas < sv.min_replicas:
@@ -324,15 +420,15 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     if sv.model_gpus > 0 and sv.champion_in_router:
         raise InvalidInput("serve.model_gpus needs serve.champion_in_router: false (the router has no GPU: the "
                            "champion must have its own model deployment to run on one)")
-    name = parse_ref(model_ref).name
     limits: dict[str, Any] = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests}
     if sv.model_gpus > 0:
         limits["ray_actor_options"] = {**ModelVersions.ray_actor_options, "num_gpus": sv.model_gpus}
     # The champion's deployment scales with traffic; the challenger and shadow get a share of it, one replica each.
     # With serve.champion_in_router the router answers the champion itself, and its replicas scale instead.
-    champion = None if sv.champion_in_router else ModelVersions.options(name="champion", **limits, **scaling).bind(config, name)
-    challenger = ModelVersions.options(name="challenger", **limits, num_replicas=1).bind(config, name)
-    shadow = ModelVersions.options(name="shadow", **limits, num_replicas=1).bind(config, name)
+    # Each serves every model of the endpoint (multiplexed: serve.max_models_per_replica versions loaded).
+    champion = None if sv.champion_in_router else ModelVersions.options(name="champion", **limits, **scaling).bind(config)
+    challenger = ModelVersions.options(name="challenger", **limits, num_replicas=1).bind(config)
+    shadow = ModelVersions.options(name="shadow", **limits, num_replicas=1).bind(config)
     # The router does little per request: it gets a deeper queue than the models behind it.
     # A router that answers the champion does the model's work too: it reserves the model deployment's CPU
     # share, and sheds load itself (a JSON 503 past the model's limits, Router.admitted), so Serve's
@@ -347,11 +443,17 @@ def build_app(config: PlatformConfig, model_ref: str) -> serve.Application:
     return ModelServer.options(ray_actor_options={**ModelServer.ray_actor_options, "num_cpus": cpus},
                                max_ongoing_requests=ongoing,
                                max_queued_requests=4 * sv.max_queued_requests + headroom, **scaling).bind(
-        config, model_ref, champion, challenger, shadow)
+        config, refs, champion, challenger, shadow)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Entry for Serve config files: ``import_path: aiinfra.serving.app:app_builder``, ``args: {model: NAME@ALIAS}``."""
-    if "model" not in args:
-        raise InvalidInput("serve config args must name the model to serve, e.g. model: churn@champion")
-    return build_app(load_config(), str(args["model"]))
+    """Entry for Serve config files: ``import_path: aiinfra.serving.app:app_builder``, with ``args`` naming
+    what the endpoint serves: ``{model: NAME@ALIAS}``, or ``{models: [NAME@ALIAS, ...]}`` (an empty list:
+    only the models ``aiinfra serve deploy`` adds)."""
+    if ("model" in args) == ("models" in args):
+        raise InvalidInput("serve config args must name what to serve: model: churn@champion, or "
+                           "models: [churn@champion, ...]")
+    models = args["models"] if "models" in args else [args["model"]]
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise InvalidInput(f"serve config args.models must be a list of references like churn@champion, got {models!r}")
+    return build_app(load_config(), models)

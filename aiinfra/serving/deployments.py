@@ -1,6 +1,6 @@
-"""The model deployments (one per served role) and how the router reaches them over Serve handles.
+"""The model deployments (one per served role) and how the routers reach them over Serve handles.
 
-``ModelVersions`` answers one model's requests with the version each names; concurrent requests share a
+``ModelVersions`` answers any served model's requests with the version each names; concurrent requests share a
 forward pass (``@serve.batch``). ``DeploymentHandles`` is the router's port to them
 (``router.ModelDeployments``): the calls over Serve's handles, with Ray's failures turned into the
 platform's errors, so the router itself needs no Ray.
@@ -18,11 +18,12 @@ from ray.serve.exceptions import BackPressureError
 
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import AiInfraError, AtCapacity, ServiceUnavailable
-from aiinfra.inference.versions import LoadedVersions
+from aiinfra.inference.predictor import Predictor
+from aiinfra.inference.versions import load_predictor
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import ModelVersion
 
-__all__ = ["REPLICA_ENV", "DeploymentHandles", "ModelVersions"]
+__all__ = ["REPLICA_ENV", "DeploymentHandles", "ModelVersions", "model_id"]
 
 # Serve runs a replica's user code on an event loop in a thread of its own. On a small machine every
 # request then crosses threads (and the GIL) once more: running it on the replica's main loop took
@@ -33,27 +34,43 @@ __all__ = ["REPLICA_ENV", "DeploymentHandles", "ModelVersions"]
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
+def model_id(version: ModelVersion) -> str:
+    """The multiplexed model id of a version: ``NAME@VERSION`` (a reference the registry resolves)."""
+    return f"{version.name}@{version.version}"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.2, "runtime_env": {"env_vars": REPLICA_ENV}},
                   max_ongoing_requests=32, max_queued_requests=128)
 class ModelVersions:
-    """Answers one model's requests with the version each names; concurrent requests share a forward pass.
+    """Answers requests with the model version each names, for any model of the endpoint; concurrent
+    requests share a forward pass.
 
-    Versions are loaded on first use (download hash-checked) and the two most recently used are
-    kept, so the old and the new version both answer while an alias moves (``LoadedVersions``).
+    Versions are Serve's multiplexed models (``@serve.multiplexed``, model id ``NAME@VERSION``): loaded on
+    first use (download hash-checked), the ``serve.max_models_per_replica`` most recently used kept, and
+    Serve's handles send a request to a replica that has its version loaded when one does. So the old
+    and the new version both answer while an alias moves, and the models of a many-model endpoint share
+    the replicas, with the long tail loaded on demand.
     """
 
-    def __init__(self, config: PlatformConfig, name: str) -> None:
-        self.name = name
+    def __init__(self, config: PlatformConfig) -> None:
         device = "cuda" if config.serve.model_gpus > 0 else "cpu"
-        self._versions = LoadedVersions(RegistryClient.on_cluster(config, create=True), name, device=device)
+        registry = RegistryClient.on_cluster(config, create=True)
 
-    async def warm(self, version: int) -> int:
-        """Load ``version`` now, before any request needs it."""
-        await asyncio.to_thread(self._versions.get, version)
+        async def load(model_id: str) -> Predictor:
+            name, _, version = model_id.rpartition("@")
+            return await asyncio.to_thread(load_predictor, registry, name, int(version), device)
+
+        # Made here, not as a decorated method: the bound is the config's, known only now. Serve finds an
+        # instance attribute made so (serve._private.utils: it looks at the instance's attributes too).
+        self._predictor = serve.multiplexed(max_num_models_per_replica=config.serve.max_models_per_replica)(load)
+
+    async def warm(self, name: str, version: int) -> int:
+        """Load ``name@version`` now, before any request needs it."""
+        await self._predictor(f"{name}@{version}")
         return version
 
-    async def predict(self, rows: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
-        predictor = self._versions.loaded(version) or await asyncio.to_thread(self._versions.get, version)
+    async def predict(self, rows: list[dict[str, Any]], name: str, version: int) -> list[dict[str, Any]]:
+        predictor = await self._predictor(f"{name}@{version}")
         x = predictor.prepare(rows)  # a client's mistake fails this request alone, before batching
         return predictor.answer(await self._forward(predictor, x))
 
@@ -63,7 +80,7 @@ class ModelVersions:
     async def _forward(self, predictors: list[Any], xs: list[Any]) -> list[Any]:
         out: list[Any] = [None] * len(xs)
         groups: dict[int, list[int]] = {}
-        for i, p in enumerate(predictors):  # mixed versions happen only while an alias moves
+        for i, p in enumerate(predictors):  # one forward pass per model version in the batch
             groups.setdefault(id(p), []).append(i)
         for idx in groups.values():
             scores = predictors[idx[0]].forward(np.concatenate([xs[i] for i in idx]))
@@ -83,15 +100,29 @@ def _transport(handle: Any, config: PlatformConfig) -> Any:
 
 
 class DeploymentHandles:
-    """The router's port to the ``ModelVersions`` deployments of the roles that have one."""
+    """The router's port to the ``ModelVersions`` deployments of the roles that have one.
+
+    Each call names its version's multiplexed model id, so Serve sends it to a replica that has the
+    version loaded when one does (and a replica loads it otherwise).
+    """
 
     def __init__(self, config: PlatformConfig, handles: dict[str, Any]) -> None:
         self._handles = {role: _transport(h, config) for role, h in handles.items() if h is not None}
         self.roles = frozenset(self._handles)
+        self._by_model: dict[tuple[str, str], Any] = {}
+
+    def _handle(self, role: str, version: ModelVersion) -> Any:
+        key = (role, model_id(version))
+        handle = self._by_model.get(key)
+        if handle is None:
+            if len(self._by_model) >= 1024:  # versions come and go over months; the handles for them need not stay
+                self._by_model.clear()
+            handle = self._by_model[key] = self._handles[role].options(multiplexed_model_id=key[1])
+        return handle
 
     async def answer(self, role: str, version: ModelVersion, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
-            return await self._handles[role].predict.remote(rows, version.version)
+            return await self._handle(role, version).predict.remote(rows, version.name, version.version)
         except BackPressureError:
             raise AtCapacity(f"{version.ref} is at capacity; retry with backoff") from None
         except RayTaskError as e:
@@ -103,7 +134,7 @@ class DeploymentHandles:
             raise ServiceUnavailable(f"a replica serving {version.ref} went away; retry") from None
 
     def answer_blocking(self, role: str, version: ModelVersion, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._handles[role].predict.remote(rows, version.version).result(timeout_s=60)
+        return self._handle(role, version).predict.remote(rows, version.name, version.version).result(timeout_s=60)
 
     def warm(self, role: str, version: ModelVersion) -> None:
-        self._handles[role].warm.remote(version.version).result(timeout_s=300)
+        self._handle(role, version).warm.remote(version.name, version.version).result(timeout_s=300)

@@ -36,7 +36,7 @@ from aiinfra.serving.routing import goes_to_challenger, stable_fraction
 from aiinfra.serving.sampling import MonitorSampler
 from aiinfra.serving.shadow import ShadowComparer
 
-__all__ = ["FOLLOW_INTERVAL_S", "ROLES", "ModelDeployments", "Monitor", "Router"]
+__all__ = ["FOLLOW_INTERVAL_S", "ROLES", "Admission", "ModelDeployments", "Monitor", "Router"]
 
 log = logging.getLogger("aiinfra.serving")
 
@@ -88,6 +88,27 @@ class Local(Protocol):
     def get(self, version: int) -> Any: ...
 
 
+class Admission:
+    """The in-flight limit of one serving process, shared by the routers of all the models it serves.
+
+    Past ``limit`` inference requests in flight, a 503 at once. All run on the replica's event loop, so a
+    plain counter is safe. The message names no model: the limit is the replica's, not any one model's.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.inflight = limit, 0
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        if self.limit is not None and self.inflight >= self.limit:
+            raise AtCapacity(f"this replica is at capacity ({self.limit} requests in flight); retry with backoff")
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+
 class _ShadowCall:
     """What ShadowComparer calls from its thread: the shadow's deployment, with the version it mirrors to."""
 
@@ -111,6 +132,8 @@ class Router:
         canary_share: the challenger's share when its alias carries none (default: ``serve.canary_share``).
         clock: monotonic seconds.
         background: start the sampler's shipping thread (tests ship by hand with ``sampler.flush()``).
+        admission: the process's in-flight limit, shared with the routers of the other models it serves
+            (default: one of its own, with the limit below).
     """
 
     FOLLOW_INTERVAL_S = FOLLOW_INTERVAL_S
@@ -118,7 +141,7 @@ class Router:
     def __init__(self, config: PlatformConfig, model_ref: str, *, registry: Any, tokens: Any,
                  models: ModelDeployments, monitor: Monitor, features: Any = None, local: Local | None = None,
                  canary_share: Callable[[], float] | None = None, clock: Callable[[], float] = time.monotonic,
-                 background: bool = True) -> None:
+                 background: bool = True, admission: Admission | None = None) -> None:
         self.config = config
         self.model_ref = model_ref
         self.follows = parse_ref(model_ref).version is None  # an alias (or "newest"): it can move
@@ -132,9 +155,8 @@ class Router:
         # Load shedding when the router answers the champion: past this many inference requests in flight
         # (the model deployment's own limits), a 503 at once. Serve's limit on the router sits above it,
         # so its plain-text 503 stays the exception (build_app).
-        self.admit_limit = (config.serve.max_ongoing_requests + config.serve.max_queued_requests
-                            if local is not None else None)
-        self._inflight = 0
+        self.admission = admission or Admission(config.serve.max_ongoing_requests + config.serve.max_queued_requests
+                                                if local is not None else None)
         self.challenger: ModelVersion | None = None  # the canary's version, while a `challenger` alias exists
         self.shadow: ModelVersion | None = None  # mirrored (compared, never returned) while a `shadow` alias exists
         self.canary_share = config.serve.canary_share
@@ -159,17 +181,9 @@ class Router:
         if name != self.name:
             raise NotFound(f"model {name!r} is not served here (this deployment serves {self.name!r})")
 
-    @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
-        """One inference request in flight (all run on the replica's event loop: a plain counter is safe)."""
-        if self.admit_limit is not None and self._inflight >= self.admit_limit:
-            raise AtCapacity(f"{self.name} is at capacity ({self.admit_limit} requests in flight on "
-                                     "this replica); retry with backoff")
-        self._inflight += 1
-        try:
-            yield
-        finally:
-            self._inflight -= 1
+    def admitted(self) -> contextlib.AbstractContextManager[None]:
+        """One inference request in flight (``Admission``)."""
+        return self.admission.admitted()
 
     @staticmethod
     def request_id(given: str | None) -> str:
@@ -366,5 +380,7 @@ class Router:
                                                    **self._shadow.summary()}}
 
     def close(self) -> None:
+        """Stop the threads this router started (its model is no longer served here)."""
         if self.sampler is not None:
             self.sampler.close()
+        self._shadow.close()

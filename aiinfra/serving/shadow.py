@@ -31,13 +31,17 @@ def compare_predictions(primary: Sequence[Mapping[str, Any]], shadow: Sequence[M
     return {"rows": float(len(primary)), "same": float(same), "max_diff": max_diff}
 
 
+_STOP: Any = object()
+
+
 class ShadowComparer:
     def __init__(self, capacity: int = 64, on_result: Any = None) -> None:
         self._queue: queue.Queue[tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]] = queue.Queue(maxsize=capacity)
         self._on_result = on_result
         self.stats = {"mirrored": 0, "skipped": 0, "errors": 0, "rows": 0, "same": 0, "max_diff": 0.0}
         self._lock = threading.Lock()
-        threading.Thread(target=self._run, name="shadow", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
+        self._thread.start()
 
     def mirror(self, shadow: Any, rows: list[dict[str, Any]], primary: list[dict[str, Any]]) -> None:
         """Never blocks: a full queue skips this mirror."""
@@ -47,9 +51,16 @@ class ShadowComparer:
             with self._lock:
                 self.stats["skipped"] += 1
 
+    def close(self) -> None:
+        """End the comparing thread once what is queued is done (a router stopped: its model was removed)."""
+        self._queue.put(_STOP)  # blocks only while the queue is full, for at most one comparison's time
+
     def _run(self) -> None:
         while True:
-            shadow, rows, primary = self._queue.get()
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            shadow, rows, primary = item
             try:
                 result = compare_predictions(primary, shadow.predict(rows))
             except Exception:  # noqa: BLE001 - a failing shadow is reported, never raised

@@ -248,7 +248,8 @@ def test_a_shadow_version_sees_mirrored_traffic_and_is_compared_never_returned(d
                     assert r.status_code == 200 and r.json()["version"] != shadow.version  # never returned
             st = json.loads(subprocess.run([str(BIN / "aiinfra"), "serve", "status", "--json"], env=demo["env"],
                                            capture_output=True, text=True, timeout=90).stdout or "{}")
-            mirrored = (((st.get("apps") or {}).get("aiinfra") or {}).get("serving") or {}).get("shadow") or {}
+            serving = ((st.get("apps") or {}).get("aiinfra") or {}).get("serving") or {}
+            mirrored = ((serving.get("models") or {}).get("churn") or {}).get("shadow") or {}
             if mirrored.get("mirrored", 0) > 0:
                 break
             assert time.monotonic() < deadline, st

@@ -172,7 +172,7 @@ def test_serve_deploy_puts_a_registered_model_on_http_and_status_shows_it(cluste
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "churn-job" and r.json()["version"] == 1
     st = json.loads(aiinfra(cluster["env"], "serve", "status", "--json").stdout)
-    assert st["apps"]["aiinfra"]["serving"]["model"] == "churn-job"
+    assert st["apps"]["aiinfra"]["serving"]["models"]["churn-job"]["model"] == "churn-job"
     # The same model over OIP v2 gRPC (Serve's gRPC proxy, which `up` started on AIINFRA_SERVE_GRPC_PORT),
     # with Triton's client, as a team's existing client code would call it.
     import numpy as np

@@ -97,3 +97,23 @@ def test_a_restart_under_load_loses_nothing_acknowledged_and_recovers_by_itself(
     assert stored == list(range(1, len(stored) + 1)), "versions are 1..n with no gaps or repeats"
     assert set(acked) <= set(stored) and len(acked) == len(set(acked))
     platform.close()
+
+
+def test_served_models_upsert_and_remove_on_postgres(postgres_url):
+    """The endpoint's model rows on Postgres (its ON CONFLICT upsert is the same SQL SQLite runs)."""
+    from aiinfra.errors import NotFound
+    from aiinfra.serving.endpoint import ServedModels
+
+    db = open_metadata_db(postgres_url)
+    try:
+        added = ServedModels(db)
+        added.add("aiinfra", "churn@champion", who="alice")
+        added.add("aiinfra", "fraud@3")
+        added.add("aiinfra", "churn@2")  # replaced by name
+        assert ServedModels(db).of("aiinfra") == {"churn": "churn@2", "fraud": "fraud@3"}  # a second opener sees it
+        assert added.remove("aiinfra", "fraud") == "fraud@3"
+        with pytest.raises(NotFound):
+            added.remove("aiinfra", "fraud")
+        assert added.clear("aiinfra") == 1 and added.of("aiinfra") == {}
+    finally:
+        db.close()

@@ -680,6 +680,105 @@ def test_the_champion_answered_in_the_router_matches_and_follows_its_alias(serve
         serve.delete("httpcheck-local")
 
 
+def test_a_multi_model_endpoint_adds_and_removes_models_under_load_without_failing_the_others(served, platform, tmp_path):
+    """One app, several models: one declared by its builder, one added before it starts, a third added and the
+    second removed while clients call both; the declared model's clients see no failed request throughout, the
+    removed model's see 200s and then JSON 404s (never a 5xx). Two versions kept per replica for three models:
+    the LRU loads the long tail again on demand."""
+    import threading
+
+    from ray import serve
+
+    from aiinfra.serving.app import build_app
+    from aiinfra.serving.endpoint import ServedModels
+    from aiinfra.storage import open_metadata_db
+
+    base, auth = served["base"], served["auth"]
+    try:
+        serve.delete("httpcheck-bp")  # two CPUs: room for this app's reservations (gone already if the test above ran)
+    except Exception:  # noqa: BLE001
+        pass
+    second, third = f"{MODEL}-b", f"{MODEL}-c"
+    for name in (second, third):
+        platform.registry.register(name, tmp_path / name, signature=_model_dir(tmp_path / name))
+    cfg = served["config"]
+    multi = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"champion_in_router": True,
+                                                                         "max_models_per_replica": 2})})
+    app, prefix = "httpcheck-multi", "/multi"
+    db = open_metadata_db(cfg.metadata_url)
+    added = ServedModels(db)
+    added.add(app, f"{second}@1")
+    serve.run(build_app(multi, [f"{MODEL}@{served['version']}"]), name=app, route_prefix=prefix)
+    try:
+        def predict(client, name):
+            return client.post(f"{base}{prefix}/predict/{name}", json={"instances": [ROW]}, headers=auth)
+
+        with httpx.Client(timeout=30) as client:
+            for name in (MODEL, second):
+                r = predict(client, name)
+                assert r.status_code == 200 and r.json()["model"] == name, r.text
+            assert predict(client, third).status_code == 404
+
+        codes: dict[str, list[int]] = {MODEL: [], second: []}
+        bodies: list[str] = []
+        stop = threading.Event()
+
+        def load(name: str) -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    r = predict(client, name)
+                    codes[name].append(r.status_code)
+                    if r.status_code != 200:
+                        bodies.append(r.text[:200])
+
+        clients = [threading.Thread(target=load, args=(n,)) for n in codes]
+        for t in clients:
+            t.start()
+
+        def wait_for(done, what: str) -> None:
+            deadline = time.monotonic() + 60
+            while not done():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.2)
+
+        try:
+            time.sleep(1.0)
+            added.add(app, f"{third}@1")  # no redeploy: the replicas pick it up on their next follower step
+            with httpx.Client(timeout=30) as client:
+                wait_for(lambda: predict(client, third).status_code == 200, f"{third} never served")
+                meta = client.get(f"{base}{prefix}/v2/models/{third}", headers=auth)
+                assert meta.status_code == 200 and meta.json()["name"] == third
+                assert client.get(f"{base}{prefix}/v2/models/{third}/ready", headers=auth).json()["ready"] is True
+            added.remove(app, second)
+            wait_for(lambda: codes[second][-1:] == [404], f"{second} never removed")
+            time.sleep(1.0)  # the declared model keeps being asked after the removal too
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(timeout=60)
+        assert codes[MODEL] and set(codes[MODEL]) == {200}, (set(codes[MODEL]), bodies[:3])
+        first_404 = codes[second].index(404)
+        assert set(codes[second][:first_404]) == {200} and set(codes[second][first_404:]) == {404}, bodies[:3]
+        gone = httpx.post(f"{base}{prefix}/predict/{second}", json={"instances": [ROW]}, headers=auth, timeout=30)
+        _assert_error_json(gone, "removed")
+        assert f"{second!r} is not served here" in gone.json()["error"] and third in gone.json()["error"]
+
+        state = serve.get_app_handle(app).served.remote().result(timeout_s=30)
+        assert set(state["models"]) == {MODEL, third}
+        assert state["models"][MODEL]["declared"] and not state["models"][third]["declared"]
+        assert len(state["loaded"]) <= 2 and state["problems"] == {}
+        # A row naming a version that does not exist is reported, and the others keep serving.
+        added.add(app, f"{second}@99")
+        wait_for(lambda: second in serve.get_app_handle(app).served.remote().result(timeout_s=30)["problems"],
+                 "a bad row was not reported")
+        with httpx.Client(timeout=30) as client:
+            assert predict(client, MODEL).status_code == 200 and predict(client, third).status_code == 200
+    finally:
+        serve.delete(app)
+        added.clear(app)
+        db.close()
+
+
 # -- OIP v2 over gRPC, with Triton's own client ---------------------------------------------------------------------
 APP = {"application": "httpcheck"}  # two Serve apps run here: gRPC calls name theirs (Serve's proxy routes by it)
 GRPC_ROWS = [("tenure_months", "FP64", [2.0, 60.0]), ("monthly_charges", "FP64", [150.0, 30.0]),

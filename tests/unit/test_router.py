@@ -285,7 +285,7 @@ def test_a_pinned_version_is_not_followed(config, tokens):
 
 def test_admission_refuses_past_the_limit_with_503_when_the_router_answers_the_champion(config, tokens):
     router = make_router(config, tokens, local=FakeLocal(), ongoing=2, queued=1)
-    assert router.admit_limit == 3
+    assert router.admission.limit == 3
     with router.admitted(), router.admitted(), router.admitted():
         with pytest.raises(ServiceUnavailable, match="at capacity \\(3 requests in flight"):
             with router.admitted():
@@ -294,9 +294,9 @@ def test_admission_refuses_past_the_limit_with_503_when_the_router_answers_the_c
         pass
     with pytest.raises(RuntimeError), router.admitted():
         raise RuntimeError("boom")
-    assert router._inflight == 0
+    assert router.admission.inflight == 0
     unlimited = make_router(config, tokens)  # the champion's deployment sheds its own load
-    assert unlimited.admit_limit is None
+    assert unlimited.admission.limit is None
     with unlimited.admitted(), unlimited.admitted(), unlimited.admitted(), unlimited.admitted():
         pass
 

@@ -276,6 +276,88 @@ def test_loaded_versions_load_on_first_use_and_keep_the_two_most_recent(tmp_path
             versions.get(9)
 
 
+def test_loaded_models_keep_the_most_recent_versions_over_all_models_of_an_endpoint(tmp_path, pre, predictor):
+    """One bound for a many-model endpoint's long tail: the least recently *used* version goes, whichever model it is
+    of, and a version evicted is loaded again (same files, same answers) when next asked."""
+    from aiinfra.config import load_config
+    from aiinfra.inference.versions import LoadedModels
+    from aiinfra.platform import open_local
+
+    with open_local(load_config(environ={}, home=str(tmp_path / "home"))) as p:
+        for name in ("a", "b", "c"):
+            p.registry.register(name, tmp_path / "m", signature=signature_for(pre))
+        p.registry.register("a", tmp_path / "m", signature=signature_for(pre))  # a@2
+        models = LoadedModels(p.registry, keep=3)
+        a, b = models.of("a"), models.of("b")
+        first = a.get(1)
+        b.get(1)
+        a.get(2)
+        assert models.keys == [("a", 1), ("b", 1), ("a", 2)] and a.versions == [1, 2] and b.versions == [1]
+        assert a.loaded(1) is first  # a hit on the request path is a use: a@1 is now the most recent
+        models.get("c", 1)  # past the bound: b@1, used least recently, goes (not a@1, loaded first)
+        assert models.keys == [("a", 2), ("a", 1), ("c", 1)] and b.loaded(1) is None
+        row = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}
+        assert b.get(1).predict([row]) == first.predict([row])  # loaded again on demand
+        assert len(models.keys) == 3
+        with pytest.raises(NotFound):
+            models.get("nope", 1)
+        with pytest.raises(ValueError, match="keep"):
+            LoadedModels(p.registry, keep=0)
+
+
+def test_served_models_are_added_replaced_and_removed_by_name_per_app(tmp_path):
+    from aiinfra.serving.endpoint import ServedModels
+    from aiinfra.storage import open_metadata_db
+
+    db = open_metadata_db(f"sqlite:///{tmp_path / 'meta.db'}")
+    try:
+        check_served_models(ServedModels(db))
+    finally:
+        db.close()
+
+
+def check_served_models(added) -> None:
+    """What ServedModels does on any metadata DB (the Postgres twin: tests/integration/test_metadata_on_postgres.py)."""
+    assert added.of("aiinfra") == {}
+    assert added.add("aiinfra", "churn@champion", who="alice") == "churn"
+    added.add("aiinfra", "fraud@3")
+    added.add("other", "churn@1")  # another app's models are its own
+    assert added.of("aiinfra") == {"churn": "churn@champion", "fraud": "fraud@3"}
+    added.add("aiinfra", "churn@2")  # the same name: replaced, not a second row
+    assert added.of("aiinfra") == {"churn": "churn@2", "fraud": "fraud@3"}
+    assert added.db.query("SELECT added_by FROM served_models WHERE app = 'aiinfra' AND name = 'churn'")[0]["added_by"] \
+        == "unknown"
+    assert added.remove("aiinfra", "fraud") == "fraud@3"
+    assert added.of("aiinfra") == {"churn": "churn@2"}
+    with pytest.raises(NotFound, match="'fraud' was not added to the Serve app 'aiinfra'"):
+        added.remove("aiinfra", "fraud")
+    with pytest.raises(InvalidInput):
+        added.add("aiinfra", "no spaces allowed@1")
+    assert added.clear("aiinfra") == 1 and added.of("aiinfra") == {} and added.of("other") == {"churn": "churn@1"}
+
+
+def test_an_endpoint_is_built_for_several_models_and_serve_configs_name_them(tmp_path, monkeypatch):
+    from aiinfra.config import load_config
+    from aiinfra.serving.app import app_builder, build_app
+
+    cfg = load_config(environ={}, home=str(tmp_path))
+    ingress = build_app(cfg, ["churn@champion", "fraud@3"])._bound_deployment
+    assert ingress.init_args[1] == ("churn@champion", "fraud@3")
+    assert build_app(cfg, "churn@champion")._bound_deployment.init_args[1] == ("churn@champion",)
+    assert build_app(cfg)._bound_deployment.init_args[1] == ()  # only what `serve deploy` adds later
+    with pytest.raises(InvalidInput, match=r"\['churn'\] named more than once"):
+        build_app(cfg, ["churn@champion", "churn@2"])
+    with pytest.raises(InvalidInput):
+        build_app(cfg, ["churn@champion", "bad name"])
+    monkeypatch.setenv("AIINFRA_HOME", str(tmp_path))
+    assert app_builder({"models": ["a@1", "b@champion"]})._bound_deployment.init_args[1] == ("a@1", "b@champion")
+    assert app_builder({"model": "a@1"})._bound_deployment.init_args[1] == ("a@1",)
+    assert app_builder({"models": []})._bound_deployment.init_args[1] == ()
+    for bad in ({}, {"model": "a@1", "models": ["b@1"]}, {"models": "a@1"}, {"models": [1]}):
+        with pytest.raises(InvalidInput, match="model"):
+            app_builder(bad)
+
+
 def test_model_gpus_go_to_the_model_deployments_and_need_the_champion_out_of_the_router(tmp_path):
     from aiinfra.config import load_config
     from aiinfra.serving.app import build_app

@@ -46,3 +46,16 @@ def test_a_slow_shadow_skips_mirrors_instead_of_queueing_without_bound():
         comparer.mirror(slow, [{"x": 1}], [{"label": 1}])  # returns at once every time
     assert comparer.summary()["skipped"] >= 7
     gate.set()
+
+
+def test_close_ends_the_comparing_thread_after_what_is_queued():
+    """A router stopped (its model removed from the endpoint) leaves no thread behind."""
+    gate = threading.Event()
+    comparer = ShadowComparer()
+    comparer.mirror(Fake([{"label": 1}], gate=gate), [{"x": 1}], [{"label": 1}])
+    comparer.close()
+    assert comparer._thread.is_alive()  # still comparing what was queued
+    gate.set()
+    comparer._thread.join(timeout=5)
+    assert not comparer._thread.is_alive()
+    assert comparer.summary()["mirrored"] == 1  # what was queued before close was still compared
