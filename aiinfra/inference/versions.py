@@ -24,10 +24,14 @@ Key = tuple[str, int]
 
 
 def load_predictor(registry: Any, name: str, version: int, device: str = "cpu") -> Predictor:
-    """``name@version``'s files downloaded (hash-checked) into a new directory, and loaded (blocking)."""
+    """``name@version``'s files downloaded (hash-checked) into a temporary directory and loaded (blocking).
+
+    The directory goes once the predictor is built: every runtime reads its model into memory (torch state,
+    ONNX and XGBoost from bytes), and a long tail loaded again and again must not fill the disk.
+    """
     v = registry.get(f"{name}@{version}")
-    model_dir = registry.download(v, tempfile.mkdtemp(prefix=f"aiinfra-{v.name}-{v.version}-"))
-    return Predictor(v, model_dir, device=device)
+    with tempfile.TemporaryDirectory(prefix=f"aiinfra-{v.name}-{v.version}-") as tmp:
+        return Predictor(v, registry.download(v, tmp), device=device)
 
 
 class LoadedModels:

@@ -282,9 +282,11 @@ def test_the_trained_trees_distil_into_an_mlp_that_prunes_smaller(cluster, train
     assert f"churn-job@{version['lineage']['parent_version']}" == student["model"]
 
 
-def test_an_onnx_model_trained_elsewhere_is_imported_quantized_served_and_batch_scored(cluster, customers, tmp_path):
+def test_an_onnx_model_trained_elsewhere_is_imported_quantized_served_and_batch_scored(cluster, customers, trained,
+                                                                                      tmp_path):
     """A scikit-learn MLP converted with skl2onnx, as a team would bring it: `aiinfra models import`, then
-    `aiinfra optimize --quantize int8`, then served over HTTP (and OIP) and batch-scored like a trained model."""
+    `aiinfra optimize --quantize int8`, then served over HTTP (and OIP) and batch-scored like a trained model;
+    then served beside the trained trees on one endpoint, and taken off it while the trees keep answering."""
     import httpx
     import numpy as np
     import yaml
@@ -361,6 +363,29 @@ def test_an_onnx_model_trained_elsewhere_is_imported_quantized_served_and_batch_
     scored = aiinfra(env, "predict", "churn-onnx@champion", f"customers@{version}", "--json")
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert json.loads(scored.stdout)["rows"] == 2_000
+
+    # One endpoint, two models: `serve deploy` adds the trees beside the ONNX model (the endpoint keeps running),
+    # `serve remove` takes the ONNX model off and the trees go on answering.
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    both = aiinfra(env, "serve", "deploy", "churn-job@champion", "--json")
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert "churn-onnx" in json.loads(both.stdout)["also_serving"]
+    trees = f"{base}/predict/churn-job"
+    row = {**risky, "plan": "basic", "region": "north"}
+    assert httpx.post(trees, json={"instances": [row]}, headers=auth, timeout=30).status_code == 200
+    st = json.loads(aiinfra(env, "serve", "status", "--json").stdout)
+    assert {"churn-job", "churn-onnx"} <= set(st["apps"]["aiinfra"]["serving"]["models"])
+    listed = aiinfra(env, "serve", "status")
+    assert "churn-onnx" in listed.stdout and "churn-job" in listed.stdout, listed.stdout
+    removed = aiinfra(env, "serve", "remove", "churn-onnx", "--json")
+    assert removed.returncode == 0, removed.stderr[-3000:]
+    assert json.loads(removed.stdout)["ref"] == "churn-onnx@champion"
+    assert "churn-job" in json.loads(removed.stdout)["still_serving"]
+    gone = httpx.post(url, json={"instances": [risky]}, headers=auth, timeout=30)
+    assert gone.status_code == 404 and "not served here" in gone.json()["error"], gone.text
+    assert httpx.post(trees, json={"instances": [row]}, headers=auth, timeout=30).status_code == 200
+    again = aiinfra(env, "serve", "remove", "churn-onnx")
+    assert again.returncode == 2 and "was not added" in again.stderr, again.stderr[-2000:]
 
 
 def test_down_stops_exactly_that_cluster(cluster):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -276,7 +277,8 @@ def test_loaded_versions_load_on_first_use_and_keep_the_two_most_recent(tmp_path
             versions.get(9)
 
 
-def test_loaded_models_keep_the_most_recent_versions_over_all_models_of_an_endpoint(tmp_path, pre, predictor):
+def test_loaded_models_keep_the_most_recent_versions_over_all_models_of_an_endpoint(tmp_path, pre, predictor,
+                                                                                   monkeypatch):
     """One bound for a many-model endpoint's long tail: the least recently *used* version goes, whichever model it is
     of, and a version evicted is loaded again (same files, same answers) when next asked."""
     from aiinfra.config import load_config
@@ -287,6 +289,9 @@ def test_loaded_models_keep_the_most_recent_versions_over_all_models_of_an_endpo
         for name in ("a", "b", "c"):
             p.registry.register(name, tmp_path / "m", signature=signature_for(pre))
         p.registry.register("a", tmp_path / "m", signature=signature_for(pre))  # a@2
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
         models = LoadedModels(p.registry, keep=3)
         a, b = models.of("a"), models.of("b")
         first = a.get(1)
@@ -299,6 +304,7 @@ def test_loaded_models_keep_the_most_recent_versions_over_all_models_of_an_endpo
         row = {"tenure_months": 2.0, "monthly_charges": 150.0, "support_calls": 6, "plan": "basic", "region": "north"}
         assert b.get(1).predict([row]) == first.predict([row])  # loaded again on demand
         assert len(models.keys) == 3
+        assert list(scratch.iterdir()) == []  # each load's download is gone once loaded: misses never fill the disk
         with pytest.raises(NotFound):
             models.get("nope", 1)
         with pytest.raises(ValueError, match="keep"):
