@@ -94,6 +94,7 @@ bench: $(STAMP) postgres
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/multi_model.py
 	$(BIN)/python benchmarks/monitor_cpu.py
 
 clean:
