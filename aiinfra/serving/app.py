@@ -131,10 +131,9 @@ class ModelServer:
         self._local = LoadedModels(self._registry, keep=sv.max_models_per_replica) if champion is None else None
         self._admission = Admission(sv.max_ongoing_requests + sv.max_queued_requests if champion is None else None)
         self._features = FeatureStoreClient.on_cluster(config, create=True)
-        self.routers: dict[str, Router] = {}
+        # A declared model that cannot be served fails the deployment; an added one is reported (``_sync``).
+        self.routers: dict[str, Router] = {name: self._router(ref) for name, ref in self._declared.items()}
         self._problems: dict[str, dict[str, Any]] = {}  # name -> why its router could not start, and when
-        for name, ref in self._declared.items():  # a declared model that cannot be served fails the deployment
-            self.routers = {**self.routers, name: self._router(ref)}
         self._sync()
         self._stop = threading.Event()
         threading.Thread(target=self._follow, name=f"follow-{self._app}", daemon=True).start()
