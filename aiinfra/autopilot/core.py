@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from scipy.stats import norm
 
 from aiinfra.autopilot.policy import AutopilotPolicy, CanaryMetric, load_policy
@@ -136,6 +136,20 @@ class ArmStats(BaseModel):
     errors: int = Field(ge=0)
     labelled: int = Field(ge=0)
     correct: int = Field(ge=0)
+    # Where the monitor capped a client token's own labels (monitoring.max_token_share): what was sent, and by
+    # whom. labelled / correct above are what counts.
+    labelled_all: int | None = Field(None, ge=0)
+    correct_all: int | None = Field(None, ge=0)
+    capped_tokens: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_caps(self, handler: Any) -> dict[str, Any]:
+        """Stored and shown as four counters unless a cap applied: the decision log names capped tokens only."""
+        out = handler(self)
+        if not self.capped_tokens:
+            for key in ("labelled_all", "correct_all", "capped_tokens"):
+                out.pop(key, None)
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> ArmStats:

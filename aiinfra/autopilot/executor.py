@@ -257,7 +257,9 @@ class AutopilotExecutor:
         job_id = f"retrain-{model}-{uuid.uuid4().hex[:8]}"
         retrain = policy.retrain
         args = [self._python, "-m", "aiinfra.cli", "retrain", model, "--config", retrain.training_config,
-                "--recent-rows", str(retrain.recent_rows), "--result-key", retrain_result_key(model, job_id)]
+                "--recent-rows", str(retrain.recent_rows), "--result-key", retrain_result_key(model, job_id),
+                "--min-trusted-holdout", str(retrain.min_trusted_holdout),
+                "--max-untrusted-share", str(retrain.max_untrusted_share)]
         if retrain.reference_rows is not None:
             args += ["--reference-rows", str(retrain.reference_rows)]
         self._jobs.submit(shlex.join(args), submission_id=job_id, metadata={"autopilot_model": model})

@@ -60,6 +60,12 @@ class RetrainPolicy(_Section):
     reference_rows: int | None = Field(
         None, ge=0, description="the newest rows of the training dataset kept beside them (None: all of it)"
     )
+    # The gate judges on labels no client chose (aiinfra/pipelines/retrain.py): the newest rows labelled by a
+    # labeller or admin token when there are this many, else the newest reference rows.
+    min_trusted_holdout: int = Field(100, ge=1, description="trusted labelled rows needed to hold out production rows")
+    max_untrusted_share: float = Field(
+        0.3, ge=0, le=1, description="rows labelled by the client that made the request: at most this share of training"
+    )
 
 
 class CanaryPolicy(_Section):

@@ -27,6 +27,12 @@ class RetrainResult(BaseModel):
     dataset_version: str | None = None
     production_rows: int = 0
     reference_rows: int = 0
+    holdout: str | None = None  # what judged it: "trusted production rows" or "reference rows"
+    holdout_dataset: str | None = None
+    holdout_rows: int = 0
+    trusted_rows: int = 0  # labelled by a labeller / admin token
+    untrusted_rows: int = 0  # labelled by the client that made the request
+    untrusted_left_out: int = 0  # past the policy's max_untrusted_share
     seconds: float = 0.0
 
     @property

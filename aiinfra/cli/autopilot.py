@@ -27,7 +27,9 @@ def _retrain(args: argparse.Namespace) -> None:
           file=sys.stderr, flush=True)
     with connect(config) as platform:
         result = run_retrain(platform, args.model, args.config, recent_rows=args.recent_rows,
-                             reference_rows=args.reference_rows, result_key=args.result_key, log=stage_log())
+                             reference_rows=args.reference_rows, result_key=args.result_key,
+                             min_trusted_holdout=args.min_trusted_holdout, max_untrusted_share=args.max_untrusted_share,
+                             log=stage_log())
     if args.json:
         return print_json(result.model_dump(mode="json"))
     print(result.challenger or f"{result.model} (refused by the gate: not a challenger)")
@@ -127,6 +129,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     retrain.add_argument("--recent-rows", type=int, default=5000, help="labelled production rows to add (default 5000)")
     retrain.add_argument("--reference-rows", type=int, default=None,
                          help="the newest rows of the training dataset to keep (default: all)")
+    retrain.add_argument("--min-trusted-holdout", type=int, default=100,
+                         help="rows labelled by a labeller/admin token needed to judge on production rows (default 100; "
+                              "else the newest reference rows judge)")
+    retrain.add_argument("--max-untrusted-share", type=float, default=0.3,
+                         help="rows labelled by the client that made the request: at most this share of the training "
+                              "rows (default 0.3)")
     retrain.add_argument("--result-key", default=None, help="artifact-store key to write the result JSON to")
     retrain.add_argument("--json", action="store_true")
     retrain.set_defaults(func=_retrain)

@@ -111,6 +111,9 @@ MIGRATIONS = (
             )""",
         ),
     ),
+    # Per arm, the labels each client token gave its own requests (PerformanceTracker.arm_tokens): a restarted
+    # monitor still caps one client's share of a canary.
+    Migration(5, ("ALTER TABLE monitor_arms ADD COLUMN tokens TEXT",)),
 )
 
 
@@ -600,18 +603,22 @@ def save_arms(db: MetadataDB, model: str, stats: Mapping[str, Any]) -> None:
     db.ensure_schema(COMPONENT, MIGRATIONS)
     with db.transaction() as tx:
         tx.execute(
-            "INSERT INTO monitor_arms (model, since, arms, updated_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO monitor_arms (model, since, arms, tokens, updated_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (model) DO UPDATE SET since = excluded.since, arms = excluded.arms, "
-            "updated_at = excluded.updated_at",
-            (model, float(stats["since"]), json.dumps(stats["arms"], sort_keys=True), time.time()),
+            "tokens = excluded.tokens, updated_at = excluded.updated_at",
+            (model, float(stats["since"]), json.dumps(stats["arms"], sort_keys=True),
+             json.dumps(stats.get("tokens") or {}, sort_keys=True), time.time()),
         )
 
 
 def load_arms(db: MetadataDB, model: str) -> dict[str, Any] | None:
     """The arms last stored for ``model`` (the shape of ``arm_stats()``), or None."""
     db.ensure_schema(COMPONENT, MIGRATIONS)
-    rows = db.query("SELECT since, arms FROM monitor_arms WHERE model = ?", (model,))
-    return {"since": float(rows[0]["since"]), "arms": json.loads(rows[0]["arms"])} if rows else None
+    rows = db.query("SELECT since, arms, tokens FROM monitor_arms WHERE model = ?", (model,))
+    if not rows:
+        return None
+    return {"since": float(rows[0]["since"]), "arms": json.loads(rows[0]["arms"]),
+            "tokens": json.loads(rows[0]["tokens"] or "{}")}
 
 
 class EstimateCheck(BaseModel):

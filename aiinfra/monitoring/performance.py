@@ -42,10 +42,60 @@ from aiinfra.monitoring.labelled import LabelledRows, Table
 from aiinfra.monitoring.sizes import approx_bytes
 from aiinfra.monitoring.statistics import roc_auc
 
-__all__ = ["OUTCOMES", "PerformanceTracker"]
+__all__ = ["OUTCOMES", "PerformanceTracker", "judged_arms"]
 
 # What ``judge`` says of each label, in order.
 OUTCOMES = ("matched", "unknown", "invalid", "refused")
+
+
+# Client tokens counted per canary arm; past it, the rest share one count (see _count_token).
+MAX_ARM_TOKENS = 10_000
+OTHER_TOKENS = "(other tokens)"
+
+
+def judged_arms(stats: Mapping[str, Any], max_share: float) -> dict[str, Any]:
+    """``arm_stats()`` as a canary is judged on: on each arm, the labels any one client token gave its own
+    requests count for at most ``max_share`` of the arm's counted labels (labels from labeller/admin tokens are
+    not capped). A capped token's correct count is scaled with its labelled count. Each arm keeps what was
+    counted before the cap as ``labelled_all``/``correct_all`` and names the capped tokens (``capped_tokens``)
+    where any was capped.
+
+    Why: a client that may report its own outcomes could otherwise decide a canary alone, labelling the
+    challenger's answers right and the champion's wrong. With ``max_share`` 1 nothing is capped."""
+    arms = {v: dict(c) for v, c in stats.get("arms", {}).items()}
+    tokens = stats.get("tokens") or {}
+    for version, arm in arms.items():
+        per = {t: (int(n[0]), int(n[1])) for t, n in (tokens.get(version) or {}).items() if int(n[0]) > 0}
+        if max_share >= 1.0 or not per:
+            continue
+        free_n = arm.get("labelled", 0) - sum(n for n, _ in per.values())  # labeller/admin/open labels
+        free_c = arm.get("correct", 0) - sum(c for _, c in per.values())
+        cap = _share_cap([n for n, _ in per.values()], free_n, max_share)
+        capped = sorted(t for t, (n, _) in per.items() if n > cap + 1e-6)
+        if not capped:
+            continue
+        kept = {t: min(n, int(cap + 1e-6)) for t, (n, _) in per.items()}  # bisection ends a hair below an integer
+        arm["labelled_all"], arm["correct_all"], arm["capped_tokens"] = arm.get("labelled", 0), arm.get("correct", 0), capped
+        arm["labelled"] = free_n + sum(kept.values())
+        arm["correct"] = free_c + sum(int(round(c * kept[t] / n)) for t, (n, c) in per.items())
+    return {**stats, "arms": arms}
+
+
+def _share_cap(counts: Sequence[int], free: int, share: float) -> float:
+    """The largest C with C <= share * (free + sum(min(n, C))): what one token may count for so that no token is
+    more than ``share`` of what is counted. The right side less C is concave in C and not negative at 0, so the
+    C that satisfy it are an interval from 0 and bisection finds its end."""
+    top = float(max(counts))
+    if top <= share * (free + sum(counts)):
+        return top
+    lo, hi = 0.0, top
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mid <= share * (free + sum(min(n, mid) for n in counts)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class PerformanceTracker:
@@ -86,6 +136,10 @@ class PerformanceTracker:
         self._rows = LabelledRows(max_labelled_rows)
         self._truth_of: dict[tuple[type, Any], float | None] = {}  # classification: label -> class index (memo)
         self.arms: dict[int, dict[str, int]] = {}
+        # Per arm, the labels (labelled, correct) each token gave its own requests with: a client reporting its
+        # own outcomes, whose share of an arm's judgement ``judged_arms`` caps. Labels from a token that may label
+        # any request (labeller, admin) or from an open endpoint are not in here: they are not capped.
+        self.arm_tokens: dict[int, dict[str, list[int]]] = {}
         self.arms_since = time.time()
         self.hold_s, self.max_held = hold_s, max_held
         self._held: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()  # early labels
@@ -99,11 +153,13 @@ class PerformanceTracker:
         self._out_labelled = Table(3, max_labelled_rows)
         self._out_rows = LabelledRows(max_labelled_rows)
         self._arms_handed: dict[int, dict[str, int]] = {}
+        self._tokens_handed: dict[int, dict[str, list[int]]] = {}
         self._counts_handed: dict[str, int] = {}
 
     def carry_over(self, old: PerformanceTracker) -> None:
         """Keep ``old``'s labelled production rows and canary arms (the monitor rebased on a new champion)."""
         self._rows, self.arms, self.arms_since = old._rows, old.arms, old.arms_since
+        self.arm_tokens = old.arm_tokens
         self._labelled_at = old._labelled_at
 
     @property
@@ -238,21 +294,36 @@ class PerformanceTracker:
     def reset_arms(self) -> None:
         """Start counting the arms afresh (a canary begins)."""
         self.arms = {}
+        self.arm_tokens = {}
         self._arms_handed = {}
+        self._tokens_handed = {}
         self.arms_since = time.time()
 
     def arm_stats(self) -> dict[str, Any]:
-        return {"since": self.arms_since, "arms": {str(v): dict(c) for v, c in self.arms.items()}}
+        """The arms as counted (``judged_arms`` caps one client's share of them), and the labels per client token."""
+        return {"since": self.arms_since, "arms": {str(v): dict(c) for v, c in self.arms.items()},
+                "tokens": {str(v): {t: list(n) for t, n in per.items()} for v, per in self.arm_tokens.items()}}
+
+    def _count_token(self, version: int, token: str, labelled: int, correct: int) -> None:
+        per = self.arm_tokens.setdefault(int(version), {})
+        if token not in per and len(per) >= MAX_ARM_TOKENS:
+            token = OTHER_TOKENS  # bounded: the rest are capped as one client, which only caps them more
+        counts = per.setdefault(token, [0, 0])
+        counts[0] += labelled
+        counts[1] += correct
 
     def restore_arms(self, stats: Mapping[str, Any]) -> None:
         """Continue counting from stored ``arm_stats()`` (the monitor restarted mid-canary)."""
         self.arms = {int(v): {k: int(c.get(k, 0)) for k in ("requests", "errors", "labelled", "correct")}
                      for v, c in stats["arms"].items()}
+        self.arm_tokens = {int(v): {str(t): [int(n[0]), int(n[1])] for t, n in per.items()}
+                           for v, per in (stats.get("tokens") or {}).items()}
         self.arms_since = float(stats["since"])
 
     def labelled_rows(self, limit: int | None = None, *, max_share: float = 1.0) -> list[dict[str, Any]]:
         """The most recent labelled production rows (oldest first): features, ``label``, ``served_at``,
-        ``version``, ``labelled_by``; with ``max_share`` below 1, at most that share of ``limit`` (or of all)
+        ``version``, ``labelled_by``, ``label_trusted`` (the label came from a token that may label any request, or
+        from an open endpoint); with ``max_share`` below 1, at most that share of ``limit`` (or of all)
         from any one labelling token, the newest of its rows first."""
         rows = self._rows.rows()
         if max_share < 1.0:
@@ -362,7 +433,8 @@ class PerformanceTracker:
                 continue
             del self._pending[rid]
             self._forget(rid)
-            accepted.append((served, version, kept, served_at, labels, truths, item.get("by")))
+            accepted.append((served, version, kept, served_at, labels, truths, item.get("by"),
+                             bool(item.get("trusted", True))))
             outcomes.append("matched")
         if accepted:
             self._add_joined(accepted)
@@ -382,18 +454,22 @@ class PerformanceTracker:
         correct = self._correct_all(served, truth)
         self._errors.append(np.column_stack([correct, np.abs(served - truth)]))
         per_request = np.add.reduceat(correct.astype(np.int64), np.cumsum([0, *lengths[:-1]]))
-        for (_, version, *_), k, right in zip(accepted, lengths, per_request.tolist()):
+        for a, k, right in zip(accepted, lengths, per_request.tolist()):
+            version, by, trusted = a[1], a[6], a[7]
             if version is not None:
                 arm = self._arm(version)
                 arm["labelled"] += k
                 arm["correct"] += right
+                if by is not None and not trusted:
+                    self._count_token(version, by, k, right)
         kept = [a for a in accepted if a[2] is not None]
         if kept:
             rows = gather([part for a in kept for part in a[2]])
             extra = {"label": [v for a in kept for v in a[4]],
                      "served_at": [a[3] for a in kept for _ in a[4]],
                      "version": [a[1] for a in kept for _ in a[4]],
-                     "labelled_by": [a[6] for a in kept for _ in a[4]]}
+                     "labelled_by": [a[6] for a in kept for _ in a[4]],
+                     "label_trusted": [a[7] for a in kept for _ in a[4]]}
             self._rows.append(rows, extra)
             if self.hands_off:
                 self._out_rows.append(rows, extra)
@@ -446,14 +522,22 @@ class PerformanceTracker:
             delta = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
             if delta:
                 arms[str(version)] = delta
+        tokens: dict[str, dict[str, list[int]]] = {}
+        for version, per in self.arm_tokens.items():
+            before = self._tokens_handed.get(version, {})
+            for token, (n, right) in per.items():
+                was = before.get(token, [0, 0])
+                if (n, right) != tuple(was):
+                    tokens.setdefault(str(version), {})[token] = [n - was[0], right - was[1]]
         counts = {k: n - self._counts_handed.get(k, 0) for k, n in self.counts.items() if n != self._counts_handed.get(k, 0)}
         errors = self.drain_errors()
         out = {"labelled": self._out_labelled.array().tolist(),
                "errors": [[bool(c), e] for c, e in zip(errors[:, 0].tolist(), errors[:, 1].tolist())],
-               "rows": self._out_rows.rows(), "arms": arms, "counts": counts}
+               "rows": self._out_rows.rows(), "arms": arms, "arm_tokens": tokens, "counts": counts}
         self._out_labelled.clear()
         self._out_rows.clear()
         self._arms_handed = {v: dict(c) for v, c in self.arms.items()}
+        self._tokens_handed = {v: {t: list(n) for t, n in per.items()} for v, per in self.arm_tokens.items()}
         self._counts_handed = dict(self.counts)
         return out
 
@@ -473,6 +557,9 @@ class PerformanceTracker:
             for k, n in delta.items():
                 if k in arm:
                     arm[k] += int(n)
+        for version, per in (handoff.get("arm_tokens") or {}).items():
+            for token, (n, right) in per.items():
+                self._count_token(int(version), str(token), int(n), int(right))
         for k, n in (handoff.get("counts") or {}).items():
             if k in self.counts:
                 self.counts[k] += int(n)

@@ -41,7 +41,7 @@ from aiinfra.monitoring.core import (
     save_concept_drift,
 )
 from aiinfra.monitoring.estimation import PerformanceEstimator
-from aiinfra.monitoring.performance import OUTCOMES, PerformanceTracker
+from aiinfra.monitoring.performance import OUTCOMES, PerformanceTracker, judged_arms
 from aiinfra.monitoring.reference import build_reference
 from aiinfra.monitoring.shards import HANDOFF_S
 from aiinfra.registry.core import ModelRegistry
@@ -435,10 +435,11 @@ class MonitorService:
         return [save_concept_drift(self._db, self._model, d, metric=self.concept.metric) for d in found]
 
     def arm_stats(self) -> dict[str, Any]:
-        """Requests, errors, labelled and correct rows per served version since ``reset_arms``."""
+        """Requests, errors, labelled and correct rows per served version since ``reset_arms``, as a canary is
+        judged on them: one client token's own labels at most ``monitoring.max_token_share`` of an arm's."""
         with self._lock:
             self._save_arms(force=True)  # what the autopilot decides on is what a restart resumes from
-            return self.performance.arm_stats()
+            return judged_arms(self.performance.arm_stats(), self.config.monitoring.max_token_share)
 
     def reset_arms(self) -> dict[str, Any]:
         with self._lock:

@@ -275,6 +275,15 @@ def test_promote_a_clearly_non_inferior_challenger(ap, window, clock):
     assert ap.on_canary_stats(CHAMPION, challenger).action == "none"  # late stats after the end
 
 
+def test_a_capped_clients_labels_are_named_in_the_decision_and_only_the_counted_labels_judge(ap, window):
+    """The monitor caps one client token's own labels (judged_arms); the decision log says who and how many."""
+    to_canary(ap, window)
+    capped = {**arm(350, 0, 220, 150), "labelled_all": 2220, "correct_all": 2150, "capped_tokens": ["attacker"]}
+    d = ap.on_canary_stats(CHAMPION, capped)  # 150/220 = 0.68 counted (0.97 as sent): far below the champion
+    assert d.action == "rollback"
+    assert list(d.evidence["challenger"]["capped_tokens"]) == ["attacker"] and d.evidence["challenger"]["labelled_all"] == 2220
+    assert "capped_tokens" not in d.evidence["champion"]  # four counters where nothing was capped
+
 def test_wait_while_the_canary_has_too_little_evidence(ap, window):
     to_canary(ap, window)
     d = ap.on_canary_stats(CHAMPION, arm(120, 0, 80, 70))

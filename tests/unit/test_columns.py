@@ -50,13 +50,13 @@ def test_pending_rows_held_as_views_are_labelled_and_checkpointed_as_columns():
     assert restored.import_state(state) == 2 and restored.pending_bytes > 0
     assert restored.judge([{"request_id": "r2", "label": 1}]) == ["matched"]
     assert restored.labelled_rows()[0] == {**ROWS[2], "label": 1, "served_at": restored.labelled_rows()[0]["served_at"],
-                                           "version": 1, "labelled_by": None}
+                                           "version": 1, "labelled_by": None, "label_trusted": True}
     # A checkpoint written before (rows as a list of dicts) still reads.
     old = {"pending": [["r9", [0.5], 1, [dict(ROWS[0])], 1.0, None]], "held": []}
     assert restored.import_state(old) == 2 and restored.judge([{"request_id": "r9", "label": 0}]) == ["matched"]
     assert tracker.judge([{"request_id": "r1", "labels": [1, 0]}]) == ["matched"]
     (first, second) = tracker.labelled_rows()
-    assert first == {**ROWS[0], "label": 1, "served_at": first["served_at"], "version": 1, "labelled_by": None}
+    assert first == {**ROWS[0], "label": 1, "served_at": first["served_at"], "version": 1, "labelled_by": None, "label_trusted": True}
     assert type(first) is dict and second["plan"] == "b"
 
 

@@ -124,6 +124,7 @@ def test_a_label_from_another_token_is_refused_unless_that_token_may_label_anyon
     assert out == ["refused", "matched", "matched"]
     assert t.counts["refused"] == 1 and t.arms[1]["labelled"] == 1 and t.arms[2]["labelled"] == 1
     assert [r["labelled_by"] for r in t.labelled_rows()] == ["app-1", "labelling-service"]
+    assert [r["label_trusted"] for r in t.labelled_rows()] == [False, True]  # what a retrain may be judged on
     # A label that came before its prediction is judged when they meet: still refused for another's request.
     assert t.judge([{"request_id": "d", "label": 1, "by": "app-2", "trusted": False}]) == ["unknown"]
     t.record(["d"], [0.4], tokens=["app-1"])
@@ -226,3 +227,66 @@ def test_per_request_values_shipped_once_per_request_record_as_per_row_lists_do(
         answers.append((outcomes, t.arms, t.labelled_rows(), t.snapshot()["metrics"]))
     assert answers[0] == answers[1]
     assert answers[0][0] == ["matched", "refused", "matched"]
+
+
+def _canary(tracker: PerformanceTracker, version: int, n: int, *, by: str | None, trusted: bool, right: bool,
+            prefix: str) -> None:
+    """``n`` requests served by ``version`` with ``by``'s token, each labelled by ``by`` (right or wrong)."""
+    ids = [f"{prefix}{i}" for i in range(n)]
+    tracker.record(ids, [0.9] * n, versions=[version] * n, tokens=[by] * n)
+    assert tracker.judge([{"request_id": rid, "label": 1 if right else 0, "by": by, "trusted": trusted}
+                          for rid in ids]) == ["matched"] * n
+
+
+def test_one_client_cannot_decide_a_canary_by_labelling_its_own_requests(metadata_url):
+    """The attack: a client with a token that may label its own requests labels every challenger answer right
+    and every champion answer wrong. Its labels count for at most max_token_share of each arm."""
+    from aiinfra.monitoring.core import load_arms, save_arms
+    from aiinfra.monitoring.performance import judged_arms
+    from aiinfra.storage import open_metadata_db
+
+    t = PerformanceTracker("binary", [0, 1], {})
+    _canary(t, 1, 100, by="labeller", trusted=True, right=True, prefix="h1-")  # the honest labels: 80% right
+    _canary(t, 1, 25, by="labeller", trusted=True, right=False, prefix="h1x-")
+    _canary(t, 2, 100, by="labeller", trusted=True, right=True, prefix="h2-")
+    _canary(t, 2, 25, by="labeller", trusted=True, right=False, prefix="h2x-")
+    _canary(t, 1, 1000, by="attacker", trusted=False, right=False, prefix="a1-")
+    _canary(t, 2, 1000, by="attacker", trusted=False, right=True, prefix="a2-")
+    _canary(t, 2, 10, by="app-7", trusted=False, right=True, prefix="b2-")  # a small client: under the cap
+    raw = t.arm_stats()
+    assert raw["arms"]["2"]["labelled"] == 1135 and raw["tokens"]["2"] == {"attacker": [1000, 1000], "app-7": [10, 10]}
+    judged = judged_arms(raw, 0.2)["arms"]
+    # 125 honest + 10 small + C attacker with C = 0.2 * (135 + C): C = 33.75, 33 counted.
+    assert judged["2"]["labelled"] == 125 + 10 + 33 and judged["2"]["correct"] == 100 + 10 + 33
+    assert judged["2"]["capped_tokens"] == ["attacker"] and judged["2"]["labelled_all"] == 1135
+    assert judged["1"]["labelled"] == 125 + 31 and judged["1"]["correct"] == 100  # C = 0.2 * (125 + C) = 31.25
+    # Counted as sent, the arms' accuracies would be 0.09 against 0.98; judged, 0.64 against 0.85, near the
+    # honest 0.8 of both.
+    accuracy = {v: judged[v]["correct"] / judged[v]["labelled"] for v in ("1", "2")}
+    assert raw["arms"]["2"]["correct"] / 1135 - raw["arms"]["1"]["correct"] / 1125 > 0.85
+    assert accuracy["2"] - accuracy["1"] < 0.25 and all(abs(a - 0.8) < 0.17 for a in accuracy.values())
+    assert judged_arms(raw, 1.0)["arms"]["2"]["labelled"] == 1135  # the default: nothing capped
+    # Alone, a client counts for nothing on an arm: no share of it is left to the others.
+    alone = PerformanceTracker("binary", [0, 1], {})
+    _canary(alone, 2, 50, by="attacker", trusted=False, right=True, prefix="x-")
+    assert judged_arms(alone.arm_stats(), 0.5)["arms"]["2"]["labelled"] == 0
+    # A restarted monitor keeps capping: the per-token counts are stored with the arms.
+    db = open_metadata_db(metadata_url)
+    try:
+        save_arms(db, "churn", raw)
+        again = PerformanceTracker("binary", [0, 1], {})
+        again.restore_arms(load_arms(db, "churn"))
+        assert again.arm_stats() == raw
+    finally:
+        db.close()
+
+
+def test_a_shards_handoff_carries_each_tokens_labels_per_arm():
+    zero = PerformanceTracker("binary", [0, 1], {})
+    one = PerformanceTracker("binary", [0, 1], {}, hands_off=True)
+    _canary(one, 2, 5, by="attacker", trusted=False, right=True, prefix="a-")
+    zero.absorb(one.handoff())
+    _canary(one, 2, 3, by="attacker", trusted=False, right=False, prefix="b-")
+    zero.absorb(one.handoff())
+    zero.absorb(one.handoff())  # nothing new: nothing counted twice
+    assert zero.arm_stats()["tokens"] == {"2": {"attacker": [8, 5]}} and zero.arms[2]["labelled"] == 8

@@ -8,7 +8,7 @@ import pytest
 from aiinfra.autopilot.core import Autopilot, load_policies, remove_policy, save_policy
 from aiinfra.autopilot.policy import load_policy
 from aiinfra.errors import InvalidInput
-from aiinfra.pipelines.retrain import production_frame
+from aiinfra.pipelines.retrain import production_frame, split_production_rows
 from aiinfra.storage import open_metadata_db
 
 # The store suite: `make test` runs it on SQLite and again on a Postgres server it starts (AIINFRA_TEST_METADATA).
@@ -46,6 +46,49 @@ def test_a_dataset_key_gets_fresh_ids_when_the_model_has_no_feature_view():
         production_frame(rows, BASE, label="churned", entity=None, timestamp="event_ts")
     out = production_frame(rows, BASE, label="churned", entity=None, timestamp="event_ts", keys=("customer_id",))
     assert out["customer_id"].tolist() == [251]
+
+
+
+def _labelled(n: int, *, trusted: bool, by: str, start: float = 0.0) -> list[dict]:
+    return [{"charges": float(i), "label": 1, "served_at": start + i, "labelled_by": by, "label_trusted": trusted}
+            for i in range(n)]
+
+
+def test_the_retrain_is_judged_on_the_newest_trusted_rows_and_never_on_a_clients_own_labels():
+    honest = _labelled(1000, trusted=True, by="labeller-1")
+    client = _labelled(1000, trusted=False, by="feedback-7", start=2000.0)  # newer than every trusted row
+    window = split_production_rows(honest + client, reference_rows=500, holdout_fraction=0.2,
+                                   min_trusted_holdout=100, max_untrusted_share=0.3)
+    assert window.holdout_source == "trusted production rows"
+    assert len(window.holdout) == 200 and all(r["label_trusted"] for r in window.holdout)
+    assert [r["served_at"] for r in window.holdout] == [float(i) for i in range(800, 1000)]  # the newest trusted
+    # Trained on: 800 trusted rows, 500 reference rows, and the newest client rows up to 30% of all that.
+    kept = [r for r in window.train if not r["label_trusted"]]
+    assert len(kept) == int(0.3 / 0.7 * 1300) == 557 and window.untrusted_left_out == 1000 - 557
+    assert min(r["served_at"] for r in kept) == 2000.0 + 1000 - 557
+    assert len(kept) / (len(window.train) + 500) <= 0.3
+    assert not {id(r) for r in window.holdout} & {id(r) for r in window.train}
+    assert [r["served_at"] for r in window.train] == sorted(r["served_at"] for r in window.train)
+
+
+def test_with_too_few_trusted_labels_no_production_row_judges_and_a_share_of_zero_trains_on_none():
+    rows = _labelled(300, trusted=True, by="admin") + _labelled(5000, trusted=False, by="feedback-7", start=400.0)
+    window = split_production_rows(rows, reference_rows=400, holdout_fraction=0.2, min_trusted_holdout=100,
+                                   max_untrusted_share=0.0)
+    assert window.holdout == [] and window.holdout_source == "reference rows"  # 60 trusted rows: too few
+    assert len(window.train) == 300 and window.untrusted == 5000 and window.untrusted_left_out == 5000
+    everything = split_production_rows(rows, reference_rows=400, holdout_fraction=0.2, min_trusted_holdout=100,
+                                       max_untrusted_share=1.0)
+    assert len(everything.train) == 5300 and everything.untrusted_left_out == 0
+
+
+def test_rows_from_an_open_endpoint_are_trusted_and_a_token_without_the_flag_is_not():
+    old = [{"label": 1, "served_at": float(i), "labelled_by": "tok"} for i in range(10)]
+    open_ = [{"label": 1, "served_at": float(i), "labelled_by": None} for i in range(10)]
+    assert split_production_rows(old, reference_rows=0, holdout_fraction=0.5, min_trusted_holdout=1,
+                                 max_untrusted_share=0.5).trusted == 0
+    assert split_production_rows(open_, reference_rows=0, holdout_fraction=0.5, min_trusted_holdout=1,
+                                 max_untrusted_share=0.5).trusted == 10
 
 
 POLICY = {"model": "churn", "retrain": {"training_config": "/configs/churn.yaml"},
