@@ -394,6 +394,11 @@ class DriftMonitor:
         self._score_chunks, self._priority_chunks = [all_scores[kept]], [priority[kept]]
         self._open_rows = k
 
+    @property
+    def rows_over_quota(self) -> int:
+        """Rows left out of windows because their token had sent its share (``max_token_share``) already."""
+        return self._rows_over_quota
+
     def _within_quota(self, tokens: Sequence[str | None]) -> np.ndarray:
         """Which of these rows the open window takes: at most ``max_token_share`` of it from any one token
         (one client must not make a window drift, or look calm, by itself); the rest are counted, not kept."""
@@ -471,9 +476,16 @@ class DriftMonitor:
         rows = len(window)
         result: DriftResult | None = None
         estimate: PerformanceEstimate | None = None
+        top_token, top_rows = max(self._token_rows.items(), key=lambda kv: kv[1], default=(None, 0))
         if rows < self.settings.min_rows:
             status: ReportStatus = "skipped"
             reason = f"{rows} rows < min_rows {self.settings.min_rows}"
+        elif self._token_cap is not None and top_rows > self.settings.max_token_share * self._span_rows + 1e-9:
+            # A window that closed on time before it filled: one client's capped rows may still be most of it,
+            # and one client must not make a window drift (or look calm) by itself.
+            status, reason = "skipped", (
+                f"one API token ({top_token}) sent {top_rows} of its {self._span_rows} rows, more than "
+                f"monitoring.max_token_share {self.settings.max_token_share:g}: not tested")
         else:
             window_scores = None
             if self._has_scores:

@@ -26,6 +26,9 @@ class RayMonitorMetrics:
         self._rows = Counter("aiinfra_monitor_rows", "served rows received by the monitor", tag_keys=("model",))
         self._concept = Counter("aiinfra_concept_drift", "concept drift found on the error stream (ADWIN)",
                                 tag_keys=("model",))
+        self._refused = Counter("aiinfra_monitor_refused", "what the monitor would not take from a client: rows past "
+                                "one token's share of a window, labels for another token's requests",
+                                tag_keys=("model", "what"))
         self._estimated = Gauge("aiinfra_estimated_performance", "the latest window's estimated metric (CBPE, no labels)",
                                 tag_keys=("model", "metric"))
         self._estimation_error = Gauge("aiinfra_estimation_error",
@@ -60,3 +63,7 @@ class RayMonitorMetrics:
     def concept(self, model: str, reports: Sequence[ConceptDrift]) -> None:
         if reports:
             self._concept.inc(len(reports), tags={"model": model})
+
+    def refused(self, model: str, what: str, n: int) -> None:
+        if n:
+            self._refused.inc(n, tags={"model": model, "what": what})

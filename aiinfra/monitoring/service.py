@@ -73,6 +73,8 @@ class MonitorMetrics(Protocol):
 
     def concept(self, model: str, reports: Sequence[ConceptDrift]) -> None: ...
 
+    def refused(self, model: str, what: str, n: int) -> None: ...
+
 
 class NoMetrics:
     def windows(self, model: str, reports: Sequence[DriftReport]) -> None:
@@ -88,6 +90,9 @@ class NoMetrics:
         pass
 
     def concept(self, model: str, reports: Sequence[ConceptDrift]) -> None:
+        pass
+
+    def refused(self, model: str, what: str, n: int) -> None:
         pass
 
 
@@ -387,9 +392,11 @@ class MonitorService:
         # One arrival time for both sides: a window's span finds its rows' labels by it.
         at = time.time() if at is None else float(at)
         with self._lock:
+            over_quota = self.core.rows_over_quota
             # A later shard joins only: shard 0 cuts the windows from every row.
             reports = (self.core.observe(rows, scores, at=at, tokens=tokens, probabilities=probabilities)
                        if rows is not None and len(rows) and not self.shard else [])
+            over_quota = self.core.rows_over_quota - over_quota
             if request_ids is not None and scores is not None:
                 self.performance.record(request_ids, scores, labels, versions=versions, rows=rows, served_at=at,
                                         tokens=tokens)
@@ -399,6 +406,7 @@ class MonitorService:
             self._save_arms()
         if not self.shard:  # shard 0 sees every row
             self._metrics.rows(self._model, len(rows))
+            self._metrics.refused(self._model, "rows_over_token_share", over_quota)
         self._metrics.windows(self._model, reports)
         self._metrics.concept(self._model, concept)
         return [r.model_dump(mode="json") for r in reports]
@@ -413,6 +421,7 @@ class MonitorService:
             outcomes = self.performance.judge(items)
             counts = {k: outcomes.count(k) for k in OUTCOMES}
             concept = self._labels_joined()
+        self._metrics.refused(self._model, "labels_refused", counts["refused"])
         return {**counts, "outcomes": outcomes, "concept_drift": [c.model_dump(mode="json") for c in concept]}
 
     def _gauges_due(self) -> dict[str, Any] | None:

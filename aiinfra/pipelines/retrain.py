@@ -197,17 +197,26 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
                             timestamp=timestamp, keys=keys) if rows else base.iloc[0:0]
     train_prod, holdout_prod = prod.iloc[:len(window.train)], prod.iloc[len(window.train):]
     holdout = holdout_prod if window.holdout else held_reference
+    if not len(holdout):
+        raise InvalidInput(
+            f"nothing to judge the retrain of {model} on: no reference rows (reference_rows={reference_rows}) and "
+            f"{window.trusted} row(s) labelled by a trusted role, fewer than min_trusted_holdout "
+            f"{min_trusted_holdout} / holdout_fraction {fraction:g}; keep some reference rows or label with a "
+            "labeller token")
 
-    with log.stage(f"version the training window and the holdout as new versions of {base_version.name}"):
+    with log.stage(f"version the holdout and the training window as new versions of {base_version.name}"):
+        # The holdout is a version of its own: the gate's rows, apart from what trains. It is a version of the
+        # same dataset, so that a feature view whose source is that dataset finds the holdout rows' features in
+        # the holdout itself, as the training rows find theirs in the window. Its size is what it is: the
+        # dataset's row bounds do not apply to it. The window is versioned last, so it is the dataset's latest.
+        holdout_spec = spec.model_copy(update={"min_rows": 1, "max_rows": None}) if spec is not None else None
+        holdout_version = _ingest_frame(config, base_version.name, holdout.reset_index(drop=True), holdout_spec,
+                                        who=f"autopilot:{model}", lineage={**lineage, "role": "holdout",
+                                                                           "rows": len(holdout)})
         train_version = _ingest_frame(config, base_version.name, pd.concat([reference, train_prod], ignore_index=True),
                                       spec, who=f"autopilot:{model}", lineage={
-                                          **lineage, "production_rows": len(train_prod), "reference_rows": len(reference)})
-        # The holdout is its own dataset: the gate's rows, apart from what trains. Its size is what it is, so the
-        # training dataset's row bounds do not apply to it.
-        holdout_spec = spec.model_copy(update={"min_rows": 1, "max_rows": None}) if spec is not None else None
-        holdout_version = _ingest_frame(config, f"{base_version.name}-holdout", holdout.reset_index(drop=True),
-                                        holdout_spec, who=f"autopilot:{model}",
-                                        lineage={**lineage, "role": "holdout", "rows": len(holdout)})
+                                          **lineage, "role": "training", "production_rows": len(train_prod),
+                                          "reference_rows": len(reference), "holdout_version": holdout_version.ref})
         log.note(f"{train_version.ref}: {train_version.row_count:,} rows to train on; "
                  f"{holdout_version.ref}: {holdout_version.row_count:,} to judge on")
 

@@ -25,10 +25,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving_demo(home: Path, args: list[str], *, timeout_s: float) -> Iterator[dict[str, Any]]:
-    """Run the demo until it serves (it prints "press Ctrl-C to stop"), yield how to reach it, then SIGINT it."""
+def serving_demo(home: Path, args: list[str], *, timeout_s: float,
+                 env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Run the demo until it serves (it prints "press Ctrl-C to stop"), yield how to reach it, then SIGINT it.
+    ``env``: more environment for the demo and the CLI calls made beside it (an ``AIINFRA_CONFIG``, say)."""
     port = free_port()
-    env = {**os.environ, "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(port)}
+    env = {**os.environ, **(env or {}), "AIINFRA_HOME": str(home), "AIINFRA_SERVE_PORT": str(port)}
     env.pop("RAY_ADDRESS", None)
     # A session of its own: if the demo does not stop by itself, its whole process group (the embedded Ray,
     # Serve's HAProxy) is killed, so nothing it started outlives the test and holds a port the next one needs.

@@ -232,14 +232,38 @@ def test_the_tree_champion_retrains_on_its_labelled_production_rows(cluster, tra
         assert r.status_code == 200, r.text
         accepted = max(accepted, r.json()["accepted"])
     assert accepted >= 30, r.text
+    # A client with a `feedback` token labels its own requests, every label flipped: accepted, but as its own word.
+    made = aiinfra(env, "token", "create", "--role", "feedback", "--model", "churn-job")
+    assert made.returncode == 0, made.stderr
+    client = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    time.sleep(0.6)  # the server looks up a new token id at most twice a second
+    flipped = []
+    for row, label in zip(served[cols].to_dict("records")[:20], served["churned"][:20]):
+        r = httpx.post(url, json={"instances": [row]}, headers=client, timeout=30)
+        assert r.status_code == 200, r.text
+        flipped.append({"request_id": r.json()["request_id"], "label": 1 - int(label)})
+    deadline, taken = time.monotonic() + 90, 0
+    while time.monotonic() < deadline and taken < 20:
+        time.sleep(2)
+        r = httpx.post(f"{base}/feedback/churn-job", json={"items": flipped}, headers=client, timeout=60)
+        assert r.status_code == 200, r.text
+        taken = max(taken, r.json()["accepted"])
+    assert taken == 20, r.text
     retrained = subprocess.run([str(BIN / "aiinfra"), "retrain", "churn-job", "--config", "tests/e2e/configs/churn_small.yaml",
-                                "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+                                "--max-untrusted-share", "0", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=420)
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     result = json.loads(retrained.stdout)
     assert result["production_rows"] >= 30 and result["gate"] is not None
+    # The admin's labels are trusted; the client's 20 are its own word, and a share of 0 trains on none of them.
+    # 30-odd trusted rows are too few to judge on: the newest reference rows are the holdout, never a client's.
+    assert result["trusted_rows"] == result["production_rows"] and result["untrusted_rows"] == 20
+    assert result["untrusted_left_out"] == 20 and result["holdout"] == "reference rows"
+    assert result["holdout_dataset"].startswith("customers@") and result["holdout_dataset"] != result["dataset_version"]
     version = json.loads(aiinfra(env, "models", "show", result["model"], "--json").stdout)
     assert version["params"]["family"] == "xgboost" and "champion" not in version["aliases"]
     assert version["lineage"]["retrain"]["production_rows"] == result["production_rows"]
+    assert version["lineage"]["retrain"]["holdout"] == "reference rows"
     assert version["lineage"]["dataset_version"] == result["dataset_version"] != version["lineage"].get("parent")
 
 

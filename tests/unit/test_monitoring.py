@@ -498,6 +498,26 @@ def test_one_token_fills_at_most_its_share_of_a_window(db_url, reference, clock)
     assert len(unlimited.observe(shifted, scores_of(pd.DataFrame(shifted)), tokens=["one-client"] * 1000)) == 1
 
 
+
+def test_a_window_that_closes_on_time_with_mostly_one_tokens_rows_is_not_tested(db_url, reference, clock):
+    """The time limit closes a window before it fills: one client's capped rows would then be all of it."""
+    m = monitor(db_url, reference, clock, window_rows=1000, min_rows=100, max_token_share=0.25, window_seconds=60)
+    rng = np.random.default_rng(41)
+    shifted = records(make_rows(rng, 2100, shift={"x0": 2.0}))
+    assert m.observe(shifted, scores_of(pd.DataFrame(shifted)), tokens=["attacker"] * 2100) == []
+    clock.now += 61
+    honest = make_rows(rng, 10)
+    (report,) = m.observe(records(honest), scores_of(honest), tokens=["client-1"] * 10)
+    assert report.status == "skipped" and report.rows == 250
+    assert "attacker" in report.reason and "sent 250 of its 250 rows" in report.reason and "0.25" in report.reason
+    # Where the others' rows dwarf it, the same timed close is tested.
+    assert m.observe(shifted[:200], scores_of(pd.DataFrame(shifted[:200])), tokens=["attacker"] * 200) == []
+    calm = make_rows(rng, 700)
+    assert m.observe(records(calm), scores_of(calm), tokens=[f"client-{i % 7}" for i in range(700)]) == []
+    clock.now += 61
+    (tested, ) = m.observe(records(honest), scores_of(honest), tokens=["client-1"] * 10)
+    assert tested.status in ("drift", "ok") and tested.rows == 910
+
 def test_rows_shipped_as_columns_give_the_same_window_as_rows(db_url, reference, clock):
     from aiinfra.inference.columns import to_columns
 
