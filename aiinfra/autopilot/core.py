@@ -484,9 +484,12 @@ class Autopilot:
             return self._none(st, now, f"retrain job {job_id} submitted", {"job_id": job_id})
 
     def retrain_finished(
-        self, succeeded: bool, challenger_version: int | None = None, error: str | None = None
+        self, succeeded: bool, challenger_version: int | None = None, error: str | None = None,
+        judged_on: Mapping[str, Any] | None = None,
     ) -> Decision:
         """The retraining job ended: start the canary of the challenger, or abort and keep the champion.
+        ``judged_on``: what the job's gate judged it on and what it trained on (its holdout, trusted and untrusted
+        rows), recorded with the decision.
 
         A retrain that succeeded without registering a challenger (the gate refused it) aborts too.
         Repeating the call that ended the retrain returns its decision again without changing anything.
@@ -510,6 +513,8 @@ class Autopilot:
                 "job_id": st.job_id, "succeeded": bool(succeeded), "challenger_version": challenger_version,
                 "error": error, "trigger": st.cycle_trigger,
             }
+            if judged_on:
+                evidence["judged_on"] = dict(judged_on)
             if succeeded and challenger_version is not None:
                 new = _State(
                     state="canary",

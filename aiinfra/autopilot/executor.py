@@ -277,7 +277,8 @@ class AutopilotExecutor:
                 d = pilot.retrain_finished(False, error=f"job {job_id} succeeded but wrote no result at {key}")
             else:
                 d = pilot.retrain_finished(True, result.version if result.challenger else None,
-                                           error=None if result.challenger else result.refusal)
+                                           error=None if result.challenger else result.refusal,
+                                           judged_on=result.judged_on)
         else:
             tail = self._jobs.logs(job_id)[-2000:]
             d = pilot.retrain_finished(False, error=f"job {job_id} {job.status}: {job.message}; log tail: {tail}")

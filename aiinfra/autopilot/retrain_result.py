@@ -36,6 +36,13 @@ class RetrainResult(BaseModel):
     seconds: float = 0.0
 
     @property
+    def judged_on(self) -> dict[str, Any]:
+        """The gate's holdout and the rows trained on, for the autopilot's decision log."""
+        return {"holdout": self.holdout, "holdout_dataset": self.holdout_dataset, "holdout_rows": self.holdout_rows,
+                "trusted_rows": self.trusted_rows, "untrusted_rows": self.untrusted_rows,
+                "untrusted_left_out": self.untrusted_left_out}
+
+    @property
     def refusal(self) -> str:
         """Why there is no challenger, in words."""
         return f"gate refused {self.model}: {(self.gate or {}).get('reason')}"

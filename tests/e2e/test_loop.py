@@ -30,6 +30,10 @@ def test_drift_is_detected_a_retrain_runs_and_the_canary_promotes_version_2(loop
     assert "drift windows" in retrain["reason"] and retrain["evidence"]["trigger"] == "drift"
     assert canary["evidence"]["job_id"].startswith("retrain-churn-")  # it ran as a Ray job
     assert canary["evidence"]["challenger_version"] == 2 and canary["evidence"]["share"] == 0.3
+    # Its gate judged it on production rows labelled by the demo's labeller token, none by a client.
+    judged = canary["evidence"]["judged_on"]
+    assert judged["holdout"] == "trusted production rows" and judged["holdout_rows"] >= 100, judged
+    assert judged["untrusted_rows"] == 0 and judged["trusted_rows"] > judged["holdout_rows"]
     test = promote["evidence"]["test"]
     assert test["passed"] and test["p_value"] < 0.05 and test["n_challenger"] >= 150
     assert test["p_challenger"] > test["p_champion"]  # the retrained model is better on the drifted world

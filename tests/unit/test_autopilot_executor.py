@@ -117,11 +117,17 @@ def _to_canary(world) -> tuple[AutopilotExecutor, str]:
     assert actions == ["none", "retrain"] or actions == ["retrain"]
     (job_id, entrypoint), = jobs.submitted
     assert retrain_result_key(MODEL, job_id) in entrypoint and "--config jobs/configs/churn.yaml" in entrypoint
+    assert "--min-trusted-holdout 100 --max-untrusted-share 0.3" in entrypoint  # the policy's defaults
     assert ex.tick() == []  # the job still runs
     write_retrain_result(p.store, retrain_result_key(MODEL, job_id),
-                         RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2"))
+                         RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2",
+                                       holdout="trusted production rows", holdout_rows=400, trusted_rows=2000,
+                                       untrusted_rows=900, untrusted_left_out=300))
     jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
-    assert [d["action"] for d in ex.tick()] == ["start_canary"]
+    (started,) = ex.tick()
+    assert started["action"] == "start_canary"
+    assert started["evidence"]["judged_on"]["holdout"] == "trusted production rows"  # in the decision log
+    assert started["evidence"]["judged_on"]["untrusted_left_out"] == 300
     return ex, job_id
 
 
