@@ -39,7 +39,7 @@ from aiinfra.autopilot.core import Autopilot, Decision, load_policies, remove_po
 from aiinfra.autopilot.policy import load_policy
 from aiinfra.autopilot.ports import Aliases, Jobs, Monitors
 from aiinfra.autopilot.retrain_result import read_retrain_result, retrain_result_key
-from aiinfra.errors import NotFound
+from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.core import DriftReport, read_concept_drift, read_reports
 from aiinfra.registry.approvals import AliasRequest
@@ -272,7 +272,10 @@ class AutopilotExecutor:
             return []
         if job.status == "SUCCEEDED":
             key = retrain_result_key(pilot.model, job_id)
-            result = read_retrain_result(self._store, key)
+            try:
+                result = read_retrain_result(self._store, self._db, key)
+            except InvalidInput as e:
+                return self._act(pilot, pilot.retrain_finished(False, error=f"job {job_id}: {e}"))
             if result is None:
                 d = pilot.retrain_finished(False, error=f"job {job_id} succeeded but wrote no result at {key}")
             else:

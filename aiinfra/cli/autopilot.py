@@ -25,6 +25,7 @@ def _retrain(args: argparse.Namespace) -> None:
         raise InvalidInput(f"{args.config} trains {cfg.name!r}, not {args.model!r}")
     print(f"retraining {args.model} from {args.config} with up to {args.recent_rows:,} labelled production rows",
           file=sys.stderr, flush=True)
+    _check_driver_memory(config, cfg, args)  # before any data is read: refused here rather than killed halfway
     with connect(config) as platform:
         result = run_retrain(platform, args.model, args.config, recent_rows=args.recent_rows,
                              reference_rows=args.reference_rows, result_key=args.result_key,
@@ -33,6 +34,48 @@ def _retrain(args: argparse.Namespace) -> None:
     if args.json:
         return print_json(result.model_dump(mode="json"))
     print(result.challenger or f"{result.model} (refused by the gate: not a challenger)")
+
+
+def _check_driver_memory(config: Any, cfg: Any, args: argparse.Namespace) -> None:
+    """The retrain's driver memory, estimated from the manifests, against ``jobs.entrypoint_memory_bytes`` where it
+    is set, else against what this node has available now (the job's driver runs here).
+
+    Raises:
+        InvalidInput: the estimate is over that, naming both and what to change.
+    """
+    # Inside: pandas and pyarrow; `aiinfra --help` must not pay for them.
+    import psutil
+
+    from aiinfra.data.catalog import DatasetCatalog
+    from aiinfra.errors import AiInfraError
+    from aiinfra.pipelines.budgets import check_driver_budget, retrain_driver_estimate
+    from aiinfra.pipelines.train import feature_source, use_ray_engine
+    from aiinfra.platform import open_local
+
+    try:
+        with open_local(config) as platform:
+            base = DatasetCatalog(platform.store).get(cfg.data.dataset)
+            source = feature_source(platform, cfg)
+    except AiInfraError as e:
+        print(f"the driver's memory is not estimated: {e}", file=sys.stderr)
+        return
+    if source is not None and source.name == base.name:
+        source = None  # the view's source is the window itself: nothing more is read for the join
+    engine = "ray" if use_ray_engine(cfg.data.engine, base, source.row_count if source else 0) else "memory"
+    estimate = retrain_driver_estimate(cfg, base, recent_rows=args.recent_rows, reference_rows=args.reference_rows,
+                                       source=source, engine=engine)
+    what = f"the retrain of {cfg.name} on {base.ref}"
+    budget = config.jobs.entrypoint_memory_bytes
+    if budget:
+        check_driver_budget(estimate, budget, what)
+    else:
+        available = psutil.virtual_memory().available
+        if estimate.bytes > available:
+            raise InvalidInput(f"{what}: its driver would hold {estimate}, more than this node has available "
+                               f"({available / (1 << 30):.2f} GiB); set data.engine: ray in the training config, lower "
+                               "the policy's recent_rows or reference_rows, or give the job's driver a larger node "
+                               "(jobs.entrypoint_memory_bytes)")
+    print(f"the retrain's driver will hold {estimate}", file=sys.stderr, flush=True)
 
 
 def _autopilot_connect(config: Any) -> None:

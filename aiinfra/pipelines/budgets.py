@@ -23,7 +23,8 @@ from typing import Any
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["DriverEstimate", "check_driver_budget", "driver_memory_request", "row_bytes", "training_driver_estimate"]
+__all__ = ["DriverEstimate", "check_driver_budget", "driver_memory_request", "retrain_driver_estimate", "row_bytes",
+           "training_driver_estimate"]
 
 PROCESS_BYTES = 600 << 20
 MEMORY_ENGINE_COPIES = 4
@@ -78,6 +79,29 @@ def training_driver_estimate(cfg: Any, version: Any, *, source: Any = None, engi
     if source is not None:
         detail += f", and the feature source's {source.row_count or 0:,} rows for the join"
     return DriverEstimate(int(PROCESS_BYTES + MEMORY_ENGINE_COPIES * table + joined), "memory", detail)
+
+
+def retrain_driver_estimate(cfg: Any, base: Any, *, recent_rows: int, reference_rows: int | None, source: Any = None,
+                            engine: str) -> DriverEstimate:
+    """The peak of ``aiinfra retrain`` (aiinfra/pipelines/retrain.py) on ``base``, the training dataset's latest version:
+    it reads the whole version into one frame and sorts it (two copies, kept while it trains), then trains on a
+    window of ``reference_rows`` of it (all, when None) plus up to ``recent_rows`` production rows, as
+    ``training_driver_estimate`` says for that many rows."""
+    base_rows = base.row_count or 0
+    window_rows = (base_rows if reference_rows is None else min(reference_rows, base_rows)) + recent_rows
+    window = _WithRows(base, window_rows)
+    training = training_driver_estimate(cfg, window, source=source, engine=engine)
+    held = 2 * base_rows * row_bytes(base)
+    return DriverEstimate(int(training.bytes + held), training.engine,
+                          f"{base_rows:,} rows of {getattr(base, 'ref', 'the dataset')} read and sorted, then training on "
+                          f"a window of {window_rows:,}: {training.detail}")
+
+
+class _WithRows:
+    """A version's manifest with another row count: what the retrain's window will look like."""
+
+    def __init__(self, version: Any, rows: int) -> None:
+        self.schema_, self.profile, self.row_count = version.schema_, version.profile, rows
 
 
 def check_driver_budget(estimate: DriverEstimate, budget_bytes: int, what: str) -> None:

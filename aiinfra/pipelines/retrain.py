@@ -43,6 +43,7 @@ from aiinfra.monitoring.client import MonitorClient
 from aiinfra.pipelines.ingest import ingest
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.pipelines.train import run_training
+from aiinfra.storage import open_metadata_db
 from aiinfra.training.config import load_train_config
 
 __all__ = ["TrainingWindow", "production_frame", "run_retrain", "split_production_rows"]
@@ -236,7 +237,11 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
         untrusted_left_out=window.untrusted_left_out, seconds=round(outcome.seconds, 2),
     )
     if result_key:
-        write_retrain_result(platform.store, result_key, out)
+        db = open_metadata_db(config.metadata_url)
+        try:
+            write_retrain_result(platform.store, db, result_key, out)
+        finally:
+            db.close()
     return out
 
 

@@ -253,6 +253,7 @@ def test_the_tree_champion_retrains_on_its_labelled_production_rows(cluster, tra
                                 "--max-untrusted-share", "0", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
                                timeout=420)
     assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert "the retrain's driver will hold about" in retrained.stderr  # estimated before any data was read
     result = json.loads(retrained.stdout)
     assert result["production_rows"] >= 30 and result["gate"] is not None
     # The admin's labels are trusted; the client's 20 are its own word, and a share of 0 trains on none of them.

@@ -10,7 +10,13 @@ import time
 import pytest
 
 from aiinfra.autopilot.executor import AutopilotExecutor
-from aiinfra.autopilot.retrain_result import RetrainResult, retrain_result_key, write_retrain_result
+from aiinfra.autopilot.retrain_result import (
+    RetrainResult,
+    read_retrain_result,
+    retrain_result_key,
+    write_retrain_result,
+)
+from aiinfra.errors import InvalidInput
 from aiinfra.jobs import JobState
 from aiinfra.monitoring.core import MIGRATIONS as MONITORING_MIGRATIONS
 from aiinfra.monitoring.core import DriftReport, DriftResult
@@ -119,7 +125,7 @@ def _to_canary(world) -> tuple[AutopilotExecutor, str]:
     assert retrain_result_key(MODEL, job_id) in entrypoint and "--config jobs/configs/churn.yaml" in entrypoint
     assert "--min-trusted-holdout 100 --max-untrusted-share 0.3" in entrypoint  # the policy's defaults
     assert ex.tick() == []  # the job still runs
-    write_retrain_result(p.store, retrain_result_key(MODEL, job_id),
+    write_retrain_result(p.store, db, retrain_result_key(MODEL, job_id),
                          RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2",
                                        holdout="trusted production rows", holdout_rows=400, trusted_rows=2000,
                                        untrusted_rows=900, untrusted_left_out=300))
@@ -202,13 +208,36 @@ def test_a_gate_refusal_aborts_and_names_the_reason(world):
     _drift_window(db, 2, clock.now)
     ex.tick()
     (job_id, _), = jobs.submitted
-    write_retrain_result(p.store, retrain_result_key(MODEL, job_id),
+    write_retrain_result(p.store, db, retrain_result_key(MODEL, job_id),
                          RetrainResult(model=f"{MODEL}@2", version=2, challenger=None,
                                        gate={"passed": False, "reason": "accuracy 0.61 < champion 0.80"}))
     jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
     (decision,) = ex.tick()
     assert decision["action"] == "abort" and "champion kept" in decision["reason"]
     assert "accuracy 0.61 < champion 0.80" in decision["evidence"]["error"]
+
+
+def test_a_retrain_result_changed_in_the_store_is_not_trusted(world):
+    """Whoever may write the artifact store must not choose the next challenger: the record's hash is in the DB."""
+    p, db, clock, _, jobs, executor = world
+    ex = executor()
+    ex.watch(POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    ex.tick()
+    (job_id, _), = jobs.submitted
+    key = retrain_result_key(MODEL, job_id)
+    write_retrain_result(p.store, db, key, RetrainResult(model=f"{MODEL}@2", version=2, challenger=None,
+                                                         gate={"passed": False, "reason": "worse"}))
+    forged = RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2", gate={"passed": True})
+    p.store.write_bytes(key, forged.model_dump_json().encode())
+    jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
+    (decision,) = ex.tick()
+    assert decision["action"] == "abort" and "does not match the SHA-256" in decision["evidence"]["error"]
+    p.store.write_bytes("autopilot/churn/never-recorded.json", forged.model_dump_json().encode())
+    with pytest.raises(InvalidInput, match="no SHA-256 in the metadata DB"):
+        read_retrain_result(p.store, db, "autopilot/churn/never-recorded.json")
 
 
 def test_a_restart_right_after_deciding_to_promote_finishes_the_promotion(world):

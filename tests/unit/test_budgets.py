@@ -13,6 +13,7 @@ from aiinfra.pipelines.budgets import (
     PROCESS_BYTES,
     check_driver_budget,
     driver_memory_request,
+    retrain_driver_estimate,
     row_bytes,
     training_driver_estimate,
 )
@@ -68,3 +69,16 @@ def test_without_a_budget_the_job_asks_for_its_estimate_and_one_no_node_could_ho
     with pytest.raises(InvalidInput, match=r"more than any node of the cluster has for tasks \(the largest: 6\.00 GiB\); "
                                            r"set data.engine: ray"):
         driver_memory_request(big, 0, nodes, "training churn")
+
+
+def test_a_retrain_holds_its_dataset_twice_and_trains_on_the_window_it_makes():
+    cfg = load_train_config(example_config("churn.yaml"))
+    base = _version(2_000_000)
+    table = 2_000_000 * row_bytes(base)
+    everything = retrain_driver_estimate(cfg, base, recent_rows=5_000, reference_rows=None, engine="memory")
+    window = training_driver_estimate(cfg, _version(2_005_000), engine="memory")
+    assert everything.bytes == int(window.bytes + 2 * table) and "a window of 2,005,000" in everything.detail
+    newest = retrain_driver_estimate(cfg, base, recent_rows=5_000, reference_rows=500, engine="memory")
+    assert newest.bytes == int(training_driver_estimate(cfg, _version(5_500), engine="memory").bytes + 2 * table)
+    with pytest.raises(InvalidInput, match="the retrain of churn: its driver would hold"):
+        check_driver_budget(everything, 1 << 30, "the retrain of churn")
