@@ -643,6 +643,18 @@ class Autopilot:
                 reason = f"waiting: non-inferiority not yet shown (p={test['p_value']:.3g} >= {promotion.alpha:g})"
             return self._none(st, now, reason, evidence)
 
+    def canary_not_started(self, why: str) -> Decision:
+        """The challenger could not be put on live traffic (its alias is protected, say): the canary ends as a
+        rollback with ``why``, the champion serving. Outside a canary the answer is ``none``."""
+        now = self._clock()
+        with self.db.transaction() as tx:
+            st = self._load(tx)
+            if st.state != "canary":
+                return self._none(st, now, f"no canary running (state {st.state})")
+            version = st.challenger_version
+            return self._end_canary(tx, st, now, "rollback", f"roll back version {version}: the canary could not "
+                                    f"start: {why}", {"challenger_version": version, "error": why})
+
     def _end_canary(
         self, tx: Transaction, st: _State, now: float, action: Action, reason: str, evidence: dict[str, Any]
     ) -> Decision:

@@ -39,7 +39,7 @@ from aiinfra.autopilot.core import Autopilot, Decision, load_policies, remove_po
 from aiinfra.autopilot.policy import load_policy
 from aiinfra.autopilot.ports import Aliases, Jobs, Monitors
 from aiinfra.autopilot.retrain_result import read_retrain_result, retrain_result_key
-from aiinfra.errors import InvalidInput, NotFound
+from aiinfra.errors import Forbidden, InvalidInput, NotFound
 from aiinfra.monitoring.concept import ConceptDrift
 from aiinfra.monitoring.core import DriftReport, read_concept_drift, read_reports
 from aiinfra.registry.approvals import AliasRequest
@@ -202,7 +202,14 @@ class AutopilotExecutor:
             self._submit(pilot)
         elif decision.action == "start_canary":
             self._monitors.reset_arms(model)
-            self._start_canary(pilot, int(ev["challenger_version"]))
+            try:
+                self._start_canary(pilot, int(ev["challenger_version"]))
+            except Forbidden as e:  # a protected `challenger`: the autopilot may not put it on traffic by itself
+                ended = pilot.canary_not_started(
+                    f"{e}; the autopilot canaries through the `challenger` alias, which must not be protected "
+                    "(protect `champion` instead: the promotion then waits for its approvals)")
+                self._event(model, ended.action, ended.reason, ended.seq)
+                return [decision, ended]
         elif decision.action == "promote":
             request = self._promote(model, int(ev["challenger_version"]))
             if request is not None:

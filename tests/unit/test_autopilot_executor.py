@@ -267,6 +267,27 @@ def test_a_restart_mid_canary_restores_the_challenger_alias(world):
     assert p.registry.get(f"{MODEL}@challenger").alias_shares == {"challenger": 0.25}
 
 
+def test_a_protected_challenger_alias_ends_the_canary_with_the_reason_and_the_champion_serving(world):
+    p, db, clock, _, jobs, executor = world
+    p.registry.set_policy(MODEL, {"aliases": {"challenger": {"approvals": 1}}})
+    ex = executor()
+    ex.watch(POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    ex.tick()
+    (job_id, _), = jobs.submitted
+    write_retrain_result(p.store, db, retrain_result_key(MODEL, job_id),
+                         RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2"))
+    jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
+    started, ended = ex.tick()
+    assert (started["action"], ended["action"]) == ("start_canary", "rollback")
+    assert "could not start" in ended["reason"] and "protect `champion` instead" in ended["reason"]
+    st = ex.status(MODEL)["models"][MODEL]
+    assert st["state"]["state"] == "watching" and st["state"]["last_outcome"] == "rolled_back"
+    assert p.registry.get(f"{MODEL}@champion").version == 1
+    assert ex.tick() == []  # nothing repeats it
+
 def _protected_canary_passes(world) -> AutopilotExecutor:
     p, _, clock, monitors, _, _ = world
     ex, _ = _to_canary(world)
