@@ -9,7 +9,9 @@ validation against the signature, the model's fitted transforms, the torch model
   the router's process: `serve.champion_in_router`, the default);
 - Serve + HAProxy: the same app behind HAProxy (`RAY_SERVE_ENABLE_HA_PROXY=1`, set before Ray starts);
 - Serve + HAProxy, champion in a model deployment: `champion_in_router: false`, the router calls the
-  champion's `ModelVersions` deployment (@serve.batch) over Serve's gRPC transport.
+  champion's `ModelVersions` deployment (@serve.batch) over Serve's gRPC transport, coalescing the requests
+  that wait for a call (`serve.model_calls_in_flight`, 2); and the same with one call per request
+  (`model_calls_in_flight: 0`, as before the coalescing).
 
 Each configuration runs in its own child process, one after the other (never two Ray clusters at
 once). Drift sampling (`monitoring.enabled`) is off in Serve, as the baseline has none. The model: a
@@ -19,7 +21,7 @@ Load: aiohttp clients in the measuring process, 1 and 16 concurrent, one row per
 
 Targets: Serve throughput at 16 clients at least 0.30x the baseline; p50 added at 1 client at most 1.5 ms.
 
-    .venv/bin/python benchmarks/serving.py [--seconds 4] [--skip-haproxy]
+    .venv/bin/python benchmarks/serving.py [--seconds 4] [--skip-haproxy] [--kinds plain,haproxy-deployment,...]
 """
 
 
@@ -54,11 +56,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(home: str, port: int, champion_in_router: bool = True):
+KINDS = {"serve": "Ray Serve, default proxy", "haproxy": "Ray Serve, HAProxy ingress (the default)",
+         "haproxy-deployment": "Ray Serve, HAProxy, champion in a model deployment (calls coalesced)",
+         "haproxy-deployment-one": "Ray Serve, HAProxy, champion in a model deployment (coalesced, 1 call in flight)",
+         "haproxy-deployment-single": "Ray Serve, HAProxy, champion in a model deployment (a call per request)"}
+IN_FLIGHT = {"haproxy-deployment-one": 1, "haproxy-deployment-single": 0}
+
+
+def _config(home: str, port: int, champion_in_router: bool = True, calls_in_flight: int | None = None):
     from aiinfra.config import load_config
 
     base = load_config(environ={}, home=home)
-    return base.model_copy(update={"serve": base.serve.model_copy(update={"port": port, "champion_in_router": champion_in_router}),
+    serve = {"port": port, "champion_in_router": champion_in_router}
+    if calls_in_flight is not None:
+        serve["model_calls_in_flight"] = calls_in_flight
+    return base.model_copy(update={"serve": base.serve.model_copy(update=serve),
                                    "monitoring": base.monitoring.model_copy(update={"enabled": False})})
 
 
@@ -234,7 +246,7 @@ def _floor_app():
     return Floor.bind()
 
 
-def run_serve(home: str, token: str, seconds: float, local: bool = True) -> dict:
+def run_serve(home: str, token: str, seconds: float, local: bool = True, calls_in_flight: int | None = None) -> dict:
     import ray
 
     from aiinfra.cluster_access import clear_stale_cluster_pointer
@@ -242,7 +254,7 @@ def run_serve(home: str, token: str, seconds: float, local: bool = True) -> dict
     haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
     label = ("Serve + HAProxy" if haproxy else "Serve (default proxy)") + ("" if local else ", champion in a deployment")
     port = _free_port()
-    config = _config(home, port, champion_in_router=local)
+    config = _config(home, port, champion_in_router=local, calls_in_flight=calls_in_flight)
     clear_stale_cluster_pointer()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=config.namespace)
     try:
@@ -276,7 +288,7 @@ def child(kind: str, home: str, token: str, seconds: float, out: Path) -> dict |
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-    if kind in ("haproxy", "haproxy-deployment"):
+    if kind.startswith("haproxy"):
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # read when Ray starts: it must be in the environment before
     cmd = [sys.executable, __file__, "--child", kind, "--home", home, "--token", token, "--seconds", str(seconds),
            "--out", str(out)]
@@ -298,7 +310,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per point (after 1 s of warm-up)")
     parser.add_argument("--skip-haproxy", action="store_true")
-    parser.add_argument("--child", choices=["plain", "plain-server", "serve", "haproxy", "haproxy-deployment"], help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", default=None, help="only these configurations, comma-separated (the baseline always runs)")
+    parser.add_argument("--child", choices=["plain", "plain-server", *KINDS], help=argparse.SUPPRESS)
     parser.add_argument("--home", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
@@ -312,7 +325,8 @@ def main() -> None:
         if args.child == "plain":
             result = run_plain(args.home, args.token, args.seconds)
         else:
-            result = run_serve(args.home, args.token, args.seconds, local=args.child != "haproxy-deployment")
+            result = run_serve(args.home, args.token, args.seconds, local=not args.child.startswith("haproxy-deployment"),
+                               calls_in_flight=IN_FLIGHT.get(args.child))
         Path(args.out).write_text(json.dumps(result))
         return
 
@@ -320,9 +334,9 @@ def main() -> None:
     print(f"state in {home}; fitting and registering the model ...", flush=True)
     token = prepare(home)
     results: dict[str, dict | None] = {}
-    kinds = [("plain", "plain uvicorn + FastAPI, 1 process (baseline)"), ("serve", "Ray Serve, default proxy"),
-             ("haproxy", "Ray Serve, HAProxy ingress (the default)"),
-             ("haproxy-deployment", "Ray Serve, HAProxy, champion in a model deployment")]
+    wanted = set(args.kinds.split(",")) | {"plain"} if args.kinds else None
+    kinds = [(k, n) for k, n in [("plain", "plain uvicorn + FastAPI, 1 process (baseline)"), *KINDS.items()]
+             if wanted is None or k in wanted]
     for kind, name in kinds:
         if kind.startswith("haproxy") and args.skip_haproxy:
             continue

@@ -23,7 +23,7 @@ from aiinfra.inference.versions import load_predictor
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import ModelVersion
 
-__all__ = ["REPLICA_ENV", "DeploymentHandles", "ModelVersions", "model_id"]
+__all__ = ["REPLICA_ENV", "Coalescer", "DeploymentHandles", "ModelVersions", "model_id"]
 
 # Serve runs a replica's user code on an event loop in a thread of its own. On a small machine every
 # request then crosses threads (and the GIL) once more: running it on the replica's main loop took
@@ -74,6 +74,25 @@ class ModelVersions:
         x = predictor.prepare(rows)  # a client's mistake fails this request alone, before batching
         return predictor.answer(await self._forward(predictor, x))
 
+    async def predict_many(self, requests: list[list[dict[str, Any]]], name: str, version: int) -> list[Any]:
+        """Several requests' rows in one call (what a router coalesced): each request's answer, or the
+        platform error its own rows raised (a client's mistake fails that request alone)."""
+        predictor = await self._predictor(f"{name}@{version}")
+        out: list[Any] = [None] * len(requests)
+        prepared: list[tuple[int, Any]] = []
+        for i, rows in enumerate(requests):
+            try:
+                prepared.append((i, predictor.prepare(rows)))
+            except AiInfraError as e:
+                out[i] = e
+        if prepared:
+            scores = await self._forward(predictor, np.concatenate([x for _, x in prepared]))
+            start = 0
+            for i, x in prepared:
+                out[i] = predictor.answer(scores[start:start + len(x)])
+                start += len(x)
+        return out
+
     # No waiting for a batch to fill: a lone request goes at once, and requests that arrive while a
     # forward pass runs are queued and go together in the next.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
@@ -89,6 +108,56 @@ class ModelVersions:
                 out[i] = scores[start:start + len(xs[i])]
                 start += len(xs[i])
         return out
+
+
+class Coalescer:
+    """Requests to one deployment, at most ``in_flight`` calls at a time: requests that come while that many
+    are out wait, and the next call carries all of them (up to ``MAX_COALESCED_ROWS`` rows). No waiting for a
+    batch to fill: with a call free, a request goes at once. ``call(list of requests' rows)`` answers each
+    request with its rows' answer or the error of its own rows; a failure of the call itself fails every
+    request it carried."""
+
+    def __init__(self, call: Any, in_flight: int) -> None:
+        self._call, self._in_flight = call, in_flight
+        self._waiting: list[tuple[list[dict[str, Any]], asyncio.Future]] = []
+        self._running = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    async def submit(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((rows, future))
+        if self._running < self._in_flight:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        answer = await future
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, n = [], 0
+                while self._waiting and (not batch or n + len(self._waiting[0][0]) <= MAX_COALESCED_ROWS):
+                    rows, future = self._waiting.pop(0)
+                    batch.append((rows, future))
+                    n += len(rows)
+                try:
+                    answers = await self._call([rows for rows, _ in batch])
+                except BaseException as e:  # noqa: BLE001 - handed to each waiting request, raised there
+                    answers = [e] * len(batch)
+                for (_, future), answer in zip(batch, answers):
+                    if not future.done():  # its caller may have gone (a client that hung up)
+                        future.set_result(answer)
+        finally:
+            self._running -= 1
+
+
+# One coalesced call's rows at most (a single request may hold more, up to the row limit, and goes alone).
+MAX_COALESCED_ROWS = 10_000
 
 
 def _transport(handle: Any, config: PlatformConfig) -> Any:
@@ -110,6 +179,8 @@ class DeploymentHandles:
         self._handles = {role: _transport(h, config) for role, h in handles.items() if h is not None}
         self.roles = frozenset(self._handles)
         self._by_model: dict[tuple[str, str], Any] = {}
+        self._in_flight = config.serve.model_calls_in_flight
+        self._calls: dict[tuple[str, str], Coalescer] = {}
 
     def _handle(self, role: str, version: ModelVersion) -> Any:
         key = (role, model_id(version))
@@ -122,7 +193,17 @@ class DeploymentHandles:
 
     async def answer(self, role: str, version: ModelVersion, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
-            return await self._handle(role, version).predict.remote(rows, version.name, version.version)
+            if not self._in_flight:
+                return await self._handle(role, version).predict.remote(rows, version.name, version.version)
+            key = (role, model_id(version))
+            calls = self._calls.get(key)
+            if calls is None:
+                if len(self._calls) >= 1024:  # as the handles: bounded over versions that come and go
+                    self._calls = {k: c for k, c in self._calls.items() if c.busy}
+                handle = self._handle(role, version)
+                calls = self._calls[key] = Coalescer(
+                    lambda batch: handle.predict_many.remote(batch, version.name, version.version), self._in_flight)
+            return await calls.submit(rows)
         except BackPressureError:
             raise AtCapacity(f"{version.ref} is at capacity; retry with backoff") from None
         except RayTaskError as e:
