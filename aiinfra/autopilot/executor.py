@@ -163,7 +163,7 @@ class AutopilotExecutor:
                 taken += self._act(pilot, pilot.on_performance(snapshot))
         elif st["state"] == "retraining":
             if st["job_id"] is None:
-                self._submit(pilot)
+                taken += self._submit(pilot)
             else:
                 taken += self._check_job(pilot, st["job_id"])
         elif st["state"] == "awaiting_approval":
@@ -199,7 +199,7 @@ class AutopilotExecutor:
         model, ev = pilot.model, decision.evidence
         self._event(model, decision.action, decision.reason, decision.seq)
         if decision.action == "retrain":
-            self._submit(pilot)
+            return [decision, *self._submit(pilot)]
         elif decision.action == "start_canary":
             self._monitors.reset_arms(model)
             try:
@@ -258,7 +258,8 @@ class AutopilotExecutor:
         elif d.action in ("rollback", "abort"):
             self._remove_challenger(pilot.model)
 
-    def _submit(self, pilot: Autopilot) -> None:
+    def _submit(self, pilot: Autopilot) -> list[Decision]:
+        """Send the retrain job; the decisions that follows from it (an abort, when no node could hold it)."""
         policy = pilot.policy
         model = policy.model
         job_id = f"retrain-{model}-{uuid.uuid4().hex[:8]}"
@@ -269,9 +270,16 @@ class AutopilotExecutor:
                 "--max-untrusted-share", str(retrain.max_untrusted_share)]
         if retrain.reference_rows is not None:
             args += ["--reference-rows", str(retrain.reference_rows)]
-        self._jobs.submit(shlex.join(args), submission_id=job_id, metadata={"autopilot_model": model})
+        try:
+            memory = self._jobs.retrain_memory(retrain)
+        except InvalidInput as e:  # no node could hold its driver: said now, not by a job killed halfway
+            return self._act(pilot, pilot.retrain_finished(False, error=f"not submitted: {e}"))
+        self._jobs.submit(shlex.join(args), submission_id=job_id, metadata={"autopilot_model": model},
+                          entrypoint_memory=memory)
         pilot.retrain_submitted(job_id)
-        self._event(model, "submitted", f"retrain job {job_id}: {shlex.join(args[1:])}")
+        asked = f"; its driver asks for {memory / (1 << 30):.2f} GiB" if memory else ""
+        self._event(model, "submitted", f"retrain job {job_id}: {shlex.join(args[1:])}{asked}")
+        return []
 
     def _check_job(self, pilot: Autopilot, job_id: str) -> list[Decision]:
         job = self._jobs.state(job_id)

@@ -48,7 +48,15 @@ class Monitors(Protocol):
 
 
 class Jobs(Protocol):
-    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str]) -> str: ...
+    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str],
+               entrypoint_memory: int | None = None) -> str: ...
+
+    def retrain_memory(self, retrain: Any) -> int | None:
+        """The memory a retrain job's driver asks for (``aiinfra.training.budgets``), None to ask for none.
+
+        Raises:
+            InvalidInput: no node of the cluster could hold its driver (or it is past jobs.entrypoint_memory_bytes).
+        """
 
     def state(self, job_id: str) -> JobState: ...
 
@@ -83,8 +91,41 @@ class ClusterJobs:
     def __init__(self, config: PlatformConfig) -> None:
         self.config = config
 
-    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str]) -> str:
-        return jobs.submit(self.config, entrypoint, name="retrain", submission_id=submission_id, metadata=metadata)
+    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str],
+               entrypoint_memory: int | None = None) -> str:
+        return jobs.submit(self.config, entrypoint, name="retrain", submission_id=submission_id, metadata=metadata,
+                           entrypoint_memory=entrypoint_memory)
+
+    def retrain_memory(self, retrain: Any) -> int | None:
+        """The retrain's driver estimate from the dataset's manifest (what ``aiinfra retrain`` checks again when it
+        starts), asked for as ``entrypoint_memory`` so Ray starts the driver on a node with that much memory left.
+        None where it cannot be estimated here (the config or the manifests unreadable from this node, a feature
+        source other than the dataset itself) or a budget is configured (the job then asks for that)."""
+        from aiinfra.data.catalog import DatasetCatalog
+        from aiinfra.storage import open_artifact_store
+        from aiinfra.training.budgets import (
+            check_driver_budget,
+            driver_memory_request,
+            retrain_driver_estimate,
+            use_ray_engine,
+        )
+        from aiinfra.training.config import load_train_config
+
+        try:
+            cfg = load_train_config(retrain.training_config)
+            base = DatasetCatalog(open_artifact_store(self.config.storage_root)).get(cfg.data.dataset)
+        except Exception:  # noqa: BLE001 - advice for the request: the job itself reads (and refuses) them again
+            return None
+        view = cfg.data.feature_view
+        if view is not None and getattr(view, "source", None) != base.name:
+            return None  # a registered view's source, or another dataset: not known here without the feature store
+        estimate = retrain_driver_estimate(cfg, base, recent_rows=retrain.recent_rows,
+                                           reference_rows=retrain.reference_rows,
+                                           engine="ray" if use_ray_engine(cfg.data.engine, base) else "memory")
+        what = f"the retrain of {cfg.name} on {base.ref}"
+        check_driver_budget(estimate, self.config.jobs.entrypoint_memory_bytes, what)
+        return driver_memory_request(estimate, self.config.jobs.entrypoint_memory_bytes, jobs.node_memory(self.config),
+                                     what)
 
     def state(self, job_id: str) -> JobState:
         return jobs.job_state(self.config, job_id)

@@ -48,9 +48,9 @@ def _check_driver_memory(config: Any, cfg: Any, args: argparse.Namespace) -> Non
 
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.errors import AiInfraError
-    from aiinfra.pipelines.budgets import check_driver_budget, retrain_driver_estimate
     from aiinfra.pipelines.train import feature_source, use_ray_engine
     from aiinfra.platform import open_local
+    from aiinfra.training.budgets import check_driver_budget, retrain_driver_estimate
 
     try:
         with open_local(config) as platform:

@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int | None:
         except ValueError:
             raise InvalidInput(f"{args.config} is outside this directory, which is what the job uploads; "
                                "run from a directory that contains the config") from None
-        from aiinfra.pipelines.budgets import driver_memory_request
+        from aiinfra.training.budgets import driver_memory_request
 
         estimate = _driver_estimate(config, cfg)
         request = driver_memory_request(estimate, config.jobs.entrypoint_memory_bytes,
@@ -66,9 +66,9 @@ def _driver_estimate(config: Any, cfg: Any) -> Any:
     None (and a note) where this machine cannot read the manifests (a cluster's storage it has no credentials for)."""
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.errors import AiInfraError
-    from aiinfra.pipelines.budgets import check_driver_budget, training_driver_estimate
     from aiinfra.pipelines.train import feature_source, use_ray_engine
     from aiinfra.platform import open_local
+    from aiinfra.training.budgets import check_driver_budget, training_driver_estimate
 
     try:
         with open_local(config) as platform:

@@ -37,6 +37,7 @@ from aiinfra.pipelines.judging import gate_against_champion, holdout_outputs, re
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.provenance import code_version, environment, environment_changes
 from aiinfra.registry.approvals import AliasRequest
+from aiinfra.training.budgets import RAY_ENGINE_ROWS, use_ray_engine  # noqa: F401 - re-exported
 from aiinfra.training.config import TrainConfig, config_hash, load_train_config
 from aiinfra.training.evaluation import render_html
 from aiinfra.training.model_dir import ModelSpec, save_model_dir
@@ -51,7 +52,6 @@ TRAINING_CONFIG = "training_config.json"
 EVALUATION = "evaluation.json"
 REPORT_HTML = "evaluation.html"
 LABEL_TIME = "label_ts"
-RAY_ENGINE_ROWS = 2_000_000  # data.engine: auto builds larger tables on Ray Data
 
 
 @dataclass
@@ -158,12 +158,6 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
     data = PreparedData(train=train.reset_index(drop=True), val=val.reset_index(drop=True), pre=pre, label=d.label,
                         task=cfg.task, class_labels=labels, target_mean=mean, target_std=std, left_out=left_out)
     return data, holdout.reset_index(drop=True), resolved, list(pinned.values())
-
-
-def use_ray_engine(engine: str, version: Any, source_rows: int = 0) -> bool:
-    """``data.engine``: ``auto`` builds the table on Ray Data from ``RAY_ENGINE_ROWS`` rows of the version, or of
-    the feature view's source (which the in-memory join loads whole), up."""
-    return engine == "ray" or (engine == "auto" and max(version.row_count or 0, source_rows) >= RAY_ENGINE_ROWS)
 
 
 def _feature_source_rows(platform: Any, cfg: TrainConfig) -> int:

@@ -66,12 +66,21 @@ class FakeMonitors:
 class FakeJobs:
     def __init__(self) -> None:
         self.submitted: list[tuple[str, str]] = []
+        self.memory: dict[str, int | None] = {}
         self.states: dict[str, JobState] = {}
+        self.driver_memory: int | Exception | None = None  # what retrain_memory answers (or raises)
 
-    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str]) -> str:
+    def submit(self, entrypoint: str, *, submission_id: str, metadata: dict[str, str],
+               entrypoint_memory: int | None = None) -> str:
         self.submitted.append((submission_id, entrypoint))
+        self.memory[submission_id] = entrypoint_memory
         self.states[submission_id] = JobState(submission_id, "RUNNING")
         return submission_id
+
+    def retrain_memory(self, retrain) -> int | None:
+        if isinstance(self.driver_memory, Exception):
+            raise self.driver_memory
+        return self.driver_memory
 
     def state(self, job_id: str) -> JobState:
         return self.states[job_id]
@@ -198,6 +207,33 @@ def test_a_job_that_succeeds_without_a_result_aborts(world):
     (decision,) = ex.tick()
     assert decision["action"] == "abort" and "wrote no result" in decision["reason"]
 
+
+def test_a_retrain_job_asks_for_its_drivers_memory_and_one_no_node_could_hold_is_not_sent(world):
+    p, db, clock, _, jobs, executor = world
+    ex = executor()
+    ex.watch(POLICY)
+    jobs.driver_memory = 3 << 30
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    ex.tick()
+    (job_id, _), = jobs.submitted
+    assert jobs.memory[job_id] == 3 << 30
+    assert any("asks for 3.00 GiB" in e["reason"] for e in ex.status(MODEL)["events"] if e["action"] == "submitted")
+
+
+def test_a_retrain_whose_driver_no_node_could_hold_aborts_before_a_job_is_sent(world):
+    p, db, clock, _, jobs, executor = world
+    ex = executor()
+    ex.watch({**POLICY, "cooldown_s": 0})
+    jobs.driver_memory = InvalidInput("the retrain of churn: its driver would hold about 40.00 GiB, more than any node")
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    decisions = ex.tick()
+    assert [d["action"] for d in decisions][-2:] == ["retrain", "abort"] and jobs.submitted == []
+    assert "not submitted" in decisions[-1]["reason"] and "40.00 GiB" in decisions[-1]["reason"]
+    assert ex.status(MODEL)["models"][MODEL]["state"]["state"] == "watching"
 
 def test_a_gate_refusal_aborts_and_names_the_reason(world):
     p, db, clock, _, jobs, executor = world

@@ -9,7 +9,7 @@ import pytest
 from aiinfra.data.profile import ColumnProfile, DatasetProfile
 from aiinfra.demo.configs import example_config
 from aiinfra.errors import InvalidInput
-from aiinfra.pipelines.budgets import (
+from aiinfra.training.budgets import (
     PROCESS_BYTES,
     check_driver_budget,
     driver_memory_request,

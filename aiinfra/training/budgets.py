@@ -23,8 +23,10 @@ from typing import Any
 
 from aiinfra.errors import InvalidInput
 
-__all__ = ["DriverEstimate", "check_driver_budget", "driver_memory_request", "retrain_driver_estimate", "row_bytes",
-           "training_driver_estimate"]
+__all__ = ["RAY_ENGINE_ROWS", "DriverEstimate", "check_driver_budget", "driver_memory_request", "retrain_driver_estimate",
+           "row_bytes", "training_driver_estimate", "use_ray_engine"]
+
+RAY_ENGINE_ROWS = 2_000_000  # data.engine: auto builds larger tables on Ray Data
 
 PROCESS_BYTES = 600 << 20
 MEMORY_ENGINE_COPIES = 4
@@ -62,6 +64,12 @@ def row_bytes(version: Any) -> float:
         else:
             total += _FIXED.get(t, 8)
     return total
+
+
+def use_ray_engine(engine: str, version: Any, source_rows: int = 0) -> bool:
+    """``data.engine``: ``auto`` builds the table on Ray Data from ``RAY_ENGINE_ROWS`` rows of the version, or of
+    the feature view's source (which the in-memory join loads whole), up."""
+    return engine == "ray" or (engine == "auto" and max(version.row_count or 0, source_rows) >= RAY_ENGINE_ROWS)
 
 
 def training_driver_estimate(cfg: Any, version: Any, *, source: Any = None, engine: str) -> DriverEstimate:
