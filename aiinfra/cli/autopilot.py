@@ -46,19 +46,14 @@ def _check_driver_memory(config: Any, cfg: Any, args: argparse.Namespace) -> Non
     # Inside: pandas and pyarrow; `aiinfra --help` must not pay for them.
     import psutil
 
-    from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.errors import AiInfraError
-    from aiinfra.pipelines.train import feature_source, use_ray_engine
-    from aiinfra.platform import open_local
+    from aiinfra.cli.training import read_manifests
+    from aiinfra.pipelines.train import use_ray_engine
     from aiinfra.training.budgets import check_driver_budget, retrain_driver_estimate
 
-    try:
-        with open_local(config) as platform:
-            base = DatasetCatalog(platform.store).get(cfg.data.dataset)
-            source = feature_source(platform, cfg)
-    except AiInfraError as e:
-        print(f"the driver's memory is not estimated: {e}", file=sys.stderr)
+    manifests = read_manifests(config, cfg)
+    if manifests is None:
         return
+    base, source = manifests
     if source is not None and source.name == base.name:
         source = None  # the view's source is the window itself: nothing more is read for the join
     engine = "ray" if use_ray_engine(cfg.data.engine, base, source.row_count if source else 0) else "memory"

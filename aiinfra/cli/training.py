@@ -61,25 +61,35 @@ def _train(args: argparse.Namespace) -> int | None:
     return None
 
 
-def _driver_estimate(config: Any, cfg: Any) -> Any:
-    """The training job's driver memory, estimated from the manifests here; refused past jobs.entrypoint_memory_bytes.
-    None (and a note) where this machine cannot read the manifests (a cluster's storage it has no credentials for)."""
+def read_manifests(config: Any, cfg: Any) -> tuple[Any, Any] | None:
+    """(the training dataset's version, the feature view's source version or None), read here for a driver's
+    memory estimate; None, with a note, where this machine cannot read them (a cluster's storage it has no
+    credentials for): the estimate is advice and must not stop the job."""
     from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.errors import AiInfraError
-    from aiinfra.pipelines.train import feature_source, use_ray_engine
+    from aiinfra.pipelines.train import feature_source
     from aiinfra.platform import open_local
-    from aiinfra.training.budgets import check_driver_budget, training_driver_estimate
 
     try:
         with open_local(config) as platform:
-            version = DatasetCatalog(platform.store).get(cfg.data.dataset)
-            source = feature_source(platform, cfg)
+            return DatasetCatalog(platform.store).get(cfg.data.dataset), feature_source(platform, cfg)
     except AiInfraError as e:
         print(f"the driver's memory is not estimated: {e}", file=sys.stderr)
-        return None
-    except Exception as e:  # noqa: BLE001 - the estimate is advice: a store this machine cannot reach must not stop the job
+    except Exception as e:  # noqa: BLE001 - see above
         print(f"the driver's memory is not estimated (the manifests cannot be read here: {type(e).__name__})", file=sys.stderr)
+    return None
+
+
+def _driver_estimate(config: Any, cfg: Any) -> Any:
+    """The training job's driver memory, estimated from the manifests here; refused past jobs.entrypoint_memory_bytes.
+    None (and a note) where this machine cannot read the manifests (a cluster's storage it has no credentials for)."""
+    from aiinfra.pipelines.train import use_ray_engine
+    from aiinfra.training.budgets import check_driver_budget, training_driver_estimate
+
+    manifests = read_manifests(config, cfg)
+    if manifests is None:
         return None
+    version, source = manifests
     engine = "ray" if use_ray_engine(cfg.data.engine, version, source.row_count if source else 0) else "memory"
     estimate = training_driver_estimate(cfg, version, source=source, engine=engine)
     check_driver_budget(estimate, config.jobs.entrypoint_memory_bytes, f"training {cfg.name} on {version.ref}")

@@ -113,6 +113,13 @@ class TrainingWindow:
         return "trusted production rows" if self.holdout else "reference rows"
 
 
+def trusted_holdout_rows(trusted: int, holdout_fraction: float, min_trusted_holdout: int) -> int:
+    """How many of ``trusted`` trusted labelled rows judge the retrain: ``holdout_fraction`` of them, or 0 (the
+    reference rows judge) when that is fewer than ``min_trusted_holdout``."""
+    n = int(trusted * holdout_fraction)
+    return n if n >= min_trusted_holdout else 0
+
+
 def split_production_rows(rows: Sequence[Mapping[str, Any]], *, reference_rows: int, holdout_fraction: float,
                           min_trusted_holdout: int, max_untrusted_share: float) -> TrainingWindow:
     """Which production rows judge the retrain (the newest ``holdout_fraction`` of the trusted ones, when that is
@@ -123,9 +130,9 @@ def split_production_rows(rows: Sequence[Mapping[str, Any]], *, reference_rows: 
     ordered = sorted(rows, key=lambda r: float(r.get("served_at") or 0.0))  # oldest first, stable
     trusted = [dict(r) for r in ordered if label_is_trusted(r)]
     untrusted = [dict(r) for r in ordered if not label_is_trusted(r)]
-    n_holdout = int(len(trusted) * holdout_fraction)
+    n_holdout = trusted_holdout_rows(len(trusted), holdout_fraction, min_trusted_holdout)
     holdout: list[dict[str, Any]] = []
-    if n_holdout >= min_trusted_holdout:
+    if n_holdout:
         trusted, holdout = trusted[:len(trusted) - n_holdout], trusted[len(trusted) - n_holdout:]
     others = reference_rows + len(trusted)
     # untrusted <= share * (others + untrusted)  <=>  untrusted <= share / (1 - share) * others
@@ -175,10 +182,9 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
     with log.stage("choose the trusted holdout and cap the clients' own labels"):
         fraction = cfg.data.split.holdout_fraction
         n_reference_holdout = max(1, int(len(reference) * fraction))
-        trial = split_production_rows(rows, reference_rows=len(reference), holdout_fraction=fraction,
-                                      min_trusted_holdout=min_trusted_holdout, max_untrusted_share=max_untrusted_share)
         held_reference = reference.iloc[0:0]
-        if not trial.holdout:  # too few trusted labels: the newest reference rows (the curated data) judge
+        if not trusted_holdout_rows(sum(map(label_is_trusted, rows)), fraction, min_trusted_holdout):
+            # too few trusted labels: the newest reference rows (the curated data) judge
             held_reference, reference = reference.tail(n_reference_holdout), reference.iloc[:len(reference) - n_reference_holdout]
         window = split_production_rows(rows, reference_rows=len(reference), holdout_fraction=fraction,
                                        min_trusted_holdout=min_trusted_holdout, max_untrusted_share=max_untrusted_share)

@@ -121,6 +121,17 @@ def _drift_window(db, window_id: int, at: float) -> None:
                    (MODEL, window_id, at, at - 1, at, 1000, report.status, report.model_dump_json()))
 
 
+def _retrain_decided(world, policy: dict | None = None) -> tuple[AutopilotExecutor, list[dict]]:
+    """A new executor watching ``policy`` (POLICY), two drift windows, one tick: the retrain decided (and sent)."""
+    _, db, clock, _, _, executor = world
+    ex = executor()
+    ex.watch(policy or POLICY)
+    clock.now += 10
+    _drift_window(db, 1, clock.now)
+    _drift_window(db, 2, clock.now)
+    return ex, ex.tick()
+
+
 def _to_canary(world) -> tuple[AutopilotExecutor, str]:
     p, db, clock, monitors, jobs, executor = world
     ex = executor()
@@ -180,12 +191,7 @@ def test_a_failing_challenger_is_rolled_back_and_the_champion_keeps_serving(worl
 
 def test_a_failed_job_aborts_the_cycle_with_its_log_in_the_reason(world):
     p, db, clock, _, jobs, executor = world
-    ex = executor()
-    ex.watch(POLICY)
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    ex.tick()
+    ex, _ = _retrain_decided(world)
     (job_id, _), = jobs.submitted
     jobs.states[job_id] = JobState(job_id, "FAILED", "exit code 1")
     (decision,) = ex.tick()
@@ -196,12 +202,7 @@ def test_a_failed_job_aborts_the_cycle_with_its_log_in_the_reason(world):
 
 def test_a_job_that_succeeds_without_a_result_aborts(world):
     _, db, clock, _, jobs, executor = world
-    ex = executor()
-    ex.watch(POLICY)
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    ex.tick()
+    ex, _ = _retrain_decided(world)
     (job_id, _), = jobs.submitted
     jobs.states[job_id] = JobState(job_id, "SUCCEEDED")
     (decision,) = ex.tick()
@@ -210,13 +211,8 @@ def test_a_job_that_succeeds_without_a_result_aborts(world):
 
 def test_a_retrain_job_asks_for_its_drivers_memory_and_one_no_node_could_hold_is_not_sent(world):
     p, db, clock, _, jobs, executor = world
-    ex = executor()
-    ex.watch(POLICY)
     jobs.driver_memory = 3 << 30
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    ex.tick()
+    ex, _ = _retrain_decided(world)
     (job_id, _), = jobs.submitted
     assert jobs.memory[job_id] == 3 << 30
     assert any("asks for 3.00 GiB" in e["reason"] for e in ex.status(MODEL)["events"] if e["action"] == "submitted")
@@ -224,25 +220,15 @@ def test_a_retrain_job_asks_for_its_drivers_memory_and_one_no_node_could_hold_is
 
 def test_a_retrain_whose_driver_no_node_could_hold_aborts_before_a_job_is_sent(world):
     p, db, clock, _, jobs, executor = world
-    ex = executor()
-    ex.watch({**POLICY, "cooldown_s": 0})
     jobs.driver_memory = InvalidInput("the retrain of churn: its driver would hold about 40.00 GiB, more than any node")
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    decisions = ex.tick()
+    ex, decisions = _retrain_decided(world, {**POLICY, "cooldown_s": 0})
     assert [d["action"] for d in decisions][-2:] == ["retrain", "abort"] and jobs.submitted == []
     assert "not submitted" in decisions[-1]["reason"] and "40.00 GiB" in decisions[-1]["reason"]
     assert ex.status(MODEL)["models"][MODEL]["state"]["state"] == "watching"
 
 def test_a_gate_refusal_aborts_and_names_the_reason(world):
     p, db, clock, _, jobs, executor = world
-    ex = executor()
-    ex.watch(POLICY)
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    ex.tick()
+    ex, _ = _retrain_decided(world)
     (job_id, _), = jobs.submitted
     write_retrain_result(p.store, db, retrain_result_key(MODEL, job_id),
                          RetrainResult(model=f"{MODEL}@2", version=2, challenger=None,
@@ -256,12 +242,7 @@ def test_a_gate_refusal_aborts_and_names_the_reason(world):
 def test_a_retrain_result_changed_in_the_store_is_not_trusted(world):
     """Whoever may write the artifact store must not choose the next challenger: the record's hash is in the DB."""
     p, db, clock, _, jobs, executor = world
-    ex = executor()
-    ex.watch(POLICY)
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    ex.tick()
+    ex, _ = _retrain_decided(world)
     (job_id, _), = jobs.submitted
     key = retrain_result_key(MODEL, job_id)
     write_retrain_result(p.store, db, key, RetrainResult(model=f"{MODEL}@2", version=2, challenger=None,
@@ -306,12 +287,7 @@ def test_a_restart_mid_canary_restores_the_challenger_alias(world):
 def test_a_protected_challenger_alias_ends_the_canary_with_the_reason_and_the_champion_serving(world):
     p, db, clock, _, jobs, executor = world
     p.registry.set_policy(MODEL, {"aliases": {"challenger": {"approvals": 1}}})
-    ex = executor()
-    ex.watch(POLICY)
-    clock.now += 10
-    _drift_window(db, 1, clock.now)
-    _drift_window(db, 2, clock.now)
-    ex.tick()
+    ex, _ = _retrain_decided(world)
     (job_id, _), = jobs.submitted
     write_retrain_result(p.store, db, retrain_result_key(MODEL, job_id),
                          RetrainResult(model=f"{MODEL}@2", version=2, challenger=f"{MODEL}@2"))
