@@ -22,11 +22,11 @@ from aiinfra.config import PlatformConfig, load_config
 from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.client import FeatureStoreClient
 from aiinfra.features.online import OnlineStore
+from aiinfra.identity.tokens import TokenStore, ensure_admin_token
 from aiinfra.registry.actor import REGISTRY
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.core import ModelRegistry
 from aiinfra.service import LocalBackend, start_actor
-from aiinfra.serving.auth import TokenStore, ensure_admin_token
 from aiinfra.storage import ArtifactStore, open_artifact_store, open_metadata_db
 
 __all__ = ["Platform", "connect", "open_local"]

@@ -39,12 +39,29 @@ __all__ = [
     "actor_backend",
     "find_actor",
     "get_actor",
+    "ray_job_id",
     "start_actor",
 ]
 
 # How long a client waits for a service call, retries across an actor restart included. A call that runs
 # longer (a monitor's rebase rebuilds its reference) still fits: the slowest measured here is a few seconds.
 CALL_TIMEOUT_S = 60.0
+
+
+def ray_job_id() -> str | None:
+    """The Ray job this process belongs to (a driver's, or an actor's creator's), hex; None outside Ray.
+
+    Ray is not imported for it: a process that has not loaded Ray has not joined a cluster.
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return str(ray.get_runtime_context().get_job_id())
+    except Exception:  # noqa: BLE001 - a worker shutting down: no job to name
+        return None
 
 
 class ServiceBackend(Protocol):

@@ -117,9 +117,9 @@ def plain_server(home: str, port: int) -> None:
     from tritonclient.grpc import service_pb2_grpc
 
     from aiinfra.errors import AiInfraError
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.inference.predictor import Predictor
     from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.serving.grpc_oip import grpc_code, infer_body, infer_response, pb
     from aiinfra.serving.oip import decode_infer_request, encode_infer_response
     from aiinfra.storage import open_metadata_db

@@ -42,8 +42,8 @@ from pg_server import PostgresServer  # noqa: E402
 
 from aiinfra.cluster_access import clear_stale_cluster_pointer  # noqa: E402
 from aiinfra.config import PlatformConfig, load_config  # noqa: E402
+from aiinfra.identity.tokens import TokenStore  # noqa: E402
 from aiinfra.platform import Platform, connect, open_local  # noqa: E402
-from aiinfra.serving.auth import TokenStore  # noqa: E402
 from aiinfra.storage import open_metadata_db  # noqa: E402
 
 BACKENDS = ("sqlite", "postgresql")

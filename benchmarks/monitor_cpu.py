@@ -76,11 +76,11 @@ def main() -> None:
     from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
     from aiinfra.data.transforms import load_feature_spec
     from aiinfra.demo.configs import example_config
+    from aiinfra.identity.tokens import read_token_file
     from aiinfra.monitoring.actor import get_monitor_actor
     from aiinfra.pipelines.ingest import ingest
     from aiinfra.pipelines.train import run_training
     from aiinfra.serving.app import build_app
-    from aiinfra.serving.auth import read_token_file
     from aiinfra.training.config import load_train_config
 
     try:

@@ -40,8 +40,8 @@ PREFIX = "mm"
 def prepare(home: Path) -> str:
     """Fit one MLP, register it under MODELS names (alias champion each); a `predict` token."""
     from aiinfra.data.synthetic import make_customers
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
     from aiinfra.training.model_dir import save_model_dir
     from aiinfra.training.tabular import signature_for

@@ -38,11 +38,11 @@ def prepare(home: Path) -> tuple[str, dict]:
     import numpy as np
 
     from aiinfra.data.synthetic import LABEL, make_customers
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.monitoring.profile import build_profile, write_profile
     from aiinfra.pipelines.progress import StageLog
     from aiinfra.pipelines.variants import export_version, optimize_version
     from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
     from aiinfra.training.model_dir import load_model_dir, save_model_dir
     from aiinfra.training.tabular import signature_for

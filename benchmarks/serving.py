@@ -106,8 +106,8 @@ def fit_churn_mlp(df, hidden: list[int], *, epochs: int, batch: int, lr: float):
 def prepare(home: Path) -> str:
     """Fit and register `bench` (alias champion) in `home`; return a `predict` token."""
     from aiinfra.data.synthetic import make_customers
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
     from aiinfra.training.model_dir import save_model_dir
     from aiinfra.training.tabular import signature_for
@@ -179,9 +179,9 @@ def run_plain_server(home: str, port: int) -> None:
     from fastapi.responses import JSONResponse
 
     from aiinfra.errors import AiInfraError, InvalidInput, NotFound, PayloadTooLarge
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.inference.predictor import Predictor
     from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
 
     torch.set_num_threads(1)  # as in a Serve replica (Ray sets OMP_NUM_THREADS=1 for fractional CPUs)

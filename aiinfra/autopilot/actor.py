@@ -25,7 +25,7 @@ class AutopilotActor(AutopilotExecutor):
     def __init__(self, config: PlatformConfig, poll_interval_s: float = 5.0) -> None:
         store = open_artifact_store(config.storage_root)
         super().__init__(open_metadata_db(config.metadata_url, create=False), store,
-                         registry=RegistryClient.on_cluster(config, store=store, who="autopilot"),
+                         registry=RegistryClient.on_cluster(config, store=store, service="autopilot"),
                          monitors=ClusterMonitors(config), jobs=ClusterJobs(config), poll_interval_s=poll_interval_s)
         self.start()
 

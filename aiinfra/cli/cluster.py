@@ -11,7 +11,7 @@ from aiinfra.cli.common import print_json, when
 from aiinfra.cluster import cluster_status, down, up
 from aiinfra.config import load_config
 from aiinfra.errors import InvalidInput
-from aiinfra.serving.roles import ROLES
+from aiinfra.identity.roles import ROLES
 
 
 def _up(args: argparse.Namespace) -> None:
@@ -55,7 +55,7 @@ def _status(args: argparse.Namespace) -> None:
 def _tokens() -> Any:
     """The token store on this machine's metadata DB: tokens live there whether or not a cluster runs."""
     # Inside: these load pyarrow and numpy; `aiinfra --help` must not pay for them.
-    from aiinfra.serving.auth import TokenStore
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.storage import open_metadata_db
 
     # No background writer: the CLI checks no token, so it has no last use to record.

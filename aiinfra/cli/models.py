@@ -119,35 +119,19 @@ def _models_import(args: argparse.Namespace) -> None:
 
 
 # -- protected aliases -------------------------------------------------------------------------------------
-def _token_identity(config: Any, args: argparse.Namespace, action: str, model: str | None) -> str | None:
-    """``token:<id>`` of the API token given (``--token-file``, else AIINFRA_API_TOKEN), checked to exist and to
-    allow ``action`` on ``model``; None when none is given and ``action`` is not ``approve``."""
+def _api_token(args: argparse.Namespace) -> str | None:
+    """The API token given (``--token-file``, else AIINFRA_API_TOKEN), if any. The registry checks it (and, to
+    approve, its role and scope) where the alias moves, and its audit log names the token."""
     import os
 
     from aiinfra.config import ENV
-    from aiinfra.serving.auth import TokenStore
-    from aiinfra.storage import open_metadata_db
 
-    token = None
     if getattr(args, "token_file", None):
         try:
-            token = open(args.token_file).read().strip()  # noqa: SIM115 - read once
+            return open(args.token_file).read().strip() or None  # noqa: SIM115 - read once
         except OSError as e:
             raise InvalidInput(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
-    token = token or os.environ.get(ENV.API_TOKEN.name)
-    if not token:
-        if action == "approve":
-            raise InvalidInput("approving or refusing takes an API token of the approver (or admin) role: "
-                               "--token-file PATH, or AIINFRA_API_TOKEN (`aiinfra token create --role approver`)")
-        return None
-    db = open_metadata_db(config.metadata_url)
-    try:
-        principal = TokenStore(db).verify(f"Bearer {token}")
-    finally:
-        db.close()
-    if action == "approve":
-        principal.require("approve", model=model)
-    return f"token:{principal.token_id}"
+    return os.environ.get(ENV.API_TOKEN.name) or None
 
 
 def _print_request(r: Any) -> None:
@@ -173,11 +157,8 @@ def _models_policy(args: argparse.Namespace) -> None:
 
 
 def _models_request(args: argparse.Namespace) -> None:
-    config = load_config()
-    who = _token_identity(config, args, "request", args.name)
-    with open_platform(config) as p:
-        registry = p.registry.acting_as(who) if who else p.registry
-        request = registry.request_alias(args.name, args.version, args.alias, reason=args.reason)
+    with open_platform(load_config()) as p:
+        request = p.registry.with_token(_api_token(args)).request_alias(args.name, args.version, args.alias, reason=args.reason)
     if args.json:
         return print_json(request.model_dump(mode="json"))
     _print_request(request)
@@ -197,9 +178,7 @@ def _models_requests(args: argparse.Namespace) -> None:
 def _models_decide(args: argparse.Namespace) -> None:
     config = load_config()
     with open_platform(config) as p:
-        request = p.registry.get_request(args.request_id)
-        who = _token_identity(config, args, "approve", request.model)
-        registry = p.registry.acting_as(who or "unknown")
+        registry = p.registry.with_token(_api_token(args))
         request = registry.approve(args.request_id) if args.decision == "approve" else \
             registry.refuse(args.request_id, reason=args.reason)
         if request.status == "applied" and request.alias == "champion" and common.cluster_running(config):

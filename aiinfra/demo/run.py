@@ -22,11 +22,11 @@ from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
 from aiinfra.demo.configs import training_config, validation_spec
 from aiinfra.demo.scenario import print_timeline, run_loop
+from aiinfra.identity.tokens import read_token_file
 from aiinfra.pipelines.ingest import ingest
 from aiinfra.pipelines.progress import StageLog
 from aiinfra.pipelines.train import run_training
 from aiinfra.platform import connect
-from aiinfra.serving.auth import read_token_file
 
 __all__ = ["run_demo"]
 

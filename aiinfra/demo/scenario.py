@@ -25,10 +25,10 @@ from aiinfra.autopilot.actor import get_autopilot_actor
 from aiinfra.data.synthetic import CATEGORICAL, NUMERIC, make_customers
 from aiinfra.demo.clients import MODEL, BackgroundLoad, ProductionClient
 from aiinfra.demo.report import render_loop_report
+from aiinfra.identity.tokens import TokenStore
 from aiinfra.monitoring.client import MonitorClient
 from aiinfra.monitoring.core import read_estimates, read_reports
 from aiinfra.pipelines.progress import StageLog
-from aiinfra.serving.auth import TokenStore
 from aiinfra.storage import open_metadata_db
 
 # Ray is imported inside the functions: the CLI imports demo.run, which imports this module, before

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import Forbidden
+from aiinfra.identity.callers import Caller, this_process
 from aiinfra.registry.actor import REGISTRY
 from aiinfra.registry.approvals import AliasRequest, ModelPolicy
 from aiinfra.registry.files import fetch_version_files, stage_model_dir
@@ -51,21 +52,33 @@ def default_principal() -> str:
 class RegistryClient:
     """Register, look up, alias, archive and audit model versions."""
 
-    def __init__(self, backend: ServiceBackend, store: ArtifactStore, *, who: str | None = None) -> None:
+    def __init__(self, backend: ServiceBackend, store: ArtifactStore, *, token: str | None = None,
+                 service: str | None = None) -> None:
+        """
+        Args:
+            token: an API token sent with every change; the registry checks it and its audit log names the
+                token (``token:<id>``). Approving a protected alias takes one of the approver role.
+            service: the platform service this client calls for (``autopilot``), named in place of the user.
+        """
         self._backend = backend
         self.store = store
-        self.who = who or default_principal()
+        self._token = token
+        self._service = service
 
-    def acting_as(self, who: str) -> RegistryClient:
-        """This client recording ``who`` in the audit log (an approver's verified token, say)."""
-        return RegistryClient(self._backend, self.store, who=who)
+    def with_token(self, token: str | None) -> RegistryClient:
+        """This client, sending ``token`` with its changes (an approver's, say)."""
+        return RegistryClient(self._backend, self.store, token=token, service=self._service)
+
+    def _caller(self) -> Caller:
+        # Made per call: the Ray job this process belongs to is known only once it has joined the cluster.
+        return this_process(token=self._token, service=self._service)
 
     @classmethod
     def on_cluster(cls, config: PlatformConfig, *, create: bool = False, store: ArtifactStore | None = None,
-                   who: str | None = None) -> RegistryClient:
+                   service: str | None = None) -> RegistryClient:
         """The client of the ``registry`` actor (started on first use when ``create``)."""
         return cls(actor_backend(REGISTRY, config, create=create),
-                   store if store is not None else open_artifact_store(config.storage_root), who=who)
+                   store if store is not None else open_artifact_store(config.storage_root), service=service)
 
     def register(
         self,
@@ -103,7 +116,7 @@ class RegistryClient:
             signature=signature,
             lineage=lineage,
             idempotency_key=idempotency_key or f"auto-{uuid.uuid4().hex}",
-            who=self.who,
+            caller=self._caller(),
         )
 
     def get(self, ref: str) -> ModelVersion:
@@ -118,7 +131,7 @@ class RegistryClient:
 
     def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None) -> ModelVersion:
         """Point ``alias`` at ``version``; ``share``: the traffic its holder gets (a canary's), read by the router."""
-        return self._backend.call("set_alias", name, version, alias, share=share, who=self.who)
+        return self._backend.call("set_alias", name, version, alias, share=share, caller=self._caller())
 
     def alias_or_request(self, name: str, version: int, alias: str, *, reason: str = "") -> AliasRequest | ModelVersion:
         """Point ``alias`` at ``version``, or, where the alias is protected, request that (the pending request):
@@ -130,19 +143,19 @@ class RegistryClient:
 
     # -- protected aliases (approvals.py) ------------------------------------------------------------------
     def set_policy(self, name: str, policy: ModelPolicy | dict[str, Any]) -> ModelPolicy:
-        return self._backend.call("set_policy", name, policy, who=self.who)
+        return self._backend.call("set_policy", name, policy, caller=self._caller())
 
     def get_policy(self, name: str) -> ModelPolicy:
         return self._backend.call("get_policy", name)
 
     def request_alias(self, name: str, version: int, alias: str, *, reason: str = "") -> AliasRequest:
-        return self._backend.call("request_alias", name, version, alias, who=self.who, reason=reason)
+        return self._backend.call("request_alias", name, version, alias, caller=self._caller(), reason=reason)
 
     def approve(self, request_id: str) -> AliasRequest:
-        return self._backend.call("approve", request_id, who=self.who)
+        return self._backend.call("approve", request_id, caller=self._caller())
 
     def refuse(self, request_id: str, *, reason: str = "") -> AliasRequest:
-        return self._backend.call("refuse", request_id, who=self.who, reason=reason)
+        return self._backend.call("refuse", request_id, caller=self._caller(), reason=reason)
 
     def list_requests(self, name: str, *, pending_only: bool = False) -> list[AliasRequest]:
         return self._backend.call("list_requests", name, pending_only=pending_only)
@@ -151,10 +164,10 @@ class RegistryClient:
         return self._backend.call("get_request", request_id)
 
     def remove_alias(self, name: str, alias: str) -> None:
-        self._backend.call("remove_alias", name, alias, who=self.who)
+        self._backend.call("remove_alias", name, alias, caller=self._caller())
 
     def archive(self, name: str, version: int, *, reason: str = "") -> ModelVersion:
-        return self._backend.call("archive", name, version, who=self.who, reason=reason)
+        return self._backend.call("archive", name, version, caller=self._caller(), reason=reason)
 
     def audit(self, name: str) -> list[AuditEntry]:
         return self._backend.call("audit", name)
@@ -166,7 +179,7 @@ class RegistryClient:
     # -- experiment runs ------------------------------------------------------------------
     def start_run(self, *, experiment: str, **kwargs: Any) -> Run:
         """Idempotent by ``run_id``: a retried start returns the stored run."""
-        return self._backend.call("start_run", experiment=experiment, who=self.who, **kwargs)
+        return self._backend.call("start_run", experiment=experiment, caller=self._caller(), **kwargs)
 
     def log_epochs(self, run_id: str, epochs: list[dict[str, Any]]) -> int:
         return self._backend.call("log_epochs", run_id, [dict(e) for e in epochs])

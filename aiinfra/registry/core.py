@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from aiinfra.config import format_validation_error
 from aiinfra.errors import ArtifactCorrupted, Conflict, Forbidden, InvalidInput, NotFound
+from aiinfra.identity.callers import Caller, Identities
 from aiinfra.registry.approvals import AliasPolicy, AliasRequest, Approval, ModelPolicy
 from aiinfra.registry.files import StagedUpload
 from aiinfra.registry.runs import Run, RunStore
@@ -160,10 +161,12 @@ class ModelRegistry:
         self._seal_unchained()
         # The registry owns experiment runs too: versions name the run that made them.
         self.runs = RunStore(db, clock)
+        # Who the audit log names: decided here from the caller's token or process (aiinfra.identity.callers).
+        self._identities = Identities(db)
 
     # -- experiment runs (one writer: this class) -----------------------------------------
-    def start_run(self, **kwargs: Any) -> Run:
-        return self.runs.start_run(**kwargs)
+    def start_run(self, *, caller: Caller | None = None, **kwargs: Any) -> Run:
+        return self.runs.start_run(who=self._identities.who(caller), **kwargs)
 
     def log_epochs(self, run_id: str, epochs: list[dict[str, Any]]) -> int:
         return self.runs.log_epochs(run_id, epochs)
@@ -191,7 +194,7 @@ class ModelRegistry:
         signature: Signature | dict[str, Any] | None = None,
         lineage: Lineage | dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-        who: str = "unknown",
+        caller: Caller | None = None,
     ) -> ModelVersion:
         """Give staged files the next version number and record them.
 
@@ -213,6 +216,7 @@ class ModelRegistry:
         if not staged.files:
             raise InvalidInput("a model version needs at least one file")
 
+        who = self._identities.who(caller)
         now = self._clock()
         with self.db.transaction() as tx:
             if idempotency_key is not None:
@@ -266,7 +270,7 @@ class ModelRegistry:
         return result
 
     def set_alias(self, name: str, version: int, alias: str, *, share: float | None = None,
-                  who: str = "unknown") -> ModelVersion:
+                  caller: Caller | None = None) -> ModelVersion:
         """Point ``alias`` at ``version`` (moving it if it points elsewhere). Last writer wins; all are audited.
 
         Args:
@@ -278,6 +282,7 @@ class ModelRegistry:
         version = self._check_version_number(version)
         if share is not None and not (isinstance(share, (int, float)) and 0.0 <= float(share) <= 1.0):
             raise InvalidInput(f"alias share must be a number from 0 to 1, got {share!r}")
+        who = self._identities.who(caller)
         now = self._clock()
         with self.db.transaction() as tx:
             policy = self._alias_policy(tx, name, alias)
@@ -316,7 +321,7 @@ class ModelRegistry:
         rows = q.query("SELECT policy FROM alias_policies WHERE name = ? AND alias = ?", (name, alias))
         return AliasPolicy.model_validate_json(rows[0]["policy"]) if rows else None
 
-    def set_policy(self, name: str, policy: ModelPolicy | dict[str, Any], *, who: str = "unknown") -> ModelPolicy:
+    def set_policy(self, name: str, policy: ModelPolicy | dict[str, Any], *, caller: Caller | None = None) -> ModelPolicy:
         """Replace the model's alias protection (an empty policy removes it); audited with before and after."""
         validate_name("model name", name)
         if not isinstance(policy, ModelPolicy):
@@ -326,6 +331,7 @@ class ModelRegistry:
                 raise InvalidInput(format_validation_error("alias policy", e)) from None
         for alias in policy.aliases:
             validate_alias(alias)
+        who = self._identities.who(caller)
         now = self._clock()
         with self.db.transaction() as tx:
             if not tx.query("SELECT 1 FROM models WHERE name = ?", (name,)):
@@ -349,7 +355,7 @@ class ModelRegistry:
         rows = q.query("SELECT alias, policy FROM alias_policies WHERE name = ? ORDER BY alias", (name,))
         return ModelPolicy(aliases={r["alias"]: AliasPolicy.model_validate_json(r["policy"]) for r in rows})
 
-    def request_alias(self, name: str, version: int, alias: str, *, who: str = "unknown", reason: str = "") -> AliasRequest:
+    def request_alias(self, name: str, version: int, alias: str, *, caller: Caller | None = None, reason: str = "") -> AliasRequest:
         """A request to point a protected ``alias`` at ``version``: the pending one for that move if there is
         one (a retried request is the same request), else a new one."""
         validate_name("model name", name)
@@ -357,6 +363,7 @@ class ModelRegistry:
         version = self._check_version_number(version)
         if not isinstance(reason, str) or len(reason) > 1000:
             raise InvalidInput("reason must be text of at most 1,000 characters")
+        who = self._identities.who(caller)
         now = self._clock()
         with self.db.transaction() as tx:
             self._expire(tx, now, name)
@@ -383,8 +390,14 @@ class ModelRegistry:
                          **({"reason": reason} if reason else {})})
             return self._load_request(tx, request_id)
 
-    def approve(self, request_id: str, *, who: str = "unknown") -> AliasRequest:
-        """Approve a pending request; the approval that reaches the policy's count moves the alias (same transaction)."""
+    def approve(self, request_id: str, *, caller: Caller | None = None) -> AliasRequest:
+        """Approve a pending request; the approval that reaches the policy's count moves the alias (same transaction).
+
+        Raises:
+            Forbidden: ``caller`` brings no API token of the approver (or admin) role for the request's model,
+                or asked for the move itself and the policy does not allow self-approval.
+        """
+        who = self._decider(request_id, caller)
         now = self._clock()
         with self.db.transaction() as tx:
             request = self._pending(tx, request_id, now)
@@ -405,7 +418,9 @@ class ModelRegistry:
                            (now, who, request_id))
             return self._load_request(tx, request_id)
 
-    def refuse(self, request_id: str, *, who: str = "unknown", reason: str = "") -> AliasRequest:
+    def refuse(self, request_id: str, *, caller: Caller | None = None, reason: str = "") -> AliasRequest:
+        """Refuse a pending request; it takes the same token as approving it."""
+        who = self._decider(request_id, caller)
         now = self._clock()
         with self.db.transaction() as tx:
             request = self._pending(tx, request_id, now)
@@ -426,6 +441,12 @@ class ModelRegistry:
 
     def get_request(self, request_id: str) -> AliasRequest:
         return self._load_request(self.db, request_id)
+
+    def _decider(self, request_id: str, caller: Caller | None) -> str:
+        # Checked here, where the alias moves: an approval is the approver token's, whatever the client says.
+        # Before the transaction: the token lookup reads the token table on its own connection.
+        model = self._load_request(self.db, request_id).model
+        return self._identities.who(caller, action="approve", model=model)
 
     def _pending(self, tx: Transaction, request_id: str, now: float) -> AliasRequest:
         request = self._load_request(tx, request_id)
@@ -461,9 +482,10 @@ class ModelRegistry:
                             approvals=[Approval.model_validate(a) for a in json.loads(row["approvals"])],
                             needed=int(row["needed"]), decided_at=row["decided_at"], decided_by=row["decided_by"])
 
-    def remove_alias(self, name: str, alias: str, *, who: str = "unknown") -> None:
+    def remove_alias(self, name: str, alias: str, *, caller: Caller | None = None) -> None:
         validate_name("model name", name)
         alias = validate_alias(alias)
+        who = self._identities.who(caller)
         now = self._clock()
         with self.db.transaction() as tx:
             rows = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))
@@ -475,7 +497,7 @@ class ModelRegistry:
                 {"alias": alias, "version": int(rows[0]["version"])}, None,
             )
 
-    def archive(self, name: str, version: int, *, who: str = "unknown", reason: str = "") -> ModelVersion:
+    def archive(self, name: str, version: int, *, caller: Caller | None = None, reason: str = "") -> ModelVersion:
         """Mark a version archived. Its files and rows stay; nothing is ever silently deleted.
 
         Raises:
@@ -484,6 +506,7 @@ class ModelRegistry:
         """
         validate_name("model name", name)
         version = self._check_version_number(version)
+        who = self._identities.who(caller)
         now = self._clock()
         with self.db.transaction() as tx:
             current = self._load_version(tx, name, version)

@@ -52,11 +52,11 @@ from aiinfra.cluster_access import require_shared_state
 from aiinfra.config import PlatformConfig, load_config
 from aiinfra.errors import AiInfraError, InvalidInput, NotFound
 from aiinfra.features.client import FeatureStoreClient
+from aiinfra.identity.tokens import Principal, TokenStore
 from aiinfra.inference.versions import LoadedModels
 from aiinfra.monitoring.client import MonitorClient
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.types import parse_ref
-from aiinfra.serving.auth import Principal, TokenStore
 from aiinfra.serving.deployments import REPLICA_ENV, DeploymentHandles, ModelVersions
 from aiinfra.serving.endpoint import ServedModels
 from aiinfra.serving.grpc_oip import grpc_code, infer_body, infer_response, metadata_response, pb, token_of

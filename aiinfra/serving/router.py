@@ -26,12 +26,12 @@ from typing import Any, Protocol
 
 from aiinfra.config import PlatformConfig
 from aiinfra.errors import AiInfraError, AtCapacity, InvalidInput, NotFound, ServiceUnavailable
+from aiinfra.identity.roles import LABEL_ANY
+from aiinfra.identity.tokens import Principal
 from aiinfra.inference.predictor import MAX_INSTANCES
 from aiinfra.inference.scores import score_of
 from aiinfra.registry.types import ModelVersion, parse_ref
-from aiinfra.serving.auth import Principal
 from aiinfra.serving.feedback import FeedbackBatcher
-from aiinfra.serving.roles import LABEL_ANY
 from aiinfra.serving.routing import goes_to_challenger, stable_fraction
 from aiinfra.serving.sampling import MonitorSampler
 from aiinfra.serving.shadow import ShadowComparer

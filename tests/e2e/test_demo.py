@@ -182,8 +182,8 @@ def test_a_challenger_answers_its_canary_share_chosen_by_request_id(demo, tmp_pa
     """With a `challenger` alias, 10% of requests (serve.canary_share) go to it, by a hash of the
     request id: 1,000 requests split within 5 points, and a retried id always reaches the same version."""
     from aiinfra.config import load_config
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.platform import open_local
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.serving.routing import goes_to_challenger
     from aiinfra.storage import open_metadata_db
 

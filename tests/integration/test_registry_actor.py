@@ -12,7 +12,7 @@ import ray
 from ray_helpers import actor_pid
 
 from aiinfra.config import load_config
-from aiinfra.errors import ArtifactCorrupted, InvalidInput, NotFound, ServiceUnavailable
+from aiinfra.errors import ArtifactCorrupted, Forbidden, InvalidInput, NotFound, ServiceUnavailable, Unauthorized
 from aiinfra.features.actor import get_feature_store_actor
 from aiinfra.platform import connect
 from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
@@ -51,6 +51,39 @@ def test_round_trip_through_the_actor(platform, model_dir, tmp_path):
     assert got.version == 1 and got.lineage.run_id == "r1" and got.aliases == ["champion"]
     assert [e.action for e in platform.registry.audit(name)] == ["create_model", "register", "set_alias"]
     assert (platform.registry.download(got, tmp_path / "dl") / "weights.safetensors").exists()
+
+
+def test_the_actor_checks_approver_tokens_and_names_the_calling_job(platform, platform_config, model_dir):
+    """The audit's ``who`` is decided in the actor: from a token it checked, else the caller's process and Ray job."""
+    from aiinfra.identity.tokens import TokenStore
+    from aiinfra.storage import open_metadata_db
+
+    name = unique("appr")
+    for _ in range(2):
+        platform.registry.register(name, model_dir)
+    platform.registry.set_alias(name, 1, "champion")
+    platform.registry.set_policy(name, {"aliases": {"champion": {"approvals": 1}}})
+    db = open_metadata_db(platform_config.metadata_url)
+    try:
+        tokens = TokenStore(db, background=False)
+        approver, predict = tokens.issue("approver", who="test"), tokens.issue("predict", who="test")
+        request = platform.registry.request_alias(name, 2, "champion")
+        with pytest.raises(Forbidden, match="to approve, send an API token"):
+            platform.registry.approve(request.id)
+        with pytest.raises(Forbidden, match="'predict' token may not approve"):
+            platform.registry.with_token(predict.token).approve(request.id)
+        tokens.revoke(predict.id)
+        with pytest.raises(Unauthorized, match="revoked"):
+            platform.registry.with_token(predict.token).request_alias(name, 2, "champion")
+        done = platform.registry.with_token(approver.token).approve(request.id)
+    finally:
+        db.close()
+    assert done.status == "applied" and done.decided_by == f"token:{approver.id}"
+    job = ray.get_runtime_context().get_job_id()
+    audit = platform.registry.audit(name)
+    assert audit[0].who.endswith(f"(job {job})") and "@" in audit[0].who  # this driver, by its Ray job
+    assert audit[-1].action == "set_alias" and audit[-1].who == f"token:{approver.id}"
+    assert platform.registry.get(f"{name}@champion").version == 2
 
 
 def test_errors_cross_the_actor_boundary_as_themselves(platform, model_dir, platform_config):

@@ -67,8 +67,8 @@ def _model_dir(path: Path):
 def served(platform, platform_config, tmp_path_factory):
     from ray import serve
 
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.serving.app import build_app
-    from aiinfra.serving.auth import TokenStore
     from aiinfra.storage import open_metadata_db
 
     model_dir = tmp_path_factory.mktemp("httpcheck") / "m"

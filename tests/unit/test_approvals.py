@@ -1,10 +1,16 @@
-"""Protected aliases: a policy in the registry, requests, approvals that move the alias, refusals, expiry, audit."""
+"""Protected aliases: a policy in the registry, requests, approvals that move the alias, refusals, expiry, audit.
+
+Approvers are real API tokens in the same metadata DB: the registry itself checks them (role, scope,
+revocation), and its audit log names the token, never what the client says of itself.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from aiinfra.errors import Conflict, Forbidden, InvalidInput, NotFound
+from aiinfra.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from aiinfra.identity.callers import Caller
+from aiinfra.identity.tokens import TokenStore
 from aiinfra.registry.approvals import AliasRequest
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.core import ModelRegistry
@@ -28,7 +34,10 @@ def world(config, tmp_path):
     db = open_metadata_db(config.metadata_url, create=True)
     store = open_artifact_store(config.storage_root)
     clock = Clock()
-    registry = RegistryClient(LocalBackend(ModelRegistry(db, store, clock=clock)), store, who="alice@host")
+    registry = RegistryClient(LocalBackend(ModelRegistry(db, store, clock=clock)), store)
+    tokens = TokenStore(db, background=False)
+    registry.tokens = {name: tokens.issue("approver", who="test") for name in ("alice", "bob", "carol", "dave")}
+    registry.token_store = tokens
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     (model_dir / "weights.safetensors").write_bytes(b"x" * 32)
@@ -40,33 +49,42 @@ def world(config, tmp_path):
     db.close()
 
 
+def as_(registry, name):
+    return registry.with_token(registry.tokens[name].token)
+
+
+def tid(registry, name):
+    return f"token:{registry.tokens[name].id}"
+
+
 def test_a_protected_alias_moves_only_by_an_approved_request(world):
     registry, _ = world
     with pytest.raises(Forbidden, match="protected .*aiinfra models request churn 2 champion"):
         registry.set_alias("churn", 2, "champion")
     assert registry.set_alias("churn", 1, "champion").version == 1  # where it already points: nothing moves
-    request = registry.request_alias("churn", 2, "champion", reason="better on the holdout")
-    assert (request.status, request.needed, request.requested_by) == ("pending", 2, "alice@host")
+    alice = as_(registry, "alice")
+    request = alice.request_alias("churn", 2, "champion", reason="better on the holdout")
+    assert (request.status, request.needed, request.requested_by) == ("pending", 2, tid(registry, "alice"))
     assert registry.request_alias("churn", 2, "champion").id == request.id  # a retried request is the same one
 
-    with pytest.raises(Forbidden, match="alice@host asked for .* may not approve it"):
-        registry.approve(request.id)
-    bob, carol = registry.acting_as("token:bob"), registry.acting_as("token:carol")
+    with pytest.raises(Forbidden, match=f"{tid(registry, 'alice')} asked for .* may not approve it"):
+        alice.approve(request.id)
+    bob, carol = as_(registry, "bob"), as_(registry, "carol")
     assert bob.approve(request.id).status == "pending"
     with pytest.raises(Conflict, match="already approved .*1 of 2"):
         bob.approve(request.id)
     assert registry.get("churn@champion").version == 1
     done = carol.approve(request.id)
-    assert done.status == "applied" and done.decided_by == "token:carol"
-    assert [a.who for a in done.approvals] == ["token:bob", "token:carol"]
+    assert done.status == "applied" and done.decided_by == tid(registry, "carol")
+    assert [a.who for a in done.approvals] == [tid(registry, "bob"), tid(registry, "carol")]
     assert registry.get("churn@champion").version == 2
     with pytest.raises(Conflict, match="is applied"):
-        registry.acting_as("token:dave").approve(request.id)
+        as_(registry, "dave").approve(request.id)
 
     actions = [(e.action, e.who) for e in registry.audit("churn")]
-    assert ("request_alias", "alice@host") in actions and ("approve", "token:bob") in actions
+    assert ("request_alias", tid(registry, "alice")) in actions and ("approve", tid(registry, "bob")) in actions
     moved = [e for e in registry.audit("churn") if e.action == "set_alias" and e.after.get("request") == request.id]
-    assert moved and moved[0].who == "token:carol" and moved[0].before == {"alias": "champion", "version": 1}
+    assert moved and moved[0].who == tid(registry, "carol") and moved[0].before == {"alias": "champion", "version": 1}
     assert registry.verify_audit("churn")["intact"]
 
 
@@ -75,24 +93,25 @@ def test_a_request_expires_and_a_refused_one_stays_refused(world):
     request = registry.request_alias("churn", 2, "champion")
     clock.now += 3600
     with pytest.raises(Conflict, match="is expired"):
-        registry.acting_as("token:bob").approve(request.id)
+        as_(registry, "bob").approve(request.id)
     assert registry.list_requests("churn", pending_only=True) == []
     assert registry.list_requests("churn")[0].status == "expired"
     assert registry.get("churn@champion").version == 1
     assert any(e.action == "request_expired" for e in registry.audit("churn"))
 
     again = registry.request_alias("churn", 3, "champion")
-    refused = registry.acting_as("token:bob").refuse(again.id, reason="slice regression on plan=basic")
+    refused = as_(registry, "bob").refuse(again.id, reason="slice regression on plan=basic")
     assert refused.status == "refused" and "slice regression" in refused.reason
     with pytest.raises(Conflict, match="is refused"):
-        registry.acting_as("token:carol").approve(again.id)
+        as_(registry, "carol").approve(again.id)
 
 
 def test_self_approval_where_the_policy_allows_it_and_policy_validation(world):
     registry, _ = world
     registry.set_policy("churn", {"aliases": {"champion": {"approvals": 1, "self_approval": True}}})
-    request = registry.request_alias("churn", 3, "champion")
-    assert registry.approve(request.id).status == "applied"
+    alice = as_(registry, "alice")
+    request = alice.request_alias("churn", 3, "champion")
+    assert alice.approve(request.id).status == "applied"
     assert registry.get("churn@champion").version == 3
     assert registry.get_policy("churn").aliases["champion"].self_approval
 
@@ -118,9 +137,9 @@ def test_requests_that_cannot_be_made_are_refused(world):
     with pytest.raises(Conflict, match="archived"):
         registry.request_alias("churn", 3, "champion")
     with pytest.raises(InvalidInput, match="not a request id"):
-        registry.approve("../../etc")
+        as_(registry, "bob").approve("../../etc")
     with pytest.raises(NotFound, match="no alias request"):
-        registry.approve("req-000000000000")
+        as_(registry, "bob").approve("req-000000000000")
 
 
 def test_a_pipeline_that_sets_aliases_gets_a_request_for_a_protected_one(world):
@@ -129,3 +148,48 @@ def test_a_pipeline_that_sets_aliases_gets_a_request_for_a_protected_one(world):
     made = registry.alias_or_request("churn", 2, "champion", reason="gate passed")
     assert isinstance(made, AliasRequest) and made.reason == "gate passed"
     assert registry.get("churn@champion").version == 1
+
+
+def test_the_registry_checks_an_approvers_token_itself(world):
+    """What the client says is not what is recorded: the token decides, checked where the alias moves."""
+    registry, _ = world
+    request = registry.request_alias("churn", 2, "champion")
+    with pytest.raises(Forbidden, match="to approve, send an API token of one of the roles admin, approver"):
+        registry.approve(request.id)  # no token: the client's own name approves nothing
+    with pytest.raises(Forbidden, match="to approve, send an API token"):
+        registry.refuse(request.id)
+    store = registry.token_store
+    predict = store.issue("predict", who="test")
+    with pytest.raises(Forbidden, match="a 'predict' token may not approve"):
+        registry.with_token(predict.token).approve(request.id)
+    scoped = store.issue("approver", who="test", model="fraud")
+    with pytest.raises(Forbidden, match="scoped to model 'fraud'"):
+        registry.with_token(scoped.token).approve(request.id)
+    store.revoke(registry.tokens["bob"].id)
+    with pytest.raises(Unauthorized, match="invalid or revoked"):
+        as_(registry, "bob").approve(request.id)
+    forged = registry.tokens["carol"].token[:-4] + "AAAA"
+    with pytest.raises(Unauthorized):
+        registry.with_token(forged).approve(request.id)
+    assert registry.get_request(request.id).approvals == []  # none of those counted
+    assert not any(e.action == "approve" for e in registry.audit("churn"))
+    assert as_(registry, "carol").approve(request.id).approvals[0].who == tid(registry, "carol")
+    assert store.list()[[t["id"] for t in store.list()].index(registry.tokens["carol"].id)]["last_used_at"] is not None
+
+
+def test_a_change_without_a_token_is_recorded_as_the_calling_process(world):
+    registry, _ = world
+    backend = registry._backend
+    # What the client says of itself is recorded as that (a cluster member's word), with its Ray job;
+    # it cannot take the form a token's proof has.
+    backend.call("set_alias", "churn", 2, "challenger", caller=Caller(process="ci@build-7", job="02000000"))
+    backend.call("set_alias", "churn", 3, "challenger", caller=Caller(process="x", service="autopilot"))
+    backend.call("remove_alias", "churn", "challenger")
+    whos = [(e.action, e.version, e.who) for e in registry.audit("churn")][::-1][:3]
+    assert whos == [("remove_alias", 3, "unknown"), ("set_alias", 3, "autopilot"),
+                    ("set_alias", 2, "ci@build-7 (job 02000000)")]
+    with pytest.raises(InvalidInput, match="only .*for a checked API token"):
+        backend.call("set_alias", "churn", 2, "challenger", caller=Caller(process="token:" + registry.tokens["bob"].id))
+    assert "secret" not in repr(Caller(process="p", token="aii_x_secret"))
+    registry.set_alias("churn", 2, "challenger")  # the client's own process: user@host, no job outside Ray
+    assert "@" in registry.audit("churn")[-1].who and "(job" not in registry.audit("churn")[-1].who

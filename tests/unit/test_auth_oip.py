@@ -8,8 +8,8 @@ import stat
 import pytest
 
 from aiinfra.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from aiinfra.identity.tokens import COMPONENT, MIGRATIONS, TokenStore, ensure_admin_token, read_token_file
 from aiinfra.registry.types import Signature
-from aiinfra.serving.auth import COMPONENT, MIGRATIONS, TokenStore, ensure_admin_token, read_token_file
 from aiinfra.serving.oip import decode_infer_request, encode_infer_response
 from aiinfra.storage import open_metadata_db
 

@@ -17,6 +17,7 @@ from aiinfra.autopilot.retrain_result import (
     write_retrain_result,
 )
 from aiinfra.errors import InvalidInput
+from aiinfra.identity.tokens import TokenStore
 from aiinfra.jobs import JobState
 from aiinfra.monitoring.core import MIGRATIONS as MONITORING_MIGRATIONS
 from aiinfra.monitoring.core import DriftReport, DriftResult
@@ -311,6 +312,13 @@ def _protected_canary_passes(world) -> AutopilotExecutor:
     return ex
 
 
+def _approver(world):
+    """A client holding a real approver token (the registry checks it), and the name the log gives it."""
+    p, db = world[0], world[1]
+    made = TokenStore(db, background=False).issue("approver", who="test")
+    return p.registry.with_token(made.token), f"token:{made.id}"
+
+
 def test_a_protected_champion_waits_for_its_approval_then_the_cycle_ends_promoted(world):
     p, _, clock, monitors, _, executor = world
     ex = _protected_canary_passes(world)
@@ -322,7 +330,7 @@ def test_a_protected_champion_waits_for_its_approval_then_the_cycle_ends_promote
     assert state["state"] == "awaiting_approval" and state["approval_request"] == request.id
     assert ex.tick() == []  # still pending: nothing decided, no new cycle starts
     assert executor().tick() == []  # a restarted autopilot keeps waiting on the same request
-    p.registry.acting_as("token:approver1").approve(request.id)
+    _approver(world)[0].approve(request.id)
     clock.now += 5
     (approved,) = ex.tick()
     assert approved["action"] == "approved" and request.id in approved["reason"]
@@ -335,8 +343,9 @@ def test_a_refused_promotion_ends_the_cycle_with_the_champion_unchanged(world):
     p, _, clock, monitors, _, _ = world
     ex = _protected_canary_passes(world)
     (request,) = p.registry.list_requests(MODEL, pending_only=True)
-    p.registry.acting_as("token:approver1").refuse(request.id, reason="not this week")
+    approver, name = _approver(world)
+    approver.refuse(request.id, reason="not this week")
     (decided,) = ex.tick()
-    assert decided["action"] == "not_approved" and "refused by token:approver1" in decided["reason"]
+    assert decided["action"] == "not_approved" and f"refused by {name}" in decided["reason"]
     assert p.registry.get(f"{MODEL}@champion").version == 1 and "rebase" not in monitors.calls
     assert ex.status(MODEL)["models"][MODEL]["state"]["last_outcome"] == "not_approved"

@@ -89,7 +89,7 @@ def test_retrain_refuses_a_config_of_another_model_before_ray_starts(home, tmp_p
 
 def test_token_lifecycle_on_the_local_db(home, capsys):
     from aiinfra.config import load_config
-    from aiinfra.serving.auth import TokenStore
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.storage import open_metadata_db
 
     assert cli.main(["token", "create", "--role", "labeller", "--model", "churn", "--expires", "30d", "--json"]) == 0
@@ -157,7 +157,7 @@ def test_json_output_keeps_stdout_for_the_document(capsys, monkeypatch):
 def test_a_protected_champion_through_the_cli(home, capsys, tmp_path, monkeypatch):
     """policy -> request -> approve (with approver tokens) -> the alias moves; a predict token may not approve."""
     from aiinfra.config import load_config
-    from aiinfra.serving.auth import TokenStore
+    from aiinfra.identity.tokens import TokenStore
     from aiinfra.storage import open_metadata_db
 
     assert cli.main(["models", "alias", "churn", "1", "champion"]) == 0
@@ -177,7 +177,7 @@ def test_a_protected_champion_through_the_cli(home, capsys, tmp_path, monkeypatc
     db.close()
     monkeypatch.delenv("AIINFRA_API_TOKEN", raising=False)
     assert cli.main(["models", "approve", request["id"]]) == 2
-    assert "takes an API token of the approver" in capsys.readouterr().err
+    assert "to approve, send an API token of one of the roles admin, approver" in capsys.readouterr().err
     monkeypatch.setenv("AIINFRA_API_TOKEN", predictor)
     assert cli.main(["models", "approve", request["id"]]) == 2
     assert "may not approve" in capsys.readouterr().err

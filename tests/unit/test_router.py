@@ -9,8 +9,8 @@ import pytest
 
 from aiinfra.config import load_config
 from aiinfra.errors import AtCapacity, Forbidden, InvalidInput, NotFound, ServiceUnavailable, Unauthorized
+from aiinfra.identity.tokens import TokenStore
 from aiinfra.registry.types import FieldSpec, Lineage, ModelVersion, Signature
-from aiinfra.serving.auth import TokenStore
 from aiinfra.serving.router import MONITOR_RETRY_S, Router
 from aiinfra.serving.routing import goes_to_challenger
 from aiinfra.storage import FileDigest, open_metadata_db

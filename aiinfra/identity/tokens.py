@@ -2,7 +2,7 @@
 
 A token is ``aii_<id>_<secret>``: the id finds the row, the secret is checked against its
 SHA-256 (tokens are 256 random bits, so a fast hash is enough; only the hash is stored) with a
-constant-time comparison. Roles and what each may do: ``aiinfra.serving.roles``. A token may be
+constant-time comparison. Roles and what each may do: ``aiinfra.identity.roles``. A token may be
 scoped to one model (403 on any other) and may expire (401 "expired" from then on).
 
 The embedded default makes one admin token the first time the platform starts and leaves it
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiinfra.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from aiinfra.registry.types import validate_name
-from aiinfra.serving.roles import PERMISSIONS, ROLES
+from aiinfra.identity.roles import PERMISSIONS, ROLES
+from aiinfra.names import validate_name
 from aiinfra.storage import MetadataDB, Migration
 
 __all__ = ["PERMISSIONS", "ROLES", "NewToken", "Principal", "TokenStore", "ensure_admin_token", "read_token_file"]
