@@ -12,7 +12,14 @@ import ray
 from ray_helpers import actor_pid
 
 from aiinfra.config import load_config
-from aiinfra.errors import ArtifactCorrupted, Forbidden, InvalidInput, NotFound, ServiceUnavailable, Unauthorized
+from aiinfra.errors import (
+    ArtifactCorrupted,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from aiinfra.features.actor import get_feature_store_actor
 from aiinfra.platform import connect
 from aiinfra.registry.actor import REGISTRY_ACTOR, get_registry_actor
