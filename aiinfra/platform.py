@@ -19,6 +19,7 @@ from aiinfra.cluster_access import (
     use_cluster_auth,
 )
 from aiinfra.config import PlatformConfig, load_config
+from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.client import FeatureStoreClient
 from aiinfra.features.online import OnlineStore
@@ -27,7 +28,7 @@ from aiinfra.registry.actor import REGISTRY
 from aiinfra.registry.client import RegistryClient
 from aiinfra.registry.core import ModelRegistry
 from aiinfra.service import LocalBackend, start_actor
-from aiinfra.storage import ArtifactStore, open_artifact_store, open_metadata_db
+from aiinfra.storage import ArtifactStore, DigestLedger, open_artifact_store, open_metadata_db
 
 __all__ = ["Platform", "connect", "open_local"]
 
@@ -42,6 +43,8 @@ class Platform:
     registry: RegistryClient
     features: FeatureStoreClient
     store: ArtifactStore
+    # The dataset catalog, each manifest checked against its SHA-256 in the metadata DB (aiinfra/data/catalog.py).
+    datasets: DatasetCatalog
     started_ray: bool = False  # this process started a local cluster (it ends when the process disconnects)
     _closers: list[Any] = field(default_factory=list, repr=False)
 
@@ -104,13 +107,17 @@ def connect(config: PlatformConfig | None = None, *, start_services: bool = True
     if start_services:  # up front, so `aiinfra status` and the dashboard show them from the start
         start_actor(REGISTRY, config)
         start_actor(FEATURE_STORE, config)
+    ledger = DigestLedger.at(config.metadata_url)
+    datasets = DatasetCatalog(store, ledger=ledger)
     platform = Platform(
         config=config,
         registry=RegistryClient.on_cluster(config, create=start_services, store=store),
-        features=FeatureStoreClient.on_cluster(config, create=start_services, store=store),
+        features=FeatureStoreClient.on_cluster(config, create=start_services, store=store, catalog=datasets),
         store=store,
+        datasets=datasets,
         started_ray=started,
     )
+    platform._closers.append(ledger.close)
     if initialized_here:
         # Disconnects this driver; a local cluster this call started stops with it.
         platform._closers.append(ray.shutdown)
@@ -127,11 +134,13 @@ def open_local(config: PlatformConfig | None = None) -> Platform:
     config = config or load_config()
     store = open_artifact_store(config.storage_root)
     db = open_metadata_db(config.metadata_url)
+    datasets = DatasetCatalog(store, ledger=DigestLedger(db))
     platform = Platform(
         config=config,
         registry=RegistryClient(LocalBackend(ModelRegistry(db, store)), store),
-        features=FeatureStoreClient(LocalBackend(OnlineStore(db)), store),
+        features=FeatureStoreClient(LocalBackend(OnlineStore(db)), store, catalog=datasets),
         store=store,
+        datasets=datasets,
     )
     platform._closers.append(db.close)
     return platform

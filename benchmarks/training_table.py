@@ -78,21 +78,21 @@ def _generate(work: Path, rows: int) -> tuple[Path, Path]:
     return labels, source
 
 
-def _commit(store, name: str, folder: Path) -> str:
+def _commit(catalog, name: str, folder: Path) -> str:
     """A dataset version of ``folder``'s files, without the ingestion gate (benchmarked in data.py)."""
-    from aiinfra.data.catalog import DatasetCatalog, DatasetVersion
+    from aiinfra.data.catalog import DatasetVersion
     from aiinfra.data.profile import DatasetProfile
 
     staged, rows = {}, 0
     for f in sorted(folder.iterdir()):
-        store.write_bytes(f"staging/{name}/{f.name}", f.read_bytes())
+        catalog.store.write_bytes(f"staging/{name}/{f.name}", f.read_bytes())
         staged[f.name] = f"staging/{name}/{f.name}"
         rows += pq.ParquetFile(f).metadata.num_rows
     schema = [{"name": fld.name, "type": str(fld.type)} for fld in pq.read_schema(next(folder.iterdir()))]
     manifest = DatasetVersion(name=name, version=f"{rows:x}"[-16:].rjust(4, "0"), created_at=0.0, source_uri=str(folder), source_format="parquet",
                               schema=schema, row_count=rows, rows_in=rows, quarantined_count=0, files={},
                               profile=DatasetProfile(row_count=rows, sample_rows=0, columns={}))
-    return DatasetCatalog(store).commit(manifest, staged, {}).ref
+    return catalog.commit(manifest, staged, {}).ref
 
 
 def _duckdb(labels: Path, source: Path, delay_s: int) -> tuple[float, int]:
@@ -130,7 +130,6 @@ def main() -> None:
     import ray
 
     from aiinfra.config import load_config
-    from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.data.synthetic import LABEL
     from aiinfra.data.transforms import load_feature_spec
     from aiinfra.demo.configs import example_config
@@ -148,8 +147,8 @@ def main() -> None:
     try:
         config = load_config(environ={}, home=str(work / "home"))
         platform = connect(config)
-        labels = _commit(platform.store, "bench_labels", labels_dir)
-        _commit(platform.store, "bench_profiles", source_dir)
+        labels = _commit(platform.datasets, "bench_labels", labels_dir)
+        _commit(platform.datasets, "bench_profiles", source_dir)
         cfg = TrainConfig.model_validate({
             "name": "bench-table", "task": "binary",
             "data": {"dataset": labels, "label": LABEL, "engine": "ray", "features": load_feature_spec(example_config("customers_features.yaml")),
@@ -161,7 +160,7 @@ def main() -> None:
             "trainer": {"num_workers": 2, "cpus_per_worker": 0.5, "epochs": 1, "batch_size": 4096, "patience": None,
                         "cache_shards": False},
         })
-        version = DatasetCatalog(platform.store).get(labels)
+        version = platform.datasets.get(labels)
         print("building the training table on Ray Data ...", flush=True)
         with PeakMemory() as peak:
             t0 = time.perf_counter()

@@ -7,6 +7,7 @@ fakes; ``ClusterMonitors`` and ``ClusterJobs`` are the real ones, over the monit
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import Any, Protocol
 
 from aiinfra import jobs
@@ -102,7 +103,7 @@ class ClusterJobs:
         None where it cannot be estimated here (the config or the manifests unreadable from this node, a feature
         source other than the dataset itself) or a budget is configured (the job then asks for that)."""
         from aiinfra.data.catalog import DatasetCatalog
-        from aiinfra.storage import open_artifact_store
+        from aiinfra.storage import DigestLedger, open_artifact_store
         from aiinfra.training.budgets import (
             check_driver_budget,
             driver_memory_request,
@@ -113,7 +114,8 @@ class ClusterJobs:
 
         try:
             cfg = load_train_config(retrain.training_config)
-            base = DatasetCatalog(open_artifact_store(self.config.storage_root)).get(cfg.data.dataset)
+            with closing(DigestLedger.at(self.config.metadata_url)) as ledger:
+                base = DatasetCatalog(open_artifact_store(self.config.storage_root), ledger=ledger).get(cfg.data.dataset)
         except Exception:  # noqa: BLE001 - advice for the request: the job itself reads (and refuses) them again
             return None
         view = cfg.data.feature_view

@@ -14,9 +14,10 @@ from aiinfra.redaction import redact_uri
 
 def _catalog(config: Any) -> Any:
     from aiinfra.data.catalog import DatasetCatalog
-    from aiinfra.storage import open_artifact_store
+    from aiinfra.storage import DigestLedger, open_artifact_store
 
-    return DatasetCatalog(open_artifact_store(config.storage_root))
+    # Read as the pipelines read: a manifest that does not match the metadata DB's record is refused.
+    return DatasetCatalog(open_artifact_store(config.storage_root), ledger=DigestLedger.at(config.metadata_url))
 
 
 def _data_ingest(args: argparse.Namespace) -> None:

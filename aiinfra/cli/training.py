@@ -65,14 +65,13 @@ def read_manifests(config: Any, cfg: Any) -> tuple[Any, Any] | None:
     """(the training dataset's version, the feature view's source version or None), read here for a driver's
     memory estimate; None, with a note, where this machine cannot read them (a cluster's storage it has no
     credentials for): the estimate is advice and must not stop the job."""
-    from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.errors import AiInfraError
     from aiinfra.pipelines.train import feature_source
     from aiinfra.platform import open_local
 
     try:
         with open_local(config) as platform:
-            return DatasetCatalog(platform.store).get(cfg.data.dataset), feature_source(platform, cfg)
+            return platform.datasets.get(cfg.data.dataset), feature_source(platform, cfg)
     except AiInfraError as e:
         print(f"the driver's memory is not estimated: {e}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - see above

@@ -3,7 +3,15 @@
 A version lives in the lake under ``datasets/<name>/<version>/``: Parquet parts, the
 profile's reference sample (``_sample.parquet``) and ``_manifest.json``, written last.
 A version exists exactly when its manifest does, so a failed or interrupted ingest is never
-visible, and the catalog needs no database: the data pipeline stays stateless.
+visible.
+
+What is trusted: the manifest holds the SHA-256 of every file of the version, and the manifest's own
+SHA-256 is kept in the metadata DB (``DigestLedger``), recorded before the manifest is written. A
+catalog opened with the ledger (``DatasetCatalog(store, ledger=...)``; what the platform's pipelines,
+the monitor and batch inference use) refuses a manifest that does not match its record or has none, and
+every file is checked against the manifest as it is read: whoever can write the bucket but not the
+metadata DB cannot change what trains, is scored or is the drift reference. ``ledger=None`` reads without
+that root (tests, and tools inspecting a lake they do not own).
 
 The version index: each commit also writes ``datasets/<name>/_index/<created ns>-<version>``, a
 small marker whose name sorts by creation time. Finding the latest version, or the one a prefix
@@ -33,7 +41,7 @@ from aiinfra.data.profile import DatasetProfile, profile_diff
 from aiinfra.errors import ArtifactCorrupted, Conflict, InvalidInput, NotFound
 from aiinfra.redaction import redact_uri
 from aiinfra.registry.types import validate_name
-from aiinfra.storage import ArtifactStore, FileDigest, sha256_bytes
+from aiinfra.storage import ArtifactStore, DigestLedger, FileDigest, sha256_bytes
 
 __all__ = ["DatasetCatalog", "DatasetVersion", "parse_dataset_ref"]
 
@@ -92,8 +100,11 @@ def parse_dataset_ref(ref: str) -> tuple[str, str | None]:
 
 
 class DatasetCatalog:
-    def __init__(self, store: ArtifactStore) -> None:
+    """The lake's dataset versions; with ``ledger``, each manifest checked against its SHA-256 in the metadata DB."""
+
+    def __init__(self, store: ArtifactStore, *, ledger: DigestLedger | None) -> None:
         self.store = store
+        self.ledger = ledger
 
     def names(self) -> list[str]:
         names = set()
@@ -208,8 +219,26 @@ class DatasetCatalog:
             for earlier in self._scan(manifest.name):
                 self._mark(earlier.name, earlier.version, earlier.created_at)
         self._mark(final.name, final.version, final.created_at)
-        self.store.write_bytes(f"{manifest.key}/{MANIFEST}", final.model_dump_json(by_alias=True, indent=2).encode())
+        body = final.model_dump_json(by_alias=True, indent=2).encode()
+        if self.ledger is not None:  # the record first: a manifest without one is never trusted
+            self.ledger.record(f"{manifest.key}/{MANIFEST}", body)
+        self.store.write_bytes(f"{manifest.key}/{MANIFEST}", body)
         return final
+
+    def read_file(self, version: DatasetVersion, rel: str) -> bytes:
+        """One of the version's files (its reference sample, say), checked against the manifest's SHA-256.
+
+        Raises:
+            NotFound: the version has no such file. ArtifactCorrupted: it does not match.
+        """
+        expected = version.files.get(rel)
+        if expected is None:
+            raise NotFound(f"dataset {version.ref} has no file {rel!r}")
+        key = f"{version.key}/{rel}"
+        data = self.store.read_bytes(key)
+        if sha256_bytes(data) != expected.sha256:
+            raise ArtifactCorrupted(f"dataset file {self.store.uri_for(key)} failed its integrity check")
+        return data
 
     def load(self, version: DatasetVersion) -> pa.Table:
         """All of a (small) version's rows, each file checked against its SHA-256 first.
@@ -243,4 +272,7 @@ class DatasetCatalog:
         }
 
     def _read(self, key: str) -> DatasetVersion:
-        return DatasetVersion.model_validate(json.loads(self.store.read_bytes(key)))
+        data = self.store.read_bytes(key)
+        if self.ledger is not None:
+            self.ledger.check(key, data, what="dataset manifest", uri=self.store.uri_for(key))
+        return DatasetVersion.model_validate(json.loads(data))

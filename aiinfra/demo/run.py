@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 
 from aiinfra.config import ENV, PlatformConfig, load_config
-from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.data.synthetic import CATEGORICAL, LABEL, NUMERIC, make_customers
 from aiinfra.demo.configs import training_config, validation_spec
 from aiinfra.demo.scenario import print_timeline, run_loop
@@ -80,7 +79,7 @@ def run_demo(config: PlatformConfig | None = None, *, rows: int = 20_000, epochs
             dataset_version = dataset.ref
             log.note(f"{dataset.ref}: {dataset.row_count:,} rows kept, {dataset.quarantined_count} quarantined "
                      f"({'; '.join(dataset.quarantine_reasons)}){'' if result.created else ' (already ingested)'}")
-            df = DatasetCatalog(platform.store).load(dataset).to_pandas()
+            df = platform.datasets.load(dataset).to_pandas()
             log.note(f"churn rate {df[LABEL].mean():.1%}; profile and reference sample stored with the version")
 
         # The training pipeline, as `aiinfra train jobs/configs/churn.yaml` runs it: point-in-time

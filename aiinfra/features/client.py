@@ -22,7 +22,7 @@ from aiinfra.features.actor import FEATURE_STORE
 from aiinfra.features.offline import point_in_time_join
 from aiinfra.features.views import FeatureView
 from aiinfra.service import ServiceBackend, actor_backend
-from aiinfra.storage import ArtifactStore, open_artifact_store, sha256_bytes
+from aiinfra.storage import ArtifactStore, DigestLedger, open_artifact_store, sha256_bytes
 
 __all__ = ["FeatureStoreClient", "MaterializeReport"]
 
@@ -49,17 +49,19 @@ def _epoch(value: Any) -> float | None:
 
 
 class FeatureStoreClient:
-    def __init__(self, backend: ServiceBackend, store: ArtifactStore) -> None:
+    def __init__(self, backend: ServiceBackend, store: ArtifactStore, *, catalog: DatasetCatalog) -> None:
+        """``catalog``: where materialising reads a view's source (the platform's, which checks manifests)."""
         self._backend = backend
         self.store = store
-        self.catalog = DatasetCatalog(store)
+        self.catalog = catalog
 
     @classmethod
-    def on_cluster(cls, config: PlatformConfig, *, create: bool = False,
-                   store: ArtifactStore | None = None) -> FeatureStoreClient:
+    def on_cluster(cls, config: PlatformConfig, *, create: bool = False, store: ArtifactStore | None = None,
+                   catalog: DatasetCatalog | None = None) -> FeatureStoreClient:
         """The client of the ``feature_store`` actor (started on first use when ``create``)."""
-        return cls(actor_backend(FEATURE_STORE, config, create=create),
-                   store if store is not None else open_artifact_store(config.storage_root))
+        store = store if store is not None else open_artifact_store(config.storage_root)
+        return cls(actor_backend(FEATURE_STORE, config, create=create), store,
+                   catalog=catalog or DatasetCatalog(store, ledger=DigestLedger.at(config.metadata_url)))
 
     def register_view(self, view: FeatureView | dict[str, Any]) -> FeatureView:
         view = view if isinstance(view, FeatureView) else FeatureView.model_validate(view)

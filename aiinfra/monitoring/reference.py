@@ -44,16 +44,21 @@ def stored_profile(store: ArtifactStore, version: ModelVersion) -> ReferenceProf
         return load_profile((path / PROFILE).read_bytes(), (path / PROFILE_META).read_bytes())
 
 
-def build_reference(store: ArtifactStore, version: ModelVersion, *, seed: int = 0) -> ReferenceProfile:
+def build_reference(store: ArtifactStore, version: ModelVersion, *, datasets: DatasetCatalog,
+                    seed: int = 0) -> ReferenceProfile:
+    """The version's stored profile, else one built from its training dataset's sample, read from ``datasets``
+    (the platform's catalog, which checks the manifest against the metadata DB and the sample against the
+    manifest: the reference decides what counts as drift, so it is trusted only as written)."""
     if version.signature is None:
         raise InvalidInput(f"{version.ref} has no signature: there is nothing to monitor its inputs against")
     profile = stored_profile(store, version)
     if profile is not None:
         return profile
-    return _from_dataset_sample(store, version, seed=seed)
+    return _from_dataset_sample(store, datasets, version, seed=seed)
 
 
-def _from_dataset_sample(store: ArtifactStore, version: ModelVersion, *, seed: int) -> ReferenceProfile:
+def _from_dataset_sample(store: ArtifactStore, catalog: DatasetCatalog, version: ModelVersion, *,
+                         seed: int) -> ReferenceProfile:
     # Here, not at the top: the predictor loads torch, and the monitor's clients (serving, the autopilot,
     # `aiinfra monitor`) import this module through monitoring.actor without needing it.
     from aiinfra.inference.predictor import Predictor, rows_from_frame
@@ -62,12 +67,11 @@ def _from_dataset_sample(store: ArtifactStore, version: ModelVersion, *, seed: i
     ref = version.lineage.dataset_version
     if not ref:
         raise InvalidInput(f"{version.ref} records no training dataset version in its lineage; it cannot be monitored")
-    dataset = DatasetCatalog(store).get(ref)
-    key = f"{dataset.key}/{SAMPLE}"
-    if store.exists(key):
-        frame = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pandas()
+    dataset = catalog.get(ref)
+    if SAMPLE in dataset.files:
+        frame = pq.read_table(io.BytesIO(catalog.read_file(dataset, SAMPLE))).to_pandas()
     else:
-        frame = DatasetCatalog(store).load(dataset).to_pandas()
+        frame = catalog.load(dataset).to_pandas()
     if len(frame) > MAX_REFERENCE_ROWS:
         frame = frame.sample(MAX_REFERENCE_ROWS, random_state=seed)
     numeric, categorical = tested_inputs(version.signature.inputs, frame.columns)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aiinfra.config import PlatformConfig
+from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.errors import NotFound
 from aiinfra.monitoring.concept import ConceptDrift, ErrorStreamDetector
 from aiinfra.monitoring.core import (
@@ -45,7 +46,7 @@ from aiinfra.monitoring.performance import OUTCOMES, PerformanceTracker, judged_
 from aiinfra.monitoring.reference import build_reference
 from aiinfra.monitoring.shards import HANDOFF_S
 from aiinfra.registry.core import ModelRegistry
-from aiinfra.storage import ArtifactStore, MetadataDB, open_artifact_store, open_metadata_db
+from aiinfra.storage import ArtifactStore, DigestLedger, MetadataDB, open_artifact_store, open_metadata_db
 
 __all__ = ["MonitorMetrics", "MonitorService", "NoMetrics", "monitor_actor_name"]
 
@@ -173,7 +174,8 @@ class MonitorService:
             version = self._registry.get(f"{self._model}@champion")
         except NotFound:
             version = self._registry.get(self._model)
-        reference = build_reference(self._store, version)
+        datasets = DatasetCatalog(self._store, ledger=DigestLedger(self._db))
+        reference = build_reference(self._store, version, datasets=datasets)
         predicted = None if reference.probabilities is None else reference.probabilities.argmax(axis=1)
         estimator = PerformanceEstimator(reference.task, reference.scores, reference.labels,
                                          reference_predicted=predicted, reference_probabilities=reference.probabilities,

@@ -19,35 +19,13 @@ from typing import Any
 import pyarrow as pa
 
 from aiinfra.config import BatchSettings
-from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.data.partitions import check_partition_columns
 from aiinfra.errors import AiInfraError, InvalidInput
 from aiinfra.inference.batch import BatchScorer
 from aiinfra.pipelines.ingest import ingest_staged, process_batch, refused_batch
+from aiinfra.pipelines.training_table import read_version
 
 __all__ = ["batch_predict", "pool_strategy"]
-
-
-# What the read tasks reserve: a share, so that they fit beside the scoring actors and Serve's replicas on a
-# small cluster (a default task asks for a whole CPU).
-READ_CPUS = 0.25
-
-
-def _read(data: Any, paths: list[str], filesystem: Any) -> Any:
-    """The version's files as a Dataset, read by tasks of ``READ_CPUS``.
-
-    Ray 2.60's default Parquet reader (datasource V2) first lists the files in a task that always asks for a whole
-    CPU, whatever the read is given; on a 2-CPU cluster running Serve (0.7 CPU) and a scoring actor (0.5) that
-    task never starts and the job waits forever. The V1 reader takes ``num_cpus`` for all of its tasks.
-    """
-    ctx = data.DataContext.get_current()
-    previous = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = False  # read_parquet copies the context when it is called: only this read is affected
-    try:
-        # No Hive partitioning from the paths: a partitioned version keeps its partition columns in its files.
-        return data.read_parquet(paths, filesystem=filesystem, num_cpus=READ_CPUS, partitioning=None)
-    finally:
-        ctx.use_datasource_v2 = previous
 
 
 class ScoreAndStage(BatchScorer):
@@ -106,12 +84,12 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
     import ray
     import ray.data
 
-    config, store = platform.config, platform.store
+    config = platform.config
     settings = settings or config.batch
     version = platform.registry.get(model_ref)
     if version.signature is None:
         raise InvalidInput(f"{version.ref} has no signature; batch inference needs one to check the rows")
-    dataset = DatasetCatalog(store).get(dataset_ref)
+    dataset = platform.datasets.get(dataset_ref)  # its manifest checked against the metadata DB
     missing = [f.name for f in version.signature.inputs
                if f.name not in {c["name"] for c in dataset.schema_} and not f.nullable]
     if missing:
@@ -124,12 +102,13 @@ def batch_predict(platform: Any, model_ref: str, dataset_ref: str, *, output: st
         check_partition_columns(list(partition_by), types)
     output = output or f"{dataset.name}_{version.name}_predictions"
     t0 = time.perf_counter()
-    paths = [store.path(f"{dataset.key}/{rel}") for rel in sorted(dataset.files) if not rel.startswith("_")]
     staging = f"staging/batch-{uuid.uuid4().hex}"
     compute = pool_strategy(ray.data, settings, ray.cluster_resources().get("CPU", 1.0), pool_size)
 
     def gated() -> Any:
-        return _read(ray.data, paths, store.fs).map_batches(
+        # Each file checked against the manifest's SHA-256 as it is read (one read task per file, of TASK_CPUS:
+        # no listing task, which in Ray 2.60's default Parquet reader always asks for a whole CPU).
+        return read_version(config.storage_root, dataset).map_batches(
             ScoreAndStage, fn_constructor_kwargs={
                 "storage_root": config.storage_root, "version": version.model_dump(mode="json"), "staging": staging,
                 "what": f"{dataset.ref} scored by {version.ref}", "partition_by": list(partition_by)},

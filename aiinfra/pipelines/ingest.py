@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import pickle
 import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +34,14 @@ from aiinfra.data.sources import Source, resolve_source
 from aiinfra.data.spec import ValidationSpec
 from aiinfra.data.validation import REASON_COLUMN, SOURCE_COLUMN, validate_batch
 from aiinfra.data.versioning import ContentDigest, content_digest, row_hashes, schema_fingerprint, version_id
-from aiinfra.errors import AiInfraError, InvalidInput
+from aiinfra.errors import AiInfraError, ArtifactCorrupted, InvalidInput
 from aiinfra.redaction import redact_text, redact_uri
 from aiinfra.registry.types import validate_name
-from aiinfra.storage import ArtifactStore, FileDigest, open_artifact_store
+from aiinfra.storage import ArtifactStore, DigestLedger, FileDigest, open_artifact_store
 
 __all__ = ["IngestResult", "ingest", "ingest_staged", "process_batch", "refused_batch"]
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Invalid)\w*: ")
@@ -274,7 +278,7 @@ def ingest(config: PlatformConfig, name: str, uri: str, *, spec: ValidationSpec 
                 store.delete_dir(staging)
                 staging = f"staging/ingest-{uuid.uuid4().hex}"
                 stats = _run_pass(source, spec, config, staging, dups, progress)
-        return _commit(store, name, stats, staging, spec=spec, uri=uri, source_uri=source.uri.split("?", 1)[0],
+        return _commit(config, store, name, stats, staging, spec=spec, uri=uri, source_uri=source.uri.split("?", 1)[0],
                        source_format=source.format, who=who, lineage=lineage)
     finally:
         store.delete_dir(staging)
@@ -294,42 +298,47 @@ def ingest_staged(config: PlatformConfig, name: str, gated, staging: str, *, sou
     store = open_artifact_store(config.storage_root)
     try:
         stats = merge_stats(gated, source_uri, progress or (lambda stats: None))
-        return _commit(store, name, stats, staging, spec=None, uri=source_uri, source_uri=source_uri,
+        return _commit(config, store, name, stats, staging, spec=None, uri=source_uri, source_uri=source_uri,
                        source_format=source_format, who=who, lineage=lineage, partition_by=partition_by)
     finally:
         store.delete_dir(staging)
 
 
-def _commit(store: ArtifactStore, name: str, stats: BatchStats, staging: str, *, spec: ValidationSpec | None,
-            uri: str, source_uri: str, source_format: str, who: str, lineage: dict[str, Any] | None,
-            partition_by: Sequence[str] = ()) -> IngestResult:
-    """The checks over the whole input, then the version: its files moved from ``staging``, its manifest written."""
-    catalog = DatasetCatalog(store)
-    _check(stats, spec, redact_uri(uri))
-    assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
-    vid = version_id(stats.schema, stats.digest, layout=",".join(partition_by))
-    if catalog.exists(name, vid):
-        return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
-    parent = catalog.latest(name)
-    profile = finalize(stats.profile, stats.schema)
-    digests = {f"{staging}/{rel}": d for rel, d in stats.digests.items()}
-    if stats.profile.sample is not None:
-        digests[f"{staging}/{SAMPLE}"] = _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
-    manifest = DatasetVersion(
-        name=name, version=vid, created_at=0.0, created_by=who, source_uri=redact_uri(source_uri),
-        source_format=source_format, parent_version=parent.version if parent else None,
-        spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
-        schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
-        row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
-        quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
-        lineage=lineage or {}, partition_by=list(partition_by),
-    )
-    staged = {f: f"{staging}/data/{f}" for f in stats.files}
-    if stats.profile.sample is not None:
-        staged[SAMPLE] = f"{staging}/{SAMPLE}"
-    version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files},
-                             digests=digests)
-    return IngestResult(version, created=True)
+def _commit(config: PlatformConfig, store: ArtifactStore, name: str, stats: BatchStats, staging: str, *,
+            spec: ValidationSpec | None, uri: str, source_uri: str, source_format: str, who: str,
+            lineage: dict[str, Any] | None, partition_by: Sequence[str] = ()) -> IngestResult:
+    """The checks over the whole input, then the version: its files moved from ``staging``, its manifest written
+    (and the manifest's SHA-256 recorded in the metadata DB first, so readers can trust it)."""
+    with closing(DigestLedger.at(config.metadata_url)) as ledger:
+        catalog = DatasetCatalog(store, ledger=ledger)
+        _check(stats, spec, redact_uri(uri))
+        assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant
+        vid = version_id(stats.schema, stats.digest, layout=",".join(partition_by))
+        if catalog.exists(name, vid):
+            try:
+                return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
+            except ArtifactCorrupted as e:  # unrecorded (older) or changed since: written again below, from these rows
+                log.warning("dataset %s@%s is written again: %s", name, vid, e)
+        parent = catalog.latest(name)
+        profile = finalize(stats.profile, stats.schema)
+        digests = {f"{staging}/{rel}": d for rel, d in stats.digests.items()}
+        if stats.profile.sample is not None:
+            digests[f"{staging}/{SAMPLE}"] = _write_parquet(store, f"{staging}/{SAMPLE}", stats.profile.sample)
+        manifest = DatasetVersion(
+            name=name, version=vid, created_at=0.0, created_by=who, source_uri=redact_uri(source_uri),
+            source_format=source_format, parent_version=parent.version if parent else None,
+            spec_hash=spec.spec_hash if spec else None, spec=spec.model_dump(mode="json") if spec else None,
+            schema=[{"name": f.name, "type": str(f.type)} for f in stats.schema],
+            row_count=stats.kept, rows_in=stats.rows_in, quarantined_count=stats.quarantined,
+            quarantine_reasons=dict(stats.reasons.most_common()), files={}, profile=profile,
+            lineage=lineage or {}, partition_by=list(partition_by),
+        )
+        staged = {f: f"{staging}/data/{f}" for f in stats.files}
+        if stats.profile.sample is not None:
+            staged[SAMPLE] = f"{staging}/{SAMPLE}"
+        version = catalog.commit(manifest, staged, {f: f"{staging}/quarantine/{f}" for f in stats.quarantine_files},
+                                 digests=digests)
+        return IngestResult(version, created=True)
 
 
 def _check(stats: BatchStats, spec: ValidationSpec | None, uri: str) -> None:

@@ -32,7 +32,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aiinfra.config import read_yaml, validate_as
-from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.data.transforms import Feature, FeaturePipeline, FeatureSpec, Passthrough, RawColumns
 from aiinfra.errors import InvalidInput, NotFound
 from aiinfra.monitoring.profile import build_profile, write_profile
@@ -237,7 +236,7 @@ def _import(platform: Any, name: str, path: Path, sig: ImportSignature, workdir:
                  f"sha256 {sha256[:16]}...")
 
     with log.stage(f"score the holdout {holdout}"):
-        catalog = DatasetCatalog(platform.store)
+        catalog = platform.datasets
         hv = catalog.get(holdout)
         frame = catalog.load(hv).to_pandas()
         missing = [c for c in [*(f.name for f in sig.inputs), label, *slices] if c not in frame.columns]

@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 
 from aiinfra.autopilot.retrain_result import RetrainResult, write_retrain_result
-from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.data.spec import ValidationSpec
 from aiinfra.errors import InvalidInput
 from aiinfra.monitoring.client import MonitorClient
@@ -162,7 +161,7 @@ def run_retrain(platform: Any, model: str, training_config: str | Path, *, recen
         raise InvalidInput(f"{training_config} trains {cfg.name!r}, not {model!r}")
     if not 0.0 <= max_untrusted_share <= 1.0:
         raise InvalidInput(f"max_untrusted_share is a share of the training rows, 0 to 1; got {max_untrusted_share}")
-    catalog = DatasetCatalog(platform.store)
+    catalog = platform.datasets
     base_version = catalog.get(cfg.data.dataset)
 
     with log.stage(f"collect labelled production rows of {model} and the reference rows of {base_version.ref}"):

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aiinfra.data.catalog import DatasetCatalog
 from aiinfra.data.fitting import Passes, frame_passes
 from aiinfra.data.splits import HOLDOUT, TRAIN, VALIDATION, SplitRule, time_threshold
 from aiinfra.data.suggest import profile_frame, suggest_features
@@ -94,7 +93,7 @@ def _with_features(platform: Any, cfg: TrainConfig, frame: pd.DataFrame, dataset
     if fv.source == dataset.split("@")[0]:
         source = frame  # the pinned version itself
     else:
-        catalog = DatasetCatalog(platform.store)
+        catalog = platform.datasets
         version = catalog.get(pinned.get("feature_source") or fv.source)
         pinned["feature_source"] = version.ref
         source = catalog.load(version).to_pandas()
@@ -110,7 +109,7 @@ def prepare_data(platform: Any, cfg: TrainConfig) -> tuple[PreparedData, pd.Data
     The table is built in this process (``data.engine: memory``) or on Ray Data (``ray``; ``auto`` picks by the
     version's size): the same rows on the same sides of the split and the same fitted transforms either way.
     """
-    catalog = DatasetCatalog(platform.store)
+    catalog = platform.datasets
     d = cfg.data
     version = catalog.get(d.dataset)
     if use_ray_engine(d.engine, version, _feature_source_rows(platform, cfg)):
@@ -173,7 +172,7 @@ def feature_source(platform: Any, cfg: TrainConfig) -> Any:
     if spec is None:
         return None
     source = spec.source if isinstance(spec, FeatureView) else platform.features.get_view(spec).source
-    return DatasetCatalog(platform.store).get(source)
+    return platform.datasets.get(source)
 
 
 def split_rule(cfg: TrainConfig, version: Any, columns: list[str], view: FeatureView | None, passes: Passes, *,

@@ -231,9 +231,7 @@ def _table(platform: Any, cfg: Any, version: DatasetVersion, pinned: dict[str, s
     spec = d.feature_view
     fv = platform.features.register_view(spec) if isinstance(spec, FeatureView) else platform.features.get_view(spec)
     _require(schema.names, [fv.entity, fv.timestamp, d.label], f"dataset {version.ref}")
-    from aiinfra.data.catalog import DatasetCatalog
-
-    source_version = version if fv.source == version.name else DatasetCatalog(store).get(pinned.get("feature_source") or fv.source)
+    source_version = version if fv.source == version.name else platform.datasets.get(pinned.get("feature_source") or fv.source)
     if source_version is not version:
         pinned["feature_source"] = source_version.ref
     source_schema = arrow_schema(store, source_version)
@@ -253,7 +251,6 @@ def prepare_on_ray(platform: Any, cfg: Any, version: DatasetVersion, *,
 
     The holdout comes to the driver as a DataFrame for evaluation, as in one process (``holdout_fraction``
     of the table, or the holdout dataset: evaluation is not distributed yet), unless ``holdout_as_dataset``."""
-    from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.data.fitting import Moments, fit_in_passes
     from aiinfra.data.splits import HOLDOUT, TRAIN, VALIDATION
     from aiinfra.data.suggest import profile_frame
@@ -266,7 +263,7 @@ def prepare_on_ray(platform: Any, cfg: Any, version: DatasetVersion, *,
     table, columns, view = _table(platform, cfg, version, pinned)
     holdout_ds = None
     if d.split.holdout_dataset:
-        hv = DatasetCatalog(platform.store).get(d.split.holdout_dataset)
+        hv = platform.datasets.get(d.split.holdout_dataset)
         pinned["holdout"] = hv.ref
         holdout_ds, holdout_columns, _ = _table(platform, cfg, hv, pinned)
     needed = [d.label, *([] if d.features == "auto" else [f.column for f in d.features.features]), *d.slices]

@@ -14,7 +14,7 @@ from aiinfra.data.spec import load_spec
 from aiinfra.data.synthetic import make_customers
 from aiinfra.errors import InvalidInput
 from aiinfra.pipelines.ingest import ingest
-from aiinfra.storage import open_artifact_store
+from aiinfra.storage import DigestLedger, open_artifact_store
 
 SPEC = load_spec(Path(__file__).resolve().parents[2] / "jobs/configs/customers_spec.yaml")
 
@@ -25,7 +25,7 @@ def customers():
 
 
 def catalog(config) -> DatasetCatalog:
-    return DatasetCatalog(open_artifact_store(config.storage_root))
+    return DatasetCatalog(open_artifact_store(config.storage_root), ledger=DigestLedger.at(config.metadata_url))
 
 
 def nothing_staged(config) -> bool:

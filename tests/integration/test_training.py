@@ -218,13 +218,12 @@ def customers_frame_with_a_null(frame: pd.DataFrame, column: str, row: int) -> p
 
 def test_batch_inference_gives_the_online_answers_and_versions_them_with_lineage(platform, customers, gated):
     """Batch (Ray Data, actor pool) and online (the Predictor the Serve deployment runs) agree row by row."""
-    from aiinfra.data.catalog import DatasetCatalog
     from aiinfra.inference.predictor import Predictor
     from aiinfra.pipelines.batch_predict import batch_predict
 
     version = platform.registry.get("churn-gated@champion")
     result = batch_predict(platform, version.ref, customers.ref, output="customers_scored")
-    catalog = DatasetCatalog(platform.store)
+    catalog = platform.datasets
     out = catalog.get(result["output"])
     assert out.row_count == customers.row_count
     assert out.lineage["model"] == version.ref and out.lineage["input_dataset"] == customers.ref

@@ -63,7 +63,7 @@ VERSIONS = ["aaaa000000000001", "aaaa000000000002", "bbbb000000000003"]
 
 def test_the_latest_version_and_a_prefix_read_one_manifest_and_list_only_the_index(store):
     counting = Counting(store)
-    catalog = DatasetCatalog(counting)
+    catalog = DatasetCatalog(counting, ledger=None)
     for v in VERSIONS:
         _commit(catalog, "events", v)
     _commit(catalog, "other", "cccc000000000004")  # another dataset's files are not listed either
@@ -85,7 +85,7 @@ def test_the_latest_version_and_a_prefix_read_one_manifest_and_list_only_the_ind
 
 
 def test_versions_written_before_the_index_are_found_and_indexed_by_the_next_commit(store):
-    catalog = DatasetCatalog(store)
+    catalog = DatasetCatalog(store, ledger=None)
     for v in VERSIONS[:2]:
         _commit(catalog, "legacy", v)
     store.delete_dir(f"datasets/legacy/{INDEX}")  # as an older aiinfra left them: manifests, no markers
@@ -99,7 +99,7 @@ def test_versions_written_before_the_index_are_found_and_indexed_by_the_next_com
 
 
 def test_a_marker_without_its_manifest_is_no_version(store):
-    catalog = DatasetCatalog(store)
+    catalog = DatasetCatalog(store, ledger=None)
     _commit(catalog, "events", VERSIONS[0])
     # A commit that wrote its marker and stopped before the manifest.
     catalog._mark("events", VERSIONS[1], 9e9)
@@ -114,7 +114,7 @@ def test_a_marker_without_its_manifest_is_no_version(store):
 
 def test_files_with_the_writers_digest_are_moved_not_read_and_the_rest_copied_and_hashed(store):
     counting = Counting(store)
-    catalog = DatasetCatalog(counting)
+    catalog = DatasetCatalog(counting, ledger=None)
     moved = store.write_bytes("staging/s/data/plan=basic/part-1.parquet", b"rows written by a task")
     store.write_bytes("staging/s/_sample.parquet", b"the sample")
     bad = store.write_bytes("staging/s/quarantine/part-2.parquet", b"bad rows")

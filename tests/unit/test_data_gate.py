@@ -124,7 +124,7 @@ def test_one_batch_through_the_gate_and_into_the_catalog(tmp_path):
 
 
 def test_catalog_refs(tmp_path):
-    catalog = DatasetCatalog(open_artifact_store(str(tmp_path)))
+    catalog = DatasetCatalog(open_artifact_store(str(tmp_path)), ledger=None)
     with pytest.raises(NotFound, match="no versions"):
         catalog.get("customers")
     with pytest.raises(InvalidInput):

@@ -17,7 +17,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from aiinfra.data.catalog import DatasetCatalog, DatasetVersion
+from aiinfra.data.catalog import DatasetVersion
 from aiinfra.data.profile import DatasetProfile
 from aiinfra.errors import InvalidInput
 from aiinfra.inference.predictor import Predictor
@@ -64,21 +64,21 @@ def classifier(table):
     return make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
 
 
-def _commit(store, name: str, frame: pd.DataFrame, version: str = "abcd0001") -> str:
+def _commit(catalog, name: str, frame: pd.DataFrame, version: str = "abcd0001") -> str:
     """A dataset version in the catalog, as ingestion would leave it (ingestion itself runs on Ray Data)."""
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
-    store.write_bytes(f"staging/{name}/part-0.parquet", buf.getvalue())
+    catalog.store.write_bytes(f"staging/{name}/part-0.parquet", buf.getvalue())
     manifest = DatasetVersion(name=name, version=version, created_at=0.0, source_uri="memory://test", source_format="parquet",
                               schema=[], row_count=len(frame), rows_in=len(frame), quarantined_count=0, files={},
                               profile=DatasetProfile(row_count=len(frame), sample_rows=0, columns={}))
-    return DatasetCatalog(store).commit(manifest, {"part-0.parquet": f"staging/{name}/part-0.parquet"}, {}).ref
+    return catalog.commit(manifest, {"part-0.parquet": f"staging/{name}/part-0.parquet"}, {}).ref
 
 
 @pytest.fixture
 def local(config, table):
     with open_local(config) as p:
-        p.holdout = _commit(p.store, "cancer", table)
+        p.holdout = _commit(p.datasets, "cancer", table)
         yield p
 
 
@@ -307,7 +307,7 @@ def test_a_column_transformer_graph_is_imported_and_served_with_string_inputs(lo
     assert info.layout == "columns" and {i.name: i.dtype for i in info.inputs}["plan"] == "object"
     path = tmp_path / "ct.onnx"
     path.write_bytes(raw)
-    holdout = _commit(local.store, "customers", customers.tail(800).reset_index(drop=True), version="abcd0003")
+    holdout = _commit(local.datasets, "customers", customers.tail(800).reset_index(drop=True), version="abcd0003")
     out = import_onnx(local, "churn-ct", path, _column_signature(), holdout=holdout, label="churned", slices=["plan"])
     assert out.alias == "champion" and out.metrics["roc_auc"] > 0.7
     version = local.registry.get(out.model)

@@ -177,7 +177,7 @@ def _trained_here(platform, tmp_path, task: str = "binary", hidden=(64, 32)) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from aiinfra.data.catalog import DatasetCatalog, DatasetVersion
+    from aiinfra.data.catalog import DatasetVersion
     from aiinfra.data.profile import DatasetProfile
 
     frame, label = _table(task)
@@ -187,7 +187,7 @@ def _trained_here(platform, tmp_path, task: str = "binary", hidden=(64, 32)) -> 
     manifest = DatasetVersion(name="table", version="abcd0002", created_at=0.0, source_uri="memory://t", source_format="parquet",
                               schema=[], row_count=len(frame), rows_in=len(frame), quarantined_count=0, files={},
                               profile=DatasetProfile(row_count=len(frame), sample_rows=0, columns={}))
-    dataset = DatasetCatalog(platform.store).commit(manifest, {"part-0.parquet": "staging/t/part-0.parquet"}, {}).ref
+    dataset = platform.datasets.commit(manifest, {"part-0.parquet": "staging/t/part-0.parquet"}, {}).ref
     ref = _register(platform, tmp_path, task, "mlp", hidden=hidden)
     version = platform.registry.get(ref)
     local = platform.registry.download(version, tmp_path / "recipe")

@@ -184,7 +184,7 @@ def test_a_dataset_manifest_never_holds_a_credential(tmp_path):
         profile=DatasetProfile(row_count=0, sample_rows=0, columns={}),
     )
     assert manifest.source_uri == "s3://AK:***@raw/c.csv?secret_key=***"
-    version = DatasetCatalog(store).commit(manifest, {}, {})
+    version = DatasetCatalog(store, ledger=None).commit(manifest, {}, {})
     stored = store.read_bytes(f"{version.key}/{MANIFEST}").decode()
     assert SECRET not in stored and SECRET not in version.model_dump_json()
     # A manifest written before redaction existed is shown redacted too.
