@@ -39,6 +39,7 @@ __all__ = [
     "actor_backend",
     "find_actor",
     "get_actor",
+    "named_actor_backend",
     "ray_job_id",
     "start_actor",
 ]
@@ -175,6 +176,22 @@ def actor_backend(spec: ActorSpec, config: PlatformConfig, *args: Any, create: b
         return found
 
     return ActorBackend(handle, service=spec.name, timeout_s=timeout_s)
+
+
+def named_actor_backend(name: str, namespace: str, *, timeout_s: float = CALL_TIMEOUT_S) -> ActorBackend:
+    """A backend to a running service found by its name alone: what a Ray Train worker has (no platform
+    config: Ray Train shows a loop's config in the dashboard, so a database URL never travels in one)."""
+
+    def handle() -> Any:
+        import ray
+
+        try:
+            return ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            raise ServiceUnavailable(f"the {name} actor is not running in namespace {namespace!r}; "
+                                     "start the platform (`aiinfra up`) or `aiinfra.connect()` first") from None
+
+    return ActorBackend(handle, service=name, timeout_s=timeout_s)
 
 
 class ActorBackend:

@@ -309,7 +309,8 @@ def _commit(config: PlatformConfig, store: ArtifactStore, name: str, stats: Batc
             lineage: dict[str, Any] | None, partition_by: Sequence[str] = ()) -> IngestResult:
     """The checks over the whole input, then the version: its files moved from ``staging``, its manifest written
     (and the manifest's SHA-256 recorded in the metadata DB first, so readers can trust it)."""
-    with closing(DigestLedger.at(config.metadata_url)) as ledger:
+    # create: ingestion may be the first thing a new platform does (as `connect()`, it sets the DB up).
+    with closing(DigestLedger.at(config.metadata_url, create=True)) as ledger:
         catalog = DatasetCatalog(store, ledger=ledger)
         _check(stats, spec, redact_uri(uri))
         assert stats.rows_in == stats.kept + stats.quarantined  # the accounting invariant

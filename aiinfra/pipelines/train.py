@@ -280,7 +280,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
         if cfg.tune is not None:
             with log.stage(f"search {len(cfg.tune.search_space)} hyperparameter(s) with Ray Tune "
                            f"({cfg.tune.num_samples} trials, {cfg.tune.scheduler}, {cfg.tune.max_concurrent_trials} at a time)"):
-                found = search(resolved, data, storage_root=storage_root, run_name=run_id)
+                found = search(resolved, data, storage_root=storage_root, run_name=run_id,
+                               records_namespace=platform.config.namespace)
                 for t in found.trials:
                     trial_run = f"{run_id}-{t.trial_id}"
                     registry.start_run(experiment=cfg.experiment_name, kind="trial", run_id=trial_run,
@@ -307,7 +308,8 @@ def run_training(platform: Any, cfg: TrainConfig, *, kind: str = "train", parent
         else:
             t = cfg.trainer
             with log.stage(f"train {cfg.model.family} with Ray Train ({_how(cfg)})"):
-                fitted = fit(resolved, data, storage_root=storage_root, run_name=run_id)
+                fitted = fit(resolved, data, storage_root=storage_root, run_name=run_id,
+                             records_namespace=platform.config.namespace)
                 final_cfg, best_state, history = resolved, fitted.best_state, fitted.history
                 cpu_s, gpu_s = fitted.cpu_seconds, fitted.gpu_seconds
                 log.note(_history_note(cfg, history, fitted.wall_s))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,7 +38,7 @@ from aiinfra.registry.types import (
     validate_alias,
     validate_name,
 )
-from aiinfra.storage import ArtifactStore, FileDigest, MetadataDB, Migration
+from aiinfra.storage import ArtifactStore, DigestLedger, FileDigest, MetadataDB, Migration
 from aiinfra.storage.metadata import Transaction
 
 __all__ = ["ModelRegistry", "MIGRATIONS"]
@@ -144,6 +145,16 @@ def _json(value: Any) -> str:
         raise InvalidInput(f"value is not JSON-serialisable: {e}") from None
 
 
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _checkpoint_key(run: str, digest: str) -> str:
+    validate_name("run name", run)
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise InvalidInput("a checkpoint digest is 64 lowercase hex characters")
+    return f"checkpoints/{run}/{digest}"
+
+
 class ModelRegistry:
     """Models, versions 1..n, aliases and the audit log.
 
@@ -163,6 +174,7 @@ class ModelRegistry:
         self.runs = RunStore(db, clock)
         # Who the audit log names: decided here from the caller's token or process (aiinfra.identity.callers).
         self._identities = Identities(db)
+        self._checkpoints = DigestLedger(db)  # the digests of runs' checkpoints (their files are in storage)
 
     # -- experiment runs (one writer: this class) -----------------------------------------
     def start_run(self, *, caller: Caller | None = None, **kwargs: Any) -> Run:
@@ -170,6 +182,14 @@ class ModelRegistry:
 
     def log_epochs(self, run_id: str, epochs: list[dict[str, Any]]) -> int:
         return self.runs.log_epochs(run_id, epochs)
+
+    def record_checkpoint(self, run: str, digest: str) -> None:
+        """A training worker wrote a checkpoint of ``run`` with this digest (aiinfra.training.checkpoint_ledger)."""
+        self._checkpoints.record_digests({_checkpoint_key(run, digest): digest})
+
+    def checkpoint_recorded(self, run: str, digest: str) -> bool:
+        """Whether ``run`` recorded a checkpoint with this digest: only such a checkpoint is loaded."""
+        return self._checkpoints.digest(_checkpoint_key(run, digest)) == digest
 
     def finish_run(self, run_id: str, **kwargs: Any) -> Run:
         return self.runs.finish_run(run_id, **kwargs)

@@ -43,8 +43,9 @@ class DigestLedger:
         self._lock = threading.Lock()
 
     @classmethod
-    def at(cls, metadata_url: str) -> DigestLedger:
-        return cls(lambda: open_metadata_db(metadata_url, create=False))
+    def at(cls, metadata_url: str, *, create: bool = False) -> DigestLedger:
+        """``create``: as ``open_metadata_db``'s (only what may set the platform up, as ingestion, passes True)."""
+        return cls(lambda: open_metadata_db(metadata_url, create=create))
 
     @property
     def db(self) -> MetadataDB:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from aiinfra.training.checkpoint_ledger import CheckpointLedger, CheckpointRecords
 from aiinfra.training.checkpoints import TrainingState, epoch_seed, load_checkpoint, save_checkpoint
 from aiinfra.training.config import Task, TrainerSettings
 from aiinfra.training.models import build_model, seed_everything
@@ -48,6 +49,8 @@ class LoopConfig(BaseModel):
     # The datasets' row counts (all workers together), for the shard-cache decision; 0: not known, cache as before.
     train_rows: int = Field(0, ge=0)
     val_rows: int = Field(0, ge=0)
+    # Where each checkpoint's digest is recorded and checked (checkpoint_ledger.py); None: not recorded.
+    checkpoints: CheckpointRecords | None = None
 
 
 def shard_bytes(rows: int, num_workers: int, input_dim: int, task: str) -> int:
@@ -155,9 +158,12 @@ def train_loop(config: dict[str, Any]) -> None:
     seed_everything(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(run.family, run.input_dim, run.output_dim, run.params)
     state, best, optimizer_state = TrainingState(seed=seed), None, None
+    ledger = CheckpointLedger.of(run.checkpoints)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure, or a resumed run
         with checkpoint.as_directory() as d:
+            if ledger is not None:
+                ledger.verify(d, where=checkpoint.path)
             weights, best, optimizer_state, state = load_checkpoint(d)
         model.load_state_dict(weights)
     start_epoch = state.epoch + 1
@@ -243,6 +249,8 @@ def train_loop(config: dict[str, Any]) -> None:
             ckpt = None
             if rank == 0:
                 save_checkpoint(tmp, model, best, optimizer, state)
+                if ledger is not None:  # recorded before it is reported: never visible unrecorded
+                    ledger.record(tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
         if stop:

@@ -22,6 +22,7 @@ import pyarrow.fs
 import torch
 
 from aiinfra.data.transforms import FeaturePipeline
+from aiinfra.training.checkpoint_ledger import CheckpointLedger, CheckpointRecords
 from aiinfra.training.checkpoints import load_checkpoint
 from aiinfra.training.config import TrainConfig
 from aiinfra.training.ddp import LoopConfig, train_loop
@@ -105,10 +106,10 @@ def _arrow_training_batch(batch: Any, **kwargs: Any) -> dict[str, Any]:
     return to_training_batch(batch.to_pandas(), **kwargs)
 
 
-def loop_config(cfg: TrainConfig, data: PreparedData) -> LoopConfig:
+def loop_config(cfg: TrainConfig, data: PreparedData, checkpoints: CheckpointRecords | None = None) -> LoopConfig:
     return LoopConfig(task=cfg.task, family=cfg.model.family, params=cfg.model.params,
                       input_dim=data.pre.output_dim, output_dim=data.output_dim, has_val=data.n_val > 0,
-                      trainer=cfg.trainer, train_rows=data.n_train, val_rows=data.n_val)
+                      trainer=cfg.trainer, train_rows=data.n_train, val_rows=data.n_val, checkpoints=checkpoints)
 
 
 def planned_reports(cfg: TrainConfig) -> int:
@@ -127,7 +128,10 @@ def storage_path(storage_root: str, leaf: str) -> str:
     return f"{base.rstrip('/')}/{leaf}{sep}{query}"
 
 
-def _read_checkpoint(d: str | Path) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
+def _read_checkpoint(d: str | Path, ledger: CheckpointLedger | None, *, where: str,
+                     ) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
+    if ledger is not None:
+        ledger.verify(d, where=where)
     if (Path(d) / TREE_STATE).exists():
         raw, tree_state = load_tree_checkpoint(d)
         return best_model_bytes(raw, tree_state), tree_state.history
@@ -135,8 +139,10 @@ def _read_checkpoint(d: str | Path) -> tuple[dict[str, torch.Tensor] | bytes, li
     return best, state.history
 
 
-def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
-    """(best weights, history) from a checkpoint directory under the storage root (local or s3/gs)."""
+def load_checkpoint_at(path: str, storage_root: str, *, checkpoints: CheckpointRecords | None = None,
+                       ) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
+    """(best weights, history) from a checkpoint directory under the storage root (local or s3/gs), checked
+    against the digests ``checkpoints`` names first (ArtifactCorrupted when it is not one its run recorded)."""
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     import ray.train
 
@@ -144,15 +150,17 @@ def load_checkpoint_at(path: str, storage_root: str) -> tuple[dict[str, torch.Te
     if "://" in storage_root and not storage_root.startswith("file://"):
         fs, _ = pyarrow.fs.FileSystem.from_uri(storage_root)
     with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
-        return _read_checkpoint(d)
+        return _read_checkpoint(d, CheckpointLedger.of(checkpoints), where=path)
 
 
 def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str | None = None,
         num_workers: int | None = None, callbacks: list[Any] | None = None,
-        datasets: dict[str, Any] | None = None) -> FitResult:
+        datasets: dict[str, Any] | None = None, records_namespace: str | None = None) -> FitResult:
     """Train with DDP on ``num_workers`` Ray Train workers (gloo on CPU, NCCL on GPU).
 
     ``run_name`` must be new: Train V2 silently resumes a run whose name exists under the storage path.
+    ``records_namespace``: the platform namespace whose registry records each checkpoint's digest, checked
+    before any checkpoint is loaded (checkpoint_ledger.py); None records none (a plain run outside the platform).
     """
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -163,6 +171,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     t = cfg.trainer
     workers = num_workers or t.num_workers
     run_name = run_name or f"train-{uuid.uuid4().hex[:12]}"
+    records = CheckpointRecords(namespace=records_namespace, run=run_name) if records_namespace else None
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
     common = dict(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker=resources),
@@ -180,7 +189,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     if is_tree_family(family):
         # A plain dict at Ray Train's boundary; each worker validates it back into a TreeLoopConfig.
         loop = TreeLoopConfig(task=cfg.task, family=family, params=cfg.model.params, num_classes=len(data.class_labels),
-                              has_val=data.n_val > 0, trainer=t).model_dump()
+                              has_val=data.n_val > 0, trainer=t, checkpoints=records).model_dump()
         # "val" whole on every worker: each computes the same validation loss (see tree_loop).
         split = DataConfig(datasets_to_split=["train"])
         if family == "xgboost":
@@ -195,7 +204,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
         from ray.train.torch import TorchTrainer
 
         # A plain dict at Ray Train's boundary; each worker validates it back into a LoopConfig.
-        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(cfg, data).model_dump(), **common)
+        trainer = TorchTrainer(train_loop, train_loop_config=loop_config(cfg, data, records).model_dump(), **common)
     t0 = time.perf_counter()
     result = fit_keeping_sigint(trainer)
     wall = time.perf_counter() - t0
@@ -204,7 +213,7 @@ def fit(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: st
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
-        best, history = _read_checkpoint(d)
+        best, history = _read_checkpoint(d, CheckpointLedger.of(records), where=result.checkpoint.path)
     return FitResult(
         run_name=run_name, best_state=best, history=history, wall_s=wall,
         cpu_seconds=wall * workers * t.cpus_per_worker, gpu_seconds=wall * workers * t.gpus_per_worker if t.use_gpu else 0.0,

@@ -18,6 +18,7 @@ import torch
 
 from aiinfra.config import validate_as
 from aiinfra.errors import InvalidInput
+from aiinfra.training.checkpoint_ledger import CheckpointRecords
 from aiinfra.training.config import SearchDistribution, TrainConfig, set_path
 from aiinfra.training.ray_train import (
     PreparedData,
@@ -109,7 +110,7 @@ def _most_reports(cfg: TrainConfig) -> int:
 
 
 def _trial(overrides: dict[str, Any], *, cfg_json: dict[str, Any], data: PreparedData, datasets: dict[str, Any],
-           storage_root: str, parent: str) -> None:
+           storage_root: str, parent: str, records_namespace: str | None) -> None:
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -118,10 +119,12 @@ def _trial(overrides: dict[str, Any], *, cfg_json: dict[str, Any], data: Prepare
     workers = cfg.tune.workers_per_trial if cfg.tune else 1
     trial_cfg = apply_overrides(cfg, overrides)
     fit(trial_cfg, data, storage_root=storage_root, run_name=f"{parent}-{tune.get_context().get_trial_id()}",
-        num_workers=workers, callbacks=[TuneReportCallback()], datasets=datasets)
+        num_workers=workers, callbacks=[TuneReportCallback()], datasets=datasets, records_namespace=records_namespace)
 
 
-def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str, progress: Any = None) -> SearchResult:
+def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name: str, progress: Any = None,
+           records_namespace: str | None = None) -> SearchResult:
+    """``records_namespace``: as ``fit``'s; each trial records its checkpoints, and the best one is checked."""
     # Ray inside: RAY_AUTH_MODE is read at Ray's import (see the note at the top).
     from ray import tune
     from ray.tune import RunConfig as TuneRunConfig
@@ -137,7 +140,7 @@ def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name:
     # Transformed once for all trials (materialized in the object store), not once per trial.
     datasets = make_datasets(data, ts.workers_per_trial)
     trainable = tune.with_parameters(_trial, cfg_json=cfg.model_dump(mode="json"), data=data, datasets=datasets,
-                                     storage_root=storage_root, parent=run_name)
+                                     storage_root=storage_root, parent=run_name, records_namespace=records_namespace)
     # The trial's driver only waits on its TorchTrainer: it must not hold a CPU the workers need
     # (Tune refuses an empty request, hence a token share).
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
@@ -187,7 +190,10 @@ def search(cfg: TrainConfig, data: PreparedData, *, storage_root: str, run_name:
         return value if ts.mode == "min" else -value
 
     best = min(scored, key=score)
-    best_state, history = load_checkpoint_at(best.checkpoint_path, storage_root)  # type: ignore[arg-type]
+    records = (CheckpointRecords(namespace=records_namespace, run=f"{run_name}-{best.trial_id}")
+               if records_namespace else None)  # the trial's run, as _trial named it
+    best_state, history = load_checkpoint_at(best.checkpoint_path, storage_root,  # type: ignore[arg-type]
+                                             checkpoints=records)
     cpus = (ts.workers_per_trial * cfg.trainer.cpus_per_worker)
     return SearchResult(
         best=best, best_config=apply_overrides(cfg, best.overrides), best_state=best_state, history=history,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiinfra.training.checkpoint_ledger import CheckpointLedger, CheckpointRecords
 from aiinfra.training.config import Task, TrainerSettings
 from aiinfra.training.runtimes import WEIGHTS_FILE, tree_model_from_bytes
 from aiinfra.training.trees import library_params, loss_of, tree_params
@@ -44,6 +45,8 @@ class TreeLoopConfig(BaseModel):
     num_classes: int = Field(ge=0)
     has_val: bool
     trainer: TrainerSettings
+    # Where each checkpoint's digest is recorded and checked (checkpoint_ledger.py); None: not recorded.
+    checkpoints: CheckpointRecords | None = None
 
 
 @dataclass
@@ -96,11 +99,12 @@ class _Rounds:
     """The bookkeeping both libraries share: after each round, the losses in, whether to stop out; every
     ``checkpoint_every`` rounds (and on the last) a report to Ray Train with rank 0's checkpoint."""
 
-    def __init__(self, run: TreeLoopConfig, state: TreeState, rank: int, world: int) -> None:
+    def __init__(self, run: TreeLoopConfig, state: TreeState, rank: int, world: int,
+                 ledger: CheckpointLedger | None = None) -> None:
         import ray.train
 
         self._train = ray.train
-        self.run, self.state, self.rank, self.world = run, state, rank, world
+        self.run, self.state, self.rank, self.world, self.ledger = run, state, rank, world, ledger
         self.params = tree_params(run.family, run.params)
         self.start = state.rounds
         self._t0 = self._last = time.perf_counter()
@@ -139,6 +143,8 @@ class _Rounds:
             checkpoint = None
             if self.rank == 0:
                 save_tree_checkpoint(tmp, model_bytes(), s)
+                if self.ledger is not None:  # recorded before it is reported: never visible unrecorded
+                    self.ledger.record(tmp)
                 checkpoint = self._train.Checkpoint.from_directory(tmp)
             self._train.report(metrics, checkpoint=checkpoint)
 
@@ -156,9 +162,12 @@ def tree_loop(config: dict[str, Any]) -> None:
     params = tree_params(run.family, run.params)
     state = TreeState(family=run.family, cut_to_best=run.has_val and params.early_stopping_rounds is not None)
     raw = None
+    ledger = CheckpointLedger.of(run.checkpoints)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure
         with checkpoint.as_directory() as d:
+            if ledger is not None:
+                ledger.verify(d, where=checkpoint.path)
             raw, state = load_tree_checkpoint(d)
     remaining = params.num_boost_round - state.rounds
     if remaining <= 0 or state.stopped_early:
@@ -167,7 +176,7 @@ def tree_loop(config: dict[str, Any]) -> None:
     val = _arrays(ray.train.get_dataset_shard("val")) if run.has_val else None
     lib = library_params(run.family, params, task=run.task, num_classes=run.num_classes, seed=t.seed,
                          threads=max(1, int(round(t.cpus_per_worker))), use_gpu=t.use_gpu)
-    rounds = _Rounds(run, state, rank, world)
+    rounds = _Rounds(run, state, rank, world, ledger)
     if run.family == "xgboost":
         _xgboost(lib, x, y, val, raw, remaining, rounds)
     else:
