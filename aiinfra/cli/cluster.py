@@ -72,12 +72,13 @@ def _token_create(args: argparse.Namespace) -> None:
         raise InvalidInput(f"--expires: {e}") from None
     tokens = _tokens()
     try:
-        made = tokens.issue(args.role, who=default_principal(), model=args.model, expires_in_s=expires_in_s)
+        made = tokens.issue(args.role, who=default_principal(), model=args.model, expires_in_s=expires_in_s,
+                            holder=args.holder)
     finally:
         tokens.db.close()
     if args.json:
         return print_json(dataclasses.asdict(made))
-    scope = f" for model {made.model!r}" if made.model else ""
+    scope = (f" for model {made.model!r}" if made.model else "") + (f", issued to {made.holder}" if made.holder else "")
     until = f", expiring {when(made.expires_at)}" if made.expires_at is not None else ""
     print(f"created a {made.role!r} token {made.id}{scope}{until}; it is shown once, keep it secret:", file=sys.stderr)
     print(made.token)
@@ -98,10 +99,11 @@ def _token_list(args: argparse.Namespace) -> None:
     def at(ts: Any) -> str:
         return when(ts) if ts is not None else "-"
 
-    print(f"{'ID':<8}  {'ROLE':<8}  {'MODEL':<16}  {'CREATED':<19}  {'EXPIRES':<19}  {'LAST USED':<19}  REVOKED")
+    print(f"{'ID':<8}  {'ROLE':<8}  {'MODEL':<16}  {'FOR':<16}  {'CREATED':<19}  {'EXPIRES':<19}  {'LAST USED':<19}  "
+          "REVOKED")
     for r in rows:
-        print(f"{r['id']:<8}  {r['role']:<8}  {r['model'] or '(any)':<16}  {at(r['created_at']):<19}  "
-              f"{at(r['expires_at']):<19}  {at(r['last_used_at']):<19}  {at(r['revoked_at'])}")
+        print(f"{r['id']:<8}  {r['role']:<8}  {r['model'] or '(any)':<16}  {(r['holder'] or '-')[:16]:<16}  "
+              f"{at(r['created_at']):<19}  {at(r['expires_at']):<19}  {at(r['last_used_at']):<19}  {at(r['revoked_at'])}")
 
 
 def _token_revoke(args: argparse.Namespace) -> None:
@@ -129,6 +131,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tcreate = token.add_parser("create", help="print a new bearer token (stored hashed; shown once)")
     tcreate.add_argument("--role", default="predict", choices=ROLES)
     tcreate.add_argument("--model", default=None, help="the one model the token may act on (default: any)")
+    tcreate.add_argument("--for", dest="holder", default=None, metavar="NAME",
+                         help="whom it is issued to (a policy with distinct_people counts approvals by this name)")
     tcreate.add_argument("--expires", default=None, metavar="DURATION",
                          help="lifetime, e.g. 30d, 12h, 90m, 45s (default: never expires)")
     tcreate.add_argument("--json", action="store_true", help="print {id, token, role, model, expires_at}")

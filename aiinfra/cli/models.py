@@ -135,7 +135,7 @@ def _api_token(args: argparse.Namespace) -> str | None:
 
 
 def _print_request(r: Any) -> None:
-    approvals = ", ".join(a.who for a in r.approvals) or "none yet"
+    approvals = ", ".join(f"{a.who} ({a.person})" if a.person else a.who for a in r.approvals) or "none yet"
     print(f"{r.id}  {r.model}@{r.version} -> {r.alias}  {r.status}  {len(r.approvals)}/{r.needed} approvals ({approvals})")
     print(f"    requested by {r.requested_by} at {when(r.created_at)}, expires {when(r.expires_at)}"
           + (f"; {r.reason}" if r.reason else "") + (f"; decided by {r.decided_by}" if r.decided_by else ""))
@@ -153,7 +153,8 @@ def _models_policy(args: argparse.Namespace) -> None:
         print(f"{args.name}: no protected aliases (set some with `aiinfra models policy {args.name} FILE.yaml`)")
     for alias, rule in policy.aliases.items():
         print(f"{args.name}@{alias}: {rule.approvals} approval(s) within {rule.expires / 3600:g} h"
-              + ("; the requester's own counts" if rule.self_approval else "; not from the requester"))
+              + ("; the requester's own counts" if rule.self_approval else "; not from the requester")
+            + ("; one per person (tokens made with --for)" if rule.distinct_people else ""))
 
 
 def _models_request(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ from aiinfra.identity.tokens import TokenStore
 from aiinfra.service import ray_job_id
 from aiinfra.storage import MetadataDB
 
-__all__ = ["Caller", "Identities", "this_process"]
+__all__ = ["Caller", "Identities", "Identity", "this_process"]
 
 TOKEN_PREFIX = "token:"  # what the log names a checked token by; nothing else may take this form
 _MAX_PART = 200  # a claimed name is a label, not a payload
@@ -45,6 +45,14 @@ class Caller:
     def claimed(self) -> str:
         name = (self.service or self.process)[:_MAX_PART]
         return f"{name} (job {self.job[:_MAX_PART]})" if self.job else name
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the log records (``who``), and, for a token issued to someone (``token create --for``), whom."""
+
+    who: str
+    person: str | None = None
 
 
 def this_process(*, token: str | None = None, service: str | None = None) -> Caller:
@@ -73,7 +81,11 @@ class Identities:
             return self._tokens
 
     def who(self, caller: Caller | None, *, action: str | None = None, model: str | None = None) -> str:
-        """The audit log's name for ``caller``.
+        """The audit log's name for ``caller`` (``resolve``'s ``who``)."""
+        return self.resolve(caller, action=action, model=model).who
+
+    def resolve(self, caller: Caller | None, *, action: str | None = None, model: str | None = None) -> Identity:
+        """The audit log's name for ``caller``, and the person its token was issued to, if any.
 
         Args:
             action: a permission (``aiinfra.identity.roles.PERMISSIONS``) the call needs; it then takes a
@@ -89,12 +101,12 @@ class Identities:
                 raise Forbidden(f"to {action}, send an API token of one of the roles {_roles(action)}: --token-file PATH "
                                 f"or AIINFRA_API_TOKEN (`aiinfra token create --role {_least(action)}`)")
             if caller is None:
-                return "unknown"
+                return Identity("unknown")
             claimed = caller.claimed()
             if claimed.startswith(TOKEN_PREFIX):
                 raise InvalidInput(f"a caller may not call itself {claimed!r}: the log names {TOKEN_PREFIX}<id> only "
                                    "for a checked API token (send the token instead)")
-            return claimed
+            return Identity(claimed)
         tokens = self._store()
         principal = tokens.verify(f"Bearer {token}")
         if action is not None:
@@ -103,7 +115,7 @@ class Identities:
             tokens.flush_last_used()  # `token list` shows the use: one write, and only for calls with a token
         except Exception:  # noqa: BLE001 - bookkeeping; the check above is what matters
             pass
-        return f"{TOKEN_PREFIX}{principal.token_id}"
+        return Identity(f"{TOKEN_PREFIX}{principal.token_id}", principal.holder)
 
 
 def _roles(action: str) -> str:

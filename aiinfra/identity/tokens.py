@@ -57,9 +57,12 @@ MIGRATIONS = (
         key_hex TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL
     )""",)),
+    # Whom a token was issued to (`token create --for NAME`): approvals can be counted by person.
+    Migration(4, ("ALTER TABLE api_tokens ADD COLUMN holder TEXT",)),
 )
+MAX_HOLDER = 200
 # What `token list` shows: everything but the secret's hash.
-_LISTED = "id, role, model, created_at, created_by, expires_at, last_used_at, revoked_at"
+_LISTED = "id, role, model, holder, created_at, created_by, expires_at, last_used_at, revoked_at"
 # Last-used times are written in one batch this often, so a token costs at most one write a minute.
 LAST_USED_INTERVAL_S = 60.0
 
@@ -69,6 +72,7 @@ class Principal:
     token_id: str
     role: str
     model: str | None = None  # the one model this token may act on; None: any
+    holder: str | None = None  # whom it was issued to (`token create --for`); None: not said
 
     def require(self, action: str, *, model: str | None = None) -> None:
         """This token may ``action`` on ``model`` (else Forbidden).
@@ -93,6 +97,7 @@ class NewToken:
     role: str
     model: str | None
     expires_at: float | None
+    holder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class _Entry:
     role: str
     model: str | None
     expires_at: float | None
+    holder: str | None
 
 
 def _hash(secret: str) -> str:
@@ -145,22 +151,28 @@ class TokenStore:
         return self._routing_key
 
     def create(self, role: str = "predict", *, who: str = "unknown", model: str | None = None,
-               expires_in_s: float | None = None) -> str:
+               expires_in_s: float | None = None, holder: str | None = None) -> str:
         """A new token; the only time its secret is visible.
 
         Args:
             model: the one model it may act on (None: any).
             expires_in_s: seconds from now until it is refused as expired (None: never).
         """
-        return self.issue(role, who=who, model=model, expires_in_s=expires_in_s).token
+        return self.issue(role, who=who, model=model, expires_in_s=expires_in_s, holder=holder).token
 
     def issue(self, role: str = "predict", *, who: str = "unknown", model: str | None = None,
-              expires_in_s: float | None = None) -> NewToken:
-        """``create``, with the new token's id, scope and expiry beside it."""
+              expires_in_s: float | None = None, holder: str | None = None) -> NewToken:
+        """``create``, with the new token's id, scope and expiry beside it.
+
+        ``holder``: the person (or system) it is issued to, for approvals a policy counts by person.
+        """
         if role not in ROLES:
             raise InvalidInput(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
         if model is not None:
             validate_name("model name", model)
+        if holder is not None and (not isinstance(holder, str) or not holder.strip() or len(holder) > MAX_HOLDER
+                                   or any(ord(c) < 32 or ord(c) == 127 for c in holder)):
+            raise InvalidInput(f"a token's holder is a name of 1 to {MAX_HOLDER} printable characters")
         if expires_in_s is not None and not expires_in_s > 0:
             raise InvalidInput(f"a token's lifetime must be positive, got {expires_in_s!r} s")
         now = self._clock()
@@ -168,13 +180,13 @@ class TokenStore:
         token_id, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
         with self.db.transaction() as tx:
             tx.execute(
-                "INSERT INTO api_tokens (id, secret_sha256, role, created_at, created_by, model, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token_id, _hash(secret), role, now, who, model, expires_at),
+                "INSERT INTO api_tokens (id, secret_sha256, role, created_at, created_by, model, expires_at, holder) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (token_id, _hash(secret), role, now, who, model, expires_at, holder.strip() if holder else None),
             )
         self._loaded_at = -float("inf")
         return NewToken(id=token_id, token=f"{PREFIX}_{token_id}_{secret}", role=role, model=model,
-                        expires_at=expires_at)
+                        expires_at=expires_at, holder=holder.strip() if holder else None)
 
     def revoke(self, token_id: str) -> None:
         with self.db.transaction() as tx:
@@ -215,7 +227,7 @@ class TokenStore:
         if entry.expires_at is not None and now >= entry.expires_at:
             raise Unauthorized(f"token {token_id} expired; ask for a new one (`aiinfra token create`)")
         self._record_use(token_id, now)
-        return Principal(token_id=token_id, role=entry.role, model=entry.model)
+        return Principal(token_id=token_id, role=entry.role, model=entry.model, holder=entry.holder)
 
     def _lookup(self, token_id: str) -> _Entry | None:
         now = self._clock()
@@ -223,8 +235,9 @@ class TokenStore:
             stale = now - self._loaded_at > self.refresh_s
             if stale or (token_id not in self._cache and now - self._loaded_at > 0.5):
                 rows = self.db.query(
-                    "SELECT id, secret_sha256, role, model, expires_at FROM api_tokens WHERE revoked_at IS NULL")
-                self._cache = {r["id"]: _Entry(r["secret_sha256"], r["role"], r["model"], r["expires_at"]) for r in rows}
+                    "SELECT id, secret_sha256, role, model, expires_at, holder FROM api_tokens WHERE revoked_at IS NULL")
+                self._cache = {r["id"]: _Entry(r["secret_sha256"], r["role"], r["model"], r["expires_at"], r["holder"])
+                               for r in rows}
                 self._loaded_at = now
             return self._cache.get(token_id)
 

@@ -11,7 +11,10 @@ autopilot makes one when its canary passes), approvers approve it (``aiinfra mod
 token of the ``approver`` or ``admin`` role), and the approval that reaches the policy's count moves the alias
 in the same transaction. A request expires after the policy's time, is refused by any approver, and its
 requester may not approve it unless the policy says ``self_approval: true``. Approvers are counted by identity
-(the approving token): the same token approving twice counts once. Every step is in the model's audit log.
+(the approving token): the same token approving twice counts once. With ``distinct_people: true`` they are
+counted by person: each approving token must have been issued to someone (``aiinfra token create --for
+NAME``), one person's two tokens count once, and the requester's person may not approve. The registry checks
+the token itself (``aiinfra.identity.callers``). Every step is in the model's audit log.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class AliasPolicy(BaseModel):
 
     approvals: int = Field(ge=1, le=MAX_APPROVALS, description="approvals that move the alias")
     self_approval: bool = Field(False, description="the requester's own approval counts")
+    distinct_people: bool = Field(False, description="approvals count by the person each token was issued to")
     expires: float = Field(86_400.0, description="seconds (or '24h') from the request to its expiry")
 
     @field_validator("expires", mode="before")
@@ -65,6 +69,7 @@ class ModelPolicy(BaseModel):
 class Approval(BaseModel):
     who: str
     at: float
+    person: str | None = None  # whom the approving token was issued to
 
 
 class AliasRequest(BaseModel):
@@ -75,6 +80,7 @@ class AliasRequest(BaseModel):
     alias: str
     version: int
     requested_by: str
+    requested_by_person: str | None = None
     reason: str = ""
     created_at: float
     expires_at: float

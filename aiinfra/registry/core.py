@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from aiinfra.config import format_validation_error
 from aiinfra.errors import ArtifactCorrupted, Conflict, Forbidden, InvalidInput, NotFound
-from aiinfra.identity.callers import Caller, Identities
+from aiinfra.identity.callers import Caller, Identities, Identity
 from aiinfra.registry.approvals import AliasPolicy, AliasRequest, Approval, ModelPolicy
 from aiinfra.registry.files import StagedUpload
 from aiinfra.registry.runs import Run, RunStore
@@ -126,6 +126,8 @@ MIGRATIONS = (
         )""",
         "CREATE INDEX alias_requests_model ON alias_requests (name, status)",
     )),
+    # v6: whom the requesting token was issued to, for policies that count approvals by person.
+    Migration(6, ("ALTER TABLE alias_requests ADD COLUMN requester_person TEXT",)),
 )
 
 GENESIS = "0" * 64  # the prev_hash of a model's first audit row
@@ -146,6 +148,10 @@ def _json(value: Any) -> str:
 
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _named(who: str, person: str | None) -> str:
+    return f"{who} ({person})" if person else who
 
 
 def _checkpoint_key(run: str, digest: str) -> str:
@@ -383,7 +389,8 @@ class ModelRegistry:
         version = self._check_version_number(version)
         if not isinstance(reason, str) or len(reason) > 1000:
             raise InvalidInput("reason must be text of at most 1,000 characters")
-        who = self._identities.who(caller)
+        requester = self._identities.resolve(caller)
+        who = requester.who
         now = self._clock()
         with self.db.transaction() as tx:
             self._expire(tx, now, name)
@@ -402,8 +409,9 @@ class ModelRegistry:
             request_id = f"req-{uuid.uuid4().hex[:12]}"
             tx.execute(
                 "INSERT INTO alias_requests (id, name, alias, version, requested_by, reason, created_at, expires_at,"
-                " status, approvals, needed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]', ?)",
-                (request_id, name, alias, version, who, reason, now, now + policy.expires, policy.approvals),
+                " status, approvals, needed, requester_person) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]', ?, ?)",
+                (request_id, name, alias, version, who, reason, now, now + policy.expires, policy.approvals,
+                 requester.person),
             )
             self._audit(tx, now, who, name, "request_alias", version, None,
                         {"request": request_id, "alias": alias, "version": version, "needed": policy.approvals,
@@ -417,21 +425,30 @@ class ModelRegistry:
             Forbidden: ``caller`` brings no API token of the approver (or admin) role for the request's model,
                 or asked for the move itself and the policy does not allow self-approval.
         """
-        who = self._decider(request_id, caller)
+        approver = self._decider(request_id, caller)
+        who, person = approver.who, approver.person
         now = self._clock()
         with self.db.transaction() as tx:
             request = self._pending(tx, request_id, now)
             policy = self._alias_policy(tx, request.model, request.alias)
             needed = request.needed if policy is None else policy.approvals
-            if who == request.requested_by and not (policy is not None and policy.self_approval):
-                raise Forbidden(f"{who} asked for {request_id} and may not approve it; another approver must")
-            if any(a.who == who for a in request.approvals):
-                raise Conflict(f"{who} has already approved {request_id} ({len(request.approvals)} of {needed})")
-            approvals = [*request.approvals, Approval(who=who, at=now)]
+            by_person = policy is not None and policy.distinct_people
+            if by_person and person is None:
+                raise Forbidden(f"approvals of {request.model}@{request.alias} are counted by person: approve with a "
+                                "token issued to you (`aiinfra token create --role approver --for NAME`)")
+            own = who == request.requested_by or (by_person and person == request.requested_by_person)
+            if own and not (policy is not None and policy.self_approval):
+                raise Forbidden(f"{_named(who, person)} asked for {request_id} and may not approve it; another "
+                                "approver must")
+            if any(a.who == who or (by_person and a.person == person) for a in request.approvals):
+                raise Conflict(f"{_named(who, person)} has already approved {request_id} "
+                               f"({len(request.approvals)} of {needed})")
+            approvals = [*request.approvals, Approval(who=who, at=now, person=person)]
             tx.execute("UPDATE alias_requests SET approvals = ? WHERE id = ?",
                        (json.dumps([a.model_dump() for a in approvals]), request_id))
             self._audit(tx, now, who, request.model, "approve", request.version, None,
-                        {"request": request_id, "alias": request.alias, "approvals": len(approvals), "needed": needed})
+                        {"request": request_id, "alias": request.alias, "approvals": len(approvals), "needed": needed,
+                         **({"person": person} if person else {})})
             if len(approvals) >= needed:
                 self._move_alias(tx, now, who, request.model, request.alias, request.version, None, request=request_id)
                 tx.execute("UPDATE alias_requests SET status = 'applied', decided_at = ?, decided_by = ? WHERE id = ?",
@@ -440,7 +457,7 @@ class ModelRegistry:
 
     def refuse(self, request_id: str, *, caller: Caller | None = None, reason: str = "") -> AliasRequest:
         """Refuse a pending request; it takes the same token as approving it."""
-        who = self._decider(request_id, caller)
+        who = self._decider(request_id, caller).who
         now = self._clock()
         with self.db.transaction() as tx:
             request = self._pending(tx, request_id, now)
@@ -462,11 +479,11 @@ class ModelRegistry:
     def get_request(self, request_id: str) -> AliasRequest:
         return self._load_request(self.db, request_id)
 
-    def _decider(self, request_id: str, caller: Caller | None) -> str:
+    def _decider(self, request_id: str, caller: Caller | None) -> Identity:
         # Checked here, where the alias moves: an approval is the approver token's, whatever the client says.
         # Before the transaction: the token lookup reads the token table on its own connection.
         model = self._load_request(self.db, request_id).model
-        return self._identities.who(caller, action="approve", model=model)
+        return self._identities.resolve(caller, action="approve", model=model)
 
     def _pending(self, tx: Transaction, request_id: str, now: float) -> AliasRequest:
         request = self._load_request(tx, request_id)
@@ -497,7 +514,8 @@ class ModelRegistry:
     @staticmethod
     def _row_to_request(row: dict[str, Any]) -> AliasRequest:
         return AliasRequest(id=row["id"], model=row["name"], alias=row["alias"], version=int(row["version"]),
-                            requested_by=row["requested_by"], reason=row["reason"], created_at=row["created_at"],
+                            requested_by=row["requested_by"], requested_by_person=row.get("requester_person"),
+                            reason=row["reason"], created_at=row["created_at"],
                             expires_at=row["expires_at"], status=row["status"],
                             approvals=[Approval.model_validate(a) for a in json.loads(row["approvals"])],
                             needed=int(row["needed"]), decided_at=row["decided_at"], decided_by=row["decided_by"])

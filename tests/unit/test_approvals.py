@@ -193,3 +193,32 @@ def test_a_change_without_a_token_is_recorded_as_the_calling_process(world):
     assert "secret" not in repr(Caller(process="p", token="aii_x_secret"))
     registry.set_alias("churn", 2, "challenger")  # the client's own process: user@host, no job outside Ray
     assert "@" in registry.audit("churn")[-1].who and "(job" not in registry.audit("churn")[-1].who
+
+
+def test_a_policy_that_counts_people_counts_each_person_once(world):
+    """distinct_people: approvals count by whom each token was issued to (`token create --for`)."""
+    registry, _ = world
+    registry.set_policy("churn", {"aliases": {"champion": {"approvals": 2, "distinct_people": True}}})
+    assert registry.get_policy("churn").aliases["champion"].distinct_people
+    store = registry.token_store
+    ann = [store.issue("approver", who="test", holder="ann") for _ in range(2)]  # one person, two tokens
+    ben, req = store.issue("approver", who="test", holder="ben"), store.issue("approver", who="test", holder="rita")
+    rita_too = store.issue("approver", who="test", holder="rita")
+    request = registry.with_token(req.token).request_alias("churn", 2, "champion")
+    assert request.requested_by_person == "rita"
+
+    with pytest.raises(Forbidden, match="counted by person: approve with a token issued to you"):
+        as_(registry, "bob").approve(request.id)  # a token issued to no one in particular
+    with pytest.raises(Forbidden, match=r"\(rita\) asked for .* may not approve it"):
+        registry.with_token(rita_too.token).approve(request.id)  # the requester, with another of her tokens
+    assert registry.with_token(ann[0].token).approve(request.id).approvals[0].person == "ann"
+    with pytest.raises(Conflict, match=r"\(ann\) has already approved"):
+        registry.with_token(ann[1].token).approve(request.id)  # her second token counts for nothing
+    assert registry.get("churn@champion").version == 1
+    done = registry.with_token(ben.token).approve(request.id)
+    assert done.status == "applied" and [a.person for a in done.approvals] == ["ann", "ben"]
+    assert registry.get("churn@champion").version == 2
+    approvals = [e for e in registry.audit("churn") if e.action == "approve"]
+    assert [e.after.get("person") for e in approvals] == ["ann", "ben"]
+    with pytest.raises(InvalidInput, match="holder"):
+        store.issue("approver", who="test", holder="x\n")

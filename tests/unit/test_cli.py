@@ -92,9 +92,10 @@ def test_token_lifecycle_on_the_local_db(home, capsys):
     from aiinfra.identity.tokens import TokenStore
     from aiinfra.storage import open_metadata_db
 
-    assert cli.main(["token", "create", "--role", "labeller", "--model", "churn", "--expires", "30d", "--json"]) == 0
+    assert cli.main(["token", "create", "--role", "labeller", "--model", "churn", "--expires", "30d",
+                     "--for", "label-service", "--json"]) == 0
     made = json.loads(capsys.readouterr().out)
-    assert set(made) == {"id", "token", "role", "model", "expires_at"}
+    assert set(made) == {"id", "token", "role", "model", "expires_at", "holder"} and made["holder"] == "label-service"
     assert (made["role"], made["model"]) == ("labeller", "churn") and made["token"].startswith(f"aii_{made['id']}_")
     assert cli.main(["token", "create", "--role", "predict", "--expires", "12h"]) == 0
     out = capsys.readouterr()
@@ -103,7 +104,7 @@ def test_token_lifecycle_on_the_local_db(home, capsys):
 
     store = TokenStore(open_metadata_db(load_config().metadata_url), background=False)
     p = store.verify(f"Bearer {made['token']}")
-    assert (p.role, p.model) == ("labeller", "churn")
+    assert (p.role, p.model, p.holder) == ("labeller", "churn", "label-service")
 
     assert cli.main(["token", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -114,7 +115,8 @@ def test_token_lifecycle_on_the_local_db(home, capsys):
     table = capsys.readouterr().out
     for secret in (made["token"], plain, made["token"].split("_", 2)[2]):
         assert secret not in table and secret not in json.dumps(listed)
-    assert "labeller" in table and "churn" in table and "LAST USED" in table
+    assert "labeller" in table and "churn" in table and "LAST USED" in table and "label-service" in table
+    assert row["holder"] == "label-service"
 
     assert cli.main(["token", "revoke", made["id"]]) == 0
     assert made["id"] in capsys.readouterr().out
