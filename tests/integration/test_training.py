@@ -92,7 +92,8 @@ def test_two_worker_ddp_matches_one_worker_on_the_same_global_batch(platform_con
         np.testing.assert_allclose(w.numpy(), two.best_state[name].numpy(), atol=1e-5, err_msg=name)
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platform_config):
+def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platform, platform_config):
+    """The restarted workers load the last checkpoint only after the registry confirms the run wrote it."""
 
     epochs = 30
     data = _prepared(3000)
@@ -102,7 +103,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platf
     killer = _worker_killer(run_dir, killed, settle_s=2.0, poll_s=0.2)  # a few more epochs: the kill lands mid-run
     killer.start()
     result = fit(_config(num_workers=2, batch_size=32, epochs=epochs, max_failures=2), data,
-                 storage_root=platform_config.storage_root, run_name=run)
+                 storage_root=platform_config.storage_root, run_name=run, records_namespace=platform_config.namespace)
     killer.join(timeout=5)
     assert killed, "the test did not get to kill a worker"
     history = result.history
@@ -110,6 +111,24 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_not_from_epoch_0(platf
     starts = sorted({h["start_epoch"] for h in history})
     assert starts[0] == 0 and len(starts) == 2, starts  # one restart ...
     assert starts[1] > 0  # ... that began after the last checkpointed epoch, not at epoch 0
+    _a_changed_checkpoint_is_refused(platform, platform_config, run, result.checkpoint_path)
+
+
+def _a_changed_checkpoint_is_refused(platform, platform_config, run: str, path: str) -> None:
+    from aiinfra.errors import ArtifactCorrupted
+    from aiinfra.training.checkpoint_ledger import CheckpointRecords, checkpoint_digest
+    from aiinfra.training.ray_train import load_checkpoint_at
+
+    records = CheckpointRecords(namespace=platform_config.namespace, run=run)
+    assert platform.registry._backend.call("checkpoint_recorded", run, checkpoint_digest(path))
+    load_checkpoint_at(path, platform_config.storage_root, checkpoints=records)  # as written: loads
+    weights = next(p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".ubj", ".json", ".txt")
+                   and not p.name.startswith("."))
+    weights.write_bytes(weights.read_bytes() + b" ")  # changed in storage after the run
+    with pytest.raises(ArtifactCorrupted, match="not one the run wrote"):
+        load_checkpoint_at(path, platform_config.storage_root, checkpoints=records)
+    with pytest.raises(ArtifactCorrupted):  # nor is it another run's
+        load_checkpoint_at(path, platform_config.storage_root, checkpoints=records.model_copy(update={"run": "other"}))
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +360,7 @@ def _tree_config(family: str, **params) -> TrainConfig:
     })
 
 
-def test_a_killed_tree_worker_resumes_from_the_last_checkpointed_round_not_from_round_0(platform_config):
+def test_a_killed_tree_worker_resumes_from_the_last_checkpointed_round_not_from_round_0(platform, platform_config):
 
     rounds = 60
     data = _prepared(4000, val=500)
@@ -353,7 +372,8 @@ def test_a_killed_tree_worker_resumes_from_the_last_checkpointed_round_not_from_
     killer.start()
     cfg = _tree_config("xgboost", num_boost_round=rounds, early_stopping_rounds=None, checkpoint_every=3,
                        learning_rate=0.05, max_depth=4)
-    result = fit(cfg, data, storage_root=platform_config.storage_root, run_name=run)
+    result = fit(cfg, data, storage_root=platform_config.storage_root, run_name=run,
+                 records_namespace=platform_config.namespace)
     killer.join(timeout=5)
     assert killed, "the test did not get to kill a worker"
     history = result.history
@@ -366,6 +386,7 @@ def test_a_killed_tree_worker_resumes_from_the_last_checkpointed_round_not_from_
 
     # Without early stopping every round's trees are kept, those from before the failure too.
     assert tree_model_from_bytes("xgboost", result.best_state).num_boosted_rounds() == rounds
+    _a_changed_checkpoint_is_refused(platform, platform_config, run, result.checkpoint_path)
 
 
 def test_a_lightgbm_search_registers_its_best_trial_and_an_xgboost_rival_is_gated_against_it(platform, customers):
