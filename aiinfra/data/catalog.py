@@ -161,12 +161,15 @@ class DatasetCatalog:
 
     def _index(self, name: str) -> list[str]:
         """The indexed version ids, oldest first (marker names sort by creation time)."""
-        out = []
+        out: dict[str, None] = {}
         for rel in self.store.list_files(f"datasets/{name}/{INDEX}"):
             _, sep, version = rel.partition("-")
             if sep and "/" not in rel and _VERSION_RE.match(version):
-                out.append(version)
-        return out
+                # A version committed again (the same rows ingested twice at once) has a marker per commit:
+                # it is one version, placed by its latest.
+                out.pop(version, None)
+                out[version] = None
+        return list(out)
 
     def _scan(self, name: str) -> list[DatasetVersion]:
         """Every manifest under the dataset: the whole listing (a dataset from before the index)."""
@@ -220,9 +223,11 @@ class DatasetCatalog:
                 self._mark(earlier.name, earlier.version, earlier.created_at)
         self._mark(final.name, final.version, final.created_at)
         body = final.model_dump_json(by_alias=True, indent=2).encode()
-        if self.ledger is not None:  # the record first: a manifest without one is never trusted
-            self.ledger.record(f"{manifest.key}/{MANIFEST}", body)
-        self.store.write_bytes(f"{manifest.key}/{MANIFEST}", body)
+        key = f"{manifest.key}/{MANIFEST}"
+        if self.ledger is not None:  # the record and the manifest under one DB write lock: never one writer's each
+            self.ledger.record_and_write(key, body, lambda data: self.store.write_bytes(key, data))
+        else:
+            self.store.write_bytes(key, body)
         return final
 
     def read_file(self, version: DatasetVersion, rel: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiinfra.errors import ArtifactCorrupted
 from aiinfra.storage.hashing import sha256_bytes
@@ -71,13 +72,30 @@ class DigestLedger:
         return self.record_digests({key: sha256_bytes(data)})[key]
 
     def record_digests(self, digests: Mapping[str, str]) -> dict[str, str]:
-        now = time.time()
         with self.db.transaction() as tx:
-            for key, digest in sorted(digests.items()):
-                tx.execute("INSERT INTO digest_ledger (artifact_key, sha256, recorded_at) VALUES (?, ?, ?) "
-                           "ON CONFLICT (artifact_key) DO UPDATE SET sha256 = excluded.sha256, "
-                           "recorded_at = excluded.recorded_at", (key, digest, now))
+            self._upsert(tx, digests)
         return dict(digests)
+
+    def record_and_write(self, key: str, data: bytes, write: Callable[[bytes], object]) -> str:
+        """Record ``data``'s SHA-256 for ``key`` and ``write`` it, both inside one write transaction.
+
+        The transaction holds the metadata DB's write lock (SQLite's BEGIN IMMEDIATE, Postgres's advisory
+        lock) from its start, so two writers of the same key (two ingests of the same rows) take turns: the
+        record and the file that stay are the same writer's. A ``write`` that fails leaves no record.
+        """
+        digest = sha256_bytes(data)
+        with self.db.transaction() as tx:
+            self._upsert(tx, {key: digest})
+            write(data)
+        return digest
+
+    @staticmethod
+    def _upsert(tx: Any, digests: Mapping[str, str]) -> None:
+        now = time.time()
+        for key, digest in sorted(digests.items()):
+            tx.execute("INSERT INTO digest_ledger (artifact_key, sha256, recorded_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (artifact_key) DO UPDATE SET sha256 = excluded.sha256, "
+                       "recorded_at = excluded.recorded_at", (key, digest, now))
 
     def digest(self, key: str) -> str | None:
         rows = self.db.query("SELECT sha256 FROM digest_ledger WHERE artifact_key = ?", (key,))

@@ -110,3 +110,36 @@ def test_the_ledger_records_before_and_checks_after(lake):
         ledger.check("x/y", b"two", what="thing")
     ledger.record("x/y", b"two")  # written again (an ingest retried after a crash): the newer record counts
     ledger.check("x/y", b"two", what="thing")
+
+
+def test_a_failed_write_leaves_no_record_and_racing_writers_agree(lake):
+    catalog, ledger, store = lake
+
+    def fail(data):
+        raise OSError("bucket unavailable")
+
+    with pytest.raises(OSError):
+        ledger.record_and_write("k/manifest", b"body", fail)
+    assert ledger.digest("k/manifest") is None
+
+    # Two ingests of the same rows commit the same version at once, each with its own manifest (its own
+    # time): whichever finishes last, the record and the manifest are that writer's.
+    import threading
+
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def commit():
+        try:
+            barrier.wait()
+            _commit(catalog, "race", "abcd0005", ROWS)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=commit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert catalog.get("race@abcd0005").row_count == 4  # readable: the record matches the manifest left
