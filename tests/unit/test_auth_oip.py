@@ -135,7 +135,7 @@ def test_list_shows_the_lifecycle_and_never_a_secret(tokens):
     store.revoke(b.id)
     listed = store.list()
     assert [r["id"] for r in listed] == [a.id, b.id]  # oldest first
-    assert set(listed[0]) == {"id", "role", "model", "created_at", "created_by", "expires_at", "last_used_at", "revoked_at"}
+    assert set(listed[0]) == {"id", "role", "model", "holder", "created_at", "created_by", "expires_at", "last_used_at", "revoked_at"}
     assert (listed[0]["model"], listed[0]["expires_at"], listed[0]["revoked_at"]) == ("churn", 1060.0, None)
     assert (listed[1]["role"], listed[1]["model"], listed[1]["revoked_at"]) == ("labeller", None, 1005.0)
     hashes = [r["secret_sha256"] for r in store.db.query("SELECT secret_sha256 FROM api_tokens")]
@@ -225,7 +225,7 @@ def test_the_lifecycle_migration_upgrades_an_old_table_in_place(metadata_url):
             tx.execute("INSERT INTO api_tokens (id, secret_sha256, role, created_at, created_by, revoked_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (token_id, hashlib.sha256(b"s3cret").hexdigest(), role, 1.0, "old", revoked))
     store = TokenStore(db, background=False)
-    assert db.schema_version(COMPONENT) == len(MIGRATIONS) == 3
+    assert db.schema_version(COMPONENT) == len(MIGRATIONS) == 4
     rows = store.list()
     assert [(r["id"], r["role"], r["created_by"], r["revoked_at"]) for r in rows] == [
         ("0ld00000", "admin", "old", None), ("0ld00001", "predict", "old", None), ("0ld00002", "feedback", "old", 5.0)]
@@ -239,7 +239,7 @@ def test_the_lifecycle_migration_upgrades_an_old_table_in_place(metadata_url):
     new = store.issue("predict", model="churn", expires_in_s=60)  # and the new columns are written
     assert store.verify(f"Bearer {new.token}").model == "churn"
     TokenStore(db, background=False)  # a second open migrates nothing
-    assert db.schema_version(COMPONENT) == 3 and len(store.list()) == 4
+    assert db.schema_version(COMPONENT) == 4 and len(store.list()) == 4
 
 
 SIG = Signature.model_validate({
