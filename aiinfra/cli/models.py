@@ -145,7 +145,8 @@ def _models_policy(args: argparse.Namespace) -> None:
     from aiinfra.config import read_yaml
 
     with open_platform(load_config()) as p:
-        policy = p.registry.set_policy(args.name, read_yaml(args.file, "alias policy")) if args.file \
+        policy = p.registry.with_token(_api_token(args)).set_policy(args.name, read_yaml(args.file, "alias policy")) \
+            if args.file \
             else p.registry.get_policy(args.name)
     if args.json:
         return print_json(policy.model_dump(mode="json"))
@@ -267,9 +268,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     policy = models.add_parser("policy", help="show NAME's protected aliases, or set them from a YAML file",
                                description="Protected aliases move only by approved requests. FILE holds, e.g., "
                                            "'aliases: {champion: {approvals: 2, expires: 24h}}' (self_approval: true lets "
-                                           "the requester's own approval count); an empty 'aliases: {}' removes them.")
+                                           "the requester's own approval count; distinct_people: true counts approvals "
+                                           "by person); an empty 'aliases: {}' removes them. Changing or removing a "
+                                           "protection that exists takes an admin token.")
     policy.add_argument("name")
     policy.add_argument("file", nargs="?")
+    policy.add_argument("--token-file", help="an admin token, to change or lift a protection that exists "
+                                             "(default: AIINFRA_API_TOKEN)")
     policy.add_argument("--json", action="store_true")
     policy.set_defaults(func=_models_policy)
     request = models.add_parser("request", help="ask to point a protected ALIAS at VERSION (approvers approve it)")

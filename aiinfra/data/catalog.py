@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -44,6 +45,8 @@ from aiinfra.registry.types import validate_name
 from aiinfra.storage import ArtifactStore, DigestLedger, FileDigest, sha256_bytes
 
 __all__ = ["DatasetCatalog", "DatasetVersion", "parse_dataset_ref"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 SAMPLE = "_sample.parquet"
@@ -115,12 +118,26 @@ class DatasetCatalog:
         return sorted(names)
 
     def versions(self, name: str) -> list[DatasetVersion]:
-        """Oldest first."""
+        """Oldest first; with the ledger, a version that fails its check is left out of the list, with a warning
+        naming it (``get`` of that version says why)."""
         validate_name("dataset name", name)
         indexed = self._index(name)
         if not indexed:
             return self._scan(name)
-        return [v for v in (self._read_if_there(name, version) for version in indexed) if v is not None]
+        out = []
+        for version in indexed:
+            try:
+                found = self._read_if_there(name, version)
+            except ArtifactCorrupted as e:
+                log.warning("dataset %s@%s left out: %s", name, version, e)
+                continue
+            if found is not None:
+                out.append(found)
+        return out
+
+    def unverified(self) -> DatasetCatalog:
+        """This lake without the ledger: for what only describes (a new version's parent, the index's markers)."""
+        return DatasetCatalog(self.store, ledger=None)
 
     def latest(self, name: str) -> DatasetVersion | None:
         """The newest version, from the index (one manifest read), or None."""
@@ -219,7 +236,7 @@ class DatasetCatalog:
         quarantine = {rel: placed["quarantine:" + rel] for rel in sorted(staged_quarantine)}
         final = manifest.model_copy(update={"files": files, "quarantine_files": quarantine, "created_at": time.time()})
         if not self._index(manifest.name):  # the versions from before the index get their markers first
-            for earlier in self._scan(manifest.name):
+            for earlier in self.unverified()._scan(manifest.name):  # markers only: nothing is trusted by them
                 self._mark(earlier.name, earlier.version, earlier.created_at)
         self._mark(final.name, final.version, final.created_at)
         body = final.model_dump_json(by_alias=True, indent=2).encode()
@@ -279,5 +296,11 @@ class DatasetCatalog:
     def _read(self, key: str) -> DatasetVersion:
         data = self.store.read_bytes(key)
         if self.ledger is not None:
-            self.ledger.check(key, data, what="dataset manifest", uri=self.store.uri_for(key))
+            try:
+                self.ledger.check(key, data, what="dataset manifest", uri=self.store.uri_for(key))
+            except ArtifactCorrupted:
+                # The same version committed again at this moment (the same rows ingested twice): its record and
+                # manifest are replaced under one DB lock, but a read can fall between the two. Once more.
+                data = self.store.read_bytes(key)
+                self.ledger.check(key, data, what="dataset manifest", uri=self.store.uri_for(key))
         return DatasetVersion.model_validate(json.loads(data))

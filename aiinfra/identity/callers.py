@@ -80,11 +80,13 @@ class Identities:
                 self._tokens = TokenStore(self._db, refresh_s=0.0, background=False)
             return self._tokens
 
-    def who(self, caller: Caller | None, *, action: str | None = None, model: str | None = None) -> str:
+    def who(self, caller: Caller | None, *, action: str | None = None, model: str | None = None,
+            purpose: str | None = None) -> str:
         """The audit log's name for ``caller`` (``resolve``'s ``who``)."""
-        return self.resolve(caller, action=action, model=model).who
+        return self.resolve(caller, action=action, model=model, purpose=purpose).who
 
-    def resolve(self, caller: Caller | None, *, action: str | None = None, model: str | None = None) -> Identity:
+    def resolve(self, caller: Caller | None, *, action: str | None = None, model: str | None = None,
+                purpose: str | None = None) -> Identity:
         """The audit log's name for ``caller``, and the person its token was issued to, if any.
 
         Args:
@@ -98,12 +100,14 @@ class Identities:
         token = caller.token if caller is not None else None
         if token is None:
             if action is not None:
-                raise Forbidden(f"to {action}, send an API token of one of the roles {_roles(action)}: --token-file PATH "
+                raise Forbidden(f"to {purpose or action}, send an API token of one of the roles {_roles(action)}: --token-file PATH "
                                 f"or AIINFRA_API_TOKEN (`aiinfra token create --role {_least(action)}`)")
             if caller is None:
                 return Identity("unknown")
             claimed = caller.claimed()
-            if claimed.startswith(TOKEN_PREFIX):
+            if any(ord(c) < 32 or ord(c) == 127 for c in claimed):
+                raise InvalidInput("a caller's name may not hold control characters (it is printed in the audit log)")
+            if claimed.strip().casefold().startswith(TOKEN_PREFIX):
                 raise InvalidInput(f"a caller may not call itself {claimed!r}: the log names {TOKEN_PREFIX}<id> only "
                                    "for a checked API token (send the token instead)")
             return Identity(claimed)

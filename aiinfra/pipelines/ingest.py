@@ -320,7 +320,7 @@ def _commit(config: PlatformConfig, store: ArtifactStore, name: str, stats: Batc
                 return IngestResult(catalog.get(f"{name}@{vid}"), created=False)
             except ArtifactCorrupted as e:  # unrecorded (older) or changed since: written again below, from these rows
                 log.warning("dataset %s@%s is written again: %s", name, vid, e)
-        parent = catalog.latest(name)
+        parent = catalog.unverified().latest(name)  # lineage only (its name): an older, unrecorded one is fine
         profile = finalize(stats.profile, stats.schema)
         digests = {f"{staging}/{rel}": d for rel, d in stats.digests.items()}
         if stats.profile.sample is not None:

@@ -313,8 +313,11 @@ class ModelRegistry:
         with self.db.transaction() as tx:
             policy = self._alias_policy(tx, name, alias)
             if policy is not None:
-                held = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))
-                if not (held and int(held[0]["version"]) == version):  # pointing it where it is changes nothing
+                held = tx.query("SELECT version, share FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+                same_share = held and (held[0]["share"] is None if share is None else
+                                       held[0]["share"] is not None and float(held[0]["share"]) == float(share))
+                # Pointing it where it is, with the share it has, changes nothing; a new share moves traffic.
+                if not (held and int(held[0]["version"]) == version and same_share):
                     raise Forbidden(f"alias {alias!r} of {name!r} is protected ({policy.approvals} approval(s)): "
                                     f"request the move with `aiinfra models request {name} {version} {alias}` and have "
                                     "an approver approve it")
@@ -357,12 +360,19 @@ class ModelRegistry:
                 raise InvalidInput(format_validation_error("alias policy", e)) from None
         for alias in policy.aliases:
             validate_alias(alias)
-        who = self._identities.who(caller)
+        current = self._policy(self.db, name)
+        # Protecting an unprotected model takes nothing; changing or lifting a protection takes an admin token
+        # (else lifting it and moving the alias would be two calls around the approvers).
+        guarded = bool(current.aliases) and policy != current
+        who = self._identities.who(caller, action="admin" if guarded else None, model=name,
+                                   purpose=f"change the protection of {name}'s aliases")
         now = self._clock()
         with self.db.transaction() as tx:
             if not tx.query("SELECT 1 FROM models WHERE name = ?", (name,)):
                 raise NotFound(f"model {name!r} is not registered")
             before = self._policy(tx, name)
+            if before != current:
+                raise Conflict(f"the alias policy of {name!r} changed meanwhile; look at it again and retry")
             tx.execute("DELETE FROM alias_policies WHERE name = ?", (name,))
             for alias, p in policy.aliases.items():
                 tx.execute("INSERT INTO alias_policies (name, alias, policy, updated_at) VALUES (?, ?, ?, ?)",
@@ -425,7 +435,7 @@ class ModelRegistry:
             Forbidden: ``caller`` brings no API token of the approver (or admin) role for the request's model,
                 or asked for the move itself and the policy does not allow self-approval.
         """
-        approver = self._decider(request_id, caller)
+        approver = self._decider(request_id, caller, "approve")
         who, person = approver.who, approver.person
         now = self._clock()
         with self.db.transaction() as tx:
@@ -457,7 +467,7 @@ class ModelRegistry:
 
     def refuse(self, request_id: str, *, caller: Caller | None = None, reason: str = "") -> AliasRequest:
         """Refuse a pending request; it takes the same token as approving it."""
-        who = self._decider(request_id, caller).who
+        who = self._decider(request_id, caller, "refuse").who
         now = self._clock()
         with self.db.transaction() as tx:
             request = self._pending(tx, request_id, now)
@@ -479,11 +489,11 @@ class ModelRegistry:
     def get_request(self, request_id: str) -> AliasRequest:
         return self._load_request(self.db, request_id)
 
-    def _decider(self, request_id: str, caller: Caller | None) -> Identity:
+    def _decider(self, request_id: str, caller: Caller | None, verb: str) -> Identity:
         # Checked here, where the alias moves: an approval is the approver token's, whatever the client says.
         # Before the transaction: the token lookup reads the token table on its own connection.
         model = self._load_request(self.db, request_id).model
-        return self._identities.resolve(caller, action="approve", model=model)
+        return self._identities.resolve(caller, action="approve", model=model, purpose=f"{verb} {request_id}")
 
     def _pending(self, tx: Transaction, request_id: str, now: float) -> AliasRequest:
         request = self._load_request(tx, request_id)
@@ -521,9 +531,12 @@ class ModelRegistry:
                             needed=int(row["needed"]), decided_at=row["decided_at"], decided_by=row["decided_by"])
 
     def remove_alias(self, name: str, alias: str, *, caller: Caller | None = None) -> None:
+        """Remove an alias; a protected one only with an admin token (it would stop what follows it, unapproved)."""
         validate_name("model name", name)
         alias = validate_alias(alias)
-        who = self._identities.who(caller)
+        protected = self._alias_policy(self.db, name, alias) is not None
+        who = self._identities.who(caller, action="admin" if protected else None, model=name,
+                                   purpose=f"remove the protected alias {name}@{alias}")
         now = self._clock()
         with self.db.transaction() as tx:
             rows = tx.query("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias))

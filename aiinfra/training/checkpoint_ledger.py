@@ -15,7 +15,10 @@ Train exports a loop's config to its dashboard state.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,15 @@ class CheckpointLedger:
         digest = checkpoint_digest(directory)
         self._call("record_checkpoint", self.run, digest)
         return digest
+
+    @contextmanager
+    def verified(self, directory: str | Path, *, where: str) -> Iterator[Path]:
+        """A private copy of the checkpoint in ``directory``, checked: what is loaded is what was checked (on local
+        storage ``directory`` is the stored checkpoint itself, which could change between a check and a load)."""
+        with tempfile.TemporaryDirectory(prefix="aiinfra-ckpt-") as tmp:
+            copy = Path(shutil.copytree(directory, Path(tmp) / "checkpoint"))
+            self.verify(copy, where=where)
+            yield copy
 
     def verify(self, directory: str | Path, *, where: str) -> None:
         """Raises ArtifactCorrupted unless ``directory`` holds a checkpoint this run recorded."""

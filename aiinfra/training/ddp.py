@@ -161,10 +161,9 @@ def train_loop(config: dict[str, Any]) -> None:
     ledger = CheckpointLedger.of(run.checkpoints)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure, or a resumed run
-        with checkpoint.as_directory() as d:
-            if ledger is not None:
-                ledger.verify(d, where=checkpoint.path)
-            weights, best, optimizer_state, state = load_checkpoint(d)
+        with checkpoint.as_directory() as d, (ledger.verified(d, where=checkpoint.path) if ledger is not None
+                                              else contextlib.nullcontext(d)) as checked:
+            weights, best, optimizer_state, state = load_checkpoint(checked)
         model.load_state_dict(weights)
     start_epoch = state.epoch + 1
 

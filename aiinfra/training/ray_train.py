@@ -131,7 +131,8 @@ def storage_path(storage_root: str, leaf: str) -> str:
 def _read_checkpoint(d: str | Path, ledger: CheckpointLedger | None, *, where: str,
                      ) -> tuple[dict[str, torch.Tensor] | bytes, list[dict[str, Any]]]:
     if ledger is not None:
-        ledger.verify(d, where=where)
+        with ledger.verified(d, where=where) as checked:
+            return _read_checkpoint(checked, None, where=where)
     if (Path(d) / TREE_STATE).exists():
         raw, tree_state = load_tree_checkpoint(d)
         return best_model_bytes(raw, tree_state), tree_state.history

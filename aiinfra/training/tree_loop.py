@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,9 @@ def tree_loop(config: dict[str, Any]) -> None:
     ledger = CheckpointLedger.of(run.checkpoints)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure
-        with checkpoint.as_directory() as d:
-            if ledger is not None:
-                ledger.verify(d, where=checkpoint.path)
-            raw, state = load_tree_checkpoint(d)
+        with checkpoint.as_directory() as d, (ledger.verified(d, where=checkpoint.path) if ledger is not None
+                                              else nullcontext(d)) as checked:
+            raw, state = load_tree_checkpoint(checked)
     remaining = params.num_boost_round - state.rounds
     if remaining <= 0 or state.stopped_early:
         return

@@ -75,7 +75,7 @@ def test_the_actor_checks_approver_tokens_and_names_the_calling_job(platform, pl
         tokens = TokenStore(db, background=False)
         approver, predict = tokens.issue("approver", who="test"), tokens.issue("predict", who="test")
         request = platform.registry.request_alias(name, 2, "champion")
-        with pytest.raises(Forbidden, match="to approve, send an API token"):
+        with pytest.raises(Forbidden, match="to approve req-[0-9a-f]+, send an API token"):
             platform.registry.approve(request.id)
         with pytest.raises(Forbidden, match="'predict' token may not approve"):
             platform.registry.with_token(predict.token).approve(request.id)

@@ -37,6 +37,7 @@ def world(config, tmp_path):
     registry = RegistryClient(LocalBackend(ModelRegistry(db, store, clock=clock)), store)
     tokens = TokenStore(db, background=False)
     registry.tokens = {name: tokens.issue("approver", who="test") for name in ("alice", "bob", "carol", "dave")}
+    registry.tokens["admin"] = tokens.issue("admin", who="test")
     registry.token_store = tokens
     model_dir = tmp_path / "m"
     model_dir.mkdir()
@@ -108,7 +109,9 @@ def test_a_request_expires_and_a_refused_one_stays_refused(world):
 
 def test_self_approval_where_the_policy_allows_it_and_policy_validation(world):
     registry, _ = world
-    registry.set_policy("churn", {"aliases": {"champion": {"approvals": 1, "self_approval": True}}})
+    with pytest.raises(Forbidden, match="to change the protection of churn's aliases, send an API token"):  # loosening a protection takes an admin
+        registry.set_policy("churn", {"aliases": {"champion": {"approvals": 1, "self_approval": True}}})
+    as_(registry, "admin").set_policy("churn", {"aliases": {"champion": {"approvals": 1, "self_approval": True}}})
     alice = as_(registry, "alice")
     request = alice.request_alias("churn", 3, "champion")
     assert alice.approve(request.id).status == "applied"
@@ -123,7 +126,9 @@ def test_self_approval_where_the_policy_allows_it_and_policy_validation(world):
             registry.set_policy("churn", bad)
     with pytest.raises(NotFound):
         registry.set_policy("nope", {"aliases": {}})
-    registry.set_policy("churn", {"aliases": {}})  # unprotected again
+    with pytest.raises(Forbidden):
+        registry.set_policy("churn", {"aliases": {}})
+    as_(registry, "admin").set_policy("churn", {"aliases": {}})  # unprotected again, by an admin
     assert registry.set_alias("churn", 1, "champion").version == 1
 
 
@@ -154,9 +159,9 @@ def test_the_registry_checks_an_approvers_token_itself(world):
     """What the client says is not what is recorded: the token decides, checked where the alias moves."""
     registry, _ = world
     request = registry.request_alias("churn", 2, "champion")
-    with pytest.raises(Forbidden, match="to approve, send an API token of one of the roles admin, approver"):
+    with pytest.raises(Forbidden, match="to approve req-[0-9a-f]+, send an API token of one of the roles admin, approver"):
         registry.approve(request.id)  # no token: the client's own name approves nothing
-    with pytest.raises(Forbidden, match="to approve, send an API token"):
+    with pytest.raises(Forbidden, match="to refuse req-[0-9a-f]+, send an API token"):
         registry.refuse(request.id)
     store = registry.token_store
     predict = store.issue("predict", who="test")
@@ -190,6 +195,9 @@ def test_a_change_without_a_token_is_recorded_as_the_calling_process(world):
                     ("set_alias", 2, "ci@build-7 (job 02000000)")]
     with pytest.raises(InvalidInput, match="only .*for a checked API token"):
         backend.call("set_alias", "churn", 2, "challenger", caller=Caller(process="token:" + registry.tokens["bob"].id))
+    for forged in (" Token:" + registry.tokens["bob"].id, "ci@x\ntoken:abc approve"):
+        with pytest.raises(InvalidInput):
+            backend.call("set_alias", "churn", 2, "challenger", caller=Caller(process=forged))
     assert "secret" not in repr(Caller(process="p", token="aii_x_secret"))
     registry.set_alias("churn", 2, "challenger")  # the client's own process: user@host, no job outside Ray
     assert "@" in registry.audit("churn")[-1].who and "(job" not in registry.audit("churn")[-1].who
@@ -198,7 +206,7 @@ def test_a_change_without_a_token_is_recorded_as_the_calling_process(world):
 def test_a_policy_that_counts_people_counts_each_person_once(world):
     """distinct_people: approvals count by whom each token was issued to (`token create --for`)."""
     registry, _ = world
-    registry.set_policy("churn", {"aliases": {"champion": {"approvals": 2, "distinct_people": True}}})
+    as_(registry, "admin").set_policy("churn", {"aliases": {"champion": {"approvals": 2, "distinct_people": True}}})
     assert registry.get_policy("churn").aliases["champion"].distinct_people
     store = registry.token_store
     ann = [store.issue("approver", who="test", holder="ann") for _ in range(2)]  # one person, two tokens
@@ -222,3 +230,20 @@ def test_a_policy_that_counts_people_counts_each_person_once(world):
     assert [e.after.get("person") for e in approvals] == ["ann", "ben"]
     with pytest.raises(InvalidInput, match="holder"):
         store.issue("approver", who="test", holder="x\n")
+
+
+def test_nothing_moves_a_protected_alias_around_its_approvers(world):
+    """Lifting the protection, removing the alias, or changing its traffic share each need an admin token."""
+    registry, _ = world
+    with pytest.raises(Forbidden, match="to change the protection of churn's aliases, send an API token"):
+        registry.set_policy("churn", {"aliases": {}})
+    with pytest.raises(Forbidden, match="a 'approver' token may not admin"):
+        as_(registry, "bob").set_policy("churn", {"aliases": {}})
+    with pytest.raises(Forbidden, match="to remove the protected alias churn@champion, send an API token"):
+        registry.remove_alias("churn", "champion")
+    with pytest.raises(Forbidden, match="protected"):
+        registry.set_alias("churn", 1, "champion", share=0.5)  # the same version, a new share: not a no-op
+    assert registry.get("churn@champion").version == 1 and registry.get_policy("churn").aliases
+    registry.set_policy("churn", {"aliases": {"champion": {"approvals": 2, "expires": "1h"}}})  # the same: no-op
+    as_(registry, "admin").remove_alias("churn", "champion")
+    assert "champion" not in registry.get("churn@1").aliases

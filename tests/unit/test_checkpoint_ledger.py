@@ -35,6 +35,8 @@ def test_a_recorded_checkpoint_loads_and_a_changed_one_is_refused(registry, tmp_
     d = _checkpoint(tmp_path / "ckpt")
     digest = ledger.record(d)
     ledger.verify(d, where="local")  # as written
+    with ledger.verified(d, where="local") as copy:  # what is loaded is a private copy, checked
+        assert copy != d and load_checkpoint(copy)[3].epoch == 2
     assert load_checkpoint(d)[3].epoch == 2
 
     weights = load_checkpoint(d)[0]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -179,7 +180,7 @@ def test_a_protected_champion_through_the_cli(home, capsys, tmp_path, monkeypatc
     db.close()
     monkeypatch.delenv("AIINFRA_API_TOKEN", raising=False)
     assert cli.main(["models", "approve", request["id"]]) == 2
-    assert "to approve, send an API token of one of the roles admin, approver" in capsys.readouterr().err
+    assert re.search("to approve req-[0-9a-f]+, send an API token of one of the roles admin, approver", capsys.readouterr().err)
     monkeypatch.setenv("AIINFRA_API_TOKEN", predictor)
     assert cli.main(["models", "approve", request["id"]]) == 2
     assert "may not approve" in capsys.readouterr().err

@@ -72,9 +72,10 @@ def test_a_manifest_changed_in_the_lake_is_refused(lake):
     body = json.loads(store.read_bytes(f"{made.key}/{MANIFEST}"))
     body["files"]["part-0.parquet"] = {"sha256": sha256_bytes(evil), "size": len(evil)}
     store.write_bytes(f"{made.key}/{MANIFEST}", json.dumps(body).encode())
-    for read in (lambda: catalog.get("churn@abcd0002"), lambda: catalog.get("churn"), lambda: catalog.versions("churn")):
+    for read in (lambda: catalog.get("churn@abcd0002"), lambda: catalog.get("churn")):
         with pytest.raises(ArtifactCorrupted, match="dataset manifest .* changed since it was written"):
             read()
+    assert catalog.versions("churn") == []  # a listing leaves it out (and warns)
     # Without the root, the same lake reads "fine": what the ledger is for.
     assert DatasetCatalog(store, ledger=None).get("churn@abcd0002").files["part-0.parquet"].size == len(evil)
 
@@ -143,3 +144,19 @@ def test_a_failed_write_leaves_no_record_and_racing_writers_agree(lake):
         t.join()
     assert not errors
     assert catalog.get("race@abcd0005").row_count == 4  # readable: the record matches the manifest left
+
+
+def test_a_lake_from_before_the_records_is_listed_extended_and_rewritten(lake):
+    """Versions written before manifests were recorded: left out of listings (named in a warning), refused
+    by ``get``, and a new commit beside them or of the same rows again works."""
+    catalog, _, store = lake
+    old = DatasetCatalog(store, ledger=None)
+    _commit(old, "legacy", "abcd0006", ROWS)
+    assert catalog.versions("legacy") == []
+    newer = _commit(catalog, "legacy", "abcd0007", pd.DataFrame({"a": [5, 6]}))  # beside the old one
+    assert [v.version for v in catalog.versions("legacy")] == ["abcd0007"] and catalog.get("legacy").ref == newer.ref
+    with pytest.raises(ArtifactCorrupted, match="no SHA-256 recorded"):
+        catalog.get("legacy@abcd0006")
+    _commit(catalog, "legacy", "abcd0006", ROWS)  # the same rows ingested again: written afresh, recorded
+    assert catalog.get("legacy@abcd0006").row_count == 4
+    assert {v.version for v in catalog.versions("legacy")} == {"abcd0006", "abcd0007"}
