@@ -241,6 +241,8 @@ class AutopilotExecutor:
             self._registry.remove_alias(model, "challenger")
         except NotFound:
             pass
+        except Forbidden as e:  # a protected challenger was put there through its approvers: theirs to remove
+            log.warning("%s@challenger is protected and stays: %s", model, e)
 
     def _reconcile(self, pilot: Autopilot) -> None:
         """Repeat the last logged decision's action once (the process may have died right after deciding)."""
